@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up from a fresh clone.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first, pinned, so that nothing pulls a multi-GB CUDA build on CPU machines.
+# On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup redis demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[worker,dev]'
+	touch $@
+
+setup: $(BIN)/.installed redis
+
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing it with apt-get"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null || \
+	  { echo "could not install redis-server; install it and retry"; exit 1; }; }
+
+demo: setup
+	$(BIN)/rerankq demo
+
+test: setup
+	$(BIN)/python -m ruff check rerankq reranker producer workers tests
+	$(BIN)/python -m pytest
+
+lint:
+	$(BIN)/python -m ruff check rerankq reranker producer workers tests
+	$(BIN)/python -m mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

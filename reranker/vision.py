@@ -1,0 +1,208 @@
+"""Vision preprocessing at the official budgets, without torchvision or qwen-vl-utils.
+
+This reproduces what the official script gets from ``qwen_vl_utils.process_vision_info`` followed by the
+Qwen3-VL processor (``do_resize=False``), step by step:
+
+- images: RGB (transparency composited on white), resized with PIL bicubic so both sides are multiples of
+  32 px within ``[min_tokens, max_tokens]`` visual tokens (one token = 32x32 px), then rescaled,
+  normalised and cut into 16x16x2 patches;
+- video files: ``nframes`` from ``fps`` and ``max_frames`` (even, at least 4), frame indices
+  ``round(linspace(0, total-1, nframes))``, every frame resized (bicubic, antialiased, as torchvision does
+  on tensors) within a per-frame budget that keeps the *whole* video under ``video_max_tokens`` (the
+  official script forgets this budget for files; we apply it to files and frame lists alike);
+- frame lists: sampled to ``max_frames``, each frame resized as an image at factor 64 (as qwen-vl-utils
+  does), padded to an even count, then resized as a video;
+- timestamps: one ``<t seconds>`` per pair of frames, the mean of the pair's times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+PATCH = 16
+MERGE = 2
+TEMPORAL = 2
+FACTOR = PATCH * MERGE  # 32 px per visual token side
+MAX_RATIO = 200
+FRAME_FACTOR = 2
+VIDEO_MIN_TOKENS = 128  # per frame, qwen-vl-utils VIDEO_MIN_TOKEN_NUM
+VIDEO_FRAME_MAX_TOKENS = 768  # per frame, qwen-vl-utils VIDEO_MAX_TOKEN_NUM
+FRAME_LIST_FPS = 2.0  # qwen-vl-utils' assumed rate for frame lists
+_MEAN = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))  # fused rescale+normalise, as transformers
+_STD = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))
+
+
+class VisionError(ValueError):
+    """An image or video cannot be brought within the model's limits (the message says which)."""
+
+
+@dataclass(frozen=True)
+class VisionBudget:
+    """Per-request vision limits. Defaults are the official script's."""
+
+    image_min_tokens: int = 4
+    image_max_tokens: int = 1800
+    video_max_tokens: int = 7680
+    fps: float = 1.0
+    max_frames: int = 64
+
+
+@dataclass
+class VisionInput:
+    """One image or video ready for the model: flat patches, its grid and, for videos, the timestamps."""
+
+    kind: str  # "image" | "video"
+    pixel_values: torch.Tensor  # (grid_t*grid_h*grid_w, 3*2*16*16) float32
+    grid_thw: tuple[int, int, int]
+    timestamps: list[float] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Vision tokens this input adds to the prompt (pads only)."""
+        t, h, w = self.grid_thw
+        return t * h * w // (MERGE * MERGE)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixel_values.numel() * self.pixel_values.element_size()
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: float, max_pixels: float) -> tuple[int, int]:
+    """Both sides multiples of ``factor``, area within ``[min_pixels, max_pixels]``, aspect kept."""
+    if min(height, width) <= 0:
+        raise VisionError(f"image has no pixels ({width}x{height})")
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_RATIO:
+        raise VisionError(f"aspect ratio {ratio:.1f} exceeds the limit {MAX_RATIO}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with an alpha channel composited on white (qwen-vl-utils ``to_rgb``)."""
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        return background
+    return image.convert("RGB")
+
+
+def resize_image(image: Image.Image, min_tokens: int, max_tokens: int, factor: int = FACTOR) -> Image.Image:
+    """qwen-vl-utils ``fetch_image``: RGB, then PIL bicubic to the smart-resized size."""
+    image = to_rgb(image)
+    width, height = image.size
+    h, w = smart_resize(height, width, factor, min_tokens * factor * factor, max_tokens * factor * factor)
+    return image.resize((w, h), resample=Image.Resampling.BICUBIC)
+
+
+def _normalize(frames: torch.Tensor) -> torch.Tensor:
+    """(T, C, H, W) 0..255 → float32 normalised, with transformers' fused constants."""
+    return (frames.to(torch.float32) - _MEAN.view(1, 3, 1, 1)) / _STD.view(1, 3, 1, 1)
+
+
+def patchify(frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """(T, C, H, W) normalised → (grid_t*grid_h*grid_w, C*2*16*16), in the Qwen3-VL processors' order."""
+    if pad := -frames.shape[0] % TEMPORAL:
+        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
+    t, c, h, w = frames.shape
+    gt, gh, gw = t // TEMPORAL, h // PATCH, w // PATCH
+    patches = frames.reshape(gt, TEMPORAL, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return patches.reshape(gt * gh * gw, c * TEMPORAL * PATCH * PATCH).contiguous(), (gt, gh, gw)
+
+
+def image_input(image: Image.Image, budget: VisionBudget) -> VisionInput:
+    """A decoded image → model input (resized within the image token bounds)."""
+    resized = resize_image(image, budget.image_min_tokens, budget.image_max_tokens)
+    array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
+    values, grid = patchify(_normalize(array).expand(TEMPORAL, -1, -1, -1))
+    return VisionInput("image", values, grid)
+
+
+def sample_frame_count(total_frames: int, video_fps: float, fps: float, max_frames: int) -> int:
+    """qwen-vl-utils ``smart_nframes``: frames to sample from a file (even, 4..max_frames, ≤ total)."""
+    min_frames = 4
+    max_frames = max(FRAME_FACTOR, max_frames // FRAME_FACTOR * FRAME_FACTOR)
+    n = total_frames / video_fps * fps
+    n = min(min(max(n, min_frames), max_frames), total_frames)
+    n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
+    if not FRAME_FACTOR <= n <= total_frames:
+        raise VisionError(f"video has {total_frames} frames; at least {FRAME_FACTOR} are needed")
+    return n
+
+
+def sample_frame_indices(total_frames: int, video_fps: float, fps: float, max_frames: int) -> list[int]:
+    """Which frames of a file to decode: ``round(linspace(0, total-1, n))``."""
+    n = sample_frame_count(total_frames, video_fps, fps, max_frames)
+    return torch.linspace(0, total_frames - 1, n).round().long().tolist()
+
+
+def video_frame_size(nframes: int, height: int, width: int, budget: VisionBudget) -> tuple[int, int]:
+    """Per-frame size keeping the whole video within ``video_max_tokens`` (qwen-vl-utils ``fetch_video``)."""
+    min_pixels = VIDEO_MIN_TOKENS * FACTOR * FACTOR
+    total_pixels = budget.video_max_tokens * FACTOR * FACTOR
+    max_pixels = max(min(VIDEO_FRAME_MAX_TOKENS * FACTOR * FACTOR, total_pixels / nframes * FRAME_FACTOR),
+                     int(min_pixels * 1.05))
+    return smart_resize(height, width, FACTOR, min_pixels, max_pixels)
+
+
+def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (T, C, H, W) → float (T, C, h, w): bicubic, antialiased, clamped and rounded like torchvision."""
+    out = F.interpolate(frames.to(torch.float32), size=(height, width), mode="bicubic",
+                        antialias=True, align_corners=False)
+    return out.clamp_(0, 255).round_()
+
+
+def timestamps(indices: list[int], video_fps: float) -> list[float]:
+    """One timestamp per temporal patch: the mean time of its two frames (Qwen3-VL processor)."""
+    idx = list(indices)
+    if pad := -len(idx) % TEMPORAL:
+        idx += [idx[-1]] * pad
+    secs = [i / video_fps for i in idx]
+    return [(secs[i] + secs[i + TEMPORAL - 1]) / 2 for i in range(0, len(secs), TEMPORAL)]
+
+
+def video_input(frames: torch.Tensor, indices: list[int], video_fps: float, budget: VisionBudget) -> VisionInput:
+    """Sampled frames of a file, uint8 (T, C, H, W), with their source indices and the file's fps."""
+    t, _, h, w = frames.shape
+    rh, rw = video_frame_size(t, h, w, budget)
+    values, grid = patchify(_normalize(resize_frames(frames, rh, rw)))
+    return VisionInput("video", values, grid, timestamps(indices, video_fps))
+
+
+def sample_frame_list(n: int, max_frames: int) -> list[int]:
+    """Which of ``n`` listed frames to keep (the official ``sample_frames``: int(linspace))."""
+    if n <= max_frames:
+        return list(range(n))
+    return np.linspace(0, n - 1, max_frames, dtype=int).tolist()
+
+
+def frame_list_input(images: list[Image.Image], budget: VisionBudget) -> VisionInput:
+    """A video given as already-sampled images (see ``sample_frame_list``)."""
+    if not images:
+        raise VisionError("frame list is empty")
+    # qwen-vl-utils resizes each frame as an image at factor 64 with the image defaults, then the whole video.
+    resized = [resize_image(im, 4, 16384, factor=2 * FACTOR) for im in images]
+    sizes = {im.size for im in resized}
+    if len(sizes) > 1:
+        raise VisionError(f"frames of one video must share a size after resizing, got {sorted(sizes)}")
+    if pad := -len(resized) % FRAME_FACTOR:
+        resized += [resized[-1]] * pad
+    frames = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+                          for im in resized])
+    return video_input(frames, list(range(len(resized))), FRAME_LIST_FPS, budget)

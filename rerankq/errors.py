@@ -1,0 +1,70 @@
+"""The error tree, grouped by what the caller should do about it.
+
+- ``PermanentError``: retrying will not help (bad input, missing object, refused host). A document that
+  raises one gets a per-document error; a request that raises one fails as a whole.
+- ``TransientError``: the same call may succeed later (timeouts, throttling, 5xx). Retried with backoff.
+
+Third-party errors (botocore, redis, PIL, av) are translated into these at the boundary where they occur.
+"""
+
+from __future__ import annotations
+
+
+class RerankqError(Exception):
+    """Base of every error rerankq raises on purpose."""
+
+
+class PermanentError(RerankqError):
+    """Retrying will not help; the message says what to fix."""
+
+
+class TransientError(RerankqError):
+    """The same call may succeed later."""
+
+
+class InvalidRequest(PermanentError):
+    """The request breaks the job format or a limit. ``field`` names the offending field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class MediaError(PermanentError):
+    """A media reference could not be fetched or decoded. The message names the reference and the reason."""
+
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(f"{ref}: {reason}")
+        self.ref = ref
+        self.reason = reason
+
+
+class TransientMediaError(TransientError):
+    """A fetch failed in a way that may pass (timeout, throttling, 5xx, reset)."""
+
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(f"{ref}: {reason}")
+        self.ref = ref
+        self.reason = reason
+
+
+class NoSuchJob(PermanentError):
+    """The job id is not known (never submitted, or its record expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no such job: {job_id}")
+        self.job_id = job_id
+
+
+class JobFailed(RerankqError):
+    """Raised by ``RerankClient.result`` when the job ended in ``failed`` or ``cancelled``."""
+
+    def __init__(self, job_id: str, state: str, error: str | None) -> None:
+        super().__init__(f"job {job_id} {state}: {error or 'no detail'}")
+        self.job_id = job_id
+        self.state = state
+        self.error = error
+
+
+class ModelLoadError(PermanentError):
+    """The model SPEC could not be resolved or loaded."""

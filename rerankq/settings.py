@@ -1,0 +1,133 @@
+"""Every knob of rerankq, in one place, with its unit, its default and what it does.
+
+Settings come from ``RERANKQ_*`` environment variables (or arguments). The top-level names are the
+contract of SPEC §5 and are read exactly as written (``RERANKQ_REDIS_URL``, ``RERANKQ_MODEL``, ...).
+Sections use a double underscore: ``RERANKQ_BATCH__MAX_TOKENS=65536``, ``RERANKQ_LIMITS__MAX_DOCUMENTS=500``.
+
+Nothing else in the project reads the environment: every component receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+
+
+class BatchSettings(BaseModel):
+    """How a worker packs pairs into forward passes."""
+
+    max_tokens: int = Field(32768, ge=1, description="Padded tokens per forward pass (pairs x longest pair). "
+                            "The main memory knob: activation memory grows linearly with it; larger = better GPU "
+                            "utilisation until memory runs out. A pair longer than this still runs, alone.")
+    max_pairs: int = Field(64, ge=1, description="Pairs per forward pass, whatever their length.")
+    flush_interval_ms: float = Field(20.0, ge=0, description="How long (ms) a worker waits for more jobs before "
+                                     "scoring what it has. Adds at most this much latency to a lone job.")
+    max_jobs: int = Field(64, ge=1, description="Jobs a worker takes from the queue at once (its buffer).")
+    prepare_threads: int = Field(4, ge=1, description="Threads that fetch, decode and tokenise pairs while the "
+                                 "model runs the previous batch.")
+
+
+class ScoringSettings(BaseModel):
+    """How the model runs."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights and activations. auto = bfloat16 on CUDA, float32 on CPU.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto = flash_attention_2 when installed on CUDA, else sdpa.")
+    max_length: int = Field(10240, ge=16, description="Tokens per pair after truncation (official: 10240).")
+    model_cache_dir: str = Field("~/.cache/rerankq/models", description="Where s3:// checkpoints are downloaded.")
+    seed: int = Field(0, description="Seed for random:2b / random:8b weights.")
+
+
+class LimitSettings(BaseModel):
+    """Bad-input guards (SPEC §6). Each one is checked at submit time where it can be."""
+
+    max_documents: int = Field(1000, ge=1, description="Documents per job.")
+    max_text_chars: int = Field(100_000, ge=1, description="Characters per text field.")
+    max_images_per_side: int = Field(16, ge=1, description="Images in one query or document.")
+    max_frames_per_list: int = Field(512, ge=1, description="Image references in one frame-list video.")
+    max_media_bytes: int = Field(256 * 2**20, ge=1, description="Bytes per media object (256 MiB).")
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Source pixels per image (decompression-bomb guard).")
+    image_min_tokens: int = Field(4, ge=1, description="Visual tokens per image, lower bound (official: 4).")
+    image_max_tokens: int = Field(1800, ge=4, description="Visual tokens per image, upper bound (official: 1800).")
+    max_video_seconds: float = Field(3600.0, gt=0, description="Video duration (s).")
+    max_frames: int = Field(64, ge=2, description="Frames sampled per video (official: 64).")
+    video_max_tokens: int = Field(7680, ge=128, description="Visual tokens per video, all frames (official: 7680).")
+    max_pair_tokens: int = Field(10240, ge=16, description="Tokens per pair, reported in the error for a pair "
+                                 "whose vision tokens alone exceed it.")
+
+
+class ResultSettings(BaseModel):
+    """Where results live and for how long."""
+
+    ttl_s: int = Field(24 * 3600, ge=1, description="Seconds a succeeded job's record and result stay in Redis.")
+    failure_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Seconds a failed job's record stays (longer, "
+                               "for post-mortems).")
+    inline_max_bytes: int = Field(256 * 1024, ge=0, description="Results larger than this (bytes of JSON) go to "
+                                  "S3 and Redis keeps the pointer.")
+    bucket_uri: str = Field("s3://rerankq-results/", description="Where large results go when the job has no "
+                            "result_uri.")
+
+
+class MediaSettings(BaseModel):
+    """How workers fetch media."""
+
+    fetch_threads: int = Field(16, ge=1, description="Parallel fetches per worker; also the S3 connection pool.")
+    cache_bytes: int = Field(512 * 2**20, ge=0, description="Per-worker cache of fetched and decoded media (bytes).")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for S3 and HTTPS (s).")
+    retries: int = Field(3, ge=0, description="Retries of a transient failure (timeouts, 5xx, throttling).")
+    retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay (s); doubles each retry.")
+
+
+class Settings(BaseSettings):
+    """rerankq's settings. Build with ``Settings()`` (environment) or ``Settings(redis_url=...)``."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANKQ_", env_nested_delimiter="__", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and job store (redis:// or rediss://, "
+                           "password in the URL).")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto); unset = AWS. Credentials "
+                                        "come from the standard AWS chain.")
+    model: str = Field("Qwen/Qwen3-VL-Reranker-2B", description="Model SPEC for workers: a directory, a Hugging "
+                       "Face id, s3://bucket/prefix/, random:2b or random:8b.")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Worker Prometheus port (0 = off).")
+    allow_file_urls: bool = Field(False, description="Let workers read file:// references.")
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated hosts workers may fetch https:// media from.")
+    instruction: str = Field(DEFAULT_INSTRUCTION, description="Instruction used when a job gives none.")
+    queue_prefix: str = Field("rerankq", description="Prefix of every queue and Redis key (several deployments "
+                              "can share one Redis).")
+    visibility_timeout_s: int = Field(3600, ge=60, description="Seconds before an unacknowledged job is "
+                                      "redelivered to another worker. Longer than the slowest batch.")
+
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    results: ResultSettings = Field(default_factory=ResultSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
+
+    @field_validator("http_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"RERANKQ_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (read once)."""
+    return Settings()

@@ -1,0 +1,22 @@
+"""rerankq's model side: prompt, vision preprocessing, media, batch planning and the scorer.
+
+Never imports celery or redis. ``from reranker import Qwen3VLReranker`` gives the seed-compatible
+in-process API (the official script's ``process()``), loaded lazily so that importing the package is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reranker.compat import Qwen3VLReranker
+
+__all__ = ["Qwen3VLReranker"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Qwen3VLReranker":
+        from reranker.compat import Qwen3VLReranker
+
+        return Qwen3VLReranker
+    raise AttributeError(f"module 'reranker' has no attribute {name!r}")

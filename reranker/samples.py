@@ -1,4 +1,4 @@
-"""Generated test media: deterministic images and a real short mp4 written with PyAV."""
+"""Generated sample media (demo, benchmarks, tests): deterministic images and a real short mp4 (PyAV)."""
 
 from __future__ import annotations
 

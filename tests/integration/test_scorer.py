@@ -14,8 +14,8 @@ import torch
 from reranker.decode import decode_video
 from reranker.loading import LoadOptions, load_scorer
 from reranker.pipeline import PairPreparer, PreparedPair, ResolvedSide
+from reranker.samples import mp4_bytes, noise_image
 from reranker.vision import VisionBudget, frame_list_input, image_input, video_input
-from tests.helpers.media import mp4_bytes, noise_image
 
 BUDGET = VisionBudget()
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."

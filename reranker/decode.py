@@ -1,24 +1,43 @@
 """Bytes → pixels: images with Pillow, videos with PyAV (no torchvision, no decord).
 
 Decoding errors become ``VisionError`` with a reason a user can act on; the media layer adds the
-reference. Videos are decoded frame by frame and only the sampled frames are kept, so a long video never
-sits in memory whole.
+reference. Documented choices:
+
+- images come back as RGB with EXIF orientation applied; anything with transparency (RGBA, LA, palette or
+  colour-key ``transparency``) is composited on white; 16-bit and float images are scaled to 8 bits;
+- an animated image (GIF, APNG, animated WebP) is read as its **first frame**;
+- the pixel count is checked from the header, before any pixel is decoded (decompression-bomb guard);
+- videos are decoded frame by frame and only the sampled frames are kept (optionally resized as they are
+  decoded, see ``decode_video``), so a long video never sits in memory whole;
+- a truncated video whose container still opens is decoded best effort: when at least half of the sampled
+  frames decode, the missing ones repeat the last decoded frame (a warning is logged); otherwise it is an error.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import struct
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from reranker.vision import VisionError, sample_frame_indices
+from reranker.vision import VisionError, resize_frames, sample_frame_indices, to_rgb
+
+log = logging.getLogger(__name__)
 
 Source = bytes | str | Path
+FrameSize = Callable[[int, int, int], tuple[int, int]]  # (nframes, height, width) → (height, width)
+
+# Exceptions Pillow raises on data that is not an image, truncated or malformed (fuzzing finds them all).
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, KeyError)
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
 @dataclass
@@ -36,14 +55,15 @@ def _open(source: Source) -> io.BytesIO | str:
 
 
 def decode_image(source: Source, max_pixels: int = 64_000_000) -> Image.Image:
-    """Decode one image; EXIF orientation applied; the first frame of an animated image.
+    """Decode one image to RGB; EXIF orientation applied; the first frame of an animated image.
 
     Raises ``VisionError`` for data that is not an image, is truncated, or has more than ``max_pixels``
     source pixels (decompression-bomb guard, checked from the header before any pixel is decoded).
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit replaces Pillow's warning; Pillow's hard error (2x its limit) still applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(_open(source))
             width, height = image.size
             if width * height > max_pixels:
@@ -51,17 +71,45 @@ def decode_image(source: Source, max_pixels: int = 64_000_000) -> Image.Image:
                                   f"{max_pixels} (limits.max_image_pixels)")
             image.seek(0)  # animated images: the first frame, documented behaviour
             image.load()
-        return ImageOps.exif_transpose(image) or image
+            return flatten(_exif_transpose(image))
     except VisionError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise VisionError(f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "not an image" / truncated
-        raise VisionError(f"not a decodable image ({exc})") from exc
+    except _PIL_ERRORS as exc:  # PIL's ways of saying "not an image" / truncated
+        raise VisionError(f"not a decodable image ({type(exc).__name__}: {exc})") from exc
 
 
-def decode_video(source: Source, fps: float, max_frames: int, max_seconds: float = 3600.0) -> DecodedVideo:
-    """Decode the frames of a video file that ``fps`` and ``max_frames`` select (official sampling)."""
+def _exif_transpose(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block leaves the image as stored (best effort)."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except _PIL_ERRORS as exc:
+        log.warning("ignoring unreadable EXIF orientation: %s", exc)
+        return image
+
+
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB: transparency of any kind composited on white, high bit depths scaled to 8 bits."""
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return to_rgb(image.convert("RGBA"))
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / 65535.0 if image.mode != "F" else 1.0
+        return Image.fromarray(np.clip(array * scale, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_video(source: Source, fps: float, max_frames: int, max_seconds: float = 3600.0,
+                 frame_size: FrameSize | None = None, max_pixels: int | None = None) -> DecodedVideo:
+    """Decode the frames of a video file that ``fps`` and ``max_frames`` select (official sampling).
+
+    ``source`` is the file's bytes or a path (a path keeps large files out of memory). With ``frame_size``
+    (e.g. ``lambda n, h, w: vision.video_frame_size(n, h, w, budget)``) each kept frame is resized as soon as
+    it is decoded, exactly as ``vision.video_input`` would resize it, so memory holds only small frames.
+    Raises ``VisionError`` for data that is not a video, a video over ``max_seconds`` or over ``max_pixels``
+    per frame, or too few frames.
+    """
     import av
 
     try:
@@ -69,32 +117,84 @@ def decode_video(source: Source, fps: float, max_frames: int, max_seconds: float
             if not container.streams.video:
                 raise VisionError("no video stream")
             stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
             video_fps = float(stream.average_rate or stream.guessed_rate or 0)
             if video_fps <= 0:
                 raise VisionError("video has no frame rate")
-            total = stream.frames
-            if not total and stream.duration is not None and stream.time_base is not None:
-                total = round(float(stream.duration * stream.time_base) * video_fps)
-            if not total:
-                total = sum(1 for _ in container.decode(stream))
-                container.seek(0)
-            if total / video_fps > max_seconds:
-                raise VisionError(f"video lasts {total / video_fps:.1f} s, over the limit {max_seconds:.0f} s "
-                                  "(limits.max_video_seconds)")
+            _check_frame_pixels(stream, max_pixels)
+            total = _frame_count(container, stream, video_fps, max_seconds)
             wanted = sample_frame_indices(total, video_fps, fps, max_frames)
-            frames = _collect(container.decode(stream), wanted)
+            resize = _resizer(frame_size, len(wanted), stream)
+            frames = _collect(_safe_decode(container, stream), wanted, resize)
     except VisionError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise VisionError(f"not a decodable video ({exc})") from exc
-    if not frames:
-        raise VisionError("video has no decodable frames")
-    if len(frames) < len(wanted):  # container claimed more frames than it holds: pad with the last one
-        frames += [frames[-1]] * (len(wanted) - len(frames))
-    return DecodedVideo(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(), wanted, video_fps, total)
+    return DecodedVideo(_pad_missing(frames, wanted), wanted, video_fps, total)
 
 
-def _collect(frames_iter, wanted: list[int]) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def _frame_count(container: Any, stream: Any, video_fps: float, max_seconds: float) -> int:
+    """Frames in the stream, from the header, the duration, or (last resort) by counting packets."""
+    seconds = None
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # av.time_base
+    if seconds is not None:
+        _check_duration(seconds, max_seconds)
+    total = stream.frames or (round(seconds * video_fps) if seconds else 0)
+    if not total:  # no usable header: count packets (demuxing only, no decoding)
+        total = sum(1 for packet in container.demux(stream) if packet.size)
+        container.seek(0)
+    _check_duration(total / video_fps, max_seconds)
+    return int(total)
+
+
+def _check_frame_pixels(stream: Any, max_pixels: int | None) -> None:
+    width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+    if max_pixels is not None and width * height > max_pixels:
+        raise VisionError(f"video frames are {width}x{height} = {width * height} pixels, over the limit "
+                          f"{max_pixels} (limits.max_image_pixels)")
+
+
+def _check_duration(seconds: float, max_seconds: float) -> None:
+    if seconds > max_seconds:
+        raise VisionError(f"video lasts {seconds:.1f} s, over the limit {max_seconds:.0f} s "
+                          "(limits.max_video_seconds)")
+
+
+def _resizer(frame_size: FrameSize | None, nframes: int, stream: Any) -> Callable[[np.ndarray], np.ndarray]:
+    if frame_size is None or not stream.codec_context.height:
+        return lambda array: array
+    target = frame_size(nframes, stream.codec_context.height, stream.codec_context.width)
+
+    def resize(array: np.ndarray) -> np.ndarray:
+        if array.shape[:2] == target:
+            return array
+        tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+        return resize_frames(tensor, *target)[0].to(torch.uint8).permute(1, 2, 0).numpy()
+
+    return resize
+
+
+def _safe_decode(container: Any, stream: Any) -> Iterator[Any]:
+    """Frames until the end of the stream or the first undecodable packet (a truncated file)."""
+    import av
+
+    frames = container.decode(stream)
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            log.warning("video stream ends early: %s", exc)
+            return
+        yield frame
+
+
+def _collect(frames_iter: Iterator[Any], wanted: list[int],
+             resize: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
     """Keep frames at the ``wanted`` indices (which may repeat), decoding each frame once."""
     out: list[np.ndarray] = []
     pos = 0
@@ -103,8 +203,19 @@ def _collect(frames_iter, wanted: list[int]) -> list[np.ndarray]:  # type: ignor
             break
         if i < wanted[pos]:
             continue
-        array = frame.to_ndarray(format="rgb24")
+        array = resize(frame.to_ndarray(format="rgb24"))
         while pos < len(wanted) and wanted[pos] <= i:
             out.append(array)
             pos += 1
     return out
+
+
+def _pad_missing(frames: list[np.ndarray], wanted: list[int]) -> torch.Tensor:
+    """Best effort for a truncated file: repeat the last frame when at least half of the sampled ones decoded."""
+    if len(frames) * 2 < len(wanted):
+        raise VisionError(f"video is truncated or corrupt: {len(frames)} of {len(wanted)} sampled frames decode")
+    if len(frames) < len(wanted):
+        log.warning("video ends early: %d of %d sampled frames decoded, repeating the last", len(frames),
+                    len(wanted))
+        frames = frames + [frames[-1]] * (len(wanted) - len(frames))
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()

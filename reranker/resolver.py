@@ -1,0 +1,224 @@
+"""Sides with media references → sides with model-ready vision inputs (``ResolvedSide``).
+
+``MediaResolver.resolve_sides`` takes the sides of a whole batch (the queries and documents of many jobs),
+finds the distinct media among them, and fetches + decodes each once, concurrently, on a pool of
+``media.fetch_threads`` threads. Results go through a per-worker cache of decoded inputs bounded in bytes
+(``media.cache_bytes``), keyed by the reference and the budget fields that change the result, so a query
+image shared by 50 jobs is fetched and decoded once. A bad reference fails only the sides that hold it.
+
+Images may also be ``PIL.Image`` objects (used as they are) and frame lists may mix images and references,
+as the in-process API passes them. Cached ``VisionInput`` objects are shared: callers must not modify them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from reranker import vision
+from reranker.decode import decode_image, decode_video, flatten
+from reranker.media import MediaStore
+from reranker.media_cache import DecodedCache
+from reranker.pipeline import ResolvedSide
+from reranker.prompt import Side
+from reranker.vision import VisionBudget, VisionError, VisionInput
+from rerankq.errors import MediaError, TransientMediaError
+from rerankq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MediaStats:
+    """What the media layer did since it started (or since ``reset_stats``)."""
+
+    fetches: int = 0  # objects fetched (a ranged object counts once)
+    requests: int = 0  # S3 GETs sent, ranges and retries included
+    retries: int = 0  # transient failures retried
+    bytes_fetched: int = 0
+    cache_hits: int = 0  # lookups served without fetching (cached, or joined an in-flight fetch)
+    cache_misses: int = 0  # lookups that fetched and decoded
+    cache_evictions: int = 0
+    cache_bytes: int = 0  # held now
+    cache_items: int = 0  # held now
+    fetch_seconds: float = 0.0  # summed over threads
+    decode_seconds: float = 0.0  # summed over threads
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One vision entry of a side: what to build, its cache key, and a label for errors."""
+
+    kind: str  # "image" | "video" | "frames"
+    source: Any  # a reference, a PIL image, or a list of either (frames)
+    key: Hashable
+    label: str
+    cacheable: bool
+
+
+class MediaResolver:
+    """Fetches and decodes the media of many sides at once, with a shared byte-bounded cache.
+
+    ``resolve_sides`` returns, per side, a ``ResolvedSide`` or the ``MediaError`` that spoiled it (its message
+    names the reference and the reason). A fetch that still failed transiently after the store's retries is
+    reported as a ``MediaError`` too, with the ``TransientMediaError`` as its ``__cause__``.
+    """
+
+    def __init__(self, settings: Settings, store: MediaStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or MediaStore(settings)
+        self.counters = self.store.counters
+        self.cache: DecodedCache[VisionInput] = DecodedCache(settings.media.cache_bytes, self.counters,
+                                                             size_of=lambda item: item.nbytes)
+        threads = settings.media.fetch_threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rerankq-media")
+        # Frames of a frame list are fetched on their own pool: a frame-list task waits for them, and waiting
+        # on the pool it runs in could deadlock once every thread is such a task.
+        self._frame_pool = ThreadPoolExecutor(threads, thread_name_prefix="rerankq-frames")
+
+    def resolve_side(self, side: Side, budget: VisionBudget) -> ResolvedSide:
+        """One side; raises ``MediaError`` when any of its media cannot be fetched or decoded."""
+        result = self.resolve_sides([side], budget)[0]
+        if isinstance(result, MediaError):
+            raise result
+        return result
+
+    def resolve_sides(self, sides: Sequence[Side], budget: VisionBudget) -> list[ResolvedSide | MediaError]:
+        """Every side of a batch, in order; the distinct media of all of them fetched concurrently, once."""
+        futures: dict[Hashable, Future[VisionInput]] = {}
+        plans: list[list[_Item] | MediaError] = []
+        for side in sides:
+            try:
+                plan = [self._item(v, "video", budget) for v in side.videos]
+                plan += [self._item(i, "image", budget) for i in side.images]
+            except MediaError as exc:
+                plans.append(exc)
+                continue
+            plans.append(plan)
+            for item in plan:
+                if item.key not in futures:
+                    futures[item.key] = self._pool.submit(self._get, item, budget)
+        return [plan if isinstance(plan, MediaError) else self._assemble(side.texts, plan, futures)
+                for side, plan in zip(sides, plans, strict=True)]
+
+    @property
+    def stats(self) -> MediaStats:
+        values = {k: v for k, v in self.counters.snapshot().items() if k in MediaStats.__dataclass_fields__}
+        ints = {k: int(v) for k, v in values.items() if not k.endswith("_seconds")}
+        return MediaStats(**{**values, **ints, "cache_bytes": self.cache.nbytes, "cache_items": len(self.cache)})
+
+    def reset_stats(self) -> None:
+        self.counters.reset()
+
+    def close(self) -> None:
+        """Stop the fetch threads and release the S3 connection pool."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._frame_pool.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+
+    def __enter__(self) -> MediaResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _assemble(self, texts: list[str], plan: list[_Item],
+                  futures: dict[Hashable, Future[VisionInput]]) -> ResolvedSide | MediaError:
+        vision_inputs: list[VisionInput] = []
+        for item in plan:
+            try:
+                vision_inputs.append(futures[item.key].result())
+            except MediaError as exc:
+                return exc
+        return ResolvedSide(texts=list(texts), vision=vision_inputs)
+
+    def _item(self, source: Any, kind: str, budget: VisionBudget) -> _Item:
+        if isinstance(source, str | Image.Image):
+            if kind == "video" and isinstance(source, Image.Image):
+                raise MediaError("<PIL image>", "a video must be a reference or a list of frames, not one image")
+            return self._single(source, kind, budget)
+        if kind == "video" and isinstance(source, list | tuple):
+            return self._frames(list(source), budget)
+        raise MediaError(repr(source)[:80], f"an {kind} must be a reference string"
+                         f"{' or a list of frames' if kind == 'video' else ' or a PIL image'}")
+
+    def _single(self, source: str | Image.Image, kind: str, budget: VisionBudget) -> _Item:
+        fields = ((budget.image_min_tokens, budget.image_max_tokens) if kind == "image"
+                  else (budget.fps, budget.max_frames, budget.video_max_tokens))
+        if isinstance(source, Image.Image):
+            return _Item(kind, source, ("pil", id(source), *fields), "<PIL image>", cacheable=False)
+        return _Item(kind, source, (kind, source, *fields), source, cacheable=True)
+
+    def _frames(self, frames: list[Any], budget: VisionBudget) -> _Item:
+        label = f"frame list [{frames[0] if frames and isinstance(frames[0], str) else '…'}, … {len(frames)} frames]"
+        if not frames:
+            raise MediaError("frame list []", "a frame list needs at least one frame")
+        if len(frames) > self.settings.limits.max_frames_per_list:
+            raise MediaError(label, f"{len(frames)} frames, over the limit {self.settings.limits.max_frames_per_list}"
+                                    " (limits.max_frames_per_list)")
+        if not all(isinstance(f, str | Image.Image) for f in frames):
+            raise MediaError(label, "frames must be reference strings or PIL images")
+        refs = tuple(f if isinstance(f, str) else ("pil", id(f)) for f in frames)
+        cacheable = all(isinstance(f, str) for f in frames)
+        return _Item("frames", frames, ("frames", refs, budget.max_frames, budget.video_max_tokens), label, cacheable)
+
+    def _get(self, item: _Item, budget: VisionBudget) -> VisionInput:
+        """Build (or find in the cache) one vision input; every failure becomes a ``MediaError``."""
+        try:
+            if item.cacheable:
+                return self.cache.get_or_compute(item.key, lambda: self._build(item, budget))
+            return self._build(item, budget)
+        except MediaError:
+            raise
+        except TransientMediaError as exc:
+            raise MediaError(exc.ref, exc.reason) from exc
+        except VisionError as exc:
+            raise MediaError(item.label, str(exc)) from exc
+        except Exception as exc:  # a decoder bug or odd file must not take the batch down
+            log.exception("unexpected failure while reading %s", item.label)
+            raise MediaError(item.label, f"could not be read ({type(exc).__name__}: {exc})") from exc
+
+    def _build(self, item: _Item, budget: VisionBudget) -> VisionInput:
+        if item.kind == "frames":
+            return self._build_frames(item.source, budget)
+        if isinstance(item.source, Image.Image):
+            return self._timed(lambda: vision.image_input(flatten(item.source), budget))
+        with self.store.open(item.source) as source:
+            if item.kind == "image":
+                image = self._timed(lambda: decode_image(source, max_pixels=self.settings.limits.max_image_pixels))
+                return self._timed(lambda: vision.image_input(image, budget))
+            return self._timed(lambda: self._video(source, budget))
+
+    def _video(self, source: bytes | Any, budget: VisionBudget) -> VisionInput:
+        limits = self.settings.limits
+        decoded = decode_video(source, budget.fps, budget.max_frames, limits.max_video_seconds,
+                               frame_size=lambda n, h, w: vision.video_frame_size(n, h, w, budget),
+                               max_pixels=limits.max_image_pixels)
+        return vision.video_input(decoded.frames, decoded.indices, decoded.fps, budget)
+
+    def _build_frames(self, frames: list[Any], budget: VisionBudget) -> VisionInput:
+        keep = vision.sample_frame_list(len(frames), budget.max_frames)
+        images = list(self._frame_pool.map(self._frame_image, [frames[i] for i in keep]))
+        return self._timed(lambda: vision.frame_list_input(images, budget))
+
+    def _frame_image(self, frame: str | Image.Image) -> Image.Image:
+        if isinstance(frame, Image.Image):
+            return flatten(frame)
+        try:
+            with self.store.open(frame) as source:
+                return self._timed(lambda: decode_image(source, max_pixels=self.settings.limits.max_image_pixels))
+        except VisionError as exc:  # name the frame, not the list
+            raise MediaError(frame, str(exc)) from exc
+
+    def _timed(self, work: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return work()
+        finally:
+            self.counters.add(decode_seconds=time.perf_counter() - started)

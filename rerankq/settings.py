@@ -131,3 +131,26 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings from the environment (read once)."""
     return Settings()
+
+
+def settings_table() -> str:
+    """Every knob as a Markdown table (variable, default, meaning): the README's configuration section."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name.upper()}__")
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = ",".join(default) if isinstance(default, list) else default
+            text = (info.description or "").replace("|", "\\|")
+            rows.append(f"| `{prefix}{name.upper()}` | `{shown}` | {text} |")
+
+    walk(Settings, "RERANKQ_")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -16,6 +16,21 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from rerankq.settings import Settings
+    from workers.main import run_worker
+
+    run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
+               loglevel="DEBUG" if args.verbose else "INFO")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rerankq.bench import run_bench
+
+    return run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerankq", description="Queue-based multimodal reranking.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -25,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny_model)
+
+    from producer.cli import add_commands
+
+    add_commands(sub)
+    worker = sub.add_parser("worker", help="one Celery worker process pinned to one device and one model")
+    worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")
+    worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
+    worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
+    worker.set_defaults(func=_worker)
+    from rerankq.bench import add_arguments
+
+    add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))
     return parser
 
 

@@ -1,0 +1,151 @@
+"""``RerankClient``: submit rerank jobs, poll their status, wait for results (SPEC §4).
+
+Jobs are enqueued *by name* (``rerankq.rerank``) with Celery's ``send_task``; this module never imports
+worker code, torch or transformers. Each submit first creates the job record (our own state, so an unknown
+id is "no such job" rather than Celery's PENDING), then publishes the message; a ``job_id`` that already
+has a record is not published again (idempotency). ``submit_many`` does both steps for a whole chunk in one
+pipelined round trip each.
+
+Waiting never polls in a loop: terminal states push a token on a per-job list that ``result`` and
+``as_completed`` block on (``BLPOP``), so a waiting client costs Redis one blocked connection.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import redis
+from celery import Celery
+
+from rerankq import keys
+from rerankq.errors import JobFailed, NoSuchJob
+from rerankq.jobs import TERMINAL, JobStore
+from rerankq.results import ResultStore
+from rerankq.schema import RerankJob, parse_job
+from rerankq.settings import Settings
+
+CHUNK = 500  # jobs per pipelined round trip in submit_many
+
+
+class RerankClient:
+    """A handle on a rerankq deployment. ``RerankClient()`` reads ``RERANKQ_*``; or pass ``settings`` or
+    keyword overrides: ``RerankClient(redis_url="redis://...")``."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or Settings(**overrides)
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.jobs = JobStore(self.settings, self.redis)
+        self.results = ResultStore(self.settings.s3_endpoint_url)
+        self.celery = Celery("rerankq-producer", set_as_current=False)
+        self.celery.conf.update(keys.celery_config(self.settings))
+
+    def close(self) -> None:
+        self.celery.close()
+        self.redis.close()
+
+    def __enter__(self) -> RerankClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # submitting ----------------------------------------------------------------------------------
+    def submit(self, request: dict[str, Any] | RerankJob) -> str:
+        """Validate and enqueue one job; returns its id (the given ``job_id`` or a new one)."""
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Iterable[dict[str, Any] | RerankJob]) -> list[str]:
+        """Validate every request first (nothing is enqueued if one is invalid), then enqueue them in
+        chunks of ``CHUNK``: one round trip creates the records, one publishes the messages."""
+        jobs = [self._prepare(r) for r in requests]
+        for start in range(0, len(jobs), CHUNK):
+            self._enqueue(jobs[start:start + CHUNK])
+        return [job["job_id"] for job in jobs]
+
+    def _prepare(self, request: dict[str, Any] | RerankJob) -> dict[str, Any]:
+        job = parse_job(request, self.settings).wire()
+        job.setdefault("job_id", uuid.uuid4().hex)
+        return job
+
+    def _enqueue(self, jobs: list[dict[str, Any]]) -> None:
+        created = self.jobs.create_many(jobs)
+        fresh = [job for job, new in zip(jobs, created, strict=True) if new]
+        if not fresh:
+            return
+        with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):
+            for job in fresh:
+                self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,
+                                      queue=keys.queue_name(self.settings, job["priority"]))
+
+    # reading -------------------------------------------------------------------------------------
+    def status(self, job_id: str) -> dict[str, Any]:
+        """``{"job_id", "state", "progress", "created_at", "started_at", "finished_at", "worker", "error"}``;
+        ``NoSuchJob`` for an unknown (or expired) id."""
+        return self.jobs.status(job_id)
+
+    def result(self, job_id: str, timeout: float | None = 0) -> dict[str, Any]:
+        """The result of a succeeded job. Waits up to ``timeout`` seconds (None = forever, 0 = do not
+        wait) for a queued or running job; raises ``TimeoutError`` then, ``JobFailed`` for a failed or
+        cancelled job, ``NoSuchJob`` for an unknown id."""
+        record = self.jobs.record(job_id)
+        if record["state"] not in TERMINAL and timeout != 0:
+            self._wait([job_id], timeout)
+            record = self.jobs.record(job_id)
+        return self._result_of(job_id, record)
+
+    def _result_of(self, job_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        state = record["state"]
+        if state not in TERMINAL:
+            raise TimeoutError(f"job {job_id} is still {state}")
+        if state != "succeeded":
+            raise JobFailed(job_id, state, record.get("error"))
+        if record.get("result_uri"):
+            return self.results.get(record["result_uri"])
+        return json.loads(record["result"])
+
+    def _wait(self, job_ids: list[str], timeout: float | None) -> str | None:
+        """Block until one of ``job_ids`` is terminal; returns its id (None on timeout). The token is put
+        back so that other waiters on the same job also wake."""
+        wait = 0 if timeout is None else max(timeout, 0.001)
+        popped = self.redis.blpop([self.jobs.done(j) for j in job_ids], timeout=wait)
+        if popped is None:
+            return None
+        key = popped[0].decode()
+        self.redis.rpush(key, b"1")
+        self.redis.expire(key, self.settings.results.ttl_s)
+        return key.removeprefix(f"{self.settings.queue_prefix}:job:").removesuffix(":done")
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a queued or running job; returns the state it was in. Workers skip cancelled jobs; a
+        job already finished keeps its state."""
+        return self.jobs.cancel(job_id)
+
+    def as_completed(self, job_ids: Iterable[str], timeout: float | None = None
+                     ) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+        """Yield ``(job_id, result)`` as jobs finish; for a failed, cancelled or unknown job the second
+        item is the exception (``JobFailed`` / ``NoSuchJob``) instead. ``TimeoutError`` after ``timeout``."""
+        pending = list(dict.fromkeys(job_ids))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            states = self.jobs.states(pending)
+            finished = [j for j, s in zip(pending, states, strict=True) if s is None or s in TERMINAL]
+            for job_id in finished:
+                yield job_id, self._settle(job_id)
+            pending = [j for j in pending if j not in set(finished)]
+            if not pending:
+                return
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout} s")
+            # Wake on any token among the first keys (BLPOP over thousands of keys is slow to set up).
+            self._wait(pending[:256], min(left, 1.0) if left is not None and len(pending) > 256 else left)
+
+    def _settle(self, job_id: str) -> dict[str, Any] | Exception:
+        try:
+            return self.result(job_id, timeout=0)
+        except (JobFailed, NoSuchJob) as exc:
+            return exc

@@ -1,0 +1,173 @@
+"""The rerank job on the wire (SPEC §2): validated at submit time, before anything is enqueued.
+
+``parse_job(data, settings)`` returns a ``RerankJob`` or raises ``InvalidRequest`` naming the field and,
+for a limit, the setting that sets it (``documents: 1200 documents, over the limit 1000
+(limits.max_documents)``). Unknown fields are errors. What reaches the worker is ``job.wire()``: plain
+JSON, references only (media bytes never travel through the broker).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from rerankq.errors import InvalidRequest
+from rerankq.settings import LimitSettings, Settings
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_SCHEMES = ("s3://", "https://", "file://")
+
+
+def _limits(info: ValidationInfo) -> LimitSettings:
+    context = info.context or {}
+    return context.get("limits") or LimitSettings()
+
+
+def _check_ref(ref: str, what: str) -> str:
+    if not isinstance(ref, str) or not ref.startswith(_SCHEMES):
+        raise ValueError(f"{what} reference {ref!r} must start with s3://, https:// or file://")
+    if ref.startswith("s3://") and "/" not in ref[5:].strip("/"):
+        raise ValueError(f"{what} reference {ref!r} must be s3://bucket/key")
+    return ref
+
+
+class SideSpec(BaseModel):
+    """The query or one document: any of ``text``, ``image`` (one reference or a list), ``video`` (one
+    reference to a video file, or a list of image references read as frames). At least one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str | None = None
+    image: str | list[str] | None = None
+    video: str | list[str] | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_length(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = _limits(info).max_text_chars
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{len(value)} characters, over the limit {limit} (limits.max_text_chars)")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _images(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        refs = [value] if isinstance(value, str) else value or []
+        limit = _limits(info).max_images_per_side
+        if len(refs) > limit:
+            raise ValueError(f"{len(refs)} images, over the limit {limit} (limits.max_images_per_side)")
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty image list; leave the field out instead")
+        for ref in refs:
+            _check_ref(ref, "image")
+        return value
+
+    @field_validator("video")
+    @classmethod
+    def _video(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        refs = [value] if isinstance(value, str) else value or []
+        limit = _limits(info).max_frames_per_list
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty frame list; leave the field out instead")
+        if len(refs) > limit:
+            raise ValueError(f"{len(refs)} frames, over the limit {limit} (limits.max_frames_per_list)")
+        for ref in refs:
+            _check_ref(ref, "video")
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SideSpec:
+        if self.text is None and self.image is None and self.video is None:
+            raise ValueError("needs at least one of text, image, video")
+        return self
+
+    def media_count(self) -> int:
+        refs = [self.image] if isinstance(self.image, str) else self.image or []
+        return len(refs) + (self.video is not None)
+
+
+class RerankJob(BaseModel):
+    """A rerank job: the official ``process()`` input plus queue fields (SPEC §2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str | None = Field(None, min_length=1)
+    query: SideSpec
+    documents: list[SideSpec] = Field(min_length=1)
+    fps: float | None = Field(None, gt=0, le=60)
+    max_frames: int | None = Field(None, ge=2)
+    top_n: int | None = Field(None, ge=1)
+    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
+    priority: Literal["high", "normal", "low"] = "normal"
+    result_uri: str | None = None
+
+    @field_validator("documents")
+    @classmethod
+    def _document_count(cls, value: list[SideSpec], info: ValidationInfo) -> list[SideSpec]:
+        limit = _limits(info).max_documents
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} documents, over the limit {limit} (limits.max_documents)")
+        return value
+
+    @field_validator("max_frames")
+    @classmethod
+    def _max_frames(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = _limits(info).max_frames
+        if value is not None and value > limit:
+            raise ValueError(f"{value} frames, over the limit {limit} (limits.max_frames)")
+        return value
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_length(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = _limits(info).max_text_chars
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{len(value)} characters, over the limit {limit} (limits.max_text_chars)")
+        return value
+
+    @field_validator("result_uri")
+    @classmethod
+    def _result_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^s3://[^/]+(/.*)?$", value):
+            raise ValueError(f"{value!r} must be an s3://bucket/prefix/ URI")
+        return value
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON the worker receives (``job_id`` set by the client)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("str", "list[str]", "function-after[_not_empty(), SideSpec]"):
+            continue  # pydantic's union branch names, not fields
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "request"
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field (allowed: see SPEC §2)"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def parse_job(data: Any, settings: Settings | None = None) -> RerankJob:
+    """Validate one request (a dict or a ``RerankJob``) against the schema and ``settings.limits``."""
+    limits = (settings or Settings()).limits
+    if isinstance(data, RerankJob):
+        data = data.model_dump(mode="json", exclude_none=True)
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"a job is a JSON object, got {type(data).__name__}")
+    try:
+        return RerankJob.model_validate(data, context={"limits": limits})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        raise InvalidRequest(_message(first) + more, _field_path(first["loc"])) from None

@@ -1,0 +1,54 @@
+"""``rerankq worker``: one Celery worker process pinned to one device and one model.
+
+The model is loaded, and the runtime started, before the worker consumes anything. Several GPUs = several
+processes, one per device (``rerankq worker --device cuda:0``, ``--device cuda:1``, ...) on the same Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from rerankq import keys
+from rerankq.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def load(settings: Settings, spec: str, device: str):  # type: ignore[no-untyped-def]
+    from reranker.loading import LoadOptions, load_scorer
+
+    s = settings.scoring
+    return load_scorer(spec, LoadOptions(device=device, dtype=s.dtype, attn_implementation=s.attn_implementation,
+                                         cache_dir=s.model_cache_dir, s3_endpoint_url=settings.s3_endpoint_url,
+                                         seed=s.seed))
+
+
+def run_worker(settings: Settings, model: str | None = None, device: str | None = None,
+               hostname: str | None = None, loglevel: str = "INFO") -> None:
+    """Load the model, start the runtime and metrics, then consume until shut down (Ctrl-C / SIGTERM)."""
+    import redis
+
+    from workers import tasks
+    from workers.app import make_app
+    from workers.metrics import Metrics
+    from workers.runtime import Runtime
+
+    device = device or settings.device
+    spec = model or settings.model
+    hostname = hostname or f"rerankq-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
+    scorer = load(settings, spec, device)
+    logger.info("loaded %s on %s (%s)", scorer.name, scorer.device, scorer.dtype)
+    metrics = Metrics()
+    metrics.watch_queues(redis.Redis.from_url(settings.redis_url), keys.queue_names(settings))
+    metrics.serve(settings.metrics_port)
+    runtime = Runtime(scorer, settings, hostname, metrics=metrics).start()
+    tasks.install(runtime)
+    app = make_app(settings)
+    worker = app.Worker(hostname=hostname, queues=keys.queue_names(settings), loglevel=loglevel,
+                        without_mingle=True, without_gossip=True)
+    try:
+        worker.start()
+    finally:
+        runtime.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,7 +29,7 @@ def mp4_bytes(seconds: float = 3.0, fps: int = 10, width: int = 96, height: int 
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=fps)
+        stream: Any = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(int(seconds * fps)):
             base = (np.arange(width)[None, :, None] * 2 + i * 8) % 256

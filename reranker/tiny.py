@@ -30,8 +30,8 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = build_config("tiny")
-    config.text_config.initializer_range = TINY_INIT_STD
-    config.vision_config.initializer_range = TINY_INIT_STD
+    config.text_config.initializer_range = TINY_INIT_STD  # type: ignore[union-attr]
+    config.vision_config.initializer_range = TINY_INIT_STD  # type: ignore[union-attr]
     config.dtype = "float32"
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration._from_config(config, dtype=torch.float32)

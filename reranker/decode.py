@@ -178,19 +178,24 @@ def _resizer(frame_size: FrameSize | None, nframes: int, stream: Any) -> Callabl
 
 
 def _safe_decode(container: Any, stream: Any) -> Iterator[Any]:
-    """Frames until the end of the stream or the first undecodable packet (a truncated file)."""
+    """Frames packet by packet; an undecodable packet is skipped and a truncated container ends the stream."""
     import av
 
-    frames = container.decode(stream)
+    packets = container.demux(stream)
     while True:
         try:
-            frame = next(frames)
+            packet = next(packets)
         except StopIteration:
             return
         except av.error.FFmpegError as exc:
-            log.warning("video stream ends early: %s", exc)
+            log.warning("video container ends early: %s", exc)
+            packet = None
+        try:
+            yield from stream.decode(packet)  # None flushes the decoder's delayed frames
+        except av.error.FFmpegError as exc:
+            log.warning("skipping an undecodable video packet: %s", exc)
+        if packet is None:
             return
-        yield frame
 
 
 def _collect(frames_iter: Iterator[Any], wanted: list[int],

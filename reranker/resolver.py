@@ -42,7 +42,8 @@ class MediaStats:
     requests: int = 0  # S3 GETs sent, ranges and retries included
     retries: int = 0  # transient failures retried
     bytes_fetched: int = 0
-    cache_hits: int = 0  # lookups served without fetching (cached, or joined an in-flight fetch)
+    deduplicated: int = 0  # references served by another side's fetch in the same ``resolve_sides`` call
+    cache_hits: int = 0  # lookups served without fetching (cached, or joined another call's in-flight fetch)
     cache_misses: int = 0  # lookups that fetched and decoded
     cache_evictions: int = 0
     cache_bytes: int = 0  # held now
@@ -102,7 +103,9 @@ class MediaResolver:
                 continue
             plans.append(plan)
             for item in plan:
-                if item.key not in futures:
+                if item.key in futures:
+                    self.counters.add(deduplicated=1)
+                else:
                     futures[item.key] = self._pool.submit(self._get, item, budget)
         return [plan if isinstance(plan, MediaError) else self._assemble(side.texts, plan, futures)
                 for side, plan in zip(sides, plans, strict=True)]

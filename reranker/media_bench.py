@@ -1,0 +1,199 @@
+"""Media benchmark: fetch + decode throughput from a local S3 endpoint, and what the cache saves.
+
+``python -m reranker.media_bench [--threads 1,16] [--images 200] [--json]`` starts its own S3 endpoint
+(moto, in a child process so it does not share this process's GIL), uploads generated media and prints:
+
+- 200 small JPEGs resolved as 200 sides, with 1 versus N fetch threads (objects/s, MB/s);
+- short mp4 videos (distinct objects) resolved with 1 versus N threads (videos/s, MB/s);
+- a batch of 50 jobs sharing one query image: fetches and time per job resolved alone, without a cache,
+  versus the whole batch through ``MediaResolver.resolve_sides`` with the cache.
+
+``run_media_bench`` returns the same figures as a dict (for ``rerankq bench``). The ``*_bytes`` helpers
+generate the test and benchmark media.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+BUCKET = "rerankq-bench"
+
+
+def image_bytes(width: int = 320, height: int = 240, fmt: str = "JPEG", seed: int = 0, mode: str = "RGB",
+                **save: Any) -> bytes:
+    """A photo-like test image (smooth gradient + noise, so it compresses like a photo)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = np.stack([xs * 255 // max(width, 1), ys * 255 // max(height, 1), np.full_like(xs, seed * 37 % 256)], -1)
+    pixels = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def video_codec() -> str:
+    import av
+
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def mp4_bytes(seconds: float = 3.0, fps: int = 10, width: int = 160, height: int = 120,
+              faststart: bool = False) -> bytes:
+    """A real mp4 written with PyAV; frame ``i`` has mean grey level about ``(i * 4) % 192 + 32``."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.mp4"
+        with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
+            stream = container.add_stream(video_codec(), rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(round(seconds * fps)):
+                noise = rng.integers(0, 64, (height, width, 3))
+                frame = av.VideoFrame.from_ndarray((noise + (i * 4) % 192).astype(np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path.read_bytes()
+
+
+def _serve(port: int, ready: Any, stop: Any) -> None:
+    import logging
+
+    from rerankq.cluster import S3Server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per request
+
+    with S3Server(port=port):
+        ready.set()
+        stop.wait()
+
+
+def _timed_resolve(settings: Any, sides: list[Any], budget: Any) -> tuple[float, Any]:
+    from reranker.resolver import MediaResolver
+
+    with MediaResolver(settings) as resolver:
+        started = time.perf_counter()
+        results = resolver.resolve_sides(sides, budget)
+        elapsed = time.perf_counter() - started
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise RuntimeError(f"benchmark media failed: {failed[0]}")
+        return elapsed, resolver.stats
+
+
+def _throughput(settings: Any, sides: list[Any], budget: Any, threads: int) -> dict[str, float]:
+    tuned = settings.model_copy(update={"media": settings.media.model_copy(update={"fetch_threads": threads})})
+    elapsed, stats = _timed_resolve(tuned, sides, budget)
+    return {"threads": threads, "objects": stats.fetches, "seconds": round(elapsed, 3),
+            "objects_per_s": round(stats.fetches / elapsed, 1),
+            "mb_per_s": round(stats.bytes_fetched / elapsed / 1e6, 2)}
+
+
+def _cache_saving(settings: Any, s3: Any, budget: Any, jobs: int) -> dict[str, float]:
+    from reranker.prompt import Side
+    from reranker.resolver import MediaResolver
+
+    query = f"s3://{BUCKET}/shared/query.jpg"
+    s3.put_object(Bucket=BUCKET, Key="shared/query.jpg", Body=image_bytes(1024, 768, seed=999))
+    sides = [Side(images=[query])]
+    for j in range(jobs):
+        sides.append(Side(images=[f"s3://{BUCKET}/img/{j}.jpg"]))
+    uncached = settings.model_copy(update={"media": settings.media.model_copy(update={"cache_bytes": 0})})
+    with MediaResolver(uncached) as resolver:  # each job alone, as a per-job pipeline would do it
+        started = time.perf_counter()
+        for j in range(jobs):
+            resolver.resolve_sides([sides[0], sides[j + 1]], budget)
+        alone_s, alone = time.perf_counter() - started, resolver.stats
+    batch_s, batch = _timed_resolve(settings, [s for j in range(jobs) for s in (sides[0], sides[j + 1])], budget)
+    return {"jobs": jobs, "fetches_without_cache": alone.fetches, "fetches_with_cache": batch.fetches,
+            "mb_without_cache": round(alone.bytes_fetched / 1e6, 2),
+            "mb_with_cache": round(batch.bytes_fetched / 1e6, 2),
+            "seconds_without_cache": round(alone_s, 3), "seconds_with_cache": round(batch_s, 3),
+            "cache_hits": batch.cache_hits, "deduplicated": batch.deduplicated}
+
+
+def run_media_bench(threads: tuple[int, ...] = (1, 16), images: int = 200, videos: int = 8,
+                    jobs: int = 50) -> dict[str, Any]:
+    """Start an S3 endpoint, upload media, measure; returns the figures (see the module doc)."""
+    from reranker.prompt import Side
+    from reranker.vision import VisionBudget
+    from rerankq.cluster import S3Server, free_port
+    from rerankq.settings import Settings
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)  # the benchmark's own endpoint accepts any credentials
+    port, context = free_port(), multiprocessing.get_context("spawn")
+    ready, stop = context.Event(), context.Event()
+    server = context.Process(target=_serve, args=(port, ready, stop), daemon=True)
+    server.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the benchmark's S3 endpoint did not start")
+        s3 = S3Server(port=port).client()
+        s3.create_bucket(Bucket=BUCKET)
+        for i in range(images):
+            s3.put_object(Bucket=BUCKET, Key=f"img/{i}.jpg", Body=image_bytes(320, 240, seed=i))
+        clip = mp4_bytes(seconds=10, fps=30, width=640, height=360)
+        for i in range(videos):
+            s3.put_object(Bucket=BUCKET, Key=f"video/{i}.mp4", Body=clip)
+        settings, budget = Settings(s3_endpoint_url=f"http://127.0.0.1:{port}"), VisionBudget()
+        image_sides = [Side(images=[f"s3://{BUCKET}/img/{i}.jpg"]) for i in range(images)]
+        video_sides = [Side(videos=[f"s3://{BUCKET}/video/{i}.mp4"]) for i in range(videos)]
+        return {
+            "images": [_throughput(settings, image_sides, budget, n) for n in threads],
+            "videos": [_throughput(settings, video_sides, budget, n) for n in threads],
+            "video_bytes": len(clip), "video_codec": video_codec(),
+            "cache": _cache_saving(settings, s3, budget, jobs),
+        }
+    finally:
+        stop.set()
+        server.join(10)
+
+
+def _print(figures: dict[str, Any]) -> None:
+    print("fetch + decode from a local S3 endpoint (moto, child process)")
+    for kind in ("images", "videos"):
+        for row in figures[kind]:
+            print(f"  {row['objects']:4d} {kind:6s} threads={row['threads']:<3d} {row['seconds']:7.3f} s  "
+                  f"{row['objects_per_s']:8.1f} objects/s  {row['mb_per_s']:7.2f} MB/s")
+    c = figures["cache"]
+    print(f"cache, {c['jobs']} jobs sharing one query image:")
+    print(f"  without cache (job by job): {c['fetches_without_cache']} fetches, {c['mb_without_cache']} MB, "
+          f"{c['seconds_without_cache']} s")
+    print(f"  with cache (one batch):     {c['fetches_with_cache']} fetches, {c['mb_with_cache']} MB, "
+          f"{c['seconds_with_cache']} s, {c['deduplicated']} references shared in the batch, "
+          f"{c['cache_hits']} cache hits")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", default="1,16", help="comma-separated fetch thread counts")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    threads = tuple(int(t) for t in args.threads.split(","))
+    figures = run_media_bench(threads, args.images, args.videos, args.jobs)
+    print(json.dumps(figures)) if args.json else _print(figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ from rerankq.schema import RerankJob, parse_job
 from rerankq.settings import Settings
 
 CHUNK = 500  # jobs per pipelined round trip in submit_many
+WAIT_SLICE_S = 2.0  # a blocking wait is re-issued this often (redis-py's default socket timeout is 5 s)
 
 
 class RerankClient:
@@ -109,11 +110,17 @@ class RerankClient:
 
     def _wait(self, job_ids: list[str], timeout: float | None) -> str | None:
         """Block until one of ``job_ids`` is terminal; returns its id (None on timeout). The token is put
-        back so that other waiters on the same job also wake."""
-        wait = 0 if timeout is None else max(timeout, 0.001)
-        popped = self.redis.blpop([self.jobs.done(j) for j in job_ids], timeout=wait)
-        if popped is None:
-            return None
+        back so that other waiters on the same job also wake. Blocks in slices shorter than the Redis
+        client's socket timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done_keys = [self.jobs.done(j) for j in job_ids]
+        while True:
+            left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            popped = self.redis.blpop(done_keys, timeout=max(left, 0.01))
+            if popped is not None:
+                break
         key = popped[0].decode()
         self.redis.rpush(key, b"1")
         self.redis.expire(key, self.settings.results.ttl_s)
@@ -142,7 +149,8 @@ class RerankClient:
             if left is not None and left <= 0:
                 raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout} s")
             # Wake on any token among the first keys (BLPOP over thousands of keys is slow to set up).
-            self._wait(pending[:256], min(left, 1.0) if left is not None and len(pending) > 256 else left)
+            wait = 1.0 if len(pending) > 256 else left
+            self._wait(pending[:256], wait if left is None or wait is None else min(wait, left))
 
     def _settle(self, job_id: str) -> dict[str, Any] | Exception:
         try:

@@ -35,12 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 def make_resolver(settings: Settings) -> Any:
-    try:
-        from reranker.media import MediaResolver
-    except ImportError:  # issue 3 not landed yet
-        from workers.media_fallback import FallbackResolver
+    from reranker.resolver import MediaResolver
 
-        return FallbackResolver(settings)
     return MediaResolver(settings)
 
 

@@ -1,0 +1,154 @@
+"""Fixtures for the queue tests: a real worker subprocess (tiny model) on the private Redis and S3, sample
+media in S3, and an in-process reference for the scores."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rerankq.cluster import RedisServer, S3Server, free_port
+from rerankq.settings import Settings
+
+MEDIA_BUCKET = "media"
+RESULTS_BUCKET = "results"
+
+
+@dataclass
+class WorkerProcess:
+    """A ``rerankq worker`` subprocess and how to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    settings: Settings
+    metrics_port: int
+    log: Path
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one sample, e.g. ``metric("rerankq_batch_pairs_count")`` (0 when absent)."""
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in self.metrics().splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _wait_ready(worker: WorkerProcess, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.proc.returncode}:\n{worker.tail()}")
+        try:
+            worker.metrics()
+            if b"ready." in worker.log.read_bytes():  # Celery's "celery@host ready." line
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"worker not ready within {timeout} s:\n{worker.tail()}")
+
+
+def start_worker(model_dir: Path, redis_url: str, s3_url: str, log_dir: Path, **env: str) -> WorkerProcess:
+    """Start ``rerankq worker`` with the tiny model on CPU; extra ``RERANKQ_*`` settings as keywords."""
+    port = free_port()
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    full_env = {**os.environ, "RERANKQ_REDIS_URL": redis_url, "RERANKQ_S3_ENDPOINT_URL": s3_url,
+                "RERANKQ_ALLOW_FILE_URLS": "true", "RERANKQ_METRICS_PORT": str(port),
+                "RERANKQ_QUEUE_PREFIX": prefix, "OMP_NUM_THREADS": "1", **env}
+    log = log_dir / f"worker-{prefix}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", str(model_dir),
+                                 "--device", "cpu"], env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    settings = Settings(redis_url=redis_url, s3_endpoint_url=s3_url, queue_prefix=prefix)
+    worker = WorkerProcess(proc, full_env, settings, port, log)
+    try:
+        _wait_ready(worker)
+    except BaseException:
+        stop_worker(worker)
+        raise
+    return worker
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    if worker.proc.poll() is None:
+        worker.proc.terminate()
+        try:
+            worker.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def queue_worker(tiny_model_dir: Path, redis_server: RedisServer, s3_server: S3Server,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One worker subprocess per test module (its own queue prefix); results over 4 KiB go to S3."""
+    worker = start_worker(tiny_model_dir, redis_server.url, s3_server.url, tmp_path_factory.mktemp("worker"),
+                          RERANKQ_RESULTS__INLINE_MAX_BYTES="4096",
+                          RERANKQ_RESULTS__BUCKET_URI=f"s3://{RESULTS_BUCKET}/large/",
+                          RERANKQ_BATCH__FLUSH_INTERVAL_MS="50")
+    yield worker
+    stop_worker(worker)
+
+
+@pytest.fixture(scope="session")
+def media(s3: Any) -> dict[str, str]:
+    """Sample media in S3: two images, an mp4, four frames. Returns name → s3:// reference."""
+    from reranker.samples import image_bytes, mp4_bytes, noise_image
+
+    for bucket in (MEDIA_BUCKET, RESULTS_BUCKET):
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(Bucket=bucket)
+    objects = {
+        "cat.png": image_bytes(noise_image(64, 48, seed=1)),
+        "dog.jpg": image_bytes(noise_image(80, 80, seed=2), "JPEG"),
+        "clip.mp4": mp4_bytes(seconds=2.0, fps=10, seed=3),
+        **{f"frame{i}.png": image_bytes(noise_image(64, 64, seed=10 + i)) for i in range(4)},
+    }
+    for key, body in objects.items():
+        s3.put_object(Bucket=MEDIA_BUCKET, Key=f"q/{key}", Body=body)
+    return {key: f"s3://{MEDIA_BUCKET}/q/{key}" for key in objects}
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir: Path, s3_server: S3Server):  # type: ignore[no-untyped-def]
+    """In-process scores of a request (documents that should fail left out): the seed-compatible
+    ``Qwen3VLReranker.process`` when it can run here, else the scorer + preparer + resolver directly."""
+    from reranker.loading import load_scorer
+    from reranker.pipeline import PairPreparer
+    from reranker.prompt import Side
+    from reranker.resolver import MediaResolver
+    from reranker.vision import VisionBudget
+
+    settings = Settings(s3_endpoint_url=s3_server.url, allow_file_urls=True)
+    scorer = load_scorer(str(tiny_model_dir))
+    preparer = PairPreparer(scorer.tokenizer, settings.scoring.max_length)
+    resolver = MediaResolver(settings)
+
+    def scores(request: dict[str, Any]) -> list[float]:
+        budget = VisionBudget(fps=request.get("fps", 1.0), max_frames=request.get("max_frames", 64))
+        sides = resolver.resolve_sides([Side.from_dict(request["query"])]
+                                       + [Side.from_dict(d) for d in request["documents"]], budget)
+        instruction = request.get("instruction") or settings.instruction
+        pairs = [preparer.prepare(instruction, sides[0], doc) for doc in sides[1:]]  # type: ignore[arg-type]
+        return [scorer.forward([p])[0] for p in pairs]  # one pair per pass, as the official script
+
+    yield scores
+    resolver.close()

@@ -1,0 +1,177 @@
+"""The queue end to end through the SDK: a real redis-server, moto's S3 server, a worker subprocess."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from producer import RerankClient
+from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
+from tests.integration.conftest import MEDIA_BUCKET, RESULTS_BUCKET, WorkerProcess
+
+TOL = 1e-5
+
+
+@pytest.fixture()
+def client(queue_worker: WorkerProcess) -> RerankClient:
+    with RerankClient(queue_worker.settings) as c:
+        yield c
+
+
+def mixed_request(media: dict[str, str]) -> dict[str, Any]:
+    return {
+        "instruction": "Find the matching product.",
+        "query": {"text": "a striped cat", "image": media["cat.png"]},
+        "documents": [
+            {"text": "a dog on a sofa"},
+            {"image": media["dog.jpg"]},
+            {"video": media["clip.mp4"]},
+            {"text": "four frames", "video": [media[f"frame{i}.png"] for i in range(4)]},
+            {"text": "two pictures", "image": [media["cat.png"], media["dog.jpg"]]},
+            {"text": "striped cats sleeping in the sun"},
+        ],
+        "fps": 2.0,
+    }
+
+
+def test_text_image_video_job_matches_in_process_scores(client: RerankClient, media: dict[str, str],
+                                                         reference: Any) -> None:
+    request = mixed_request(media)
+    job_id = client.submit(request)
+    result = client.result(job_id, timeout=120)
+    expected = reference(request)
+    assert result["job_id"] == job_id
+    assert result["errors"] == []
+    assert result["scores"] == pytest.approx(expected, abs=TOL)
+    ranked = sorted(range(len(expected)), key=lambda i: -expected[i])
+    assert [r["index"] for r in result["results"]] == ranked
+    assert all(0 <= r["relevance_score"] <= 1 for r in result["results"])
+    assert result["usage"]["pairs"] == 6 and result["usage"]["tokens"] > 0
+    status = client.status(job_id)
+    assert status["state"] == "succeeded"
+    assert status["progress"] == {"pairs_done": 6, "pairs_total": 6}
+    assert status["created_at"] <= status["started_at"] <= status["finished_at"]
+    assert status["worker"].startswith("rerankq-cpu-")
+
+
+def test_top_n_cuts_the_ranking(client: RerankClient, reference: Any) -> None:
+    request = {"query": {"text": "red apple"}, "top_n": 2,
+               "documents": [{"text": t} for t in ("green pear", "red apple pie", "a red apple", "bananas")]}
+    result = client.result(client.submit(request), timeout=60)
+    expected = reference(request)
+    top = sorted(range(4), key=lambda i: -expected[i])[:2]
+    assert [r["index"] for r in result["results"]] == top
+    assert len(result["scores"]) == 4
+
+
+def test_missing_media_fails_only_its_document(client: RerankClient, media: dict[str, str], reference: Any) -> None:
+    missing = f"s3://{MEDIA_BUCKET}/q/nope.png"
+    request = {"query": {"text": "cat"},
+               "documents": [{"text": "a cat"}, {"image": missing}, {"image": media["cat.png"]}]}
+    result = client.result(client.submit(request), timeout=60)
+    assert result["scores"][1] is None
+    assert [e["index"] for e in result["errors"]] == [1]
+    assert missing in result["errors"][0]["error"]
+    good = reference({**request, "documents": [request["documents"][0], request["documents"][2]]})
+    assert [result["scores"][0], result["scores"][2]] == pytest.approx(good, abs=TOL)
+    assert sorted(r["index"] for r in result["results"]) == [0, 2]
+
+
+def test_unreadable_query_or_all_documents_fail_the_job(client: RerankClient) -> None:
+    missing = f"s3://{MEDIA_BUCKET}/q/nope.png"
+    bad_query = client.submit({"query": {"image": missing}, "documents": [{"text": "x"}]})
+    all_bad = client.submit({"query": {"text": "x"}, "documents": [{"image": missing}, {"video": missing}]})
+    for job_id in (bad_query, all_bad):
+        with pytest.raises(JobFailed) as err:
+            client.result(job_id, timeout=60)
+        assert err.value.state == "failed"
+        assert "nope.png" in str(err.value)
+    assert client.status(bad_query)["error"].startswith("query:")
+
+
+def test_job_id_is_an_idempotency_key(client: RerankClient, queue_worker: WorkerProcess) -> None:
+    job_id = f"idem-{uuid.uuid4().hex}"
+    request = {"job_id": job_id, "query": {"text": "q"}, "documents": [{"text": "d"}]}
+    before = queue_worker.metric("rerankq_jobs_total", 'state="succeeded"')
+    assert client.submit_many([request, request]) == [job_id, job_id]
+    first = client.result(job_id, timeout=60)
+    created = client.status(job_id)["created_at"]
+    assert client.submit(request) == job_id
+    time.sleep(0.5)  # a duplicate message would be scored within the flush interval
+    assert client.status(job_id)["created_at"] == created
+    assert client.result(job_id) == first
+    assert queue_worker.metric("rerankq_jobs_total", 'state="succeeded"') == before + 1
+
+
+def test_cancel_skips_the_job(client: RerankClient) -> None:
+    blocker = client.submit({"query": {"text": "q"}, "documents": [{"text": f"doc {i} " * 20} for i in range(400)]})
+    job_id = client.submit({"query": {"text": "q"}, "documents": [{"text": "d"}]})
+    assert client.cancel(job_id) in ("queued", "running")
+    with pytest.raises(JobFailed) as err:
+        client.result(job_id, timeout=60)
+    assert err.value.state == "cancelled"
+    client.result(blocker, timeout=120)
+    assert client.status(job_id)["state"] == "cancelled"  # the worker did not overwrite it
+    assert client.cancel(blocker) == "succeeded"  # a finished job keeps its state
+    assert client.status(blocker)["state"] == "succeeded"
+
+
+def test_unknown_ids_are_no_such_job(client: RerankClient) -> None:
+    for call in (client.status, client.result, client.cancel):
+        with pytest.raises(NoSuchJob, match="no such job: nope"):
+            call("nope")
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    ({"query": {"text": "q"}, "documents": [{"text": "d"}], "colour": "red"}, "colour"),
+    ({"query": {"text": "q"}, "documents": []}, "documents"),
+    ({"query": {"text": "q"}, "documents": [{"text": "d", "audio": "x"}]}, "documents[0].audio"),
+    ({"query": {}, "documents": [{"text": "d"}]}, "query"),
+    ({"query": {"text": "q"}, "documents": [{"text": "d"}] * 1001}, "documents"),
+    ({"query": {"text": "q"}, "documents": [{"image": "ftp://x/y.png"}]}, "documents[0].image"),
+])
+def test_bad_requests_are_rejected_before_enqueue(client: RerankClient, request_: dict[str, Any],
+                                                  field: str) -> None:
+    queues = client.settings.queue_prefix
+    before = client.redis.keys(f"{queues}:job:*")
+    with pytest.raises(InvalidRequest) as err:
+        client.submit_many([{"query": {"text": "fine"}, "documents": [{"text": "fine"}]}, request_])
+    assert err.value.field == field
+    assert client.redis.keys(f"{queues}:job:*") == before  # nothing enqueued, not even the valid one
+
+
+def test_fifty_small_jobs_share_forward_passes(client: RerankClient, queue_worker: WorkerProcess) -> None:
+    passes_before = queue_worker.metric("rerankq_batch_pairs_count")
+    ids = client.submit_many([{"query": {"text": f"query {i}"}, "documents": [{"text": "a"}, {"text": "b c"}]}
+                              for i in range(50)])
+    done = dict(client.as_completed(ids, timeout=120))
+    assert set(done) == set(ids)
+    assert all(isinstance(r, dict) and len(r["scores"]) == 2 for r in done.values())
+    passes = queue_worker.metric("rerankq_batch_pairs_count") - passes_before
+    assert 1 <= passes <= 10, f"50 jobs took {passes} forward passes"
+    assert queue_worker.metric("rerankq_batch_jobs_sum") > queue_worker.metric("rerankq_batch_jobs_count")
+
+
+def test_results_go_to_s3_when_asked_or_large(client: RerankClient, s3: Any) -> None:
+    asked = client.submit({"query": {"text": "q"}, "documents": [{"text": "d"}],
+                           "result_uri": f"s3://{RESULTS_BUCKET}/mine/"})
+    large = client.submit({"query": {"text": "q"}, "documents": [{"text": f"d{i}"} for i in range(120)]})
+    assert client.result(asked, timeout=60)["job_id"] == asked
+    assert len(client.result(large, timeout=60)["scores"]) == 120
+    assert client.jobs.record(asked)["result_uri"] == f"s3://{RESULTS_BUCKET}/mine/{asked}.json"
+    assert client.jobs.record(large)["result_uri"] == f"s3://{RESULTS_BUCKET}/large/{large}.json"
+    s3.head_object(Bucket=RESULTS_BUCKET, Key=f"mine/{asked}.json")
+
+
+def test_metrics_cover_spec(queue_worker: WorkerProcess, client: RerankClient) -> None:
+    client.result(client.submit({"query": {"text": "q"}, "documents": [{"text": "d"}]}), timeout=60)
+    text = queue_worker.metrics()
+    for name in ("rerankq_pairs_scored_total", "rerankq_jobs_total", "rerankq_batch_pairs_bucket",
+                 "rerankq_batch_jobs_bucket", "rerankq_batch_padding_ratio_bucket", "rerankq_queue_wait_seconds",
+                 "rerankq_scoring_seconds", "rerankq_media_fetch_seconds", "rerankq_queue_length"):
+        assert name in text
+    prefix = queue_worker.settings.queue_prefix
+    assert f'rerankq_queue_length{{queue="{prefix}.high"}}' in text

@@ -59,7 +59,7 @@ class Qwen3VLReranker:
     @property
     def resolver(self) -> Any:
         if self._resolver is None:
-            from reranker.media import MediaResolver
+            from reranker.resolver import MediaResolver
 
             self._resolver = MediaResolver(self.settings)
         return self._resolver

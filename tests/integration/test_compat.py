@@ -1,0 +1,79 @@
+"""The seed-compatible API accepts what the official script accepts and scores like the scorer does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from reranker import Qwen3VLReranker
+from reranker.decode import decode_video
+from reranker.pipeline import PairPreparer, ResolvedSide
+from reranker.samples import image_bytes, mp4_bytes, noise_image
+from reranker.vision import VisionBudget, frame_list_input, image_input, video_input
+from rerankq.errors import MediaError
+
+INSTRUCTION = "Find the product."
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> Qwen3VLReranker:
+    return Qwen3VLReranker(model_name_or_path=str(tiny_model_dir), torch_dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("media")
+    paths = {"q": root / "q.png", "a": root / "a.jpg", "clip": root / "clip.mp4"}
+    paths["q"].write_bytes(image_bytes(noise_image(120, 90, seed=1)))
+    paths["a"].write_bytes(image_bytes(noise_image(200, 150, seed=2)))
+    paths["clip"].write_bytes(mp4_bytes(seconds=4.0, fps=10))
+    for i in range(3):
+        paths[f"f{i}"] = root / f"f{i}.png"
+        paths[f"f{i}"].write_bytes(image_bytes(noise_image(64, 48, seed=10 + i)))
+    return paths
+
+
+def test_process_mixed_inputs_equals_the_scorer(model: Qwen3VLReranker, media: dict[str, Path]) -> None:
+    pil = noise_image(90, 90, seed=3)
+    frames = [str(media[f"f{i}"]) for i in range(3)]
+    scores = model.process({
+        "instruction": INSTRUCTION,
+        "query": {"text": "red backpack", "image": str(media["q"])},
+        "documents": [
+            {"text": "a red nylon backpack"},
+            {"image": pil},
+            {"image": f"file://{media['a']}", "text": "caption"},
+            {"video": str(media["clip"])},
+            {"video": frames},
+        ],
+        "fps": 1.0,
+    })
+    assert len(scores) == 5 and all(0 <= s <= 1 for s in scores)
+
+    # The same pairs built by hand from the lower layers.
+    b = VisionBudget()
+    decoded = [noise_image(64, 48, seed=10 + i) for i in range(3)]
+    clip = decode_video(media["clip"], b.fps, b.max_frames)
+    query = ResolvedSide(texts=["red backpack"], vision=[image_input(noise_image(120, 90, seed=1), b)])
+    docs = [
+        ResolvedSide(texts=["a red nylon backpack"]),
+        ResolvedSide(vision=[image_input(pil, b)]),
+        ResolvedSide(texts=["caption"], vision=[image_input(noise_image(200, 150, seed=2), b)]),
+        ResolvedSide(vision=[video_input(clip.frames, clip.indices, clip.fps, b)]),
+        ResolvedSide(vision=[frame_list_input(decoded, b)]),
+    ]
+    preparer = PairPreparer(model.scorer.tokenizer)
+    expected = [model.scorer.forward([preparer.prepare(INSTRUCTION, query, d)])[0] for d in docs]
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_empty_inputs_give_no_scores(model: Qwen3VLReranker) -> None:
+    assert model.process({"query": {}, "documents": [{"text": "x"}]}) == []
+    assert model.process({"query": {"text": "q"}, "documents": []}) == []
+
+
+def test_unreadable_media_is_an_error_not_a_null_prompt(model: Qwen3VLReranker, tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match=r"missing\.png"):
+        model.process({"query": {"text": "q"}, "documents": [{"image": str(tmp_path / "missing.png")}]})

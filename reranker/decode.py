@@ -74,8 +74,8 @@ def decode_image(source: Source, max_pixels: int = 64_000_000) -> Image.Image:
             return flatten(_exif_transpose(image))
     except VisionError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise VisionError(f"image too large: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit fired first
+        raise VisionError(f"image is over the limit {max_pixels} pixels (limits.max_image_pixels): {exc}") from exc
     except _PIL_ERRORS as exc:  # PIL's ways of saying "not an image" / truncated
         raise VisionError(f"not a decodable image ({type(exc).__name__}: {exc})") from exc
 
@@ -164,9 +164,18 @@ def _check_duration(seconds: float, max_seconds: float) -> None:
 
 
 def _resizer(frame_size: FrameSize | None, nframes: int, stream: Any) -> Callable[[np.ndarray], np.ndarray]:
-    if frame_size is None or not stream.codec_context.height:
+    """Per-frame downscaling at decode time, only where it cannot change the final result.
+
+    ``vision.video_input`` resizes again from the size it is given; smart resizing is not always idempotent
+    (a size just under the minimum grows, then shrinks), so frames are pre-resized only when the target maps
+    to itself and is smaller than the source. Otherwise they are kept as decoded.
+    """
+    height, width = stream.codec_context.height, stream.codec_context.width
+    if frame_size is None or not height or not width:
         return lambda array: array
-    target = frame_size(nframes, stream.codec_context.height, stream.codec_context.width)
+    target = frame_size(nframes, height, width)
+    if target[0] * target[1] >= height * width or frame_size(nframes, *target) != target:
+        return lambda array: array
 
     def resize(array: np.ndarray) -> np.ndarray:
         if array.shape[:2] == target:

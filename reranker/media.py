@@ -48,14 +48,17 @@ class MediaStore:
 
     Thread-safe: one store (and its S3 connection pool) serves every fetch thread of a worker.
     ``http_policy`` and ``s3_client`` are injection points for tests; by default they come from settings.
+    ``range_bytes`` (bytes per ranged S3 GET) and ``spool_bytes`` (larger objects go to a temporary file) are
+    tuning constants, not settings.
     """
 
-    def __init__(self, settings: Settings, *, http_policy: HttpPolicy | None = None,
-                 s3_client: Any | None = None) -> None:
+    def __init__(self, settings: Settings, *, http_policy: HttpPolicy | None = None, s3_client: Any | None = None,
+                 range_bytes: int = RANGE_BYTES, spool_bytes: int = SPOOL_BYTES) -> None:
         self.settings = settings
         self.max_bytes = settings.limits.max_media_bytes
+        self.spool_bytes = spool_bytes
         self.counters = Counters()
-        self._s3 = S3Reader(settings, self.counters, client=s3_client, range_bytes=RANGE_BYTES)
+        self._s3 = S3Reader(settings, self.counters, client=s3_client, range_bytes=range_bytes)
         policy = http_policy or HttpPolicy(allowed_hosts=frozenset(settings.http_allowed_hosts))
         self._http = HttpFetcher(policy, self.max_bytes, settings.media.timeout_s)
 
@@ -129,7 +132,7 @@ class MediaStore:
             self.counters.add(fetches=1)
             yield first.data
             return
-        if not spool or total <= SPOOL_BYTES:
+        if not spool or total <= self.spool_bytes:
             parts = [first.data, *self._s3_rest(ref, bucket, key, first.etag, total, len(first.data))]
             self.counters.add(fetches=1)
             yield b"".join(parts)

@@ -1,0 +1,142 @@
+"""Decoding untrusted bytes: formats, orientation, transparency, bombs, corrupt and truncated data."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reranker import vision
+from reranker.decode import decode_image, decode_video, flatten
+from reranker.media_bench import image_bytes, mp4_bytes
+from reranker.vision import VisionBudget, VisionError
+
+
+def _save(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels (a decompression bomb's calling card)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])
+def test_common_formats_decode_to_rgb(fmt: str) -> None:
+    image = decode_image(image_bytes(120, 80, fmt=fmt))
+    assert (image.mode, image.size) == ("RGB", (120, 80))
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise for display
+    data = _save(Image.new("RGB", (200, 100), "red"), "JPEG", exif=exif)
+    assert decode_image(data).size == (100, 200)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_white(mode: str) -> None:
+    image = Image.new(mode, (8, 8), (0, 0) if mode == "LA" else (0, 0, 0, 0))
+    decoded = decode_image(_save(image, "PNG"))
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_palette_transparency_is_composited_on_white() -> None:
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    decoded = decode_image(_save(image, "PNG", transparency=0))
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)  # transparent index → white, not its black palette colour
+    assert decoded.getpixel((1, 1)) == (255, 0, 0)
+
+
+def test_animated_gif_reads_its_first_frame() -> None:
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("blue", "green", "red")]
+    data = _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert decode_image(data).getpixel((4, 4)) == (0, 0, 255)
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_eight_bits() -> None:
+    image = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert flatten(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("side", [10_000, 100_000])
+def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
+    with pytest.raises(VisionError, match=r"over the limit 64000000 .*limits.max_image_pixels"):
+        decode_image(png_header_only(side, side), max_pixels=64_000_000)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", image_bytes(64, 64)[:200]], ids=["empty", "text",
+                                                                                                "truncated"])
+def test_corrupt_or_truncated_images_raise_vision_error(data: bytes) -> None:
+    with pytest.raises(VisionError, match="not a decodable image"):
+        decode_image(data)
+
+
+@pytest.fixture(scope="module")
+def clip() -> bytes:
+    return mp4_bytes(seconds=6, fps=10, width=160, height=120)
+
+
+def test_video_is_sampled_at_fps(clip: bytes) -> None:
+    decoded = decode_video(clip, fps=1.0, max_frames=64)
+    assert decoded.frames.shape == (6, 3, 120, 160)
+    assert (decoded.fps, decoded.total_frames) == (10.0, 60)
+    assert decoded.indices == torch.linspace(0, 59, 6).round().long().tolist()
+    means = decoded.frames.float().mean(dim=(1, 2, 3))
+    assert means[0] < means[1] < means[2]  # the clip brightens frame by frame: frames come in order
+
+
+@pytest.mark.parametrize(("size", "shrinks"), [((640, 480), True), ((160, 120), False)])
+def test_video_resized_while_decoding_matches_resizing_afterwards(size: tuple[int, int], shrinks: bool) -> None:
+    clip = mp4_bytes(seconds=2, fps=10, width=size[0], height=size[1])
+    budget = VisionBudget(video_max_tokens=512)
+    full = decode_video(clip, 5.0, 64)
+    small = decode_video(clip, 5.0, 64, frame_size=lambda n, h, w: vision.video_frame_size(n, h, w, budget))
+    assert (small.frames.shape[-2:] != full.frames.shape[-2:]) == shrinks  # upscaling waits for video_input
+    a = vision.video_input(full.frames, full.indices, full.fps, budget)
+    b = vision.video_input(small.frames, small.indices, small.fps, budget)
+    assert a.grid_thw == b.grid_thw and torch.equal(a.pixel_values, b.pixel_values)
+
+
+def test_video_over_the_duration_limit_is_refused(clip: bytes) -> None:
+    with pytest.raises(VisionError, match=r"6.0 s, over the limit 5 s \(limits.max_video_seconds\)"):
+        decode_video(clip, 1.0, 64, max_seconds=5)
+
+
+def test_video_over_the_pixel_limit_is_refused(clip: bytes) -> None:
+    with pytest.raises(VisionError, match=r"160x120 = 19200 pixels, over the limit 1000 \(limits.max_image_pixels\)"):
+        decode_video(clip, 1.0, 64, max_pixels=1000)
+
+
+def test_truncated_video_without_index_is_an_error(clip: bytes) -> None:
+    # the default mp4 layout puts the index (moov) at the end: a truncated file cannot be opened at all
+    with pytest.raises(VisionError, match="not a decodable video"):
+        decode_video(clip[: len(clip) // 2], 1.0, 64)
+
+
+def test_truncated_faststart_video_is_decoded_best_effort() -> None:
+    data = mp4_bytes(seconds=6, fps=10, width=160, height=120, faststart=True)
+    decoded = decode_video(data[: int(len(data) * 0.8)], 1.0, 64)
+    assert decoded.frames.shape[0] == 6
+    assert torch.equal(decoded.frames[-1], decoded.frames[-2])  # the missing tail repeats the last decoded frame
+    with pytest.raises(VisionError, match=r"truncated or corrupt: .* of 6 sampled frames decode"):
+        decode_video(data[: int(len(data) * 0.3)], 1.0, 64)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 4096, image_bytes(32, 32)], ids=["empty", "zeros", "jpeg"])
+def test_non_videos_raise_vision_error(data: bytes) -> None:
+    with pytest.raises(VisionError):
+        decode_video(data, 1.0, 64)

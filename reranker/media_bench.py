@@ -8,7 +8,7 @@
 - a batch of 50 jobs sharing one query image: fetches and time per job resolved alone, without a cache,
   versus the whole batch through ``MediaResolver.resolve_sides`` with the cache.
 
-``run_media_bench`` returns the same figures as a dict (for ``rerankq bench``). The ``*_bytes`` helpers
+``run_media_bench`` returns the same figures as a dict (for ``rerankq bench``). ``photo_bytes`` and ``clip_bytes``
 generate the test and benchmark media.
 """
 
@@ -30,7 +30,7 @@ from PIL import Image
 BUCKET = "rerankq-bench"
 
 
-def image_bytes(width: int = 320, height: int = 240, fmt: str = "JPEG", seed: int = 0, mode: str = "RGB",
+def photo_bytes(width: int = 320, height: int = 240, fmt: str = "JPEG", seed: int = 0, mode: str = "RGB",
                 **save: Any) -> bytes:
     """A photo-like test image (smooth gradient + noise, so it compresses like a photo)."""
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def video_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def mp4_bytes(seconds: float = 3.0, fps: int = 10, width: int = 160, height: int = 120,
+def clip_bytes(seconds: float = 3.0, fps: int = 10, width: int = 160, height: int = 120,
               faststart: bool = False) -> bytes:
     """A real mp4 written with PyAV; frame ``i`` has mean grey level about ``(i * 4) % 192 + 32``."""
     import av
@@ -110,7 +110,7 @@ def _cache_saving(settings: Any, s3: Any, budget: Any, jobs: int) -> dict[str, f
     from reranker.resolver import MediaResolver
 
     query = f"s3://{BUCKET}/shared/query.jpg"
-    s3.put_object(Bucket=BUCKET, Key="shared/query.jpg", Body=image_bytes(1024, 768, seed=999))
+    s3.put_object(Bucket=BUCKET, Key="shared/query.jpg", Body=photo_bytes(1024, 768, seed=999))
     sides = [Side(images=[query])]
     for j in range(jobs):
         sides.append(Side(images=[f"s3://{BUCKET}/img/{j}.jpg"]))
@@ -149,8 +149,8 @@ def run_media_bench(threads: tuple[int, ...] = (1, 16), images: int = 200, video
         s3 = S3Server(port=port).client()
         s3.create_bucket(Bucket=BUCKET)
         for i in range(images):
-            s3.put_object(Bucket=BUCKET, Key=f"img/{i}.jpg", Body=image_bytes(320, 240, seed=i))
-        clip = mp4_bytes(seconds=10, fps=30, width=640, height=360)
+            s3.put_object(Bucket=BUCKET, Key=f"img/{i}.jpg", Body=photo_bytes(320, 240, seed=i))
+        clip = clip_bytes(seconds=10, fps=30, width=640, height=360)
         for i in range(videos):
             s3.put_object(Bucket=BUCKET, Key=f"video/{i}.mp4", Body=clip)
         settings, budget = Settings(s3_endpoint_url=f"http://127.0.0.1:{port}"), VisionBudget()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from reranker import vision
 from reranker.decode import decode_image, decode_video, flatten
-from reranker.media_bench import image_bytes, mp4_bytes
+from reranker.media_bench import clip_bytes, photo_bytes
 from reranker.vision import VisionBudget, VisionError
 
 
@@ -34,7 +34,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])
 def test_common_formats_decode_to_rgb(fmt: str) -> None:
-    image = decode_image(image_bytes(120, 80, fmt=fmt))
+    image = decode_image(photo_bytes(120, 80, fmt=fmt))
     assert (image.mode, image.size) == ("RGB", (120, 80))
 
 
@@ -78,7 +78,7 @@ def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
         decode_image(png_header_only(side, side), max_pixels=64_000_000)
 
 
-@pytest.mark.parametrize("data", [b"", b"not an image at all", image_bytes(64, 64)[:200]], ids=["empty", "text",
+@pytest.mark.parametrize("data", [b"", b"not an image at all", photo_bytes(64, 64)[:200]], ids=["empty", "text",
                                                                                                 "truncated"])
 def test_corrupt_or_truncated_images_raise_vision_error(data: bytes) -> None:
     with pytest.raises(VisionError, match="not a decodable image"):
@@ -87,7 +87,7 @@ def test_corrupt_or_truncated_images_raise_vision_error(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def clip() -> bytes:
-    return mp4_bytes(seconds=6, fps=10, width=160, height=120)
+    return clip_bytes(seconds=6, fps=10, width=160, height=120)
 
 
 def test_video_is_sampled_at_fps(clip: bytes) -> None:
@@ -101,7 +101,7 @@ def test_video_is_sampled_at_fps(clip: bytes) -> None:
 
 @pytest.mark.parametrize(("size", "shrinks"), [((640, 480), True), ((160, 120), False)])
 def test_video_resized_while_decoding_matches_resizing_afterwards(size: tuple[int, int], shrinks: bool) -> None:
-    clip = mp4_bytes(seconds=2, fps=10, width=size[0], height=size[1])
+    clip = clip_bytes(seconds=2, fps=10, width=size[0], height=size[1])
     budget = VisionBudget(video_max_tokens=512)
     full = decode_video(clip, 5.0, 64)
     small = decode_video(clip, 5.0, 64, frame_size=lambda n, h, w: vision.video_frame_size(n, h, w, budget))
@@ -128,7 +128,7 @@ def test_truncated_video_without_index_is_an_error(clip: bytes) -> None:
 
 
 def test_truncated_faststart_video_is_decoded_best_effort() -> None:
-    data = mp4_bytes(seconds=6, fps=10, width=160, height=120, faststart=True)
+    data = clip_bytes(seconds=6, fps=10, width=160, height=120, faststart=True)
     decoded = decode_video(data[: int(len(data) * 0.8)], 1.0, 64)
     assert decoded.frames.shape[0] == 6
     assert torch.equal(decoded.frames[-1], decoded.frames[-2])  # the missing tail repeats the last decoded frame
@@ -136,7 +136,7 @@ def test_truncated_faststart_video_is_decoded_best_effort() -> None:
         decode_video(data[: int(len(data) * 0.3)], 1.0, 64)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x00" * 4096, image_bytes(32, 32)], ids=["empty", "zeros", "jpeg"])
+@pytest.mark.parametrize("data", [b"", b"\x00" * 4096, photo_bytes(32, 32)], ids=["empty", "zeros", "jpeg"])
 def test_non_videos_raise_vision_error(data: bytes) -> None:
     with pytest.raises(VisionError):
         decode_video(data, 1.0, 64)

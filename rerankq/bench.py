@@ -1,10 +1,236 @@
-"""placeholder"""
+"""``rerankq bench``: throughput end to end (SDK → Redis → worker → results) and of the scorer alone, on
+the same pairs, in the same run (SPEC §7).
+
+By default it starts a private cluster (redis-server, moto's S3 server, one ``rerankq worker`` subprocess
+with the tiny model, built offline on first use); ``--redis-url`` targets a running deployment instead
+(``--metrics-url`` then points at one worker's metrics for the batch figures). Each ``--workload
+JOBSxDOCS:KIND`` (kind ``text`` or ``image``) is submitted at once with ``submit_many``; the scorer-alone
+figure then times only the forward passes over the same prepared pairs, batched with the same budget.
+``--lone N`` measures the latency of N lone jobs, one at a time, on the idle worker.
+"""
+
+from __future__ import annotations
+
 import argparse
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from rerankq.settings import Settings
+
+BUCKET = "rerankq-bench"
+WORDS = ["red", "blue", "green", "backpack", "bottle", "nylon", "leather", "trail", "city", "light", "heavy",
+         "pocket", "strap", "zip", "water", "camera", "lens", "shoe", "boot", "jacket", "rain", "warm", "cold",
+         "summer", "winter", "travel", "laptop", "cable", "charger", "phone", "case"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.set_defaults(func=lambda a: run_bench(a))
+    p.add_argument("--workload", action="append", default=None, metavar="JOBSxDOCS:KIND",
+                   help="e.g. 500x8:text or 100x4:image (repeatable; default 100x8:text)")
+    p.add_argument("--lone", type=int, default=20, help="lone jobs, one at a time, for idle latency (0 = skip)")
+    p.add_argument("--model", default=None, help="model SPEC (default: the tiny model, built on first use)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--redis-url", default=None, help="target a running deployment instead of a private one")
+    p.add_argument("--metrics-url", default=None, help="with --redis-url: a worker's /metrics for batch figures")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a workload")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_bench)
+
+
+def parse_workload(text: str) -> tuple[int, int, str]:
+    try:
+        shape, _, kind = text.partition(":")
+        jobs, docs = (int(x) for x in shape.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--workload {text!r}: expected JOBSxDOCS:KIND, e.g. 500x8:text") from None
+    if kind not in ("text", "image") or jobs < 1 or docs < 1:
+        raise SystemExit(f"--workload {text!r}: KIND is text or image, JOBS and DOCS positive")
+    return jobs, docs, kind
+
+
+def make_requests(jobs: int, docs: int, kind: str, images: list[str], seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+    def doc() -> dict[str, Any]:
+        return {"text": text(20, 60)} if kind == "text" else {"image": rng.choice(images)}
+
+    return [{"query": {"text": text(4, 10)}, "documents": [doc() for _ in range(docs)]} for _ in range(jobs)]
+
+
+def upload_images(s3: Any, count: int = 16) -> list[str]:
+    from reranker.samples import image_bytes, noise_image
+
+    with contextlib.suppress(Exception):  # exists already (a running deployment)
+        s3.create_bucket(Bucket=BUCKET)
+    refs = []
+    for i in range(count):
+        width, height = 96 + 32 * (i % 5), 96 + 32 * (i % 3)
+        s3.put_object(Bucket=BUCKET, Key=f"img/{i}.png", Body=image_bytes(noise_image(width, height, seed=i)))
+        refs.append(f"s3://{BUCKET}/img/{i}.png")
+    return refs
+
+
+class Scrape:
+    """Batch histograms from a worker's /metrics (sums and counts)."""
+
+    NAMES = ("rerankq_batch_pairs", "rerankq_batch_jobs", "rerankq_batch_padding_ratio")
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+
+    def read(self) -> dict[str, float]:
+        if not self.url:
+            return {}
+        with urllib.request.urlopen(self.url, timeout=10) as resp:
+            lines = resp.read().decode().splitlines()
+        wanted = {f"{n}_{s}" for n in self.NAMES for s in ("sum", "count")}
+        return {line.split()[0]: float(line.split()[1]) for line in lines if line.split(" ")[0] in wanted}
+
+    @classmethod
+    def means(cls, before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name, key in zip(cls.NAMES, ("mean_batch_pairs", "mean_batch_jobs", "padding_ratio"), strict=True):
+            count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+            total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+            out[key] = round(total / count, 4) if count else None
+        out["forward_passes"] = after.get("rerankq_batch_pairs_count", 0) - before.get("rerankq_batch_pairs_count", 0)
+        return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_workload(client: Any, scrape: Scrape, requests: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
+    before = scrape.read()
+    t0 = time.time()
+    ids = client.submit_many(requests)
+    for _job_id, outcome in client.as_completed(ids, timeout=timeout):
+        if isinstance(outcome, Exception):
+            raise RuntimeError(f"bench job failed: {outcome}")
+    wall = time.time() - t0
+    statuses = [client.status(job_id) for job_id in ids]
+    latencies = [s["finished_at"] - s["created_at"] for s in statuses]
+    pairs = sum(len(r["documents"]) for r in requests)
+    return {"jobs": len(ids), "pairs": pairs, "wall_s": round(wall, 3), "e2e_pairs_per_s": round(pairs / wall, 2),
+            "jobs_per_s": round(len(ids) / wall, 2), "p50_latency_s": round(percentile(latencies, 0.5), 4),
+            "p95_latency_s": round(percentile(latencies, 0.95), 4), **Scrape.means(before, scrape.read())}
+
+
+def scorer_alone(scorer: Any, settings: Settings, requests: list[dict[str, Any]], repeats: int = 3) -> float:
+    """Pairs/s of the forward passes alone over the same pairs (media resolved and pairs prepared first)."""
+    from reranker.pipeline import PairPreparer
+    from reranker.prompt import Side
+    from reranker.resolver import MediaResolver
+    from reranker.vision import VisionBudget
+
+    preparer = PairPreparer(scorer.tokenizer, settings.scoring.max_length)
+    with MediaResolver(settings) as resolver:
+        pairs = []
+        for request in requests:
+            sides = resolver.resolve_sides([Side.from_dict(request["query"])]
+                                           + [Side.from_dict(d) for d in request["documents"]], VisionBudget())
+            pairs += [preparer.prepare(settings.instruction, sides[0], d) for d in sides[1:]]  # type: ignore[arg-type]
+    scorer.score(pairs[: settings.batch.max_pairs], settings.batch.max_tokens, settings.batch.max_pairs)  # warm up
+    best = float("inf")
+    for _ in range(repeats):  # best of: the scorer alone is a ceiling, noise only lowers it
+        t0 = time.perf_counter()
+        scorer.score(pairs, settings.batch.max_tokens, settings.batch.max_pairs)
+        best = min(best, time.perf_counter() - t0)
+    return len(pairs) / best
+
+
+def lone_latency(client: Any, n: int) -> dict[str, float]:
+    latencies = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        client.result(client.submit({"query": {"text": f"lone {i}"},
+                                     "documents": [{"text": "a short document"}] * 4}), timeout=60)
+        latencies.append(time.perf_counter() - t0)
+    return {"lone_p50_latency_s": round(percentile(latencies, 0.5), 4),
+            "lone_p95_latency_s": round(percentile(latencies, 0.95), 4)}
+
+
+def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str) -> tuple[Settings, str]:
+    from rerankq.cluster import RedisServer, S3Server, free_port
+
+    redis_server = stack.enter_context(RedisServer())
+    s3_server = stack.enter_context(S3Server())
+    port = free_port()
+    env = {**os.environ, "RERANKQ_REDIS_URL": redis_server.url, "RERANKQ_S3_ENDPOINT_URL": s3_server.url,
+           "RERANKQ_METRICS_PORT": str(port), "RERANKQ_ALLOW_FILE_URLS": "true"}
+    log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="rerankq-bench-worker-", suffix=".log"))  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", model,
+                             "--device", args.device], env=env, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(_stop, proc)
+    _wait_ready(proc, Path(log.name))
+    return Settings(redis_url=redis_server.url, s3_endpoint_url=s3_server.url), f"http://127.0.0.1:{port}/metrics"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited:\n{log.read_text(errors='replace')[-3000:]}")
+        if b" ready." in log.read_bytes():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"worker not ready after {timeout} s")
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from producer.client import RerankClient
+    from rerankq.cluster import default_tiny_model_dir
+    from workers.main import load
+
+    model = args.model
+    if model is None:
+        from reranker.tiny import write_tiny_model
+
+        model = str(default_tiny_model_dir())
+        if not (Path(model) / "config.json").exists():
+            write_tiny_model(model)
+    workloads = [parse_workload(w) for w in args.workload or ["100x8:text"]]
+    with ExitStack() as stack:
+        if args.redis_url:
+            settings, metrics_url = Settings(redis_url=args.redis_url), args.metrics_url
+        else:
+            settings, metrics_url = _start_cluster(stack, args, model)
+        client = stack.enter_context(RerankClient(settings))
+        images = upload_images(client.results.client) if any(k == "image" for *_, k in workloads) else []
+        scorer = load(settings, model, args.device)
+        report: dict[str, Any] = {"device": str(scorer.device), "model": scorer.name, "workloads": []}
+        for i, (jobs, docs, kind) in enumerate(workloads):
+            requests = make_requests(jobs, docs, kind, images, seed=i)
+            figures = {"workload": f"{jobs}x{docs}:{kind}", **run_workload(client, Scrape(metrics_url), requests,
+                                                                              args.timeout)}
+            figures["scorer_pairs_per_s"] = round(scorer_alone(scorer, settings, requests), 2)
+            figures["e2e_vs_scorer"] = round(figures["e2e_pairs_per_s"] / figures["scorer_pairs_per_s"], 3)
+            report["workloads"].append(figures)
+        if args.lone:
+            report.update(lone_latency(client, args.lone))
+    first = {k: v for k, v in report["workloads"][0].items() if k != "workload"}
+    report = {**first, **report}
+    print(json.dumps(report, indent=None if args.json else 2))
     return 0

@@ -25,6 +25,15 @@ def load(settings: Settings, spec: str, device: str):  # type: ignore[no-untyped
                                          seed=s.seed))
 
 
+def warm_up(scorer, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """One forward pass before taking work, so the first job does not pay for lazy initialisation."""
+    from reranker.pipeline import PairPreparer, ResolvedSide
+
+    pair = PairPreparer(scorer.tokenizer, settings.scoring.max_length).prepare(
+        settings.instruction, ResolvedSide(texts=["warm up"]), ResolvedSide(texts=["warm up"]))
+    scorer.forward([pair])
+
+
 def run_worker(settings: Settings, model: str | None = None, device: str | None = None,
                hostname: str | None = None, loglevel: str = "INFO") -> None:
     """Load the model, start the runtime and metrics, then consume until shut down (Ctrl-C / SIGTERM)."""
@@ -39,6 +48,7 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     spec = model or settings.model
     hostname = hostname or f"rerankq-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     scorer = load(settings, spec, device)
+    warm_up(scorer, settings)
     logger.info("loaded %s on %s (%s)", scorer.name, scorer.device, scorer.dtype)
     metrics = Metrics()
     metrics.watch_queues(redis.Redis.from_url(settings.redis_url), keys.queue_names(settings))

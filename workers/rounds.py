@@ -36,6 +36,7 @@ class JobRun:
     media_s: float = 0.0
     scoring_s: float = 0.0
     started_at: float = 0.0
+    finished: bool = False
 
     @property
     def job_id(self) -> str:

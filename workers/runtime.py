@@ -148,17 +148,19 @@ class Runtime:
             return
         try:
             for batch in round_.batches:
-                self._run_batch([round_.units[i] for i in batch])
+                done = self._run_batch([round_.units[i] for i in batch])
+                self._finish([run for run in done if not run.finished])  # do not wait for the whole round
         except Exception as exc:
             logger.exception("scoring a round failed")
             for run in round_.runs:
                 run.error = run.error or f"worker error while scoring: {exc}"
-        self._finish(round_.runs)
+        self._finish([run for run in round_.runs if not run.finished])
 
-    def _run_batch(self, units: list[Unit]) -> None:
+    def _run_batch(self, units: list[Unit]) -> list[JobRun]:
+        """One forward pass (split on failure); returns the jobs whose last pair it scored."""
         live = self._drop_cancelled(units)
         if not live:
-            return
+            return []
         t0 = time.perf_counter()
         outcomes = score_isolating(lambda us: self.scorer.forward([u.pair for u in us]), live)
         seconds = time.perf_counter() - t0
@@ -175,19 +177,27 @@ class Runtime:
             else:
                 unit.run.scores[unit.index] = score
                 self.metrics.pairs_scored.inc()
+            unit.run.pending -= 1
             progress[unit.run.job_id] = progress.get(unit.run.job_id, 0) + 1
         self.store.add_progress(progress)
+        return list({id(u.run): u.run for u in live if u.run.pending == 0}.values())
 
     def _drop_cancelled(self, units: list[Unit]) -> list[Unit]:
+        """Skip work whose caller went away: units of jobs cancelled since the round was prepared."""
         runs = {u.run.job_id: u.run for u in units}
         states = dict(zip(runs, self.store.states(list(runs)), strict=True))
-        for job_id, state in states.items():
-            if state == "cancelled":
-                runs[job_id].error = "cancelled"
+        cancelled = [runs[j] for j, state in states.items() if state == "cancelled" and not runs[j].finished]
+        for run in cancelled:
+            run.error = "cancelled"
+        self._finish(cancelled)
         return [u for u in units if states[u.run.job_id] != "cancelled"]
 
     # finishing -----------------------------------------------------------------------------------
     def _finish(self, runs: list[JobRun]) -> None:
+        if not runs:
+            return
+        for run in runs:
+            run.finished = True
         outcomes = [self._outcome(run) for run in runs]
         written = self.store.finish_many(outcomes)
         for run, final in zip(runs, written, strict=True):

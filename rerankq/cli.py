@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rerankq.bench import add_arguments
 
     add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))
+    from rerankq.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(sub.add_parser("demo", help="the embedded default: private Redis + S3 endpoint + worker + "
+                                      "sample jobs, progress, ranked results"))
     return parser
 
 

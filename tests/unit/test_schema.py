@@ -1,0 +1,84 @@
+"""The job schema: what is accepted, and what is rejected with which field and limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rerankq.errors import InvalidRequest
+from rerankq.schema import parse_job
+from rerankq.settings import LimitSettings, Settings
+
+OK = {"query": {"text": "q"}, "documents": [{"text": "d"}]}
+
+
+def rejected(data: Any, settings: Settings | None = None) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as err:
+        parse_job(data, settings)
+    return err.value
+
+
+def test_full_job_round_trips_to_the_wire() -> None:
+    job = {"instruction": "Find it.", "query": {"text": "q", "image": "s3://b/q.jpg"},
+           "documents": [{"text": "t"}, {"image": ["s3://b/1.png", "s3://b/2.png"]}, {"video": "s3://b/v.mp4"},
+                         {"video": ["s3://b/f1.png", "s3://b/f2.png"]}, {"image": "file:///tmp/x.png"},
+                         {"image": "https://example.com/x.png"}],
+           "fps": 2.0, "max_frames": 32, "top_n": 3, "job_id": "client-42", "priority": "high",
+           "result_uri": "s3://results/rerank/"}
+    assert parse_job(job).wire() == job
+
+
+def test_defaults_are_filled_and_nones_left_out() -> None:
+    assert parse_job(OK).wire() == {**OK, "priority": "normal"}
+
+
+@pytest.mark.parametrize(("data", "field", "words"), [
+    ({**OK, "colour": "red"}, "colour", "unknown field"),
+    ({"query": {"text": "q"}, "documents": [{"text": "d", "audio": "a"}]}, "documents[0].audio", "unknown field"),
+    ({"query": {"text": "q"}}, "documents", "required"),
+    ({"query": {"text": "q"}, "documents": []}, "documents", "at least 1"),
+    ({"query": {}, "documents": [{"text": "d"}]}, "query", "at least one of text, image, video"),
+    ({"query": {"text": "q"}, "documents": [{}]}, "documents[0]", "at least one of"),
+    ({"query": {"text": 3}, "documents": [{"text": "d"}]}, "query.text", "string"),
+    ({"query": {"text": "q"}, "documents": [{"image": "http://x/y.png"}]}, "documents[0].image", "s3://"),
+    ({"query": {"text": "q"}, "documents": [{"image": "s3://bucket-only"}]}, "documents[0].image", "bucket/key"),
+    ({"query": {"text": "q"}, "documents": [{"image": []}]}, "documents[0].image", "empty"),
+    ({**OK, "priority": "urgent"}, "priority", "high"),
+    ({**OK, "top_n": 0}, "top_n", "greater than or equal to 1"),
+    ({**OK, "fps": 0}, "fps", "greater than 0"),
+    ({**OK, "job_id": "has space"}, "job_id", "pattern"),
+    ({**OK, "result_uri": "/tmp/out"}, "result_uri", "s3://"),
+])
+def test_bad_jobs_name_the_field(data: dict[str, Any], field: str, words: str) -> None:
+    err = rejected(data)
+    assert err.field == field
+    assert words in str(err)
+
+
+def test_limits_come_from_settings_and_are_named() -> None:
+    settings = Settings(limits=LimitSettings(max_documents=3, max_text_chars=10, max_images_per_side=1,
+                                             max_frames_per_list=2, max_frames=8))
+    cases = [
+        ({"query": {"text": "q"}, "documents": [{"text": "d"}] * 4}, "documents", "limits.max_documents"),
+        ({"query": {"text": "q" * 11}, "documents": [{"text": "d"}]}, "query.text", "limits.max_text_chars"),
+        ({**OK, "instruction": "i" * 11}, "instruction", "limits.max_text_chars"),
+        ({"query": {"image": ["s3://b/1", "s3://b/2"]}, "documents": [{"text": "d"}]}, "query.image",
+         "limits.max_images_per_side"),
+        ({"query": {"text": "q"}, "documents": [{"video": ["s3://b/1", "s3://b/2", "s3://b/3"]}]},
+         "documents[0].video", "limits.max_frames_per_list"),
+        ({**OK, "max_frames": 9}, "max_frames", "limits.max_frames"),
+    ]
+    for data, field, limit in cases:
+        err = rejected(data, settings)
+        assert (err.field, limit in str(err)) == (field, True), str(err)
+    assert "4 documents, over the limit 3" in str(rejected(cases[0][0], settings))
+
+
+def test_not_an_object() -> None:
+    assert "JSON object" in str(rejected(["not", "a", "job"]))
+
+
+def test_several_problems_are_counted() -> None:
+    err = rejected({"query": {}, "documents": [], "colour": 1})
+    assert "more problems" in str(err)

@@ -9,6 +9,10 @@ proves the connection goes to the address that was checked, not to a fresh DNS a
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -175,3 +179,35 @@ def test_web_images_resolve_through_the_resolver(web: WebServer) -> None:
     with MediaResolver(Settings(), store) as resolver:
         side = resolver.resolve_side(Side(images=[_url(web, "/to-good")]), VisionBudget())
     assert side.vision[0].kind == "image"
+
+
+def _certificate(directory: Any, name: str) -> tuple[str, str]:
+    cert, key = str(directory / f"{name}.pem"), str(directory / f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_https_verifies_the_host_name_on_the_pinned_connection(tmp_path: Any) -> None:
+    cert, key = _certificate(tmp_path, "good.test")
+    other, _ = _certificate(tmp_path, "other.test")
+    server = WebServer()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://good.test:{server.server_address[1]}/img.jpg"
+        trusted = dataclasses.replace(_policy(), schemes=("https",),
+                                      ssl_context=ssl.create_default_context(cafile=cert))
+        assert MediaStore(Settings(), http_policy=trusted).fetch(url) == IMAGE
+        untrusted = dataclasses.replace(trusted, ssl_context=ssl.create_default_context(cafile=other))
+        with pytest.raises(MediaError, match=r"TLS certificate of 'good\.test' rejected"):
+            MediaStore(Settings(), http_policy=untrusted).fetch(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -17,6 +17,7 @@ this module and ``media_http``; nothing above catches them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -149,10 +150,9 @@ class MediaStore:
 
     def _s3_rest(self, ref: str, bucket: str, key: str, etag: str | None, total: int, start: int) -> Iterator[bytes]:
         while start < total:
-            offset = start
-            part = self.with_retries(ref, lambda at=offset: self._s3.get_range(ref, bucket, key, at, etag)[0])
+            part = self.with_retries(ref, functools.partial(self._s3.get_range, ref, bucket, key, start, etag))[0]
             if not part.data:
-                raise TransientMediaError(ref, f"object ended at byte {offset} of {total}")
+                raise TransientMediaError(ref, f"object ended at byte {start} of {total}")
             start += len(part.data)
             yield part.data
 

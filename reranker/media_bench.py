@@ -60,7 +60,7 @@ def clip_bytes(seconds: float = 3.0, fps: int = 10, width: int = 160, height: in
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
         with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
-            stream = container.add_stream(video_codec(), rate=fps)
+            stream: Any = container.add_stream(video_codec(), rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for i in range(round(seconds * fps)):
                 noise = rng.integers(0, 64, (height, width, 3))

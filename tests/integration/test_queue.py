@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -175,3 +176,37 @@ def test_metrics_cover_spec(queue_worker: WorkerProcess, client: RerankClient) -
         assert name in text
     prefix = queue_worker.settings.queue_prefix
     assert f'rerankq_queue_length{{queue="{prefix}.high"}}' in text
+
+
+def test_worker_stays_responsive_and_emits_task_events_during_a_long_job(client: RerankClient) -> None:
+    """Scoring runs off the Celery consumer's thread: the worker answers pings mid-job, and Flower's
+    task events (sent, received, started, succeeded) and worker heartbeats flow."""
+    app = client.celery
+    events: list[dict[str, Any]] = []
+    receiver_box: list[Any] = []
+
+    def listen() -> None:
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": events.append})
+            receiver_box.append(receiver)
+            receiver.capture(limit=None, timeout=None, wakeup=True)
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(0.5)
+    job_id = client.submit({"query": {"text": "long"},
+                            "documents": [{"text": f"document number {i} " * 60} for i in range(1000)]})
+    deadline = time.monotonic() + 60
+    while client.status(job_id)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = client.status(job_id)["worker"]
+    replies = app.control.ping(destination=[worker], timeout=2)
+    still_running = client.status(job_id)["state"] == "running"
+    client.result(job_id, timeout=120)
+    time.sleep(2.5)  # one more heartbeat interval
+    receiver_box[0].should_stop = True
+    assert still_running, "the job finished before the ping: make it longer"
+    assert replies and worker in replies[0]
+    kinds = {e["type"] for e in events if e.get("uuid") == job_id}
+    assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= kinds
+    assert any(e["type"] == "worker-heartbeat" and e.get("hostname") == worker for e in events)

@@ -64,14 +64,14 @@ def decode_image(source: Source, max_pixels: int = 64_000_000) -> Image.Image:
         with warnings.catch_warnings():
             # Our own limit replaces Pillow's warning; Pillow's hard error (2x its limit) still applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(_open(source))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise VisionError(f"image is {width}x{height} = {width * height} pixels, over the limit "
-                                  f"{max_pixels} (limits.max_image_pixels)")
-            image.seek(0)  # animated images: the first frame, documented behaviour
-            image.load()
-            return flatten(_exif_transpose(image))
+            with Image.open(_open(source)) as image:  # closed on the way out: animated files keep it open
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise VisionError(f"image is {width}x{height} = {width * height} pixels, over the limit "
+                                      f"{max_pixels} (limits.max_image_pixels)")
+                image.seek(0)  # animated images: the first frame, documented behaviour
+                image.load()
+                return flatten(_exif_transpose(image))
     except VisionError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit fired first
@@ -81,12 +81,12 @@ def decode_image(source: Source, max_pixels: int = 64_000_000) -> Image.Image:
 
 
 def _exif_transpose(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a malformed EXIF block leaves the image as stored (best effort)."""
+    """A copy with the EXIF orientation applied; a malformed EXIF block leaves it as stored (best effort)."""
     try:
-        return ImageOps.exif_transpose(image) or image
+        return ImageOps.exif_transpose(image) or image.copy()
     except _PIL_ERRORS as exc:
         log.warning("ignoring unreadable EXIF orientation: %s", exc)
-        return image
+        return image.copy()
 
 
 def flatten(image: Image.Image) -> Image.Image:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -140,3 +142,13 @@ def test_truncated_faststart_video_is_decoded_best_effort() -> None:
 def test_non_videos_raise_vision_error(data: bytes) -> None:
     with pytest.raises(VisionError):
         decode_video(data, 1.0, 64)
+
+
+def test_decoding_an_animated_file_from_a_path_leaves_no_file_open(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("blue", "green")]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert decode_image(tmp_path / "a.gif").getpixel((1, 1)) == (0, 0, 255)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -99,10 +99,10 @@ def flower_metrics() -> dict[str, str]:
     from flower.events import get_prometheus_metrics
     from prometheus_client.metrics import MetricWrapperBase
 
-    found = {}
+    found: dict[str, str] = {}
     for metric in vars(get_prometheus_metrics()).values():
         if isinstance(metric, MetricWrapperBase):
-            kind = metric._type  # type: ignore[attr-defined]
+            kind = str(metric._type)  # type: ignore[attr-defined]
             found[metric._name + ("_total" if kind == "counter" else "")] = kind  # type: ignore[attr-defined]
     return found
 

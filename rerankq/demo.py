@@ -148,7 +148,7 @@ def wait_ready(proc: subprocess.Popen[bytes], metrics_port: int, log_path: Path,
         _wait_for_port(metrics_port, timeout, "the worker", proc)  # type: ignore[arg-type]
     except RuntimeError as exc:
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{exc}\n--- worker log ({log_path}) ---\n{tail}") from None
+        raise RuntimeError(f"{exc}\n--- end of the worker's log ---\n{tail}") from None
 
 
 # --- progress, results, throughput ----------------------------------------------------------------------
@@ -260,9 +260,9 @@ def run_demo(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 print("\ninterrupted: stopping the worker, Redis and the S3 endpoint", flush=True)
                 return 130
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut
-                    signal.signal(sig, signal.SIG_IGN)                      # the cleanup short
+            finally:  # a second Ctrl-C must not cut the cleanup short
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_IGN)
     except (RuntimeError, TimeoutError) as exc:
         print(f"rerankq demo: {exc}", file=sys.stderr)
         return 2
@@ -276,9 +276,9 @@ def run_demo(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, stack: contextlib.ExitStack, started: float) -> int:
     from producer.client import RerankClient
 
-    spec = _model_spec(args.model)
-    redis_server = stack.enter_context(RedisServer())
+    redis_server = stack.enter_context(RedisServer())  # first: a missing redis-server fails fast
     s3_server = stack.enter_context(S3Server())
+    spec = _model_spec(args.model)
     refs = seed_media(s3_server.client())
     print(f"redis-server at {redis_server.url}; S3 endpoint at {s3_server.url} (bucket {BUCKET})")
     port = free_port()

@@ -143,8 +143,7 @@ def test_compose_config_when_docker_compose_is_available() -> None:
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the docker compose plugin is not installed here; the Compose Spec schema check covers it")
-    example = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in (ROOT / ".env.example").read_text()
-               .splitlines() if line and not line.startswith("#")}
+    example = env_example()
     run = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--profile", "gpu1", "--profile", "cpu",
                           "config", "-q"], capture_output=True, text=True, env={**os.environ, **example}, timeout=60)
     assert run.returncode == 0, run.stderr
@@ -241,6 +240,61 @@ def test_compose_workers_get_the_spec_settings_right() -> None:
         assert settings.metrics_port > 0, f"{name}: metrics off"
         assert env["RERANKQ_MODEL"]
         assert svc["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's variable interpolation: ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$``."""
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        assert op != ":?", f"{name} must be set: {arg}"
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value).replace("$$", "$")
+
+
+def test_compose_workers_settings_load_from_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = env_example()
+    for name, svc in worker_services().items():
+        for var in list(os.environ):
+            if var.startswith("RERANKQ_"):
+                monkeypatch.delenv(var)
+        for var, value in svc["environment"].items():
+            monkeypatch.setenv(var, interpolate(str(value), example))
+        settings = Settings()  # exactly what the worker process reads
+        assert settings.redis_url == f"redis://:{example['REDIS_PASSWORD']}@redis:6379/0", name
+        assert settings.s3_endpoint_url == "http://minio:9000"
+        assert settings.model == ("/models/tiny" if name == "worker-cpu" else example["RERANKQ_MODEL"])
+        assert settings.device == ("cpu" if name == "worker-cpu" else "cuda:0")
+        assert settings.metrics_port == 9400 and settings.http_allowed_hosts == []
+        assert settings.batch.max_tokens == int(example["RERANKQ_BATCH__MAX_TOKENS"])
+        assert settings.scoring.model_cache_dir.startswith("/models/")
+        assert os.environ["AWS_ACCESS_KEY_ID"] == example["MINIO_ROOT_USER"]
+
+
+def test_k8s_worker_settings_load_from_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    (configmap,) = k8s("ConfigMap", "rerankq-config")
+    worker = container("Deployment", "rerankq-worker")
+    assert worker["envFrom"] == [{"configMapRef": {"name": "rerankq-config"}}]
+    for var in list(os.environ):
+        if var.startswith("RERANKQ_"):
+            monkeypatch.delenv(var)
+    resolved = dict(configmap["data"])
+    for var, value in env_of(worker).items():  # in order, like the kubelet: $(VAR) sees earlier entries
+        resolved[var] = "hex0123" if isinstance(value, dict) else re.sub(
+            r"\$\((\w+)\)", lambda m: resolved[m.group(1)], value)
+    for var, value in resolved.items():
+        monkeypatch.setenv(var, value)
+    settings = Settings()
+    assert settings.redis_url == "redis://:hex0123@redis:6379/0"
+    assert settings.device == "cuda:0" and settings.metrics_port == 9400
+    assert settings.results.bucket_uri == "s3://results/rerankq/"
 
 
 def test_minio_init_creates_the_buckets_the_workers_write_to() -> None:

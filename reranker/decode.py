@@ -8,13 +8,15 @@ reference. Documented choices:
 - an animated image (GIF, APNG, animated WebP) is read as its **first frame**;
 - the pixel count is checked from the header, before any pixel is decoded (decompression-bomb guard);
 - videos are decoded frame by frame and only the sampled frames are kept (optionally resized as they are
-  decoded, see ``decode_video``), so a long video never sits in memory whole;
+  decoded, see ``decode_video``), so a long video never sits in memory whole; between samples the decoder
+  seeks past whole keyframe intervals, so a long video is not decoded whole either;
 - a truncated video whose container still opens is decoded best effort: when at least half of the sampled
   frames decode, the missing ones repeat the last decoded frame (a warning is logged); otherwise it is an error.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import struct
@@ -125,7 +127,7 @@ def decode_video(source: Source, fps: float, max_frames: int, max_seconds: float
             total = _frame_count(container, stream, video_fps, max_seconds)
             wanted = sample_frame_indices(total, video_fps, fps, max_frames)
             resize = _resizer(frame_size, len(wanted), stream)
-            frames = _collect(_safe_decode(container, stream), wanted, resize)
+            frames = _decode_wanted(container, stream, wanted, resize)
     except VisionError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -205,6 +207,81 @@ def _safe_decode(container: Any, stream: Any) -> Iterator[Any]:
             log.warning("skipping an undecodable video packet: %s", exc)
         if packet is None:
             return
+
+
+class _NoSeek(Exception):
+    """Timestamps too irregular to seek by: decode every frame in order instead."""
+
+
+def _decode_wanted(container: Any, stream: Any, wanted: list[int],
+                   resize: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
+    """The wanted frames, seeking past whole keyframe intervals where the timestamps allow it.
+
+    One demuxing pass (no decoding) lists every packet's timestamp and the keyframes: frame ``i`` is the one
+    with the ``i``-th smallest timestamp, as when counting decoded frames. Between two wanted frames the
+    decoder jumps to the last keyframe before the next one when that keyframe lies ahead, so a long video
+    costs about one keyframe interval per sampled frame instead of every frame. Same frames either way.
+    """
+    try:
+        pts, keys = _packet_index(container, stream)
+        return _collect_seeking(container, stream, wanted, resize, pts, keys)
+    except _NoSeek:
+        container.seek(0)
+        return _collect(_safe_decode(container, stream), wanted, resize)
+
+
+def _packet_index(container: Any, stream: Any) -> tuple[list[int], list[int]]:
+    import av
+
+    pts: list[int] = []
+    keys: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                raise _NoSeek
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+    except av.error.FFmpegError:
+        pass  # a truncated file: index what can be read
+    if not keys or len(set(pts)) != len(pts):
+        raise _NoSeek
+    return sorted(pts), sorted(keys)
+
+
+def _collect_seeking(container: Any, stream: Any, wanted: list[int], resize: Callable[[np.ndarray], np.ndarray],
+                     pts: list[int], keys: list[int]) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    targets = [pts[i] for i in wanted if i < len(pts)]
+    frames: Iterator[Any] = iter(())
+    position: int | None = None  # timestamp of the last decoded frame
+    while len(out) < len(targets):
+        target = targets[len(out)]
+        key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
+        if position is None or key > position:
+            container.seek(key, stream=stream, backward=True)
+            frames, position = _safe_decode(container, stream), None
+        frame = _next_at(frames, target, position is None)
+        if frame is None:
+            break
+        position = frame.pts
+        array = resize(frame.to_ndarray(format="rgb24"))
+        while len(out) < len(targets) and targets[len(out)] <= frame.pts:
+            out.append(array)
+    return out
+
+
+def _next_at(frames: Iterator[Any], target: int, after_seek: bool) -> Any:
+    """The first frame at or after ``target`` (None at the end of the stream)."""
+    for frame in frames:
+        if frame.pts is None or (after_seek and frame.pts > target):
+            raise _NoSeek  # no timestamp, or the seek landed past the target
+        after_seek = False
+        if frame.pts >= target:
+            return frame
+    return None
 
 
 def _collect(frames_iter: Iterator[Any], wanted: list[int],

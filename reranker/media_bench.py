@@ -3,8 +3,9 @@
 ``python -m reranker.media_bench [--threads 1,16] [--images 200] [--json]`` starts its own S3 endpoint
 (moto, in a child process so it does not share this process's GIL), uploads generated media and prints:
 
-- 200 small JPEGs resolved as 200 sides, with 1 versus N fetch threads (objects/s, MB/s);
-- short mp4 videos (distinct objects) resolved with 1 versus N threads (videos/s, MB/s);
+- 200 small JPEGs (320x240, ~13 KB) fetched only, then fetched + decoded as 200 sides, with 1 versus N fetch
+  threads (objects/s, MB/s);
+- short mp4 videos (10 s, 640x360, 30 fps, distinct objects) resolved with 1 versus N threads (videos/s, MB/s);
 - a batch of 50 jobs sharing one query image: fetches and time per job resolved alone, without a cache,
   versus the whole batch through ``MediaResolver.resolve_sides`` with the cache.
 
@@ -105,6 +106,22 @@ def _throughput(settings: Any, sides: list[Any], budget: Any, threads: int) -> d
             "mb_per_s": round(stats.bytes_fetched / elapsed / 1e6, 2)}
 
 
+def _fetch_only(settings: Any, refs: list[str], threads: int) -> dict[str, float]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reranker.media import MediaStore
+
+    tuned = settings.model_copy(update={"media": settings.media.model_copy(update={"fetch_threads": threads})})
+    store = MediaStore(tuned)
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        size = sum(len(data) for data in pool.map(store.fetch, refs))
+        elapsed = time.perf_counter() - started
+    store.close()
+    return {"threads": threads, "objects": len(refs), "seconds": round(elapsed, 3),
+            "objects_per_s": round(len(refs) / elapsed, 1), "mb_per_s": round(size / elapsed / 1e6, 2)}
+
+
 def _cache_saving(settings: Any, s3: Any, budget: Any, jobs: int) -> dict[str, float]:
     from reranker.prompt import Side
     from reranker.resolver import MediaResolver
@@ -157,6 +174,7 @@ def run_media_bench(threads: tuple[int, ...] = (1, 16), images: int = 200, video
         image_sides = [Side(images=[f"s3://{BUCKET}/img/{i}.jpg"]) for i in range(images)]
         video_sides = [Side(videos=[f"s3://{BUCKET}/video/{i}.mp4"]) for i in range(videos)]
         return {
+            "images_fetch_only": [_fetch_only(settings, [s.images[0] for s in image_sides], n) for n in threads],
             "images": [_throughput(settings, image_sides, budget, n) for n in threads],
             "videos": [_throughput(settings, video_sides, budget, n) for n in threads],
             "video_bytes": len(clip), "video_codec": video_codec(),
@@ -169,9 +187,9 @@ def run_media_bench(threads: tuple[int, ...] = (1, 16), images: int = 200, video
 
 def _print(figures: dict[str, Any]) -> None:
     print("fetch + decode from a local S3 endpoint (moto, child process)")
-    for kind in ("images", "videos"):
+    for kind in ("images_fetch_only", "images", "videos"):
         for row in figures[kind]:
-            print(f"  {row['objects']:4d} {kind:6s} threads={row['threads']:<3d} {row['seconds']:7.3f} s  "
+            print(f"  {row['objects']:4d} {kind:17s} threads={row['threads']:<3d} {row['seconds']:7.3f} s  "
                   f"{row['objects_per_s']:8.1f} objects/s  {row['mb_per_s']:7.2f} MB/s")
     c = figures["cache"]
     print(f"cache, {c['jobs']} jobs sharing one query image:")

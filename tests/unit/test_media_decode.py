@@ -7,6 +7,7 @@ import io
 import struct
 import warnings
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,3 +153,35 @@ def test_decoding_an_animated_file_from_a_path_leaves_no_file_open(tmp_path) -> 
         assert decode_image(tmp_path / "a.gif").getpixel((1, 1)) == (0, 0, 255)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def _clip_with_keyframes_every(keyint: int, codec: str, frames: int = 300) -> bytes:
+    import av
+
+    rng = np.random.default_rng(1)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream: Any = container.add_stream(codec, rate=30, options={"g": str(keyint), "bf": "2"})
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(frames):
+            pixels = (rng.integers(0, 40, (64, 96, 3)) + i % 200).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("keyint", "codec"), [(10, "libx264"), (45, "libx264"), (10, "mpeg4")])
+def test_seeking_between_samples_gives_the_frames_a_full_decode_gives(keyint: int, codec: str) -> None:
+    import av
+
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} not available")
+    data = _clip_with_keyframes_every(keyint, codec)
+    with av.open(io.BytesIO(data)) as container:
+        every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    decoded = decode_video(data, fps=1.0, max_frames=64)
+    assert len(decoded.indices) == 10
+    expected = torch.from_numpy(np.stack([every[i] for i in decoded.indices])).permute(0, 3, 1, 2)
+    assert torch.equal(decoded.frames, expected)

@@ -83,7 +83,7 @@ class MediaStore:
             return
         if kind == "https":
             data = self.with_retries(ref, lambda: self._http.fetch(ref))
-            self.counters.add(fetches=1, requests=1, bytes_fetched=len(data),
+            self.counters.add(fetches=1, bytes_fetched=len(data),
                               fetch_seconds=time.perf_counter() - started)
             yield data
             return
@@ -103,6 +103,8 @@ class MediaStore:
             return "file"  # a bare local path
         if scheme == "http":
             raise MediaError(ref, "plain http:// is refused; use https:// (host on RERANKQ_HTTP_ALLOWED_HOSTS)")
+        if not scheme:
+            raise MediaError(ref, "malformed reference (expected s3://bucket/key, https://host/path or file:///path)")
         raise MediaError(ref, f"unsupported reference scheme {scheme!r} (use s3://, https:// or file://)")
 
     def _local_path(self, ref: str) -> Path:

@@ -85,6 +85,7 @@ def test_wildcard_entries_allow_subdomains_only() -> None:
     ("http://host/a.jpg", "plain http:// is refused"),
     ("s3://bucket-only", "needs a bucket and a key"),
     ("s3:///key", "needs a bucket and a key"),
+    ("s3:/bucket/key", "malformed reference"),
     ("", "empty"),
     ("file:///etc/hostname", "local files are disabled"),
     ("/etc/hostname", "local files are disabled"),

@@ -121,7 +121,7 @@ class RerankClient:
             popped = self.redis.blpop(done_keys, timeout=max(left, 0.01))
             if popped is not None:
                 break
-        key = popped[0].decode()
+        key = popped[0].decode() if isinstance(popped[0], bytes) else str(popped[0])
         self.redis.rpush(key, b"1")
         self.redis.expire(key, self.settings.results.ttl_s)
         return key.removeprefix(f"{self.settings.queue_prefix}:job:").removesuffix(":done")

@@ -232,5 +232,19 @@ def run_bench(args: argparse.Namespace) -> int:
             report.update(lone_latency(client, args.lone))
     first = {k: v for k, v in report["workloads"][0].items() if k != "workload"}
     report = {**first, **report}
-    print(json.dumps(report, indent=None if args.json else 2))
+    print(json.dumps(report) if args.json else render(report))
     return 0
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"model {report['model']} on {report['device']}"]
+    for w in report["workloads"]:
+        lines.append(f"{w['workload']:>14}: end to end {w['e2e_pairs_per_s']:.1f} pairs/s {w['jobs_per_s']:.1f} jobs/s"
+                     f" | scorer alone {w['scorer_pairs_per_s']:8.1f} pairs/s (ratio {w['e2e_vs_scorer']:.2f})"
+                     f" | latency p50 {w['p50_latency_s']:.3f}s p95 {w['p95_latency_s']:.3f}s"
+                     f" | per pass {w['mean_batch_pairs']} pairs, {w['mean_batch_jobs']} jobs,"
+                     f" padding {w['padding_ratio']}")
+    if "lone_p50_latency_s" in report:
+        lines.append(f"lone job on an idle worker: p50 {report['lone_p50_latency_s']:.3f}s "
+                     f"p95 {report['lone_p95_latency_s']:.3f}s")
+    return "\n".join(lines)

@@ -98,6 +98,10 @@ _FLOATS = ("created_at", "started_at", "finished_at")
 _INTS = ("pairs_done", "pairs_total")
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _flatten(fields: dict[str, Any]) -> list[Any]:
     return [x for k, v in fields.items() if v is not None for x in (k, v)]
 
@@ -148,7 +152,7 @@ class JobStore:
         raw = self.redis.hgetall(self.key(job_id))
         if not raw:
             raise NoSuchJob(job_id)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     def status(self, job_id: str) -> dict[str, Any]:
         """SPEC §3 status."""

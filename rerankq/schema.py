@@ -151,7 +151,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return path or "request"
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown field (allowed: see SPEC §2)"
     return str(error["msg"]).removeprefix("Value error, ")

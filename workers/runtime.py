@@ -25,6 +25,7 @@ from typing import Any
 
 from reranker.batching import padding_ratio, plan_batches
 from reranker.pipeline import PairPreparer
+from rerankq.errors import TransientError
 from rerankq.jobs import JobStore, result_fields
 from rerankq.results import ResultStore, result_location
 from rerankq.settings import Settings
@@ -199,7 +200,13 @@ class Runtime:
         for run in runs:
             run.finished = True
         outcomes = [self._outcome(run) for run in runs]
-        written = self.store.finish_many(outcomes)
+        try:
+            written = self.store.finish_many(outcomes)
+        except Exception as exc:  # Redis unreachable: the task rejects its message, which is redelivered
+            logger.exception("writing the results of %d jobs failed", len(runs))
+            for run in runs:
+                run.future.set_exception(TransientError(f"could not write the result of {run.job_id}: {exc}"))
+            return
         for run, final in zip(runs, written, strict=True):
             final = final or "expired"
             self.metrics.jobs.labels(final).inc()

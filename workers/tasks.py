@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from rerankq import keys
-from rerankq.errors import InvalidRequest, JobFailed
+from rerankq.errors import InvalidRequest, JobFailed, TransientError
 from rerankq.schema import parse_job
 from rerankq.settings import Settings
 
@@ -37,7 +38,10 @@ def register(app: Celery, settings: Settings) -> None:
             if job_id:
                 _runtime.store.finish_many([(str(job_id), "failed", {"error": str(exc)})])
             raise
-        state = _runtime.submit(wire).result()
+        try:
+            state = _runtime.submit(wire).result()
+        except TransientError as exc:
+            raise Reject(str(exc), requeue=True) from exc  # redelivered; the rewrite is idempotent
         if state == "failed":
             raise JobFailed(str(job_id), state, _runtime.store.status(job_id).get("error"))
         return {"job_id": str(job_id), "state": state}

@@ -109,9 +109,11 @@ class RerankClient:
         return json.loads(record["result"])
 
     def _wait(self, job_ids: list[str], timeout: float | None) -> str | None:
-        """Block until one of ``job_ids`` is terminal; returns its id (None on timeout). The token is put
-        back so that other waiters on the same job also wake. Blocks in slices shorter than the Redis
-        client's socket timeout."""
+        """Block until one of ``job_ids`` is terminal; returns its id (None on timeout).
+
+        Blocks on the jobs' done tokens in slices shorter than the Redis client's socket timeout. The token
+        is put back so that other waiters on the same job wake too; between slices the states are read
+        once, so a waiter whose token another client took still returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done_keys = [self.jobs.done(j) for j in job_ids]
         while True:
@@ -121,6 +123,9 @@ class RerankClient:
             popped = self.redis.blpop(done_keys, timeout=max(left, 0.01))
             if popped is not None:
                 break
+            finished = [j for j, s in zip(job_ids, self.jobs.states(job_ids), strict=True) if s in TERMINAL]
+            if finished:
+                return finished[0]
         key = popped[0].decode() if isinstance(popped[0], bytes) else str(popped[0])
         self.redis.rpush(key, b"1")
         self.redis.expire(key, self.settings.results.ttl_s)

@@ -84,6 +84,9 @@ class Runtime:
 
     # preparing -----------------------------------------------------------------------------------
     def _take(self) -> list[JobRun]:
+        """The next jobs: the first, then whatever arrives within the flush interval, up to ``max_jobs``.
+        While the scorer still has a round waiting, keep collecting: a bigger round packs better and
+        costs no latency, since it could not start earlier anyway."""
         try:
             first = self._inbox.get(timeout=0.5)
         except queue.Empty:
@@ -91,10 +94,15 @@ class Runtime:
         runs = [first]
         deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
         while len(runs) < self.settings.batch.max_jobs:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                if not self._rounds.full():
+                    break
+                wait = 0.002
             try:
-                runs.append(self._inbox.get(timeout=max(deadline - time.monotonic(), 0)))
+                runs.append(self._inbox.get(timeout=wait))
             except queue.Empty:
-                break
+                continue
         return runs
 
     def _prepare_next(self) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from rerankq.errors import NoSuchJob
+from rerankq.errors import JobFailed, NoSuchJob
 from rerankq.jobs import JobStore, result_fields
 from rerankq.settings import ResultSettings, Settings
 
@@ -78,3 +78,18 @@ def test_unknown_ids(store: JobStore) -> None:
     assert store.start_many(["ghost"], "w", [1])[0][0] is None
     assert store.finish_many([("ghost", "succeeded", {})]) == [None]
     assert store.states(["ghost"]) == [None]
+
+
+def test_priorities_are_separate_queues_and_records_exist_before_any_worker(redis_url: str) -> None:
+    from producer import RerankClient
+
+    with RerankClient(redis_url=redis_url, queue_prefix="nobody") as client:
+        ids = {p: client.submit({"query": {"text": "q"}, "documents": [{"text": "d"}], "priority": p})
+               for p in ("high", "normal", "low", "low")}
+        assert [client.redis.llen(f"nobody.{p}") for p in ("high", "normal", "low")] == [1, 1, 2]
+        assert client.status(ids["high"])["state"] == "queued"
+        with pytest.raises(TimeoutError):
+            client.result(ids["high"], timeout=0.2)
+        assert client.cancel(ids["high"]) == "queued"
+        with pytest.raises(JobFailed, match="cancelled"):
+            client.result(ids["high"], timeout=5)

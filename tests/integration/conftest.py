@@ -129,26 +129,10 @@ def media(s3: Any) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def reference(tiny_model_dir: Path, s3_server: S3Server):  # type: ignore[no-untyped-def]
-    """In-process scores of a request (documents that should fail left out): the seed-compatible
-    ``Qwen3VLReranker.process`` when it can run here, else the scorer + preparer + resolver directly."""
-    from reranker.loading import load_scorer
-    from reranker.pipeline import PairPreparer
-    from reranker.prompt import Side
-    from reranker.resolver import MediaResolver
-    from reranker.vision import VisionBudget
+    """In-process scores of a request (leave out documents that should fail) from the seed-compatible
+    ``Qwen3VLReranker.process``: the official script's API, one model in this process."""
+    from reranker import Qwen3VLReranker
 
-    settings = Settings(s3_endpoint_url=s3_server.url, allow_file_urls=True)
-    scorer = load_scorer(str(tiny_model_dir))
-    preparer = PairPreparer(scorer.tokenizer, settings.scoring.max_length)
-    resolver = MediaResolver(settings)
-
-    def scores(request: dict[str, Any]) -> list[float]:
-        budget = VisionBudget(fps=request.get("fps", 1.0), max_frames=request.get("max_frames", 64))
-        sides = resolver.resolve_sides([Side.from_dict(request["query"])]
-                                       + [Side.from_dict(d) for d in request["documents"]], budget)
-        instruction = request.get("instruction") or settings.instruction
-        pairs = [preparer.prepare(instruction, sides[0], doc) for doc in sides[1:]]  # type: ignore[arg-type]
-        return [scorer.forward([p])[0] for p in pairs]  # one pair per pass, as the official script
-
-    yield scores
-    resolver.close()
+    model = Qwen3VLReranker(str(tiny_model_dir), device="cpu", torch_dtype="float32",
+                            s3_endpoint_url=s3_server.url)
+    return model.process

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from rerankq.errors import InvalidRequest
-from rerankq.settings import LimitSettings, Settings
+from rerankq.settings import LimitSettings, Settings, get_settings
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _SCHEMES = ("s3://", "https://", "file://")
@@ -159,7 +159,7 @@ def _message(error: Any) -> str:
 
 def parse_job(data: Any, settings: Settings | None = None) -> RerankJob:
     """Validate one request (a dict or a ``RerankJob``) against the schema and ``settings.limits``."""
-    limits = (settings or Settings()).limits
+    limits = (settings or get_settings()).limits
     if isinstance(data, RerankJob):
         data = data.model_dump(mode="json", exclude_none=True)
     if not isinstance(data, dict):

@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-url", default=None, help="with --redis-url: a worker's /metrics for batch figures")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", default=None, metavar="PNG", help="draw throughput and latency over the run to PNG")
     p.set_defaults(func=run_bench)
 
 
@@ -118,16 +119,23 @@ def run_workload(client: Any, scrape: Scrape, requests: list[dict[str, Any]], ti
     before = scrape.read()
     t0 = time.time()
     ids = client.submit_many(requests)
-    for _job_id, outcome in client.as_completed(ids, timeout=timeout):
+    docs = {job_id: len(r["documents"]) for job_id, r in zip(ids, requests, strict=True)}
+    samples: list[dict[str, float]] = []  # one per finished job, for --plot
+    for job_id, outcome in client.as_completed(ids, timeout=timeout):
         if isinstance(outcome, Exception):
             raise RuntimeError(f"bench job failed: {outcome}")
+        now = time.time() - t0
+        done = samples[-1] if samples else {"pairs_done": 0, "jobs_done": 0}
+        samples.append({"t": now, "pairs_done": done["pairs_done"] + docs[job_id],
+                        "jobs_done": done["jobs_done"] + 1, "latency": now})
     wall = time.time() - t0
     statuses = [client.status(job_id) for job_id in ids]
     latencies = [s["finished_at"] - s["created_at"] for s in statuses]
     pairs = sum(len(r["documents"]) for r in requests)
     return {"jobs": len(ids), "pairs": pairs, "wall_s": round(wall, 3), "e2e_pairs_per_s": round(pairs / wall, 2),
             "jobs_per_s": round(len(ids) / wall, 2), "p50_latency_s": round(percentile(latencies, 0.5), 4),
-            "p95_latency_s": round(percentile(latencies, 0.95), 4), **Scrape.means(before, scrape.read())}
+            "p95_latency_s": round(percentile(latencies, 0.95), 4), **Scrape.means(before, scrape.read()),
+            "_samples": samples}
 
 
 def scorer_alone(scorer: Any, settings: Settings, requests: list[dict[str, Any]], repeats: int = 3) -> float:
@@ -230,10 +238,31 @@ def run_bench(args: argparse.Namespace) -> int:
             report["workloads"].append(figures)
         if args.lone:
             report.update(lone_latency(client, args.lone))
+    if args.plot:
+        _plot(report, args.plot)
+    for w in report["workloads"]:
+        w.pop("_samples", None)
     first = {k: v for k, v in report["workloads"][0].items() if k != "workload"}
     report = {**first, **report}
     print(json.dumps(report) if args.json else render(report))
     return 0
+
+
+def _plot(report: dict[str, Any], path: str) -> None:
+    """Workloads one after another on one time axis (each job's latency is submit-to-result)."""
+    from rerankq.plot import plot_bench
+
+    samples: list[dict[str, float]] = []
+    offset = pairs = jobs = 0.0
+    for w in report["workloads"]:
+        for s in w["_samples"]:
+            samples.append({"t": offset + s["t"], "pairs_done": pairs + s["pairs_done"],
+                            "jobs_done": jobs + s["jobs_done"], "latency": s["latency"]})
+        if samples:
+            offset, pairs, jobs = samples[-1]["t"], samples[-1]["pairs_done"], samples[-1]["jobs_done"]
+    names = ", ".join(w["workload"] for w in report["workloads"])
+    plot_bench(samples, path, title=f"rerankq bench: {names} on {report['model']} ({report['device']})")
+    print(f"plot written to {path}", file=sys.stderr)
 
 
 def render(report: dict[str, Any]) -> str:

@@ -1,0 +1,34 @@
+"""`rerankq bench` starts its own private cluster, reports SPEC §7's figures and draws the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+SPEC_KEYS = {"e2e_pairs_per_s", "scorer_pairs_per_s", "jobs_per_s", "p50_latency_s", "p95_latency_s",
+             "mean_batch_pairs", "mean_batch_jobs", "padding_ratio", "device", "model"}
+
+
+def test_bench_json_and_plot(tmp_path: Path, tiny_model_dir: Path) -> None:
+    plot = tmp_path / "bench.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "rerankq.cli", "bench", "--model", str(tiny_model_dir), "--workload", "24x4:text",
+         "--workload", "6x2:image", "--lone", "3", "--json", "--plot", str(plot)],
+        capture_output=True, text=True, timeout=280, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report.keys() >= SPEC_KEYS
+    assert [w["workload"] for w in report["workloads"]] == ["24x4:text", "6x2:image"]
+    for w in report["workloads"]:
+        assert w["e2e_pairs_per_s"] > 0 and w["scorer_pairs_per_s"] > 0 and w["p95_latency_s"] >= w["p50_latency_s"]
+        assert w["forward_passes"] >= 1
+    text = report["workloads"][0]
+    assert text["pairs"] == 96 and text["forward_passes"] < 24  # pairs of many jobs share forward passes
+    assert report["mean_batch_jobs"] > 1
+    assert report["lone_p95_latency_s"] >= report["lone_p50_latency_s"] > 0
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size[0] > 500

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     instruction: str = Field(DEFAULT_INSTRUCTION, description="Instruction used when a job gives none.")
     queue_prefix: str = Field("rerankq", description="Prefix of every queue and Redis key (several deployments "
                               "can share one Redis).")
-    visibility_timeout_s: int = Field(3600, ge=60, description="Seconds before an unacknowledged job is "
+    visibility_timeout_s: int = Field(3600, ge=1, description="Seconds before an unacknowledged job is "
                                       "redelivered to another worker. Longer than the slowest batch.")
 
     batch: BatchSettings = Field(default_factory=BatchSettings)

@@ -77,10 +77,18 @@ class RerankClient:
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
             return
-        with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):
+        try:
+            with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):
+                for job in fresh:
+                    self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,
+                                          queue=keys.queue_name(self.settings, job["priority"]))
+        except Exception:
+            # Publishing failed, wholly or part-way: drop the new records so that a retry with the same job_id
+            # publishes again instead of finding a record no message will complete. A message that did go
+            # out finds no record and is skipped by the worker; the retried one does the work.
             for job in fresh:
-                self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,
-                                      queue=keys.queue_name(self.settings, job["priority"]))
+                self.jobs.delete(job["job_id"])
+            raise
 
     # reading -------------------------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class ScoringSettings(BaseModel):
         "auto", description="Weights and activations. auto = bfloat16 on CUDA, float32 on CPU.")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto = flash_attention_2 when installed on CUDA, else sdpa.")
-    max_length: int = Field(10240, ge=16, description="Tokens per pair after truncation (official: 10240).")
+    max_length: int = Field(10240, ge=16, description="Tokens per pair (official: 10240): longer document text is "
+                            "cut from its tail; a pair whose vision and special tokens alone exceed it is an error.")
     model_cache_dir: str = Field("~/.cache/rerankq/models", description="Where s3:// checkpoints are downloaded.")
     seed: int = Field(0, description="Seed for random:2b / random:8b weights.")
 
@@ -58,8 +59,6 @@ class LimitSettings(BaseModel):
     max_video_seconds: float = Field(3600.0, gt=0, description="Video duration (s).")
     max_frames: int = Field(64, ge=2, description="Frames sampled per video (official: 64).")
     video_max_tokens: int = Field(7680, ge=128, description="Visual tokens per video, all frames (official: 7680).")
-    max_pair_tokens: int = Field(10240, ge=16, description="Tokens per pair, reported in the error for a pair "
-                                 "whose vision tokens alone exceed it.")
 
 
 class ResultSettings(BaseModel):

@@ -107,7 +107,7 @@ def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], preparer:
         try:
             return Unit(run, i, preparer.prepare(text, query, doc))
         except PairTooLong as exc:
-            return f"documents[{i}]: {exc} (limits.max_pair_tokens)"
+            return f"documents[{i}]: {exc} (scoring.max_length)"
 
     units: list[Unit] = []
     for i, out in enumerate(pool.map(prepare, enumerate(documents))):

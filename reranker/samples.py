@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,8 +30,7 @@ def mp4_bytes(seconds: float = 3.0, fps: int = 10, width: int = 96, height: int 
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream: Any = container.add_stream(codec, rate=fps)
+        stream: Any = container.add_stream(video_codec(), rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(int(seconds * fps)):
             base = (np.arange(width)[None, :, None] * 2 + i * 8) % 256
@@ -39,3 +40,45 @@ def mp4_bytes(seconds: float = 3.0, fps: int = 10, width: int = 96, height: int 
         for packet in stream.encode():
             container.mux(packet)
     return buf.getvalue()
+
+
+def photo_bytes(width: int = 320, height: int = 240, fmt: str = "JPEG", seed: int = 0, mode: str = "RGB",
+                **save: Any) -> bytes:
+    """A photo-like test image (smooth gradient + noise, so it compresses like a photo)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = np.stack([xs * 255 // max(width, 1), ys * 255 // max(height, 1), np.full_like(xs, seed * 37 % 256)], -1)
+    pixels = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def video_codec() -> str:
+    import av
+
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def clip_bytes(seconds: float = 3.0, fps: int = 10, width: int = 160, height: int = 120,
+              faststart: bool = False) -> bytes:
+    """A real mp4 written with PyAV; frame ``i`` has mean grey level about ``(i * 4) % 192 + 32``."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.mp4"
+        with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
+            stream: Any = container.add_stream(video_codec(), rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(round(seconds * fps)):
+                noise = rng.integers(0, 64, (height, width, 3))
+                frame = av.VideoFrame.from_ndarray((noise + (i * 4) % 192).astype(np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path.read_bytes()

@@ -173,7 +173,7 @@ def lone_latency(client: Any, n: int) -> dict[str, float]:
 
 
 def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str) -> tuple[Settings, str]:
-    from rerankq.cluster import RedisServer, S3Server, free_port
+    from rerankq.cluster import RedisServer, S3Server, free_port, stop_process
 
     redis_server = stack.enter_context(RedisServer())
     s3_server = stack.enter_context(S3Server())
@@ -183,17 +183,9 @@ def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str) -> tu
     log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="rerankq-bench-worker-", suffix=".log"))  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", model,
                              "--device", args.device], env=env, stdout=log, stderr=subprocess.STDOUT)
-    stack.callback(_stop, proc)
+    stack.callback(stop_process, proc, 30.0)
     _wait_ready(proc, Path(log.name))
     return Settings(redis_url=redis_server.url, s3_endpoint_url=s3_server.url), f"http://127.0.0.1:{port}/metrics"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:

@@ -5,8 +5,10 @@ stops what it started, also on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -22,7 +24,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -33,6 +35,24 @@ def _wait_for_port(port: int, timeout: float, what: str, proc: subprocess.Popen[
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not accept connections on port {port} within {timeout:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0, group: bool = False) -> None:
+    """SIGTERM ``proc`` (its whole process group with ``group``), SIGKILL it after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if group:  # stray children of an exited leader
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return
 
 
 @dataclass
@@ -57,17 +77,12 @@ class RedisServer:
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.workdir, "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait_for_port(self.port, 10, "redis-server", self.proc)
+        wait_for_port(self.port, 10, "redis-server", self.proc)
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace=5.0)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -101,7 +116,7 @@ class S3Server:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
         self._server = server
-        _wait_for_port(self.port, 10, "S3 endpoint")
+        wait_for_port(self.port, 10, "S3 endpoint")
         return self
 
     def stop(self) -> None:

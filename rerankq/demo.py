@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from rerankq.cluster import RedisServer, S3Server, _wait_for_port, default_tiny_model_dir, free_port
+from rerankq.cluster import RedisServer, S3Server, default_tiny_model_dir, free_port, stop_process, wait_for_port
 
 BUCKET = "rerankq-demo"
 REAL_WEIGHTS_HINT = "rerankq demo --model Qwen/Qwen3-VL-Reranker-2B --device cuda:0"
@@ -130,22 +130,13 @@ def start_worker(spec: str, device: str, env: dict[str, str], log: TextIO) -> su
 
 def stop_worker(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM the worker's process group (Celery's warm shutdown), SIGKILL it after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        with contextlib.suppress(ProcessLookupError):  # stray children of an exited worker
-            os.killpg(proc.pid, signal.SIGKILL)
-        return
+    stop_process(proc, grace, group=True)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], metrics_port: int, log_path: Path, timeout: float) -> None:
     """The worker serves metrics once its model is loaded and it is about to consume."""
     try:
-        _wait_for_port(metrics_port, timeout, "the worker", proc)  # type: ignore[arg-type]
+        wait_for_port(metrics_port, timeout, "the worker", proc)  # type: ignore[arg-type]
     except RuntimeError as exc:
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{exc}\n--- end of the worker's log ---\n{tail}") from None

@@ -20,6 +20,13 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _SCHEMES = ("s3://", "https://", "file://")
 
 
+def _within_chars(value: str | None, info: ValidationInfo) -> str | None:
+    limit = _limits(info).max_text_chars
+    if value is not None and len(value) > limit:
+        raise ValueError(f"{len(value)} characters, over the limit {limit} (limits.max_text_chars)")
+    return value
+
+
 def _limits(info: ValidationInfo) -> LimitSettings:
     context = info.context or {}
     return context.get("limits") or LimitSettings()
@@ -46,10 +53,7 @@ class SideSpec(BaseModel):
     @field_validator("text")
     @classmethod
     def _text_length(cls, value: str | None, info: ValidationInfo) -> str | None:
-        limit = _limits(info).max_text_chars
-        if value is not None and len(value) > limit:
-            raise ValueError(f"{len(value)} characters, over the limit {limit} (limits.max_text_chars)")
-        return value
+        return _within_chars(value, info)
 
     @field_validator("image")
     @classmethod
@@ -122,10 +126,7 @@ class RerankJob(BaseModel):
     @field_validator("instruction")
     @classmethod
     def _instruction_length(cls, value: str | None, info: ValidationInfo) -> str | None:
-        limit = _limits(info).max_text_chars
-        if value is not None and len(value) > limit:
-            raise ValueError(f"{len(value)} characters, over the limit {limit} (limits.max_text_chars)")
-        return value
+        return _within_chars(value, info)
 
     @field_validator("result_uri")
     @classmethod

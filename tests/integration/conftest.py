@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from rerankq.cluster import RedisServer, S3Server, free_port
+from rerankq.cluster import RedisServer, S3Server, free_port, stop_process
 from rerankq.settings import Settings
 
 MEDIA_BUCKET = "media"
@@ -87,13 +87,7 @@ def start_worker(model_dir: Path, redis_url: str, s3_url: str, log_dir: Path, **
 
 
 def stop_worker(worker: WorkerProcess) -> None:
-    if worker.proc.poll() is None:
-        worker.proc.terminate()
-        try:
-            worker.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            worker.proc.wait()
+    stop_process(worker.proc, grace=30.0)
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from reranker.media import MediaStore
-from reranker.media_bench import photo_bytes
 from reranker.prompt import Side
 from reranker.resolver import MediaResolver
+from reranker.samples import photo_bytes
 from reranker.vision import VisionBudget
 from rerankq.cluster import S3Server
 from rerankq.errors import MediaError, TransientMediaError

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from reranker.media import MediaStore
-from reranker.media_bench import photo_bytes
 from reranker.media_http import HttpPolicy, address_refusal
 from reranker.prompt import Side
 from reranker.resolver import MediaResolver
+from reranker.samples import photo_bytes
 from reranker.vision import VisionBudget
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings

@@ -16,10 +16,10 @@ from PIL import Image
 
 from reranker import vision
 from reranker.media import MediaStore
-from reranker.media_bench import clip_bytes, photo_bytes
 from reranker.pipeline import ResolvedSide
 from reranker.prompt import Side
 from reranker.resolver import MediaResolver
+from reranker.samples import clip_bytes, photo_bytes
 from reranker.vision import VisionBudget
 from rerankq.cluster import S3Server
 from rerankq.errors import MediaError

@@ -16,7 +16,7 @@ from PIL import Image
 
 from reranker import vision
 from reranker.decode import decode_image, decode_video, flatten
-from reranker.media_bench import clip_bytes, photo_bytes
+from reranker.samples import clip_bytes, photo_bytes
 from reranker.vision import VisionBudget, VisionError
 
 

@@ -205,7 +205,8 @@ def worker_batch_stats(port: int) -> str:
     batches = values.get("rerankq_batch_pairs_count") or 0
     if not batches:
         return "no forward pass recorded"
-    return (f"{int(batches)} forward passes, {values['rerankq_batch_pairs_sum'] / batches:.1f} pairs and "
+    passes = f"{int(batches)} forward pass{'es' if batches != 1 else ''}"
+    return (f"{passes}, {values['rerankq_batch_pairs_sum'] / batches:.1f} pairs and "
             f"{values['rerankq_batch_jobs_sum'] / batches:.1f} jobs per pass")
 
 

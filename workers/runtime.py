@@ -128,6 +128,8 @@ class Runtime:
         for run, job_sides in zip(runs, sides, strict=True):
             run.media_s = media_s
             units += prepare_units(run, job_sides, self.preparer, self.settings.instruction, self.pool)
+        # Documents that failed already are done too: progress reaches pairs_total when the job ends.
+        self.store.add_progress({r.job_id: len(r.errors) for r in runs if r.errors and not r.error})
         b = self.settings.batch
         return Round(runs, units, plan_batches([u.pair.length for u in units], b.max_tokens, b.max_pairs))
 

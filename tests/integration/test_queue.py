@@ -72,9 +72,11 @@ def test_missing_media_fails_only_its_document(client: RerankClient, media: dict
     missing = f"s3://{MEDIA_BUCKET}/q/nope.png"
     request = {"query": {"text": "cat"},
                "documents": [{"text": "a cat"}, {"image": missing}, {"image": media["cat.png"]}]}
-    result = client.result(client.submit(request), timeout=60)
+    job_id = client.submit(request)
+    result = client.result(job_id, timeout=60)
     assert result["scores"][1] is None
     assert [e["index"] for e in result["errors"]] == [1]
+    assert client.status(job_id)["progress"] == {"pairs_done": 3, "pairs_total": 3}  # the failed one is done too
     assert missing in result["errors"][0]["error"]
     good = reference({**request, "documents": [request["documents"][0], request["documents"][2]]})
     assert [result["scores"][0], result["scores"][2]] == pytest.approx(good, abs=TOL)

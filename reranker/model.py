@@ -16,6 +16,7 @@ import torch
 
 from reranker.batching import plan_batches
 from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
+from reranker.vision import normalize
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ class Scorer:
         """One forward pass over ``pairs`` (the caller keeps it within memory)."""
         batch = collate(pairs, self.device)
         for key in ("pixel_values", "pixel_values_videos"):
-            if key in batch:
-                batch[key] = batch[key].to(self.dtype)
+            if key in batch:  # uint8 travelled to the device; normalise there, then the model's dtype
+                batch[key] = normalize(batch[key]).to(self.dtype)
         out = self.backbone(**batch, use_cache=False)
         last = out.last_hidden_state[:, -1].to(torch.float32)
         return torch.sigmoid(last @ self.head).tolist()

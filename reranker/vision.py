@@ -55,10 +55,13 @@ class VisionBudget:
 
 @dataclass
 class VisionInput:
-    """One image or video ready for the model: flat patches, its grid and, for videos, the timestamps."""
+    """One image or video ready for the model: flat uint8 patches, its grid and, for videos, the timestamps."""
 
     kind: str  # "image" | "video"
-    pixel_values: torch.Tensor  # (grid_t*grid_h*grid_w, 3*2*16*16) float32
+    # (grid_t*grid_h*grid_w, 3*2*16*16) uint8: the resized pixels, patched but not yet normalised. Four
+    # times smaller than float32 in caches, in rounds and on the way to the GPU; ``normalize`` runs on the
+    # device, with the same float32 arithmetic as transformers' processors (so values are identical).
+    pixel_values: torch.Tensor
     grid_thw: tuple[int, int, int]
     timestamps: list[float] | None = None
 
@@ -110,13 +113,14 @@ def resize_image(image: Image.Image, min_tokens: int, max_tokens: int, factor: i
     return image.resize((w, h), resample=Image.Resampling.BICUBIC)
 
 
-def _normalize(frames: torch.Tensor) -> torch.Tensor:
-    """(T, C, H, W) 0..255 → float32 normalised, with transformers' fused constants."""
-    return (frames.to(torch.float32) - _MEAN.view(1, 3, 1, 1)) / _STD.view(1, 3, 1, 1)
+def normalize(values: torch.Tensor) -> torch.Tensor:
+    """0..255 pixels (any layout, channels unmixed per element) → float32, as transformers' fused
+    rescale + normalise: ``(x - 127.5) / 127.5``."""
+    return (values.to(torch.float32) - _MEAN[0].to(values.device)) / _STD[0].to(values.device)
 
 
 def patchify(frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """(T, C, H, W) normalised → (grid_t*grid_h*grid_w, C*2*16*16), in the Qwen3-VL processors' order."""
+    """(T, C, H, W) → (grid_t*grid_h*grid_w, C*2*16*16), in the Qwen3-VL processors' order (any dtype)."""
     if pad := -frames.shape[0] % TEMPORAL:
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
     t, c, h, w = frames.shape
@@ -130,7 +134,7 @@ def image_input(image: Image.Image, budget: VisionBudget) -> VisionInput:
     """A decoded image → model input (resized within the image token bounds)."""
     resized = resize_image(image, budget.image_min_tokens, budget.image_max_tokens)
     array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
-    values, grid = patchify(_normalize(array).expand(TEMPORAL, -1, -1, -1))
+    values, grid = patchify(array.expand(TEMPORAL, -1, -1, -1))
     return VisionInput("image", values, grid)
 
 
@@ -181,7 +185,7 @@ def video_input(frames: torch.Tensor, indices: list[int], video_fps: float, budg
     """Sampled frames of a file, uint8 (T, C, H, W), with their source indices and the file's fps."""
     t, _, h, w = frames.shape
     rh, rw = video_frame_size(t, h, w, budget)
-    values, grid = patchify(_normalize(resize_frames(frames, rh, rw)))
+    values, grid = patchify(resize_frames(frames, rh, rw).to(torch.uint8))  # integral 0..255: lossless
     return VisionInput("video", values, grid, timestamps(indices, video_fps))
 
 

@@ -100,7 +100,7 @@ def test_image_formats_and_sizes_resolve_within_the_token_bounds(resolver: Media
 def test_transparent_pixels_come_out_white(resolver: MediaResolver, objects: dict[str, str]) -> None:
     for name in ("alpha.png", "palette.png"):
         item = resolver.resolve_side(Side(images=[objects[name]]), VisionBudget()).vision[0]
-        assert item.pixel_values[0, 0].item() == pytest.approx(1.0)  # normalised white (255 → +1)
+        assert item.pixel_values[0, 0].item() == 255  # white
 
 
 def test_video_file_is_sampled_with_timestamps(resolver: MediaResolver, objects: dict[str, str]) -> None:
@@ -195,7 +195,7 @@ def test_budget_fields_are_part_of_the_cache_key(resolver: MediaResolver, object
 
 
 def test_cache_is_bounded_in_bytes(s3_server: S3Server, objects: dict[str, str]) -> None:
-    one_image = 16 * 1536 * 4  # a 64x48 frame becomes 64x64 px: 16 patches of 1536 float32
+    one_image = 16 * 1536  # a 64x48 frame becomes 64x64 px: 16 patches of 1536 uint8
     settings = Settings(s3_endpoint_url=s3_server.url, media={"cache_bytes": one_image * 3 // 2})
     with MediaResolver(settings) as resolver:
         for name in ("frame0.jpg", "frame1.jpg", "frame0.jpg"):
@@ -218,7 +218,7 @@ def test_concurrent_requests_for_one_object_fetch_it_once(resolver: MediaResolve
 def test_pil_images_pass_through_without_a_fetch(resolver: MediaResolver) -> None:
     image = Image.new("LA", (64, 64), (0, 0))
     side = resolver.resolve_side(Side(images=[image]), VisionBudget())
-    assert side.vision[0].pixel_values[0, 0].item() == pytest.approx(1.0)  # transparent → white
+    assert side.vision[0].pixel_values[0, 0].item() == 255  # transparent → white
     assert resolver.stats.fetches == 0
 
 

@@ -116,7 +116,8 @@ def resize_image(image: Image.Image, min_tokens: int, max_tokens: int, factor: i
 def normalize(values: torch.Tensor) -> torch.Tensor:
     """0..255 pixels (any layout, channels unmixed per element) → float32, as transformers' fused
     rescale + normalise: ``(x - 127.5) / 127.5``."""
-    return (values.to(torch.float32) - _MEAN[0].to(values.device)) / _STD[0].to(values.device)
+    out = values.to(torch.float32, copy=True)  # one float32 buffer, normalised in place (batches are large)
+    return out.sub_(_MEAN[0].to(out.device)).div_(_STD[0].to(out.device))
 
 
 def patchify(frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,12 @@ def clip_bytes(seconds: float = 3.0, fps: int = 10, width: int = 160, height: in
             for packet in stream.encode():
                 container.mux(packet)
         return path.read_bytes()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels (a decompression bomb's calling card)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

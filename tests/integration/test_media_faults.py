@@ -27,6 +27,7 @@ from reranker.vision import VisionBudget
 from rerankq.cluster import S3Server
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
+from tests.servers import serving
 
 BUCKET = "media-faults"
 S3_ERRORS = {"503": (503, "SlowDown"), "500": (500, "InternalError"), "403": (403, "AccessDenied")}
@@ -127,13 +128,8 @@ def proxy(s3_server: S3Server, s3: Any) -> Iterator[FaultyProxy]:
     for i in range(8):
         s3.put_object(Bucket=BUCKET, Key=f"img{i}.jpg", Body=photo_bytes(96, 64, seed=i))
     s3.put_object(Bucket=BUCKET, Key="big.bin", Body=bytes(range(256)) * 400)  # 102 400 bytes
-    server = FaultyProxy(s3_server.port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(FaultyProxy(s3_server.port)) as server:
+        yield server
 
 
 def _settings(proxy: FaultyProxy, **media: Any) -> Settings:

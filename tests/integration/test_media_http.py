@@ -29,6 +29,7 @@ from reranker.samples import photo_bytes
 from reranker.vision import VisionBudget
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
+from tests.servers import serving
 
 IMAGE = photo_bytes(64, 64)
 
@@ -90,13 +91,8 @@ class WebServer(ThreadingHTTPServer):
 
 @pytest.fixture(scope="module")
 def web() -> Iterator[WebServer]:
-    server = WebServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(WebServer()) as server:
+        yield server
 
 
 def _policy() -> HttpPolicy:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import struct
 import threading
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from reranker.media import MediaStore
 from reranker.pipeline import ResolvedSide
 from reranker.prompt import Side
 from reranker.resolver import MediaResolver
-from reranker.samples import clip_bytes, photo_bytes
+from reranker.samples import clip_bytes, photo_bytes, png_header_only
 from reranker.vision import VisionBudget
 from rerankq.cluster import S3Server
 from rerankq.errors import MediaError
@@ -48,13 +46,7 @@ def _animated_gif() -> bytes:
     return buffer.getvalue()
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` pixels (a decompression bomb's calling card)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
-import struct
 import warnings
-import zlib
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,7 @@ from PIL import Image
 
 from reranker import vision
 from reranker.decode import decode_image, decode_video, flatten
-from reranker.samples import clip_bytes, photo_bytes
+from reranker.samples import clip_bytes, photo_bytes, png_header_only
 from reranker.vision import VisionBudget, VisionError
 
 
@@ -26,13 +24,7 @@ def _save(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
     return buffer.getvalue()
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` pixels (a decompression bomb's calling card)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])

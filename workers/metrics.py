@@ -56,6 +56,8 @@ class Metrics:
                                     buckets=_TIME_BUCKETS, registry=r)
         self.scoring = Histogram("rerankq_scoring_seconds", "Seconds per forward pass", buckets=_TIME_BUCKETS,
                                  registry=r)
+        self.job_latency = Histogram("rerankq_job_seconds", "Submit to result written, per job",
+                                     buckets=_TIME_BUCKETS, registry=r)
         self.media = Histogram("rerankq_media_fetch_seconds", "Seconds fetching and decoding the media of a "
                                "group of jobs", buckets=_TIME_BUCKETS, registry=r)
 

@@ -220,6 +220,8 @@ class Runtime:
         for run, final in zip(runs, written, strict=True):
             final = final or "expired"
             self.metrics.jobs.labels(final).inc()
+            if run.created_at:
+                self.metrics.job_latency.observe(max(time.time() - run.created_at, 0.0))
             logger.info("job %s %s: %d pairs, %d errors, %d tokens, media %.3fs, scoring %.3fs, waited %.3fs",
                         run.job_id, final, len(run.scores), len(run.errors), run.tokens, run.media_s,
                         run.scoring_s, run.started_at - (run.created_at or run.started_at))

@@ -174,7 +174,8 @@ def test_metrics_cover_spec(queue_worker: WorkerProcess, client: RerankClient) -
     text = queue_worker.metrics()
     for name in ("rerankq_pairs_scored_total", "rerankq_jobs_total", "rerankq_batch_pairs_bucket",
                  "rerankq_batch_jobs_bucket", "rerankq_batch_padding_ratio_bucket", "rerankq_queue_wait_seconds",
-                 "rerankq_scoring_seconds", "rerankq_media_fetch_seconds", "rerankq_queue_length"):
+                 "rerankq_scoring_seconds", "rerankq_media_fetch_seconds", "rerankq_queue_length",
+                 "rerankq_job_seconds_count"):
         assert name in text
     prefix = queue_worker.settings.queue_prefix
     assert f'rerankq_queue_length{{queue="{prefix}.high"}}' in text

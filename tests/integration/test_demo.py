@@ -104,7 +104,7 @@ def test_demo_prints_ranked_results_for_every_job_and_leaves_nothing_behind() ->
         assert scores and scores == sorted(scores, reverse=True), block
     assert "error  s3://rerankq-demo/images/does-not-exist.png" in out  # a per-document error, job still fine
     assert "(top 3 of 5 documents)" in out
-    assert re.search(r"progress: 23/24 pairs, 6/6 jobs finished", out)
+    assert re.search(r"progress: 24/24 pairs, 6/6 jobs finished", out)  # the failed document counts as done
     assert re.search(r"throughput: 24 pairs, 6 jobs in [\d.]+ s = [\d.]+ pairs/s", out)
     assert "RANDOM weights" in out and "rerankq demo --model Qwen/Qwen3-VL-Reranker-2B --device cuda:0" in out
     assert no_process_left(tag, redis_port(out)) == []

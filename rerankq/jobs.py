@@ -43,7 +43,7 @@ class JobState(StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = tuple(state.value for state in JobState if state.terminal)
 
 # KEYS[1] record; ARGV: ttl, then field/value pairs. Returns 1 when created, 0 when the id exists.
 _CREATE = """
@@ -78,6 +78,11 @@ redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return ARGV[1]
+"""
+
+# KEYS[1] record; ARGV[1] pairs newly done. A record that is gone stays gone (no stray hash without a TTL).
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'pairs_done', ARGV[1]) end
 """
 
 # KEYS[1] record, KEYS[2] done list; ARGV: now, ttl. Returns the state before the call.
@@ -116,6 +121,7 @@ class JobStore:
         self._start = self.redis.register_script(_START)
         self._finish = self.redis.register_script(_FINISH)
         self._cancel = self.redis.register_script(_CANCEL)
+        self._progress = self.redis.register_script(_PROGRESS)
 
     def key(self, job_id: str) -> str:
         return keys.job_key(self.settings, job_id)
@@ -182,10 +188,12 @@ class JobStore:
         return out
 
     def add_progress(self, done: dict[str, int]) -> None:
-        """Add scored pairs to each job's ``pairs_done`` (one round trip)."""
+        """Add finished pairs to each job's ``pairs_done`` (one round trip)."""
+        if not done:
+            return
         pipe = self.redis.pipeline(transaction=False)
         for job_id, n in done.items():
-            pipe.hincrby(self.key(job_id), "pairs_done", n)
+            self._progress(keys=[self.key(job_id)], args=[n], client=pipe)
         pipe.execute()
 
     def finish_many(self, outcomes: list[tuple[str, str, dict[str, Any]]]) -> list[str | None]:

@@ -46,6 +46,7 @@ class ResultStore:
     def __init__(self, endpoint_url: str | None, client: Any = None) -> None:
         self.endpoint_url = endpoint_url
         self._client = client
+        self._buckets: set[str] = set()  # buckets known to exist: checked once, not on every write
 
     @property
     def client(self) -> Any:
@@ -72,10 +73,13 @@ class ResultStore:
     def _ensure_bucket(self, bucket: str) -> None:
         from botocore.exceptions import ClientError
 
+        if bucket in self._buckets:
+            return
         try:
             self.client.head_bucket(Bucket=bucket)
         except ClientError:
             self.client.create_bucket(Bucket=bucket)
+        self._buckets.add(bucket)
 
     def get(self, uri: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError

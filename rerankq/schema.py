@@ -87,10 +87,6 @@ class SideSpec(BaseModel):
             raise ValueError("needs at least one of text, image, video")
         return self
 
-    def media_count(self) -> int:
-        refs = [self.image] if isinstance(self.image, str) else self.image or []
-        return len(refs) + (self.video is not None)
-
 
 class RerankJob(BaseModel):
     """A rerank job: the official ``process()`` input plus queue fields (SPEC §2)."""

@@ -9,6 +9,9 @@ and for capacity benchmarks. Selected only by an explicit ``fake:`` model SPEC, 
   at that utilisation (default 0.5): ``2 · params`` per token (vision tower added for visual tokens) plus
   attention over the padded length. A *modelled* device, not a measurement.
 
+For chaos tests, a pair whose document text contains ``CRASH_MARKER`` ends the whole process the moment a
+forward pass reaches it (``os._exit(137)``, as the kernel's OOM killer would): a poison job.
+
 Media are fetched and decoded for real; an image counts as many visual tokens as Qwen3-VL would give it
 (32 × 32 px each, 4 to 1800), so budgets, batching and errors behave as with the real model.
 """
@@ -16,6 +19,7 @@ Media are fetched and decoded for real; an image counts as many visual tokens as
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ GPU_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "l4": 
 # (the vision tower, 4 patches per merged token), layers x hidden for attention (MODEL_FACTS.md).
 SIZES = {"2b": (2.82, 2.42, 28 * 2048), "8b": (13.9, 3.29, 36 * 4096)}
 PROMPT_TOKENS = 60  # system prompt and chat markup around the two sides
+CRASH_MARKER = "fake:crash-the-worker"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class FakePair:
     length: int
     visual_tokens: int
     digest: bytes
+    crash: bool = False
 
 
 def _digest(data: bytes) -> str:
@@ -107,7 +113,8 @@ class FakeModel:
         if visual + PROMPT_TOKENS > self.max_length:
             raise PairTooLong(f"{visual} visual tokens exceed max_length {self.max_length}")
         length = min(text + visual, self.max_length)
-        return FakePair(length, visual, hashlib.sha256("\x1f".join(parts).encode()).digest())
+        crash = any(CRASH_MARKER in t for t in document.texts)
+        return FakePair(length, visual, hashlib.sha256("\x1f".join(parts).encode()).digest(), crash)
 
     def prepare_job(self, instruction: str, query: ResolvedSide,
                     documents: Sequence[ResolvedSide]) -> list[FakePair | Exception]:
@@ -115,6 +122,8 @@ class FakeModel:
 
     def forward(self, pairs: Sequence[FakePair]) -> list[float]:
         self.forward_calls += 1
+        if any(p.crash for p in pairs):
+            os._exit(137)  # a poison pair: the process dies mid-pass, as an OOM kill would end it
         if self.seconds_per_gflop:
             time.sleep(self.modelled_seconds(pairs))
         return [int.from_bytes(p.digest[:8], "big") / 2**64 for p in pairs]

@@ -1,0 +1,158 @@
+"""Chaos tests: real processes (a private ``redis-server``, moto's S3 server, several ``rerankq worker``
+processes with the fake scorer, a 3 s lease), real faults (SIGKILL, SIGSTOP, SIGTERM, a Redis restart, a
+Sentinel failover, S3 going away, a job that kills its worker), and per job: ended exactly once (the
+record's ``ends`` counter, read from Redis), with the right scores or a clear error; none lost, none stuck.
+
+Figures (seconds, counts) are printed as ``[chaos] …`` lines (``pytest -s``), never asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rerankq.jobs import JobState
+from shell.cluster import S3Server
+from tests.chaos_kit import (
+    SLOW,
+    Audit,
+    Cluster,
+    Redis,
+    Reference,
+    aof_redis,
+    check_scores,
+    hostname_of,
+    queues_drained,
+    records,
+    settle,
+    text_job,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def private_redis() -> Iterator[Redis]:
+    server = Redis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def chaos(private_redis: Redis, s3_server: S3Server, tmp_path: Path) -> Iterator[Cluster]:
+    # Rounds gather jobs for 300 ms: a worker holds rounds of many jobs and several forward passes.
+    c = Cluster(private_redis.url, s3_server.url, tmp_path, RERANKQ_BATCH__FLUSH_INTERVAL_MS="300")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def ref(s3_server: S3Server) -> Reference:
+    return Reference(s3_server.url)
+
+
+def held_by(r: Any, prefix: str, ids: list[str], worker: str) -> list[str]:
+    """Jobs a worker holds now (record running, that worker named)."""
+    return [j for j, rec in records(r, prefix, ids).items()
+            if rec.get("state") in ("running", "finishing") and rec.get("worker") == worker]
+
+
+def scoring_on(r: Any, prefix: str, ids: list[str], worker: str) -> list[str]:
+    """Jobs a worker holds whose scoring has begun (some pairs done)."""
+    return [j for j, rec in records(r, prefix, ids).items()
+            if rec.get("state") == "running" and rec.get("worker") == worker and int(rec.get("pairs_done", 0)) > 0]
+
+
+# --- workers dying, freezing, stopping -------------------------------------------------------------------------
+def test_sigkill_mid_round_the_other_worker_finishes_the_stranded_jobs(chaos: Cluster, ref: Reference) -> None:
+    a, b = chaos.start(2, SLOW)
+    client, r = chaos.client(), chaos.redis()
+    jobs = {f"kill-{i}": text_job(i, 3, "kill", job_id=f"kill-{i}") for i in range(160)}
+    ids = client.submit_many(list(jobs.values()))
+    wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "worker A to be scoring a round")
+    stranded = held_by(r, chaos.prefix, ids, hostname_of(a))
+    a.proc.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    assert a.proc.wait(10) == -signal.SIGKILL
+    audit = Audit(settle(r, chaos.prefix, ids, 120))
+    print(audit.line("SIGKILL mid-round"))
+    audit.check_exactly_once()
+    check_scores(client, ref, {j: jobs[j] for j in ids})
+    assert stranded, "the kill stranded nothing: the scenario did not happen"
+    last = max(float(audit.records[j]["finished_at"]) for j in stranded)
+    print(f"[chaos] SIGKILL (lease 3 s): {len(stranded)} stranded jobs, all finished {last - killed_at:.1f} s "
+          "after the kill")
+    assert {audit.records[j]["worker"] for j in stranded} == {hostname_of(b)}
+    assert b.proc.poll() is None
+
+
+def test_sigstop_past_the_lease_then_sigcont_is_fenced(chaos: Cluster, ref: Reference) -> None:
+    a, b = chaos.start(2, SLOW)
+    client, r = chaos.client(), chaos.redis()
+    jobs = {f"stop-{i}": text_job(i, 3, "stop", job_id=f"stop-{i}") for i in range(160)}
+    ids = client.submit_many(list(jobs.values()))
+    wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "worker A to be scoring a round")
+    a.proc.send_signal(signal.SIGSTOP)
+    stranded = held_by(r, chaos.prefix, ids, hostname_of(a))
+    stopped_at = time.time()
+    try:
+        # Frozen well past its lease: B finishes A's jobs meanwhile.
+        before = settle(r, chaos.prefix, stranded, 120)
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    print(f"[chaos] SIGSTOP: {len(stranded)} jobs held by the frozen worker, taken over and finished "
+          f"{max(float(rec['finished_at']) for rec in before.values()) - stopped_at:.1f} s after the stop")
+    assert stranded and all(rec.get("state") == "succeeded" for rec in before.values()), before
+    # A wakes with its rounds in hand and tries to finish them: every such outcome must be refused.
+    wait_until(lambda: len(re.findall(r"outcome succeeded not written", a.log.read_text(errors="replace")))
+               >= len(stranded), 60, "the woken worker to try its late outcomes")
+    audit = Audit(settle(r, chaos.prefix, ids, 120))
+    print(audit.line("SIGSTOP past the lease, then SIGCONT"))
+    audit.check_exactly_once()
+    check_scores(client, ref, {j: jobs[j] for j in ids})
+    after = records(r, chaos.prefix, stranded)
+    for job_id in stranded:  # the late attempt changed nothing: same result, same finisher, same time
+        for name in ("result", "worker", "finished_at", "pairs_done", "fence", "ends"):
+            assert after[job_id].get(name) == before[job_id].get(name), (job_id, name)
+        assert after[job_id]["worker"] == hostname_of(b)
+    # Metrics count each job once, on the worker that ended it.
+    finishers = [rec["worker"] for rec in audit.records.values()]
+    for w in (a, b):
+        assert w.metric("rerankq_jobs_total", 'state="succeeded"') == finishers.count(hostname_of(w))
+    print(f"[chaos] SIGSTOP: the woken worker had {len(stranded)} late outcomes refused; it ended "
+          f"{finishers.count(hostname_of(a))} jobs before the stop, the other {finishers.count(hostname_of(b))}")
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(60) == 0, a.tail()
+
+
+def test_sigterm_mid_round_drains_what_it_holds(chaos: Cluster, ref: Reference) -> None:
+    (a,) = chaos.start(1, SLOW)
+    client, r = chaos.client(), chaos.redis()
+    jobs = {f"term-{i}": text_job(i, 3, "term", job_id=f"term-{i}") for i in range(150)}
+    ids = client.submit_many(list(jobs.values()))
+    wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "the worker to be scoring")
+    held = held_by(r, chaos.prefix, ids, hostname_of(a))
+    a.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert a.proc.wait(60) == 0, a.tail()
+    print(f"[chaos] SIGTERM: exited {time.monotonic() - t0:.1f} s after the signal, holding {len(held)} jobs")
+    drained = records(r, chaos.prefix, held)
+    assert held and all(rec["state"] == "succeeded" and rec["worker"] == hostname_of(a) for rec in drained.values())
+    left = records(r, chaos.prefix, ids)
+    assert not [j for j, rec in left.items() if rec["state"] == "running"]  # nothing held by a worker gone
+    chaos.start(1, SLOW)
+    audit = Audit(settle(r, chaos.prefix, ids, 120))
+    print(audit.line("SIGTERM mid-round"))
+    audit.check_exactly_once()
+    check_scores(client, ref, {j: jobs[j] for j in ids})

@@ -156,3 +156,35 @@ def test_sigterm_mid_round_drains_what_it_holds(chaos: Cluster, ref: Reference) 
     print(audit.line("SIGTERM mid-round"))
     audit.check_exactly_once()
     check_scores(client, ref, {j: jobs[j] for j in ids})
+
+
+def test_a_late_attempt_does_not_release_the_new_holders_lease(chaos: Cluster, ref: Reference) -> None:
+    """SIGSTOP the holder past its lease; another worker takes the job; the first wakes and acknowledges its
+    (refused) attempt. That acknowledgement must not drop the new holder's lease: when the new holder dies
+    too, the job must still come back and finish."""
+    slow = {"RERANKQ_BATCH__MAX_PAIRS": "30"}
+    first, second = chaos.start(2, "fake:l4-8b@0.1", **slow)  # two passes of ~2.5 s for the job below
+    client, r = chaos.client(), chaos.redis()
+    job = text_job(0, 60, "late", job_id="late-ack")
+    client.submit(job)
+    rec = wait_until(lambda: (x := records(r, chaos.prefix, ["late-ack"])["late-ack"]) and
+                     int(x.get("pairs_done", 0)) >= 30 and x, 60, "the first pass to end")
+    x, y = (first, second) if rec["worker"] == hostname_of(first) else (second, first)
+    x.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: records(r, chaos.prefix, ["late-ack"])["late-ack"].get("worker") == hostname_of(y),
+                   30, "the other worker to take the job over")
+    finally:
+        x.proc.send_signal(signal.SIGCONT)
+    tags = r.hkeys("unacked")
+    wait_until(lambda: "not written" in x.log.read_text(errors="replace"), 30, "the late attempt to be refused")
+    time.sleep(0.5)  # its acknowledgement follows the refusal
+    held = records(r, chaos.prefix, ["late-ack"])["late-ack"]
+    print(f"[chaos] late ack: job {held.get('state')} on the new holder; unacked before {len(tags)}, now "
+          f"{r.hlen('unacked')}")
+    y.proc.send_signal(signal.SIGKILL)
+    y.proc.wait(10)
+    audit = Audit(settle(r, chaos.prefix, ["late-ack"], 30))
+    print(audit.line("late acknowledgement, then the new holder killed"))
+    audit.check_exactly_once()
+    check_scores(client, ref, {"late-ack": job})

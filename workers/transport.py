@@ -9,6 +9,7 @@ Selected with Celery's ``broker_transport`` (``workers.app.worker_config``); the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.uuid import uuid
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,16 @@ class DeadLetterChannel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's attribute, untyped
             self._flush_brpop_reauth()
+
+    def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                            leftmost: bool = False) -> None:
+        """Put a message back in its queue under a new delivery tag. kombu keeps the tag, and ``unacked`` is
+        keyed by it: a worker presumed dead that wakes up (SIGSTOP, then SIGCONT) acknowledges its refused
+        attempt by that tag, which would delete the *next* holder's entry, so that when the next holder dies
+        too, nothing ever restores the job (it stays running for good)."""
+        with contextlib.suppress(KeyError, TypeError):
+            payload["properties"]["delivery_tag"] = uuid()
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
     def _dead_letter(self, queue: str, reason: str, item: bytes | str) -> None:
         key = self.connection.client.transport_options.get(DLQ_KEY_OPTION, "rerankq:dlq")

@@ -302,3 +302,65 @@ def queues_drained(r: redis.Redis, prefix: str) -> bool:
     """No message left in any queue of the prefix, none held (unacknowledged)."""
     lengths = [r.llen(f"{prefix}.{p}") for p in ("high", "normal", "low")]
     return sum(lengths) == 0 and r.hlen("unacked") == 0
+
+
+# --- Sentinel -----------------------------------------------------------------------------------------------------
+class SentinelGroup:
+    """One primary, one replica and three Sentinels (quorum 2), all ``redis-server`` processes on loopback."""
+
+    master_name = "chaos"
+
+    def __init__(self) -> None:
+        self.primary = Redis()
+        self.replica = Redis()
+        self.replica.args = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="rerankq-chaos-sentinel-"))
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{p}" for p in self.sentinel_ports) + "/0"
+
+    def start(self) -> SentinelGroup:
+        self.primary.start()
+        self.replica.start()
+        for port in self.sentinel_ports:
+            conf = self.workdir / f"sentinel-{port}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                            f"sentinel monitor {self.master_name} 127.0.0.1 {self.primary.port} 2\n"
+                            f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+                            f"sentinel failover-timeout {self.master_name} 5000\n"
+                            f"sentinel parallel-syncs {self.master_name} 1\n")
+            with (self.workdir / f"sentinel-{port}.log").open("ab") as out:
+                self.sentinels.append(subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=out,
+                                                       stderr=subprocess.STDOUT, start_new_session=True))
+            wait_for_port(port, 10, "redis-sentinel", self.sentinels[-1])
+        wait_until(self._ready, 30, "the sentinels to see the replica and each other", step=0.2)
+        return self
+
+    def _ready(self) -> bool:
+        for port in self.sentinel_ports:
+            s = redis.Redis(port=port, socket_timeout=2)
+            replicas = s.execute_command("SENTINEL", "REPLICAS", self.master_name)
+            peers = s.execute_command("SENTINEL", "SENTINELS", self.master_name)
+            s.close()
+            if len(replicas) < 1 or len(peers) < 2:
+                return False
+        link = self.replica.client().info("replication").get("master_link_status")
+        return link == "up"
+
+    def master_port(self) -> int:
+        s = redis.Redis(port=self.sentinel_ports[0], socket_timeout=2)
+        host, port = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        s.close()
+        return int(port)
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            stop_process(proc, grace=5.0)
+        for server in (self.primary, self.replica):
+            if server.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    server.proc.send_signal(signal.SIGCONT)
+            server.stop()

@@ -25,6 +25,7 @@ from rerankq.jobs import JobState
 from shell.cluster import S3Server
 from tests.chaos_kit import (
     SLOW,
+    SentinelGroup,
     Audit,
     Cluster,
     Redis,
@@ -188,3 +189,105 @@ def test_a_late_attempt_does_not_release_the_new_holders_lease(chaos: Cluster, r
     print(audit.line("late acknowledgement, then the new holder killed"))
     audit.check_exactly_once()
     check_scores(client, ref, {"late-ack": job})
+
+
+# --- Redis restarts and failover ---------------------------------------------------------------------------------
+class Submitter(threading.Thread):
+    """Submits jobs one by one until stopped, as a producer would: a submit that raises is retried with the same
+    ``job_id``; ``returned`` holds the ids whose submit returned."""
+
+    def __init__(self, client: Any, tag: str, docs: int = 2) -> None:
+        super().__init__(daemon=True)
+        self.client, self.tag, self.docs = client, tag, docs
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.returned: list[str] = []
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.halt.is_set():
+            job = text_job(i, self.docs, self.tag, job_id=f"{self.tag}-{i}")
+            while not self.halt.is_set():
+                try:
+                    self.client.submit(job)
+                except Exception as exc:  # not acknowledged: retried with the same job_id
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    time.sleep(0.2)
+                    continue
+                self.jobs[job["job_id"]] = job
+                self.returned.append(job["job_id"])
+                break
+            i += 1
+            time.sleep(0.03)
+
+
+def test_redis_sigkill_and_restart_on_its_aof_loses_no_acknowledged_job(s3_server: S3Server, tmp_path: Path,
+                                                                         ref: Reference) -> None:
+    server = aof_redis().start()
+    c = Cluster(server.url, s3_server.url, tmp_path)
+    try:
+        workers = c.start(2, SLOW)
+        client, r = c.client(), c.redis()
+        submitter = Submitter(client, "aof")
+        submitter.start()
+        wait_until(lambda: len(submitter.returned) > 40, 30, "jobs to flow")
+        server.kill()
+        killed_at = len(submitter.returned)
+        time.sleep(2.0)
+        server.start()  # same port, same directory: it replays the append-only file
+        wait_until(lambda: len(submitter.returned) > killed_at + 40, 60, "submits to succeed again")
+        submitter.halt.set()
+        submitter.join(30)
+        audit = Audit(settle(r, c.prefix, submitter.returned, 90))
+        print(audit.line("Redis SIGKILL + restart on its AOF"))
+        print(f"[chaos] Redis restart: {len(submitter.failures)} submits raised during the outage and were retried")
+        audit.check_exactly_once()
+        check_scores(client, ref, {j: submitter.jobs[j] for j in submitter.returned})
+        assert all(w.proc.poll() is None for w in workers), [w.tail() for w in workers]  # reconnected, alive
+        for w in workers:
+            w.proc.send_signal(signal.SIGTERM)
+        assert [w.proc.wait(60) for w in workers] == [0, 0]
+    finally:
+        c.close()
+        server.stop()
+
+
+def test_sentinel_failover_mid_run_and_a_submit_a_paused_replica_did_not_take(s3_server: S3Server, tmp_path: Path,
+                                                                               ref: Reference) -> None:
+    group = SentinelGroup().start()
+    c = Cluster(group.url, s3_server.url, tmp_path, RERANKQ_REDIS_MASTER_NAME=group.master_name,
+                RERANKQ_BATCH__FLUSH_INTERVAL_MS="300")
+    try:
+        workers = c.start(2, SLOW)
+        client, r = c.client(), c.redis()
+        # With redis_min_replicas=1 a submit returns only once a replica has the job: with the replica paused
+        # it raises, and a retry with the same job_id after the replica is back must run the job.
+        strict = c.client(redis_min_replicas=1, redis_wait_ms=500)
+        paused = text_job(0, 2, "paused", job_id="paused-0")
+        group.replica.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            with pytest.raises(Exception, match="replicas"):
+                strict.submit(paused)
+        finally:
+            group.replica.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        wait_until(lambda: group.replica.client().info("replication").get("master_link_status") == "up", 30,
+                   "the replica to catch up")
+        strict.submit(paused)
+        jobs = {f"fo-{i}": text_job(i, 3, "fo", job_id=f"fo-{i}") for i in range(150)}
+        ids = client.submit_many(list(jobs.values()))
+        wait_until(lambda: sum(rec.get("state") == "succeeded" for rec in records(r, c.prefix, ids).values()) > 20,
+                   60, "the run to be under way")
+        old = group.primary.port
+        group.primary.kill()
+        killed = time.monotonic()
+        wait_until(lambda: group.master_port() != old, 60, "a replica to be promoted", step=0.2)
+        print(f"[chaos] Sentinel: replica promoted {time.monotonic() - killed:.1f} s after the primary's SIGKILL")
+        audit = Audit(settle(r, c.prefix, [*ids, "paused-0"], 120))
+        print(audit.line("Sentinel failover mid-run"))
+        audit.check_exactly_once()
+        check_scores(client, ref, {**{j: jobs[j] for j in ids}, "paused-0": paused})
+        assert all(w.proc.poll() is None for w in workers), [w.tail() for w in workers]
+    finally:
+        c.close()
+        group.stop()

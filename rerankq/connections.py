@@ -23,6 +23,27 @@ from redis.retry import Retry
 from rerankq.settings import Settings
 
 
+def _following_connection() -> type:
+    """redis-py's Sentinel connection, made to look the primary up again on every reconnect.
+
+    redis-py 8 reconnects a dropped connection from ``send_packed_command`` through ``connect_check_health``,
+    which reuses the address the connection last had and retries it for the whole retry budget: after a
+    failover every pooled connection keeps dialling the dead primary for ~``redis_retry_s`` and then fails the
+    command, although the Sentinels named the new primary within seconds."""
+    from redis.sentinel import SentinelManagedConnection
+
+    class FollowingConnection(SentinelManagedConnection):
+        def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+            if self._sock:
+                return
+            if self.connection_pool.is_master:
+                self.host, self.port = self.connection_pool.get_master_address()
+            # one dial per attempt: the caller's retry loop looks the primary up again before the next one
+            super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+    return FollowingConnection
+
+
 def _retry(settings: Settings) -> Retry:
     # 0.05, 0.1, 0.2, ... capped at 1 s: enough attempts to cover ``redis_retry_s``.
     attempts = max(3, int(settings.redis_retry_s) + 6)
@@ -50,5 +71,6 @@ def redis_client(settings: Settings, **options: Any) -> redis.Redis:
 
         hosts, password, db = sentinel_hosts(url)
         sentinel = Sentinel(hosts, socket_timeout=2.0, password=password)
-        return sentinel.master_for(settings.redis_master_name, db=db, password=password, **common)
+        return sentinel.master_for(settings.redis_master_name, db=db, password=password,
+                                   connection_class=_following_connection(), **common)
     return redis.Redis.from_url(url, **common)

@@ -291,9 +291,10 @@ class JobStore:
         results = self.settings.results
         return results.ttl_s if state in (JobState.SUCCEEDED, JobState.CANCELLED) else results.failure_ttl_s
 
-    def _execute(self, pipe: Any) -> list[Any]:
+    def _execute(self, pipe: Any, undo: Any = None) -> list[Any]:
         """Run a pipeline; with ``redis_min_replicas`` set, wait until that many replicas have its writes, so
-        that what a caller was told is written survives a failover (``WAIT``)."""
+        that what a caller was told is written survives a failover (``WAIT``). When they do not, ``undo(out)``
+        runs before the error is raised."""
         need = self.settings.redis_min_replicas
         if need:
             pipe.execute_command("WAIT", need, self.settings.redis_wait_ms)
@@ -301,6 +302,8 @@ class JobStore:
         if need:
             acked = out.pop()
             if int(acked) < need:
+                if undo is not None:
+                    undo(out)
                 raise TransientError(f"Redis write reached {acked} of {need} replicas within "
                                      f"{self.settings.redis_wait_ms} ms (redis_min_replicas): not acknowledged")
         return list(out)
@@ -316,7 +319,15 @@ class JobStore:
                       "deadline_at": deadline_of(job, now)}
             self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
                                                                *_flatten(fields)], client=pipe)
-        return [bool(x) for x in self._execute(pipe)]
+
+        def undo(out: list[Any]) -> None:
+            # Not acknowledged: the caller publishes nothing and will retry with the same ids, which must find
+            # no record (a record without a message would stay queued for good).
+            created = [self.key(job["job_id"]) for job, new in zip(jobs, out, strict=True) if new]
+            if created:
+                self.redis.delete(*created)
+
+        return [bool(x) for x in self._execute(pipe, undo)]
 
     def fail_new(self, job_id: str, error: str, priority: str = "normal") -> bool:
         """A record that starts and ends ``failed`` (an invalid message from a producer that made no record).

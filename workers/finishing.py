@@ -48,9 +48,14 @@ class Finisher:
             return
         for run in runs:
             run.finished = True
-        outcomes: list[tuple[JobRun, Outcome]] = []
-        for run, outcome in self._stored(runs):
-            outcomes.append((run, outcome))
+        try:
+            outcomes = self._stored(runs)
+        except Exception as exc:  # Redis unreachable while committing: back to the queue, never left waiting
+            logger.warning("committing the outcome of %d jobs failed: %s", len(runs), exc)
+            for run in runs:
+                if not run.future.done():
+                    run.future.set_exception(TransientError(f"could not commit the outcome of {run.job_id}: {exc}"))
+            return
         if not outcomes:
             return
         try:

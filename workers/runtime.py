@@ -258,13 +258,20 @@ class Runtime:
                 self.metrics.pairs_scored.inc()
             unit.run.pending -= 1
             progress[unit.run.attempt] = progress.get(unit.run.attempt, 0) + 1
-        self.store.add_progress(progress)
+        try:
+            self.store.add_progress(progress)
+        except Exception as exc:  # progress is advisory: a Redis blip must not fail the round's jobs
+            logger.warning("progress of %d jobs not recorded: %s", len(progress), exc)
         return list({id(u.run): u.run for u in live if u.run.pending == 0}.values())
 
     def _drop_cancelled(self, units: list[Unit]) -> list[Unit]:
         """Skip work whose caller went away: pairs of jobs cancelled since the round was formed."""
         runs = {u.run.job_id: u.run for u in units if not u.run.finished}
-        states = dict(zip(runs, self.store.states(list(runs)), strict=True))
+        try:
+            states = dict(zip(runs, self.store.states(list(runs)), strict=True))
+        except Exception as exc:  # a Redis blip: score them; finishing refuses any that were cancelled
+            logger.warning("could not check %d jobs for cancellation: %s", len(runs), exc)
+            return units
         for job_id, state in states.items():
             if state in (JobState.CANCELLED, None):
                 self.finisher.settle(runs[job_id], state)

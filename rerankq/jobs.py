@@ -309,14 +309,16 @@ class JobStore:
         return list(out)
 
     # producer side -------------------------------------------------------------------------------
-    def create_many(self, jobs: list[dict[str, Any]], now: float | None = None) -> list[bool]:
-        """Create a queued record per job in one round trip; False where the ``job_id`` already exists."""
+    def create_many(self, jobs: list[dict[str, Any]], now: float | None = None,
+                    task_id: str | None = None) -> list[bool]:
+        """Create a queued record per job in one round trip; False where the ``job_id`` already exists.
+        ``task_id``: the Celery message that creates it, when that is not the SDK's (see ``creator``)."""
         now = time.time() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
                       "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
-                      "deadline_at": deadline_of(job, now)}
+                      "deadline_at": deadline_of(job, now), "task_id": task_id}
             self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
                                                                *_flatten(fields)], client=pipe)
 
@@ -328,6 +330,11 @@ class JobStore:
                 self.redis.delete(*created)
 
         return [bool(x) for x in self._execute(pipe, undo)]
+
+    def creator(self, job_id: str) -> str | None:
+        """The Celery task id of the message that created the record (None: the SDK did, or no record)."""
+        value = self.redis.hget(self.key(job_id), "task_id")
+        return None if value is None else _text(value)
 
     def fail_new(self, job_id: str, error: str, priority: str = "normal") -> bool:
         """A record that starts and ends ``failed`` (an invalid message from a producer that made no record).

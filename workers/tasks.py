@@ -85,7 +85,15 @@ def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, .
     except InvalidRequest as exc:
         _fail_invalid(runtime, job_id if _valid_id(job_id) else str(request.id), str(exc), data)
         raise JobFailed(job_id, JobState.FAILED, str(exc)) from None
-    runtime.store.create_many([job.wire()])  # a no-op when the producer made the record
+    if request.id == job_id:  # the SDK's message (its task id is the job id), or a raw one without job_id
+        runtime.store.create_many([job.wire()])  # a no-op when the producer made the record
+        return job
+    # A raw message naming its job_id: it owns the job only if it created the record (or is that message,
+    # redelivered). Another message with the same job_id is a duplicate: it must not run the job twice.
+    if not runtime.store.create_many([job.wire()], task_id=str(request.id))[0] and \
+            runtime.store.creator(job_id) != str(request.id):
+        logger.info("message %s: job %s exists already; not run again", request.id, job_id)
+        raise Ignore()
     return job
 
 

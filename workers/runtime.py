@@ -74,6 +74,9 @@ class Runtime:
         self._handoff: queue.Queue[Round] = queue.Queue(maxsize=1)
         self._open = threading.Event()
         self._stop = threading.Event()
+        self._idle = threading.Event()  # the scorer holds no round
+        self._idle.set()
+        self._last_alone = False
         self._threads = [threading.Thread(target=self._loop, args=(f, ), name=n, daemon=True)
                          for f, n in ((self._prepare_next, "rerankq-prepare"), (self._score_next, "rerankq-score"))]
 
@@ -153,6 +156,14 @@ class Runtime:
         runs = self._take()
         if not runs:
             return
+        alone = len(runs) == 1 and runs[0].solo
+        if alone or self._last_alone:
+            # A lone run is marked running only once the scorer is idle, and nothing is marked running while it
+            # is scored: if the worker dies then, that death is charged to it alone (max_deliveries), never to a
+            # job that merely waited in the next round.
+            while not self._idle.wait(0.2) and not self._stop.is_set():
+                pass
+        self._last_alone = alone
         try:
             round_ = self._prepare(runs)
         except Exception as exc:  # a media-layer or planner bug: these jobs fail, the worker carries on
@@ -225,6 +236,7 @@ class Runtime:
             round_ = self._handoff.get(timeout=0.5)
         except queue.Empty:
             return
+        self._idle.clear()  # before task_done: the preparing thread, woken by it, must see the scorer busy
         self._handoff.task_done()
         try:
             for batch in round_.batches:
@@ -234,7 +246,10 @@ class Runtime:
             logger.exception("scoring a round failed")
             for run in round_.runs:
                 run.error = run.error or f"worker error while scoring: {type(exc).__name__}: {exc}"
-        self.finisher.finish(round_.runs)
+        try:
+            self.finisher.finish(round_.runs)
+        finally:
+            self._idle.set()
 
     def _run_batch(self, units: list[Unit]) -> list[JobRun]:
         """One forward pass (split on failure); returns the jobs whose last pair it scored."""

@@ -79,7 +79,7 @@ def scoring_on(r: Any, prefix: str, ids: list[str], worker: str) -> list[str]:
 def test_sigkill_mid_round_the_other_worker_finishes_the_stranded_jobs(chaos: Cluster, ref: Reference) -> None:
     a, b = chaos.start(2, SLOW)
     client, r = chaos.client(), chaos.redis()
-    jobs = {f"kill-{i}": text_job(i, 3, "kill", job_id=f"kill-{i}") for i in range(160)}
+    jobs = {f"kill-{i}": text_job(i, 3, "kill", job_id=f"kill-{i}") for i in range(100)}
     ids = client.submit_many(list(jobs.values()))
     wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "worker A to be scoring a round")
     stranded = held_by(r, chaos.prefix, ids, hostname_of(a))
@@ -101,7 +101,7 @@ def test_sigkill_mid_round_the_other_worker_finishes_the_stranded_jobs(chaos: Cl
 def test_sigstop_past_the_lease_then_sigcont_is_fenced(chaos: Cluster, ref: Reference) -> None:
     a, b = chaos.start(2, SLOW)
     client, r = chaos.client(), chaos.redis()
-    jobs = {f"stop-{i}": text_job(i, 3, "stop", job_id=f"stop-{i}") for i in range(160)}
+    jobs = {f"stop-{i}": text_job(i, 3, "stop", job_id=f"stop-{i}") for i in range(100)}
     ids = client.submit_many(list(jobs.values()))
     wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "worker A to be scoring a round")
     a.proc.send_signal(signal.SIGSTOP)
@@ -140,7 +140,7 @@ def test_sigstop_past_the_lease_then_sigcont_is_fenced(chaos: Cluster, ref: Refe
 def test_sigterm_mid_round_drains_what_it_holds(chaos: Cluster, ref: Reference) -> None:
     (a,) = chaos.start(1, SLOW)
     client, r = chaos.client(), chaos.redis()
-    jobs = {f"term-{i}": text_job(i, 3, "term", job_id=f"term-{i}") for i in range(150)}
+    jobs = {f"term-{i}": text_job(i, 3, "term", job_id=f"term-{i}") for i in range(100)}
     ids = client.submit_many(list(jobs.values()))
     wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "the worker to be scoring")
     held = held_by(r, chaos.prefix, ids, hostname_of(a))
@@ -163,13 +163,13 @@ def test_a_late_attempt_does_not_release_the_new_holders_lease(chaos: Cluster, r
     """SIGSTOP the holder past its lease; another worker takes the job; the first wakes and acknowledges its
     (refused) attempt. That acknowledgement must not drop the new holder's lease: when the new holder dies
     too, the job must still come back and finish."""
-    slow = {"RERANKQ_BATCH__MAX_PAIRS": "30"}
-    first, second = chaos.start(2, "fake:l4-8b@0.1", **slow)  # two passes of ~2.5 s for the job below
+    slow = {"RERANKQ_BATCH__MAX_PAIRS": "20"}
+    first, second = chaos.start(2, "fake:l4-8b@0.1", **slow)  # two passes of ~1.6 s for the job below
     client, r = chaos.client(), chaos.redis()
-    job = text_job(0, 60, "late", job_id="late-ack")
+    job = text_job(0, 40, "late", job_id="late-ack")
     client.submit(job)
     rec = wait_until(lambda: (x := records(r, chaos.prefix, ["late-ack"])["late-ack"]) and
-                     int(x.get("pairs_done", 0)) >= 30 and x, 60, "the first pass to end")
+                     int(x.get("pairs_done", 0)) >= 20 and x, 60, "the first pass to end")
     x, y = (first, second) if rec["worker"] == hostname_of(first) else (second, first)
     x.proc.send_signal(signal.SIGSTOP)
     try:
@@ -274,7 +274,7 @@ def test_sentinel_failover_mid_run_and_a_submit_a_paused_replica_did_not_take(s3
         wait_until(lambda: group.replica.client().info("replication").get("master_link_status") == "up", 30,
                    "the replica to catch up")
         strict.submit(paused)
-        jobs = {f"fo-{i}": text_job(i, 3, "fo", job_id=f"fo-{i}") for i in range(150)}
+        jobs = {f"fo-{i}": text_job(i, 3, "fo", job_id=f"fo-{i}") for i in range(100)}
         ids = client.submit_many(list(jobs.values()))
         wait_until(lambda: sum(rec.get("state") == "succeeded" for rec in records(r, c.prefix, ids).values()) > 20,
                    60, "the run to be under way")
@@ -348,7 +348,7 @@ def test_s3_down_for_10_s_media_jobs_wait_and_result_writes_requeue(private_redi
 def test_a_poison_job_is_capped_and_its_round_mates_are_spared(chaos: Cluster, ref: Reference) -> None:
     from reranker.fake import CRASH_MARKER
 
-    chaos.start(2)
+    chaos.start(3)  # and the supervisor below replaces each one that dies
     client, r = chaos.client(), chaos.redis()
     deaths: list[tuple[int, str]] = []
     halt = threading.Event()
@@ -365,12 +365,12 @@ def test_a_poison_job_is_capped_and_its_round_mates_are_spared(chaos: Cluster, r
 
     supervisor = threading.Thread(target=supervise, daemon=True)
     supervisor.start()
-    good = {f"good-{i}": text_job(i, 3, "good", job_id=f"good-{i}") for i in range(40)}
+    good = {f"good-{i}": text_job(i, 3, "good", job_id=f"good-{i}") for i in range(24)}
     poison = text_job(0, 3, "poison", job_id="poison")
     poison["documents"][1] = {"text": f"looks harmless {CRASH_MARKER}"}
     t0 = time.monotonic()
     try:
-        client.submit_many([*list(good.values())[:20], poison, *list(good.values())[20:]])
+        client.submit_many([*list(good.values())[:12], poison, *list(good.values())[12:]])
         audit = Audit(settle(r, chaos.prefix, [*good, "poison"], 150))
     finally:
         halt.set()

@@ -237,7 +237,7 @@ def settle(r: redis.Redis, prefix: str, job_ids: list[str], timeout: float) -> d
     audit names the jobs that are lost (no record) or stuck (not terminal)."""
     terminal = {s.value for s in TERMINAL}
     deadline = time.monotonic() + timeout
-    while True:
+    while job_ids:
         try:
             found = records(r, prefix, job_ids)
         except redis.ConnectionError:
@@ -247,6 +247,7 @@ def settle(r: redis.Redis, prefix: str, job_ids: list[str], timeout: float) -> d
         if time.monotonic() > deadline:
             return found or records(r, prefix, job_ids)
         time.sleep(0.1)
+    return {}
 
 
 @dataclass
@@ -360,7 +361,7 @@ class SentinelGroup:
 
     def master_port(self) -> int:
         s = redis.Redis(port=self.sentinel_ports[0], socket_timeout=2)
-        host, port = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        _host, port = s.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
         s.close()
         return int(port)
 

@@ -21,15 +21,14 @@ from typing import Any
 
 import pytest
 
-from rerankq.jobs import JobState
 from shell.cluster import S3Server
 from tests.chaos_kit import (
     SLOW,
-    SentinelGroup,
     Audit,
     Cluster,
     Redis,
     Reference,
+    SentinelGroup,
     aof_redis,
     check_scores,
     hostname_of,
@@ -103,10 +102,13 @@ def test_sigstop_past_the_lease_then_sigcont_is_fenced(chaos: Cluster, ref: Refe
     client, r = chaos.client(), chaos.redis()
     jobs = {f"stop-{i}": text_job(i, 3, "stop", job_id=f"stop-{i}") for i in range(100)}
     ids = client.submit_many(list(jobs.values()))
-    wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "worker A to be scoring a round")
-    a.proc.send_signal(signal.SIGSTOP)
-    stranded = held_by(r, chaos.prefix, ids, hostname_of(a))
-    stopped_at = time.time()
+    for _ in range(20):  # freeze A while it holds jobs (its round may end between the look and the signal)
+        wait_until(lambda: scoring_on(r, chaos.prefix, ids, hostname_of(a)), 60, "worker A to be scoring a round")
+        a.proc.send_signal(signal.SIGSTOP)
+        stopped_at = time.time()
+        if stranded := held_by(r, chaos.prefix, ids, hostname_of(a)):
+            break
+        a.proc.send_signal(signal.SIGCONT)
     try:
         # Frozen well past its lease: B finishes A's jobs meanwhile.
         before = settle(r, chaos.prefix, stranded, 120)
@@ -388,7 +390,7 @@ def test_a_poison_job_is_capped_and_its_round_mates_are_spared(chaos: Cluster, r
 
 
 def test_a_high_job_overtakes_a_300_job_low_backlog(chaos: Cluster, ref: Reference) -> None:
-    (w,) = chaos.start(1, SLOW)
+    chaos.start(1, SLOW)
     client, r = chaos.client(), chaos.redis()
     lows = {f"low-{i}": text_job(i, 1, "low", job_id=f"low-{i}", priority="low") for i in range(300)}
     ids = client.submit_many(list(lows.values()))
@@ -493,7 +495,8 @@ def test_raw_celery_messages_from_a_plain_celery_app(chaos: Cluster, ref: Refere
     # Celery's result protocol, from the plain app
     assert sent_with.get(timeout=30)["scores"] == client.result("raw-with-id")["scores"]
     assert app.AsyncResult(sent_no_id.id).get(timeout=30)["scores"] == client.result(sent_no_id.id)["scores"]
-    assert wait_until(lambda: app.AsyncResult(sent_invalid.id).state == "FAILURE", 30, "FAILURE")
+    invalid_id = sent_invalid.id
+    assert wait_until(lambda: app.AsyncResult(invalid_id).state == "FAILURE", 30, "FAILURE")
     assert wait_until(lambda: app.AsyncResult("raw-cancel").state == "REVOKED", 30, "REVOKED")
     del sent_with, sent_no_id, sent_invalid  # they unsubscribe when collected: now, while Redis is up
     gc.collect()
@@ -501,9 +504,9 @@ def test_raw_celery_messages_from_a_plain_celery_app(chaos: Cluster, ref: Refere
 
 
 def test_malformed_queue_entries_are_dead_lettered_and_strand_nothing(chaos: Cluster, ref: Reference) -> None:
-    from rerankq.keys import dlq_key
-
     from celery import Celery
+
+    from rerankq.keys import dlq_key
 
     (w,) = chaos.start(1)
     app = Celery("someone-else", broker=chaos.redis_url, set_as_current=False)

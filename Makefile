@@ -17,11 +17,17 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed redis
 
+# The tests run private redis-server processes, and Sentinels (`redis-server --sentinel`, which is what
+# redis-sentinel runs) for the failover test. On Debian/Ubuntu redis-sentinel is a package of its own.
 redis:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "redis-server not found: installing it with apt-get"; \
-	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null || \
-	  { echo "could not install redis-server; install it and retry"; exit 1; }; }
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
+	if [ -n "$$missing" ]; then \
+	  echo "not found:$$missing; installing with apt-get"; \
+	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null || \
+	  { echo "could not install$$missing; install them and retry"; exit 1; }; \
+	fi
 
 demo: setup
 	$(BIN)/rerankq demo

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -342,8 +343,11 @@ class SentinelGroup:
                             f"sentinel failover-timeout {self.master_name} 5000\n"
                             f"sentinel parallel-syncs {self.master_name} 1\n")
             with (self.workdir / f"sentinel-{port}.log").open("ab") as out:
-                self.sentinels.append(subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=out,
-                                                       stderr=subprocess.STDOUT, start_new_session=True))
+                # redis-sentinel is redis-server in Sentinel mode (Debian ships it as its own package: make redis)
+                argv = ["redis-sentinel", str(conf)] if shutil.which("redis-sentinel") else \
+                    ["redis-server", str(conf), "--sentinel"]
+                self.sentinels.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                                       start_new_session=True))
             wait_for_port(port, 10, "redis-sentinel", self.sentinels[-1])
         wait_until(self._ready, 30, "the sentinels to see the replica and each other", step=0.2)
         return self

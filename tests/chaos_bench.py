@@ -35,6 +35,35 @@ def _commandstats(client) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}
 
 
+class _Monitor:
+    """Counts the commands clients send (``MONITOR``), leaving out those Lua scripts run inside Redis."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        import redis
+
+        self.client = redis.Redis(port=port)
+        self.counts: dict[str, int] = {}
+        self.lua = 0
+        self.on = False
+        self._monitor = self.client.monitor().__enter__()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for entry in self._monitor.listen():
+                if not self.on:
+                    continue
+                if entry.get("client_type") == "lua":
+                    self.lua += 1
+                    continue
+                name = str(entry.get("command", "")).split(" ", 1)[0].strip('"').lower()
+                self.counts[name] = self.counts.get(name, 0) + 1
+        except Exception:  # closed
+            return
+
+
 def commands(tree: Path, model: str, jobs: int, docs: int) -> None:
     """Redis commands per job, submit to result, for the code in ``tree`` (see the module doc)."""
     sys.path.insert(0, str(tree))
@@ -72,22 +101,30 @@ def commands(tree: Path, model: str, jobs: int, docs: int) -> None:
                                        queue_prefix="bench"))
         requests = [{"query": {"text": f"query {i}"}, "documents": [{"text": f"doc {i}.{d}"} for d in range(docs)]}
                     for i in range(jobs)]
+        monitor = _Monitor(port)
+        time.sleep(0.5)
         stats.config_resetstat()
+        monitor.on = True
         t0 = time.monotonic()
         ids = client.submit_many(requests)
         finished = [job_id for job_id, _ in client.as_completed(ids, timeout=600)]
         for job_id in ids:
             client.result(job_id)
         seconds = time.monotonic() - t0
+        monitor.on = False
         calls = _commandstats(stats)
+        sent = {k: v for k, v in monitor.counts.items() if k not in ("info", "config")}
         for own in ("info", "config|resetstat", "config"):
             calls.pop(own, None)
         total = sum(calls.values())
         top = sorted(calls.items(), key=lambda kv: -kv[1])[:12]
         print(json.dumps({"tree": str(tree), "model": model, "jobs": jobs, "docs_per_job": docs,
-                          "finished": len(finished), "seconds": round(seconds, 2), "commands": total,
-                          "commands_per_job": round(total / jobs, 1),
-                          "top": {k: round(v / jobs, 2) for k, v in top}}))
+                          "finished": len(finished), "seconds": round(seconds, 2),
+                          "sent_per_job": round(sum(sent.values()) / jobs, 1),
+                          "sent_top": {k: round(v / jobs, 2) for k, v in
+                                       sorted(sent.items(), key=lambda kv: -kv[1])[:12]},
+                          "executed_per_job_incl_lua": round(total / jobs, 1),
+                          "executed_top": {k: round(v / jobs, 2) for k, v in top}}))
         client.close()
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -107,7 +144,8 @@ def kill(lease: int, jobs: int) -> None:
     from tests.chaos_kit import SLOW, Audit, Cluster, Redis, hostname_of, records, settle, text_job, wait_until
 
     server = Redis().start()
-    with S3Server() as s3, tempfile.TemporaryDirectory() as tmp:
+    tmp = tempfile.mkdtemp(prefix="rerankq-chaos-bench-")  # the workers' logs stay there
+    with S3Server() as s3:
         c = Cluster(server.url, s3.url, Path(tmp), lease_s=lease, RERANKQ_BATCH__FLUSH_INTERVAL_MS="300")
         try:
             a, _ = c.start(2, SLOW)
@@ -130,7 +168,43 @@ def kill(lease: int, jobs: int) -> None:
             print(json.dumps({"lease_s": lease, "stranded": len(stranded),
                               "kill_to_last_stranded_finished_s": round(last - killed, 1),
                               "lost": len(audit.lost), "stuck": len(audit.stuck),
-                              "duplicated": len(audit.duplicated)}))
+                              "duplicated": len(audit.duplicated), "logs": tmp,
+                              "problems": {j: audit.records[j] for j in audit.lost + audit.stuck}}))
+        finally:
+            c.close()
+            server.stop()
+
+
+def kill_loop(kills: int, jobs: int) -> None:
+    """SIGKILL a worker again and again while it is fetching a backlog (lease 3 s); count the jobs that never
+    end. kombu's Redis transport pops a message (BRPOP) before it records it as held (``unacked``): a kill
+    between the two loses the message, and the job's record stays ``queued`` with nothing to run it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from shell.cluster import S3Server
+    from tests.chaos_kit import Audit, Cluster, Redis, settle, text_job
+    from tests.integration.conftest import _wait_ready
+
+    server = Redis().start()
+    tmp = tempfile.mkdtemp(prefix="rerankq-chaos-bench-")
+    with S3Server() as s3:
+        c = Cluster(server.url, s3.url, Path(tmp), lease_s=3, RERANKQ_BATCH__FLUSH_INTERVAL_MS="200")
+        try:
+            client, r = c.client(), c.redis()
+            ids = client.submit_many([text_job(i, 1, "loop", job_id=f"loop-{i}") for i in range(jobs)])
+            for _ in range(kills):
+                w = c.spawn("fake:l4-8b")
+                _wait_ready(w)
+                time.sleep(0.7)  # fetching and scoring
+                w.proc.send_signal(signal.SIGKILL)
+                w.proc.wait(10)
+            c.start(1, "fake:hash")
+            audit = Audit(settle(r, c.prefix, ids, 120))
+            print(audit.line(f"{kills} SIGKILLs while fetching"))
+            print(json.dumps({"kills": kills, "jobs": jobs, "lost": len(audit.lost), "stuck": len(audit.stuck),
+                              "duplicated": len(audit.duplicated), "logs": tmp,
+                              "stuck_records": {j: audit.records[j] for j in audit.stuck[:5]},
+                              "queues": [r.llen(f"{c.prefix}.{p}") for p in ("high", "normal", "low")],
+                              "unacked": r.hlen("unacked")}))
         finally:
             c.close()
             server.stop()
@@ -142,6 +216,9 @@ def main() -> None:
     k = sub.add_parser("kill")
     k.add_argument("--lease", type=int, default=30)
     k.add_argument("--jobs", type=int, default=160)
+    kl = sub.add_parser("kill-loop")
+    kl.add_argument("--kills", type=int, default=8)
+    kl.add_argument("--jobs", type=int, default=2000)
     c = sub.add_parser("commands")
     c.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
     c.add_argument("--model", default="fake:hash")
@@ -150,6 +227,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "kill":
         kill(args.lease, args.jobs)
+    elif args.what == "kill-loop":
+        kill_loop(args.kills, args.jobs)
     else:
         commands(args.tree.resolve(), args.model, args.jobs, args.docs)
 

@@ -46,7 +46,7 @@ def make_app(settings: Settings) -> Celery:
     from workers.leases import IntakeGate
     from workers.tasks import register
 
-    app = Celery("rerankq-worker", set_as_current=False)
+    app = Celery("rerankq-worker", set_as_current=False, events="workers.events:WorkerEvents")
     app.conf.update(worker_config(settings))
     app.steps["consumer"].add(IntakeGate)
     register(app, settings)

@@ -68,3 +68,31 @@ def test_flower_requires_its_login(flower: str) -> None:
         get(f"{flower}/api/tasks", login=None)
     refused.value.close()
     assert refused.value.code == 401
+
+
+def flower_task(flower: str, task_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    task: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        task = get(f"{flower}/api/tasks").get(task_id, {})
+        if task.get("state") in states:
+            break
+        time.sleep(0.5)
+    return task
+
+
+def test_outcomes_are_truthful(flower: str, queue_worker: WorkerProcess) -> None:
+    """An expired job is REVOKED (not a green SUCCESS); a job with invalid input is a FAILURE whose exception
+    is the validation error; the job id is the task id and the priority is its queue."""
+    with RerankClient(queue_worker.settings) as client:
+        late = client.submit({"query": {"text": "late"}, "documents": [{"text": "a"}], "priority": "low",
+                              "expires_at": time.time() - 5})
+        bad = client.celery.send_task("rerankq.rerank", args=[{"query": {"text": "q"}, "documents": []}],
+                                      queue=f"{queue_worker.settings.queue_prefix}.high")
+        revoked = flower_task(flower, late, {"REVOKED", "SUCCESS"})
+        failed = flower_task(flower, bad.id, {"FAILURE", "SUCCESS"})
+        assert client.status(bad.id)["state"] == "failed"  # the worker made the record under the task id
+    assert revoked.get("state") == "REVOKED", revoked
+    assert revoked["routing_key"] == f"{queue_worker.settings.queue_prefix}.low"
+    assert failed.get("state") == "FAILURE", failed
+    assert "documents: List should have at least 1 item" in failed["exception"]

@@ -28,6 +28,12 @@ class InvalidRequest(PermanentError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.detail = message
+
+    def at(self, prefix: str) -> InvalidRequest:
+        """The same error under ``prefix``: ``[2]`` for the third job of a list gives ``[2].priority: ...``."""
+        field = prefix if self.field in (None, "request") else f"{prefix}.{self.field}"
+        return InvalidRequest(self.detail, field)
 
 
 class MediaError(PermanentError):

@@ -47,6 +47,7 @@ class ResultStore:
         self.endpoint_url = endpoint_url
         self._client = client
         self._buckets: set[str] = set()  # buckets known to exist: checked once, not on every write
+        self._checker: Any = None  # a client for bucket_exists: one attempt, short timeouts
 
     @property
     def client(self) -> Any:
@@ -80,6 +81,32 @@ class ResultStore:
         except ClientError:
             self.client.create_bucket(Bucket=bucket)
         self._buckets.add(bucket)
+
+    def bucket_exists(self, bucket: str) -> bool | None:
+        """Whether ``bucket`` exists: True, False, or None when this process cannot tell (no credentials, no
+        access, endpoint unreachable). A quick check: one attempt, short timeouts; a found bucket is cached."""
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if bucket in self._buckets:
+            return True
+        if self._checker is None:
+            import boto3
+
+            session = boto3.session.Session()
+            if self.endpoint_url is None and session.get_credentials() is None:
+                return None
+            config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+            self._checker = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        try:
+            self._checker.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            return False if code in ("404", "NoSuchBucket", "NotFound") else None
+        except BotoCoreError:
+            return None
+        self._buckets.add(bucket)
+        return True
 
     def get(self, uri: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError

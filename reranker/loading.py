@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,26 @@ def download_s3_checkpoint(uri: str, cache_dir: str, endpoint_url: str | None) -
     return target
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine cannot use, with what to do about it (before any weight is loaded)."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ModelLoadError(f"device {device!r} is not one of cpu, cuda, cuda:N")
+    if torch.version.cuda is None:
+        raise ModelLoadError(f"device {device!r}: this torch ({torch.__version__}) is built without CUDA; install "
+                             "a CUDA build of torch (make setup TORCH_SPEC=...) or use --device cpu")
+    count = torch.cuda.device_count()
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ModelLoadError(f"device {device!r}: this machine has {count} usable CUDA device(s)"
+                             + (f" (cuda:0 to cuda:{count - 1})" if count else "; check the driver (nvidia-smi)"))
+
+
 def load_scorer(spec: str, opts: LoadOptions | None = None) -> Scorer:
     """Resolve a model SPEC (see module doc) and load it."""
     opts = opts or LoadOptions()
+    check_device(opts.device)
     if spec.startswith("random:"):
         size = spec.split(":", 1)[1].lower()
         if size not in ("2b", "8b", "tiny"):

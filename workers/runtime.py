@@ -27,7 +27,7 @@ from reranker.batching import padding_ratio, plan_batches
 from reranker.pipeline import PairPreparer
 from rerankq.errors import TransientError
 from rerankq.jobs import JobStore, result_fields
-from rerankq.results import ResultStore, result_location
+from rerankq.results import ResultStore, result_location, split_s3_uri
 from rerankq.settings import Settings
 from workers.metrics import Metrics
 from workers.rounds import JobRun, Round, Unit, distinct_jobs, prepare_units, resolve_media, score_isolating
@@ -120,18 +120,30 @@ class Runtime:
 
     def _prepare(self, runs: list[JobRun]) -> Round:
         runs = self._mark_running(runs)
+        self._check_result_buckets(runs)
+        live = [run for run in runs if not run.error]
         t0 = time.perf_counter()
-        sides = resolve_media(runs, self.resolver, self.settings.limits)
+        sides = resolve_media(live, self.resolver, self.settings.limits)
         media_s = time.perf_counter() - t0
         self.metrics.media.observe(media_s)
         units: list[Unit] = []
-        for run, job_sides in zip(runs, sides, strict=True):
+        for run, job_sides in zip(live, sides, strict=True):
             run.media_s = media_s
             units += prepare_units(run, job_sides, self.preparer, self.settings.instruction, self.pool)
         # Documents that failed already are done too: progress reaches pairs_total when the job ends.
-        self.store.add_progress({r.job_id: len(r.errors) for r in runs if r.errors and not r.error})
+        self.store.add_progress({r.job_id: len(r.errors) for r in live if r.errors and not r.error})
         b = self.settings.batch
         return Round(runs, units, plan_batches([u.pair.length for u in units], b.max_tokens, b.max_pairs))
+
+    def _check_result_buckets(self, runs: list[JobRun]) -> None:
+        """Fail fast: a job whose ``result_uri`` bucket does not exist fails before its media are fetched and
+        its pairs scored, not after (a bucket found once is not checked again)."""
+        for run in runs:
+            if not run.job.get("result_uri"):
+                continue
+            bucket = split_s3_uri(run.job["result_uri"])[0]
+            if self.results.bucket_exists(bucket) is False:
+                run.error = f"result_uri: bucket {bucket!r} does not exist"
 
     def _mark_running(self, runs: list[JobRun]) -> list[JobRun]:
         """Set runs running; drop (and settle) the cancelled and the expired ones."""

@@ -142,7 +142,7 @@ def test_bad_requests_are_rejected_before_enqueue(client: RerankClient, request_
     before = client.redis.keys(f"{queues}:job:*")
     with pytest.raises(InvalidRequest) as err:
         client.submit_many([{"query": {"text": "fine"}, "documents": [{"text": "fine"}]}, request_])
-    assert err.value.field == field
+    assert err.value.field == f"[1].{field}"  # the second job of the list
     assert client.redis.keys(f"{queues}:job:*") == before  # nothing enqueued, not even the valid one
 
 

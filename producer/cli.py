@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,7 @@ def submit(args: argparse.Namespace) -> int:
 def _wait_all(client: Any, ids: list[str], timeout: float | None) -> int:
     """One JSON line per job as it finishes: its result, or its status when it did not succeed. When
     ``timeout`` (for the whole list) ends first, the status line of every unfinished job, and exit 3."""
-    started, pending, failed = time.monotonic(), dict.fromkeys(ids), 0
+    pending, failed = dict.fromkeys(ids), 0
     try:
         for job_id, outcome in client.as_completed(ids, timeout=timeout):
             del pending[job_id]
@@ -80,8 +79,8 @@ def _wait_all(client: Any, ids: list[str], timeout: float | None) -> int:
         for status in client.statuses(list(pending)):
             if status is not None:
                 _line(status)
-        print(f"timed out: {len(pending)} of {len(ids)} jobs unfinished after "
-              f"{time.monotonic() - started:.0f} s", file=sys.stderr)
+        print(f"timed out after {timeout:g} s (--timeout): {len(pending)} of {len(ids)} jobs unfinished",
+              file=sys.stderr)
         return 3
     if failed:
         print(f"{failed} of {len(ids)} jobs did not succeed", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from producer import RerankClient
+from rerankq.cluster import free_port
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
 from tests.integration.conftest import MEDIA_BUCKET, RESULTS_BUCKET, WorkerProcess
 
@@ -213,3 +214,15 @@ def test_worker_stays_responsive_and_emits_task_events_during_a_long_job(client:
     kinds = {e["type"] for e in events if e.get("uuid") == job_id}
     assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= kinds
     assert any(e["type"] == "worker-heartbeat" and e.get("hostname") == worker for e in events)
+
+
+def test_result_uri_bucket_is_checked_by_the_worker_before_scoring(queue_worker: WorkerProcess) -> None:
+    # A producer that cannot reach S3 cannot check the bucket at submit time; the worker checks it first.
+    blind = queue_worker.settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    scored = queue_worker.metric("rerankq_pairs_scored_total")
+    with RerankClient(blind) as client:
+        job_id = client.submit({"query": "q", "documents": ["a", "b"], "result_uri": "s3://no-such-bucket/x/"})
+        with pytest.raises(JobFailed, match=r"failed: result_uri: bucket 'no-such-bucket' does not exist$"):
+            client.result(job_id, timeout=60)
+        assert client.status(job_id)["progress"]["pairs_done"] == 0
+    assert queue_worker.metric("rerankq_pairs_scored_total") == scored  # nothing was scored

@@ -2,21 +2,24 @@
 
 Never imports celery or redis. ``from reranker import Qwen3VLReranker`` gives the seed-compatible
 in-process API (the official script's ``process()``), loaded lazily so that importing the package is cheap.
+``SCORING_VERSION`` changes whenever scores move for some input (a score cache keys on it).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from reranker.compat import Qwen3VLReranker
+from reranker.prompt import SCORING_VERSION
 
-__all__ = ["Qwen3VLReranker"]
+if TYPE_CHECKING:
+    from reranker.compat import DocumentsFailed, Qwen3VLReranker
+
+__all__ = ["SCORING_VERSION", "DocumentsFailed", "Qwen3VLReranker"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Qwen3VLReranker":
-        from reranker.compat import Qwen3VLReranker
+    if name in ("Qwen3VLReranker", "DocumentsFailed"):
+        from reranker import compat
 
-        return Qwen3VLReranker
+        return getattr(compat, name)
     raise AttributeError(f"module 'reranker' has no attribute {name!r}")

@@ -33,7 +33,7 @@ from reranker.media_cache import Counters
 from reranker.media_http import HttpFetcher, HttpPolicy
 from reranker.media_s3 import S3Reader
 from rerankq.errors import MediaError, TransientMediaError
-from rerankq.settings import Settings
+from rerankq.settings import Settings, knob
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class MediaStore:
             raise MediaError(ref, "file is not readable")
         size = path.stat().st_size
         if size > self.max_bytes:
-            raise MediaError(ref, f"file is {size} bytes, over the limit {self.max_bytes} (limits.max_media_bytes)")
+            raise MediaError(ref, f"file is {size} bytes, over the limit {self.max_bytes} "
+                                  f"({knob('limits.max_media_bytes')})")
         return path
 
     @contextmanager
@@ -132,7 +133,7 @@ class MediaStore:
         first, total = self.with_retries(ref, lambda: self._s3.get_range(ref, bucket, key, 0))
         if total > self.max_bytes:
             raise MediaError(ref, f"object is {total} bytes, over the limit {self.max_bytes} "
-                                  "(limits.max_media_bytes)")
+                                  f"({knob('limits.max_media_bytes')})")
         if total <= len(first.data):
             self.counters.add(fetches=1)
             yield first.data

@@ -14,7 +14,7 @@ from typing import Any
 
 from reranker.media_cache import Counters
 from rerankq.errors import MediaError, TransientMediaError
-from rerankq.settings import Settings
+from rerankq.settings import Settings, knob
 
 # Error codes S3 (and MinIO, moto) use for "try again later".
 TRANSIENT_CODES = frozenset({
@@ -69,7 +69,7 @@ class S3Reader:
                 # The server ignored Range and is sending the whole object: refuse before reading it.
                 response["Body"].close()
                 raise MediaError(ref, f"object is {response['ContentLength']} bytes, over the limit "
-                                      f"{self.settings.limits.max_media_bytes} (limits.max_media_bytes)")
+                                      f"{self.settings.limits.max_media_bytes} ({knob('limits.max_media_bytes')})")
             data = response["Body"].read()
         self.counters.add(bytes_fetched=len(data))
         if content_range:  # "bytes 0-99/100"

@@ -12,14 +12,20 @@ from dataclasses import dataclass, field
 
 from reranker.prompt import VIDEO_PLACEHOLDER, render_parts
 from reranker.vision import MERGE, VisionInput
+from rerankq.errors import MediaError, PermanentError
 
 IMAGE_PAD_ID = 151655
 VIDEO_PAD_ID = 151656
 KEEP_TAIL = 5  # "<|im_end|>\n<|im_start|>assistant\n" is never truncated
 
 
-class PairTooLong(ValueError):
-    """A pair's special and vision tokens alone exceed the length budget (text cannot be cut further)."""
+class PairTooLong(MediaError):
+    """A pair's special and vision tokens alone exceed the length budget (text cannot be cut further): its media
+    are too large to score. A ``MediaError``, so it fails its document like any other unreadable medium."""
+
+    def __init__(self, reason: str) -> None:
+        PermanentError.__init__(self, reason)  # the message is the reason alone: no reference to name
+        self.ref, self.reason = "", reason
 
 
 @dataclass

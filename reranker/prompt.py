@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The version of "what score a given input gets" from this implementation. Bump it with every change that
+# moves a score for some input (prompt, preprocessing, truncation, head): whatever caches scores keys on it.
+#   1  first release
+#   2  EXIF orientation no longer applied by default (the official qwen-vl-utils does not rotate); PIL images
+#      and frame lists preprocessed exactly as references are
+SCORING_VERSION = 2
+
 SYSTEM_PROMPT = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
     'Note that the answer can only be "yes" or "no".'
@@ -36,8 +43,11 @@ class Side:
         return not (self.texts or self.images or self.videos)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Side:
-        """Build from the job format: ``{"text": str|[str], "image": ref|[ref], "video": ref|[frame refs]}``."""
+    def from_dict(cls, data: dict[str, Any] | str | None) -> Side:
+        """Build from the job format: ``{"text": str|[str], "image": ref|[ref], "video": ref|[frame refs]}``,
+        or a plain string, the text shorthand (``"query": "a cat"``, as Cohere and vLLM callers write it)."""
+        if isinstance(data, str):
+            return cls(texts=[data])
         data = data or {}
         text, image, video = data.get("text"), data.get("image"), data.get("video")
         texts = [] if text is None else [text] if isinstance(text, str) else list(text)

@@ -16,6 +16,7 @@ from reranker.prompt import Side
 from reranker.vision import VisionBudget
 from rerankq.errors import MediaError
 from rerankq.results import build_result
+from rerankq.settings import knob
 
 T = TypeVar("T")
 
@@ -107,7 +108,7 @@ def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], preparer:
         try:
             return Unit(run, i, preparer.prepare(text, query, doc))
         except PairTooLong as exc:
-            return f"documents[{i}]: {exc} (scoring.max_length)"
+            return f"documents[{i}]: {exc} ({knob('scoring.max_length')})"
 
     units: list[Unit] = []
     for i, out in enumerate(pool.map(prepare, enumerate(documents))):

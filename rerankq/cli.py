@@ -159,7 +159,13 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # ``--debug`` and ``-v`` also work after the command (``rerankq submit job.json --debug``).
+    args.debug = args.debug or "--debug" in extra
+    args.verbose = args.verbose or bool({"-v", "--verbose"} & set(extra))
+    unknown = [a for a in extra if a not in ("--debug", "-v", "--verbose")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

@@ -53,11 +53,17 @@ def test_missing_job_file(tmp_path: Path) -> None:
     assert (out.returncode, out.stderr) == (2, "invalid request: cannot read nosuch.json: No such file or directory\n")
 
 
-def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    out = rerankq("--debug", "submit", "nosuch.json", cwd=tmp_path)
+@pytest.mark.parametrize("args", [("--debug", "submit", "nosuch.json"), ("submit", "nosuch.json", "--debug")])
+def test_debug_shows_the_traceback(args: tuple[str, ...], tmp_path: Path) -> None:
+    out = rerankq(*args, cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.startswith("Traceback (most recent call last):")
     assert out.stderr.endswith("rerankq.errors.InvalidRequest: cannot read nosuch.json: No such file or directory\n")
+
+
+def test_unknown_arguments_are_still_refused() -> None:
+    out = rerankq("status", "x", "--colour")
+    assert out.returncode == 2 and out.stderr.endswith("rerankq: error: unrecognized arguments: --colour\n")
 
 
 def test_worker_with_a_model_that_is_not_there() -> None:

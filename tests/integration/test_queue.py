@@ -226,3 +226,20 @@ def test_result_uri_bucket_is_checked_by_the_worker_before_scoring(queue_worker:
             client.result(job_id, timeout=60)
         assert client.status(job_id)["progress"]["pairs_done"] == 0
     assert queue_worker.metric("rerankq_pairs_scored_total") == scored  # nothing was scored
+
+
+def test_result_waits_by_default_and_timeout_zero_does_not(client: RerankClient) -> None:
+    job_id = client.submit({"query": "q", "documents": ["a", "b"]})
+    assert client.result(job_id)["job_id"] == job_id  # like Celery's AsyncResult.get(): waits until it ends
+    idle = client.settings.model_copy(update={"queue_prefix": f"idle{uuid.uuid4().hex[:6]}"})  # no worker there
+    with RerankClient(idle) as nobody:
+        queued = nobody.submit({"query": "q", "documents": ["a"]})
+        with pytest.raises(TimeoutError, match=f"^job {queued} is still queued$"):
+            nobody.result(queued, timeout=0)
+
+
+def test_statuses_of_many_jobs_in_one_call(client: RerankClient) -> None:
+    ids = client.submit_many([{"query": "q", "documents": ["a"]} for _ in range(3)])
+    dict(client.as_completed(ids, timeout=60))
+    found = client.statuses([ids[0], "ghost", ids[2]])
+    assert [s and (s["job_id"], s["state"]) for s in found] == [(ids[0], "succeeded"), None, (ids[2], "succeeded")]

@@ -7,9 +7,12 @@ and cut to ``top_n``; ``scores`` in input order with ``None`` for documents that
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from rerankq.errors import PermanentError, TransientError
+
+UNKNOWN_TTL_S = 60.0  # how long a bucket whose existence could not be checked is not checked again
 
 
 def build_result(job: dict[str, Any], model: str, scores: list[float | None], errors: dict[int, str],
@@ -48,6 +51,7 @@ class ResultStore:
         self._client = client
         self._buckets: set[str] = set()  # buckets known to exist: checked once, not on every write
         self._checker: Any = None  # a client for bucket_exists: one attempt, short timeouts
+        self._unknown: dict[str, float] = {}  # bucket -> when bucket_exists could not tell
 
     @property
     def client(self) -> Any:
@@ -84,29 +88,35 @@ class ResultStore:
 
     def bucket_exists(self, bucket: str) -> bool | None:
         """Whether ``bucket`` exists: True, False, or None when this process cannot tell (no credentials, no
-        access, endpoint unreachable). A quick check: one attempt, short timeouts; a found bucket is cached."""
-        from botocore.config import Config
+        access, endpoint unreachable). A quick check: one attempt, short timeouts. A bucket found is not
+        checked again; one this process could not check is not retried for ``UNKNOWN_TTL_S``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         if bucket in self._buckets:
             return True
-        if self._checker is None:
-            import boto3
-
-            session = boto3.session.Session()
-            if self.endpoint_url is None and session.get_credentials() is None:
-                return None
-            config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
-            self._checker = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        if time.monotonic() - self._unknown.get(bucket, -UNKNOWN_TTL_S) < UNKNOWN_TTL_S:
+            return None
         try:
-            self._checker.head_bucket(Bucket=bucket)
+            self._check_client().head_bucket(Bucket=bucket)
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            return False if code in ("404", "NoSuchBucket", "NotFound") else None
-        except BotoCoreError:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            self._unknown[bucket] = time.monotonic()  # e.g. 403: the bucket is someone else's business
+            return None
+        except BotoCoreError:  # no credentials, endpoint unreachable
+            self._unknown[bucket] = time.monotonic()
             return None
         self._buckets.add(bucket)
         return True
+
+    def _check_client(self) -> Any:
+        if self._checker is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+            self._checker = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+        return self._checker
 
     def get(self, uri: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -35,7 +35,7 @@ EXTRAS = {
     **dict.fromkeys(("moto", "werkzeug", "flask", "matplotlib"), "dev"),
 }
 # Libraries whose INFO lines ("Found credentials in environment variables.") are noise on a command's stderr.
-QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "kombu", "celery.utils.functional")
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _tiny_model(args: argparse.Namespace) -> int:

@@ -96,7 +96,9 @@ def test_status_of_several_jobs(queue_worker: WorkerProcess) -> None:
     assert [(s["job_id"], s["state"]) for s in lines(out)] == [("several-0", "succeeded"), ("several-1", "succeeded")]
 
 
-def test_result_from_s3_prints_nothing_on_stderr(queue_worker: WorkerProcess, tmp_path: Path) -> None:
+def test_result_from_s3_prints_nothing_on_stderr(queue_worker: WorkerProcess, media: dict[str, str],
+                                                 tmp_path: Path) -> None:
+    # ``media`` creates the results bucket
     job = {"query": "q", "documents": ["d"], "job_id": "in-s3", "result_uri": f"s3://{RESULTS_BUCKET}/cli/"}
     (tmp_path / "job.json").write_text(json.dumps(job))
     assert cli(queue_worker, "submit", str(tmp_path / "job.json"), "--wait").returncode == 0

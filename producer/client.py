@@ -18,13 +18,13 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import redis
 from celery import Celery
 
-from rerankq import keys
+from rerankq import keys, s3
+from rerankq.connections import redis_client
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
-from rerankq.jobs import TERMINAL, JobStore, to_status
-from rerankq.results import ResultStore, split_s3_uri
+from rerankq.jobs import TERMINAL, JobRecord, JobState, JobStore
+from rerankq.results import ResultStore
 from rerankq.schema import RerankJob, parse_job
 from rerankq.settings import Settings
 
@@ -38,7 +38,7 @@ class RerankClient:
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         self.settings = settings or Settings(**overrides)
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.redis = redis_client(self.settings)
         self.jobs = JobStore(self.settings, self.redis)
         self.results = ResultStore(self.settings.s3_endpoint_url)
         self.celery = Celery("rerankq-producer", set_as_current=False)
@@ -88,7 +88,7 @@ class RerankClient:
         credentials or an endpoint); otherwise the worker checks it before scoring."""
         if not job.get("result_uri"):
             return
-        bucket = split_s3_uri(job["result_uri"])[0]
+        bucket = s3.split_uri(job["result_uri"])[0]
         if self.results.bucket_exists(bucket) is False:
             raise InvalidRequest(f"bucket {bucket!r} does not exist (create it, or leave result_uri out)",
                                  "result_uri")
@@ -119,15 +119,7 @@ class RerankClient:
 
     def statuses(self, job_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         """The statuses of many jobs in one round trip, in order; ``None`` for an unknown (or expired) id."""
-        ids = list(job_ids)
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(self.jobs.key(job_id))
-        out: list[dict[str, Any] | None] = []
-        for job_id, raw in zip(ids, pipe.execute(), strict=True):
-            record = {_text(k): _text(v) for k, v in raw.items()}
-            out.append(to_status(job_id, record) if record else None)
-        return out
+        return [record.status() if record else None for record in self.jobs.records(list(job_ids))]
 
     def result(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The result of a succeeded job. Like Celery's ``AsyncResult.get()``, waits for a queued or running
@@ -135,20 +127,20 @@ class RerankClient:
         does not wait. Raises ``TimeoutError`` when the job is still unfinished then, ``JobFailed`` for a
         failed or cancelled job, ``NoSuchJob`` for an unknown id."""
         record = self.jobs.record(job_id)
-        if record["state"] not in TERMINAL and timeout != 0:
+        if record.state not in TERMINAL and timeout != 0:
             self._wait([job_id], timeout)
             record = self.jobs.record(job_id)
-        return self._result_of(job_id, record)
+        return self._result_of(record)
 
-    def _result_of(self, job_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        state = record["state"]
-        if state not in TERMINAL:
-            raise TimeoutError(f"job {job_id} is still {state}")
-        if state != "succeeded":
-            raise JobFailed(job_id, state, record.get("error"))
-        if record.get("result_uri"):
-            return self.results.get(record["result_uri"])
-        return json.loads(record["result"])
+    def _result_of(self, record: JobRecord) -> dict[str, Any]:
+        if record.state not in TERMINAL:
+            raise TimeoutError(f"job {record.job_id} is still {record.state}")
+        if record.state != JobState.SUCCEEDED:
+            raise JobFailed(record.job_id, record.state, record.error)
+        if record.result_uri:
+            return self.results.get(record.result_uri)
+        result: dict[str, Any] = json.loads(record.result or "{}")
+        return result
 
     def _wait(self, job_ids: list[str], timeout: float | None) -> str | None:
         """Block until one of ``job_ids`` is terminal; returns its id (None on timeout).
@@ -204,7 +196,3 @@ class RerankClient:
             return self.result(job_id, timeout=0)
         except (JobFailed, NoSuchJob) as exc:
             return exc
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

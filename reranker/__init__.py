@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from reranker.prompt import SCORING_VERSION
+from reranker.qwen3vl.prompt import SCORING_VERSION
 
 if TYPE_CHECKING:
     from reranker.compat import DocumentsFailed, Qwen3VLReranker

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import torch
 
-from reranker.loading import LoadOptions, load_scorer
-from reranker.pipeline import PairPreparer, PreparedPair
-from reranker.prompt import Side
-from reranker.vision import VisionBudget
-from rerankq.errors import MediaError
+from media.resolver import MediaResolver
+from media.sides import Side, VisionBudget
+from reranker.batching import score_all
+from reranker.loading import LoadOptions, load_model
+from rerankq.errors import MediaError, PermanentError
 from rerankq.settings import DEFAULT_INSTRUCTION, Settings
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
@@ -46,24 +46,22 @@ class Qwen3VLReranker:
         **kwargs: Any,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = _DTYPE_NAMES.get(torch_dtype, torch_dtype) if torch_dtype is not None else "auto"  # type: ignore
+        dtype = "auto" if torch_dtype is None else torch_dtype if isinstance(torch_dtype, str) else _DTYPE_NAMES.get(
+            torch_dtype, str(torch_dtype).removeprefix("torch."))
         self.settings = Settings(device=device, allow_file_urls=True, s3_endpoint_url=s3_endpoint_url,
                                  instruction=default_instruction)
-        self.scorer = load_scorer(model_name_or_path, LoadOptions(
+        self.model = load_model(model_name_or_path, LoadOptions(
             device=device, dtype=str(dtype), attn_implementation=kwargs.get("attn_implementation", "auto"),
-            s3_endpoint_url=s3_endpoint_url))
-        self.preparer = PairPreparer(self.scorer.tokenizer, max_length=max_length)
+            s3_endpoint_url=s3_endpoint_url, max_length=max_length))
         self.fps, self.max_frames = fps, max_frames
         self.default_instruction = default_instruction
         self.batch_max_tokens, self.batch_max_pairs = batch_max_tokens, batch_max_pairs
-        self._resolver: Any = None
+        self._resolver: MediaResolver | None = None
 
     @property
-    def resolver(self) -> Any:
+    def resolver(self) -> MediaResolver:
         if self._resolver is None:
-            from reranker.resolver import MediaResolver
-
-            self._resolver = MediaResolver(self.settings)
+            self._resolver = MediaResolver(self.settings, self.model.preprocessor)
         return self._resolver
 
     def process(self, inputs: dict[str, Any], errors: Literal["raise", "none"] = "raise") -> list[Any]:
@@ -84,30 +82,31 @@ class Qwen3VLReranker:
         pairs, failed = self._prepare(inputs, query, documents)
         if failed and errors == "raise":
             raise DocumentsFailed(failed, len(documents))
-        scores = iter(self.scorer.score([p for p in pairs if p is not None], self.batch_max_tokens,
-                                        self.batch_max_pairs))
+        ready = [p for p in pairs if p is not None]
+        scores = iter(score_all(self.model.forward, ready, [p.length for p in ready], self.batch_max_tokens,
+                                self.batch_max_pairs))
         return [None if p is None else next(scores) for p in pairs]
 
-    def _prepare(self, inputs: dict[str, Any], query: Any, documents: list[Any]
-                 ) -> tuple[list[PreparedPair | None], dict[int, str]]:
+    def _prepare(self, inputs: dict[str, Any], query: Any, documents: list[Any]) -> tuple[list[Any], dict[int, str]]:
         """Every document's pair (None where it failed) and the failures, index → reason."""
         instruction = inputs.get("instruction") or self.default_instruction
         budget = VisionBudget(fps=float(inputs.get("fps") or self.fps),
                               max_frames=int(inputs.get("max_frames") or self.max_frames))
         sides = [Side.from_dict(query)] + [Side.from_dict(d) for d in documents]
         resolved = self.resolver.resolve_sides(sides, budget)
-        if isinstance(resolved[0], MediaError):
+        if isinstance(resolved[0], Exception):
             raise resolved[0]
-        pairs: list[PreparedPair | None] = []
-        failed: dict[int, str] = {}
-        for i, doc in enumerate(resolved[1:]):
-            try:
-                if isinstance(doc, MediaError):
-                    raise doc
-                pairs.append(self.preparer.prepare(instruction, resolved[0], doc))
-            except MediaError as exc:  # PairTooLong included
-                pairs.append(None)
-                failed[i] = str(exc)
+        failed = {i: str(doc) for i, doc in enumerate(resolved[1:]) if isinstance(doc, Exception)}
+        readable = [(i, doc) for i, doc in enumerate(resolved[1:]) if not isinstance(doc, Exception)]
+        pairs: list[Any] = [None] * len(documents)
+        prepared = self.model.prepare_job(instruction, resolved[0], [doc for _, doc in readable])
+        for (i, _), pair in zip(readable, prepared, strict=True):
+            if isinstance(pair, PermanentError):  # PairTooLong (a MediaError) and the like: this document's
+                failed[i] = str(pair)
+            elif isinstance(pair, Exception):
+                raise pair  # a bug, not a document's fault
+            else:
+                pairs[i] = pair
         return pairs, failed
 
 

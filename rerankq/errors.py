@@ -22,6 +22,14 @@ class TransientError(RerankqError):
     """The same call may succeed later."""
 
 
+class RetryLater(TransientError):
+    """A job goes back to its queue after a transient failure, to be tried again in ``after_s`` seconds."""
+
+    def __init__(self, message: str, after_s: float) -> None:
+        super().__init__(message)
+        self.after_s = after_s
+
+
 class InvalidRequest(PermanentError):
     """The request breaks the job format or a limit. ``field`` names the offending field."""
 
@@ -74,3 +82,12 @@ class JobFailed(RerankqError):
 
 class ModelLoadError(PermanentError):
     """The model SPEC could not be resolved or loaded."""
+
+
+class PairTooLong(MediaError):
+    """A pair's special and vision tokens alone exceed the length budget (its text cannot be cut further): its
+    media are too large to score. A ``MediaError``, so it fails its document like any other unreadable medium."""
+
+    def __init__(self, reason: str) -> None:
+        PermanentError.__init__(self, reason)  # the message is the reason alone: there is no reference to name
+        self.ref, self.reason = "", reason

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from reranker.prompt import Side
-from reranker.resolver import MediaResolver
-from reranker.samples import image_bytes, noise_image
-from reranker.vision import VisionBudget
+from media.resolver import MediaResolver
+from media.sides import Side, VisionBudget
+from reranker.qwen3vl.vision import QwenVision
 from rerankq.settings import Settings
+from shell.samples import image_bytes, noise_image
 from tests.integration.conftest import MEDIA_BUCKET
 
 ORIENTATION = 0x0112
@@ -64,7 +64,7 @@ def test_exif_transpose_setting_rotates_every_source_alike(photo: dict[str, Any]
     settings = Settings(allow_file_urls=True, s3_endpoint_url=None, media={"exif_transpose": True})
     sides = [Side(images=[photo["path"]]), Side(images=[photo["pil"]]), Side(images=[photo["upright"]]),
              Side(videos=[[photo["path"]] * 2]), Side(videos=[[photo["pil"]] * 2])]
-    with MediaResolver(settings) as resolver:
+    with MediaResolver(settings, QwenVision()) as resolver:
         image, pil, upright, frames, pil_frames = (s.vision[0] for s in resolver.resolve_sides(sides, VisionBudget()))
     assert image.grid_thw == pil.grid_thw == upright.grid_thw and image.grid_thw[1] > image.grid_thw[2]  # portrait
     assert torch.equal(image.pixel_values, pil.pixel_values)

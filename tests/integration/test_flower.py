@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from producer import RerankClient
-from rerankq.cluster import RedisServer, free_port, stop_process, wait_for_port
+from shell.cluster import RedisServer, free_port, stop_process, wait_for_port
 from tests.integration.conftest import WorkerProcess
 
 RERANKQ = str(Path(sys.executable).parent / "rerankq")

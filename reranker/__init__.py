@@ -2,19 +2,16 @@
 
 Never imports celery or redis. ``from reranker import Qwen3VLReranker`` gives the seed-compatible
 in-process API (the official script's ``process()``), loaded lazily so that importing the package is cheap.
-``SCORING_VERSION`` changes whenever scores move for some input (a score cache keys on it).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from reranker.qwen3vl.prompt import SCORING_VERSION
-
 if TYPE_CHECKING:
     from reranker.compat import DocumentsFailed, Qwen3VLReranker
 
-__all__ = ["SCORING_VERSION", "DocumentsFailed", "Qwen3VLReranker"]
+__all__ = ["DocumentsFailed", "Qwen3VLReranker"]
 
 
 def __getattr__(name: str) -> Any:

@@ -45,7 +45,8 @@ def test_unreachable_redis_is_one_line(command: str, tmp_path: Path) -> None:
 def test_invalid_setting_is_one_line() -> None:
     out = rerankq("status", "x", env={"RERANKQ_REDIS_URL": "localhost:6379"})
     assert (out.returncode, out.stderr) == (4, "invalid setting RERANKQ_REDIS_URL: RERANKQ_REDIS_URL must start "
-                                               "with redis://, rediss:// or unix://, got 'localhost:6379'\n")
+                                               "with redis://, rediss://, unix:// or sentinel://, got "
+                                               "'localhost:6379'\n")
 
 
 def test_missing_job_file(tmp_path: Path) -> None:
@@ -69,7 +70,7 @@ def test_unknown_arguments_are_still_refused() -> None:
 def test_worker_with_a_model_that_is_not_there() -> None:
     out = rerankq("worker", "--model", "/nonexistent/dir", "--device", "cpu")
     assert (out.returncode, out.stderr) == (4, "model SPEC '/nonexistent/dir' is not a directory, a Hugging Face id "
-                                               "(org/name), s3://bucket/prefix/, random:2b or random:8b\n")
+                                               "(org/name), s3://bucket/prefix/, random:2b, random:8b or fake:MODE\n")
 
 
 def test_worker_on_cuda_with_a_cpu_build_of_torch() -> None:
@@ -94,4 +95,4 @@ def test_worker_on_the_base_install_names_the_extra(tmp_path: Path) -> None:
         "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in WORKER_EXTRA))
     out = rerankq("worker", env={"PYTHONPATH": str(tmp_path)})
     assert (out.returncode, out.stderr) == (4, "rerankq worker needs the worker extra (no module named "
-                                               "'prometheus_client'): pip install 'rerankq[worker]'\n")
+                                               "'torch'): pip install 'rerankq[worker]'\n")

@@ -35,7 +35,9 @@ def test_unreachable_redis_is_one_line(command: str, tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     (tmp_path / "job.json").write_text(json.dumps(JOB))
     args = ["status", "some-id"] if command == "status" else ["submit", "job.json"]
-    out = rerankq(*args, env={"RERANKQ_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}, cwd=tmp_path)
+    # RERANKQ_REDIS_RETRY_S=0: the same line, without first riding out a restart for 15 s
+    out = rerankq(*args, env={"RERANKQ_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
+                              "RERANKQ_REDIS_RETRY_S": "0"}, cwd=tmp_path)
     assert (out.returncode, out.stderr) == (4, f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0 "
                                                f"(RERANKQ_REDIS_URL): Error 111 connecting to 127.0.0.1:{port}. "
                                                "Connection refused.\n")

@@ -81,6 +81,8 @@ class MediaSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for S3 and HTTPS (s).")
     retries: int = Field(3, ge=0, description="Retries of a transient failure (timeouts, 5xx, throttling).")
     retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay (s); doubles each retry.")
+    exif_transpose: bool = Field(False, description="Rotate JPEGs by their EXIF orientation tag. Off = the "
+                                 "official preprocessing (qwen-vl-utils does not rotate); on changes scores.")
     job_retries: int = Field(3, ge=0, description="When a medium still fails transiently after ``retries``, the "
                              "job is retried this many times more (its other documents wait with it) before the "
                              "failure becomes a per-document error.")
@@ -157,6 +159,17 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings from the environment (read once)."""
     return Settings()
+
+
+def knob(path: str) -> str:
+    """A setting named both ways, for messages: ``knob("limits.max_documents")`` →
+    ``limits.max_documents, RERANKQ_LIMITS__MAX_DOCUMENTS``. Raises ``KeyError`` for a name that is no setting."""
+    model: type[BaseModel] = Settings
+    for part in path.split("."):
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return f"{path}, RERANKQ_{path.replace('.', '__').upper()}"
 
 
 def settings_table() -> str:

@@ -235,8 +235,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Exit code 0 when every job succeeded, 1 when one did not, 2 when the demo could not start, 130 on
-    Ctrl-C / SIGTERM."""
+    """Exit code 0 when every job succeeded, 1 when one did not, 3 when they did not finish in time, 4 when
+    the demo could not start, 130 on Ctrl-C / SIGTERM."""
     started = time.monotonic()
     if not getattr(args, "verbose", False):  # the S3 endpoint's request log would drown the output
         for name in ("", "werkzeug", "botocore", "moto"):
@@ -253,9 +253,9 @@ def run_demo(args: argparse.Namespace) -> int:
             finally:  # a second Ctrl-C must not cut the cleanup short
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_IGN)
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError) as exc:  # the exit codes of shell.cli: 3 timed out, 4 cannot run
         print(f"rerankq demo: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, TimeoutError) else 4
     finally:
         signal.signal(signal.SIGINT, previous_int)
         for sig, handler in previous.items():

@@ -53,11 +53,19 @@ def test_a_result_write_that_meets_s3_down_is_retried_not_failed(redis_server: R
 def test_a_result_write_that_cannot_succeed_fails_the_job_with_the_reason(redis_server: RedisServer,
                                                                           s3_server: S3Server,
                                                                           tmp_path: Path) -> None:
+    # A bucket that does not exist is refused at submit (and checked by the worker before scoring); to reach the
+    # write, the bucket goes away after both have seen it: they check a bucket once, then trust it.
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="vanishing")
     worker = start_worker("fake:hash", redis_server.url, s3_server.url, tmp_path)
     client = RerankClient(worker.settings)
+    request = {"query": {"text": "q"}, "documents": [{"text": "a"}], "result_uri": "s3://vanishing/out/"}
     try:
-        job_id = client.submit({"query": {"text": "q"}, "documents": [{"text": "a"}],
-                                "result_uri": "s3://no-such-bucket/out/"})
+        first = client.submit(request)
+        client.result(first, timeout=60)
+        s3.delete_object(Bucket="vanishing", Key=f"out/{first}.json")
+        s3.delete_bucket(Bucket="vanishing")
+        job_id = client.submit(request)
         try:
             client.result(job_id, timeout=60)
             raise AssertionError("the job should have failed")
@@ -66,4 +74,4 @@ def test_a_result_write_that_cannot_succeed_fails_the_job_with_the_reason(redis_
     finally:
         stop_worker(worker)
         client.close()
-    assert error == f"could not write the result: s3://no-such-bucket/out/{job_id}.json: no such bucket"
+    assert error == f"could not write the result: s3://vanishing/out/{job_id}.json: no such bucket"

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
     worker.set_defaults(func=_worker)
+    from producer.gateway.server import add_arguments as add_gateway_arguments
+
+    add_gateway_arguments(sub.add_parser("gateway", help="the HTTP gateway: Cohere/vLLM-compatible rerank, async "
+                                         "jobs, media upload, web console at /"))
     from rerankq.bench import add_arguments
 
     add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))

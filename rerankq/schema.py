@@ -102,6 +102,7 @@ class RerankJob(BaseModel):
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
     priority: Literal["high", "normal", "low"] = "normal"
     result_uri: str | None = None
+    model: str | None = Field(None, min_length=1, max_length=256)
 
     @field_validator("documents")
     @classmethod

@@ -83,6 +83,39 @@ class MediaSettings(BaseModel):
     retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay (s); doubles each retry.")
 
 
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (``rerankq gateway``): compatible rerank endpoints, async jobs, uploads, the console."""
+
+    uploads_uri: str = Field("s3://rerankq-uploads/", description="Where POST /v1/media and data: URIs store "
+                             "files, under a content-hash key. Give the bucket a lifecycle rule (compose and k8s "
+                             "expire uploads after 7 days).")
+    max_upload_bytes: int = Field(64 * 2**20, ge=1, description="Bytes per uploaded file (64 MiB).")
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Bytes per JSON request body (32 MiB), data: "
+                                "URIs included.")
+    max_queue_depth: int = Field(10_000, ge=1, description="Jobs waiting for a model above which new calls get "
+                                 "429 with Retry-After.")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After (s) sent with a 429.")
+    default_timeout_s: float = Field(60.0, gt=0, description="How long a synchronous rerank call waits for its "
+                                     "job (s) before answering 504 with the job id; ?timeout= or the "
+                                     "X-Rerankq-Timeout header override it.")
+    max_timeout_s: float = Field(600.0, gt=0, description="The longest wait a call may ask for (s).")
+    priority: Literal["high", "normal", "low"] = Field("high", description="Priority of synchronous calls "
+                                                       "(async jobs keep their own).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins browsers may call the gateway from (empty = "
+        "same origin only; * = any).")
+    allow_no_auth: bool = Field(False, description="Start on a non-loopback address without RERANKQ_API_KEYS "
+                                "(refused otherwise).")
+    recent_jobs: int = Field(50, ge=0, description="Jobs shown in the console's recent list.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+
 class Settings(BaseSettings):
     """rerankq's settings. Build with ``Settings()`` (environment) or ``Settings(redis_url=...)``."""
 
@@ -104,18 +137,29 @@ class Settings(BaseSettings):
                               "can share one Redis).")
     visibility_timeout_s: int = Field(3600, ge=1, description="Seconds before an unacknowledged job is "
                                       "redelivered to another worker. Longer than the slowest batch.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys the HTTP gateway accepts (empty = no auth; "
+        "then the gateway only starts on a loopback address).")
 
     batch: BatchSettings = Field(default_factory=BatchSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     results: ResultSettings = Field(default_factory=ResultSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
     @field_validator("redis_url")

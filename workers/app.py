@@ -17,11 +17,12 @@ from rerankq import keys
 from rerankq.settings import Settings
 
 
-def worker_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings of a worker (on top of the producer-shared ``keys.celery_config``)."""
+def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[str, Any]:
+    """Celery settings of a worker (on top of the producer-shared ``keys.celery_config``); ``queues`` default to
+    the default model's (``keys.worker_queue_names`` gives a worker's own)."""
     return {
         **keys.celery_config(settings),
-        "task_queues": [Queue(name, routing_key=name) for name in keys.queue_names(settings)],
+        "task_queues": [Queue(name, routing_key=name) for name in queues or keys.queue_names(settings)],
         "task_acks_late": True,  # acknowledge after the result is written: a crash redelivers the job
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -33,11 +34,11 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_app(settings: Settings) -> Celery:
+def make_app(settings: Settings, queues: list[str] | None = None) -> Celery:
     """A worker app with the rerank task registered."""
     from workers.tasks import register
 
     app = Celery("rerankq-worker", set_as_current=False)
-    app.conf.update(worker_config(settings))
+    app.conf.update(worker_config(settings, queues))
     register(app, settings)
     return app

@@ -6,9 +6,12 @@ processes, one per device (``rerankq worker --device cuda:0``, ``--device cuda:1
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
+from typing import Any
 
 from rerankq import keys
 from rerankq.settings import Settings
@@ -34,6 +37,30 @@ def warm_up(scorer, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     scorer.forward([pair])
 
 
+def heartbeat(settings: Settings, name: str, model: str, device: str, metrics: Any, stop: threading.Event) -> None:
+    """Keep this worker in the registry (``rerankq.registry``) and add its scored pairs to the deployment's
+    throughput series, every ``registry.HEARTBEAT_S`` seconds, until ``stop`` is set."""
+    import redis
+
+    from rerankq import registry
+
+    client = redis.Redis.from_url(settings.redis_url)
+    reported = 0.0
+    while True:
+        scored = metrics.registry.get_sample_value("rerankq_pairs_scored_total") or 0.0
+        try:
+            registry.register(client, settings, name, model, device, pairs_scored=int(scored))
+            registry.add_pairs(client, settings, int(scored - reported))
+            reported = scored
+        except redis.RedisError as exc:  # the next beat retries; the registry entry simply ages meanwhile
+            logger.warning("worker registry heartbeat failed: %s", exc)
+        if stop.wait(registry.HEARTBEAT_S):
+            break
+    with contextlib.suppress(redis.RedisError):
+        registry.unregister(client, settings, name)
+    client.close()
+
+
 def run_worker(settings: Settings, model: str | None = None, device: str | None = None,
                hostname: str | None = None, loglevel: str = "INFO") -> None:
     """Load the model, start the runtime and metrics, then consume until shut down (Ctrl-C / SIGTERM)."""
@@ -55,10 +82,17 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     metrics.serve(settings.metrics_port)
     runtime = Runtime(scorer, settings, hostname, metrics=metrics).start()
     tasks.install(runtime)
-    app = make_app(settings)
-    worker = app.Worker(hostname=hostname, queues=keys.queue_names(settings), loglevel=loglevel,
+    queues = keys.worker_queue_names(settings, spec)
+    app = make_app(settings, queues)
+    worker = app.Worker(hostname=hostname, queues=queues, loglevel=loglevel,
                         without_mingle=True, without_gossip=True)
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat, args=(settings, hostname, spec, str(device), metrics, stop),
+                            name="rerankq-registry", daemon=True)
+    beat.start()
     try:
         worker.start()
     finally:
+        stop.set()
         runtime.stop()
+        beat.join(5)

@@ -118,7 +118,8 @@ async def rerank(request: Request) -> Response:
                             headers={"Location": f"/v1/jobs/{job_id}"})
     result = await gateway.result(job_id)
     version = "2" if request.url.path.startswith("/v2/") else "1"
-    return_documents = bool(body.get("return_documents", version == "1"))
+    asked = body.get("return_documents")
+    return_documents = version == "1" if asked is None else bool(asked)
     return JSONResponse(compat.to_response(result, body, version, return_documents, body.get("model")))
 
 

@@ -44,7 +44,7 @@ class Gateway:
         self.settings = settings
         self.client = RerankClient(settings)
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="gateway")
-        self.aio_pool = aioredis.ConnectionPool.from_url(settings.redis_url, max_connections=64)
+        self.aio_pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=32, timeout=30)
         self.redis = aioredis.Redis(connection_pool=self.aio_pool)
         self.waiter = Waiter(settings, self.aio_pool)
         self.uploads = Uploads(settings)

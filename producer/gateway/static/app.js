@@ -170,8 +170,11 @@ function showProgress(status) {
   bar.max = Math.max(status.progress.pairs_total, 1);
   bar.value = status.progress.pairs_done;
   setStatus(`job ${status.job_id}: ${status.state}, ${status.progress.pairs_done}/${status.progress.pairs_total} pairs`);
+}
+
+function countEvent(name) {  // the page's own record of what the stream said (read by the browser test)
   const log = $("#results");
-  log.dataset.events = String(Number(log.dataset.events || 0) + 1);
+  log.dataset.events = (log.dataset.events ? log.dataset.events + "," : "") + name;
 }
 
 async function follow(jobId) {
@@ -179,6 +182,7 @@ async function follow(jobId) {
   if (!response.ok) throw await failure(response);
   let end = null;
   for await (const event of sse(response)) {
+    countEvent(event.name);
     showProgress(event.data);
     if (event.name === "end") { end = event.data; break; }
   }
@@ -190,7 +194,7 @@ async function run() {
   if (!$("#query").value.trim() && !state.queryFile) { setStatus("Type a query or add a query image or video.", true); $("#query").focus(); return; }
   if (!cands.length) { setStatus("Add at least one candidate.", true); $("#candidates").focus(); return; }
   $("#run").disabled = true;
-  $("#results").dataset.events = "0";
+  $("#results").dataset.events = "";
   try {
     setStatus(state.files.length || state.queryFile ? "uploading media…" : "submitting…");
     const job = await buildJob(cands);

@@ -36,7 +36,8 @@ def register(client: redis.Redis, settings: Settings, name: str, model: str, dev
     now = time.time()
     pipe = client.pipeline(transaction=False)
     pipe.hsetnx(key, "started_at", now)
-    pipe.hset(key, mapping={"name": name, "model": model, "device": device, "seen_at": now, **fields})
+    mapping: dict[Any, Any] = {"name": name, "model": model, "device": device, "seen_at": now, **fields}
+    pipe.hset(key, mapping=mapping)
     pipe.expire(key, ttl_s)
     pipe.execute()
 

@@ -52,7 +52,8 @@ async def _depths(request: Request, models: list[str | None]) -> list[dict[str, 
 
 async def _recent(request: Request) -> list[dict[str, Any]]:
     gateway = gateway_of(request)
-    ids = [i.decode() for i in await gateway.redis.lrange(keys.recent_key(gateway.settings), 0, -1)]
+    raw = await gateway.redis.lrange(keys.recent_key(gateway.settings), 0, -1)
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
     pipe = gateway.redis.pipeline(transaction=False)
     for job_id in ids:
         pipe.hmget(keys.job_key(gateway.settings, job_id), "state", "pairs_done", "pairs_total", "created_at")

@@ -29,6 +29,10 @@ MODELS_FRESH_S = 1.0  # the worker registry is read at most this often per proce
 DEPTH_FRESH_S = 0.25  # queue depths likewise
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class QueueFull(PermanentError):
     """The model's queue is deeper than ``gateway.max_queue_depth``: answered 429 with Retry-After."""
 
@@ -123,7 +127,7 @@ class Gateway:
         raw = await self.redis.hgetall(keys.job_key(self.settings, job_id))
         if not raw:
             raise NoSuchJob(job_id)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def status(self, job_id: str) -> dict[str, Any]:
         return to_status(job_id, await self.record(job_id))

@@ -31,7 +31,7 @@ browser:
 	  { echo "could not install chromium and chromium-driver; install them and retry"; exit 1; }; }
 
 demo: setup
-	$(BIN)/rerankq demo
+	$(BIN)/rerankq demo $(ARGS)
 
 test: setup
 	$(BIN)/python -m ruff check rerankq reranker producer workers tests

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,59 @@ def test_five_hundred_waiting_calls_share_one_waiter(idle_gateway: GatewayProces
     assert peak_waiting == 500
     assert peak_clients - clients_before < 100  # the gateway's pool and waiter, not one connection per call
     client.close()
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_model_dir: Path, redis_server: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[tuple[GatewayProcess, Settings, Path]]:
+    """Two workers with different checkpoints on one Redis and queue prefix; the first serves the default model."""
+    from reranker.tiny import write_tiny_model
+    from tests.integration.conftest import start_worker, stop_worker
+
+    other = Path(write_tiny_model(tmp_path_factory.mktemp("other-model") / "tiny-b", seed=1))
+    logs = tmp_path_factory.mktemp("two-models")
+    prefix = f"two{uuid.uuid4().hex[:6]}"
+    shared = {"RERANKQ_QUEUE_PREFIX": prefix, "RERANKQ_MODEL": str(tiny_model_dir)}
+    first = start_worker(tiny_model_dir, redis_server.url, s3_server.url, logs, **shared)
+    second = start_worker(other, redis_server.url, s3_server.url, logs, **shared)
+    gw = start_gateway(first.env, logs)
+    yield gw, Settings(redis_url=redis_server.url, queue_prefix=prefix), other
+    stop_process(gw.proc)
+    stop_worker(second)
+    stop_worker(first)
+
+
+def live_models(http: httpx.Client, count: int) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + 20
+    while len(models := http.get("/v1/models").json()["data"]) < count:
+        assert time.monotonic() < deadline, models
+        time.sleep(0.2)
+    return {m["id"]: m for m in models}
+
+
+def test_a_call_naming_a_model_is_scored_only_by_that_models_workers(
+        two_models: tuple[GatewayProcess, Settings, Path], tiny_model_dir: Path) -> None:
+    import redis
+
+    from rerankq import registry
+
+    gateway, settings, other = two_models
+    client = redis.Redis.from_url(settings.redis_url)
+    names = {w["model"]: w["name"] for w in registry.live_workers(client, settings)}
+    client.close()
+    with httpx.Client(base_url=gateway.url, timeout=120) as http:
+        models = live_models(http, 2)
+        assert {k: m["default"] for k, m in models.items()} == {str(tiny_model_dir): True, str(other): False}
+        named = [http.post("/v1/jobs", json={"model": "tiny-b", "query": {"text": f"q{i}"},
+                                             "documents": [{"text": "d"}]}).json()["job_id"] for i in range(6)]
+        plain = [http.post("/v1/jobs", json={"query": {"text": f"q{i}"}, "documents": [{"text": "d"}]}).json()[
+            "job_id"] for i in range(6)]
+        sync = http.post("/v2/rerank", json={"model": str(other), "query": "q", "documents": ["d"]}).json()["id"]
+        workers = {}
+        for job_id in [*named, *plain, sync]:
+            while (status := http.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
+                time.sleep(0.05)
+            assert status["state"] == "succeeded"
+            workers[job_id] = status["worker"]
+    assert {workers[j] for j in [*named, sync]} == {names[str(other)]}
+    assert {workers[j] for j in plain} == {names[str(tiny_model_dir)]}

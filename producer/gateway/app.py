@@ -1,8 +1,9 @@
 """The gateway's ASGI app: routes, the key check, metrics, error mapping, and the console's static files.
 
 Open without a key: ``/``, ``/static/*`` (the console), ``/healthz`` and ``/readyz`` (probes cannot carry
-secrets, and they say only "ok"). Everything else needs ``Authorization: Bearer <key>`` when
-``RERANKQ_API_KEYS`` is set.
+secrets, and they say only "ok"), ``/docs`` and ``/openapi.json`` (a browser cannot send a key to open them;
+Swagger UI's "Authorize" button then sends it with each call). Everything else needs
+``Authorization: Bearer <key>`` when ``RERANKQ_API_KEYS`` is set.
 
 Errors, as JSON ``{"message", "field"?, "job_id"?}``: 400 bad request (the SDK's messages, naming the field and
 the limit), 401 no or wrong key, 404 no such job / model, 409 result of an unfinished job, 413 body over the cap,
@@ -30,7 +31,7 @@ from producer.gateway.state import Gateway, QueueFull, UnknownModel
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob, PermanentError, TransientError
 from rerankq.settings import Settings
 
-OPEN_PATHS = ("/", "/healthz", "/readyz", "/favicon.ico")
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 STATIC = resources.files("producer.gateway") / "static"
 
 
@@ -108,6 +109,22 @@ def _handlers(app: FastAPI, settings: Settings) -> None:
     app.add_exception_handler(redis.RedisError, unavailable)
 
 
+def _bearer_in_openapi(app: FastAPI) -> None:
+    """Declare the bearer key in the OpenAPI schema, so that /docs can send it ("Authorize")."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a key from RERANKQ_API_KEYS"}}
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The gateway app for ``settings`` (one ``Gateway`` per process, started in the lifespan)."""
     gateway = Gateway(settings)
@@ -124,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Cohere- and vLLM-compatible multimodal rerank over rerankq's queue; async jobs, "
                   "media upload, and a web console at /.")
     app.state.gateway = gateway
+    _bearer_in_openapi(app)
     _handlers(app, settings)
     app.include_router(routes.router)
     app.include_router(ops.router)

@@ -333,3 +333,22 @@ def test_a_call_naming_a_model_is_scored_only_by_that_models_workers(
             workers[job_id] = status["worker"]
     assert {workers[j] for j in [*named, sync]} == {names[str(other)]}
     assert {workers[j] for j in plain} == {names[str(tiny_model_dir)]}
+
+
+def test_refuses_to_listen_beyond_loopback_without_keys(queue_worker: WorkerProcess) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in queue_worker.env.items() if k != "RERANKQ_API_KEYS"}
+    run = subprocess.run([sys.executable, "-m", "rerankq.cli", "gateway", "--host", "0.0.0.0", "--port", "1"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "refusing to listen on 0.0.0.0 without API keys" in run.stderr
+
+
+def test_openapi_describes_the_api_and_the_key(gateway: GatewayProcess) -> None:
+    schema = httpx.get(f"{gateway.url}/openapi.json", timeout=10).json()  # open: a browser cannot send a key
+    assert {"/v2/rerank", "/v1/rerank", "/rerank", "/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/media",
+            "/v1/models"} <= set(schema["paths"])
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "swagger" in httpx.get(f"{gateway.url}/docs", timeout=10).text.lower()

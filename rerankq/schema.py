@@ -103,6 +103,7 @@ class RerankJob(BaseModel):
     priority: Literal["high", "normal", "low"] = "normal"
     result_uri: str | None = None
     model: str | None = Field(None, min_length=1, max_length=256)
+    max_tokens_per_doc: int | None = Field(None, ge=1)
 
     @field_validator("documents")
     @classmethod

@@ -99,12 +99,14 @@ def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], preparer:
         run.error = f"query: {query}"
         return []
     text = run.job.get("instruction") or instruction
+    cap = run.job.get("max_tokens_per_doc")
 
     def prepare(item: tuple[int, ResolvedSide | MediaError]) -> Unit | str:
         i, doc = item
         if isinstance(doc, MediaError):
             return str(doc)
         try:
+            doc = preparer.cap_texts(doc, cap) if cap else doc
             return Unit(run, i, preparer.prepare(text, query, doc))
         except PairTooLong as exc:
             return f"documents[{i}]: {exc} (scoring.max_length)"

@@ -24,10 +24,10 @@ from typing import Any
 from rerankq.errors import InvalidRequest
 
 # Fields a client may send that rerankq passes to the job as they are.
-JOB_FIELDS = ("instruction", "fps", "max_frames", "top_n", "job_id", "priority", "result_uri", "model")
+JOB_FIELDS = ("instruction", "fps", "max_frames", "top_n", "job_id", "priority", "result_uri", "model",
+              "max_tokens_per_doc")
 # Fields other APIs define that do not change rerankq's scores; accepted so their clients work unchanged.
-IGNORED_FIELDS = ("max_chunks_per_doc", "truncate_prompt_tokens", "user", "encoding_format", "mm_processor_kwargs",
-                  "max_tokens_per_doc")
+IGNORED_FIELDS = ("max_chunks_per_doc", "truncate_prompt_tokens", "user", "encoding_format", "mm_processor_kwargs")
 _SIDE_KEYS = {"text", "image", "video"}
 _PART_KINDS = {"image_url": "image", "video_url": "video", "input_image": "image"}
 

@@ -113,6 +113,16 @@ def test_vllm_shape(http: httpx.Client, sdk: RerankClient) -> None:
     assert body["usage"]["total_tokens"] > 0 and body["model"] == model_name(http)
 
 
+def test_max_tokens_per_doc_cuts_documents_from_their_tail(http: httpx.Client, sdk: RerankClient) -> None:
+    documents = ["one two three four five six", "seven eight"]
+    expected = sdk_scores(sdk, {"text": "numbers"}, [{"text": "one two three"}, {"text": "seven eight"}])
+    body = http.post("/v2/rerank", json={"query": "numbers", "documents": documents, "max_tokens_per_doc": 3}).json()
+    assert {r["index"]: r["relevance_score"] for r in body["results"]} == pytest.approx(
+        dict(enumerate(expected)), abs=TOL)
+    uncapped = http.post("/v2/rerank", json={"query": "numbers", "documents": documents}).json()
+    assert {r["index"]: r["relevance_score"] for r in uncapped["results"]}[0] != pytest.approx(expected[0], abs=TOL)
+
+
 def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 

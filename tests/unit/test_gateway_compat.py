@@ -20,7 +20,8 @@ def store(uri: str) -> str:
 
 def test_cohere_v2_strings() -> None:
     job = to_job({"model": "m", "query": "q", "documents": ["a", "b"], "top_n": 1, "max_tokens_per_doc": 512}, store)
-    assert job == {"model": "m", "top_n": 1, "query": {"text": "q"}, "documents": [{"text": "a"}, {"text": "b"}]}
+    assert job == {"model": "m", "top_n": 1, "max_tokens_per_doc": 512, "query": {"text": "q"},
+                   "documents": [{"text": "a"}, {"text": "b"}]}
 
 
 def test_cohere_v1_objects_and_rank_fields() -> None:

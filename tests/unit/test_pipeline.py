@@ -100,3 +100,10 @@ def test_query_and_document_videos_keep_their_order(preparer: PairPreparer) -> N
     text = preparer.tokenizer.decode(pair.input_ids)
     assert text.count("seconds>") == 1 + 3
     assert text.index("<Query>:<0.2 seconds>") < text.index("<Document>:<0.2 seconds>")
+
+
+def test_cap_texts_keeps_the_first_tokens_of_all_texts(preparer: PairPreparer) -> None:
+    side = ResolvedSide(texts=["one two three four", "five six"])  # 4 tokens, then 2
+    assert preparer.cap_texts(side, 3).texts == ["one two three", ""]
+    assert preparer.cap_texts(side, 5).texts == ["one two three four", "five"]
+    assert preparer.cap_texts(side, 6) == side

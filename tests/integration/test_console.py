@@ -90,7 +90,8 @@ def test_console_reranks_text_and_an_uploaded_image(browser: Any, gateway: Gatew
     enter_key(browser)  # keys are set: the page asks once, then sends it with every fetch
     image = cat_png(tmp_path)
     browser.find_element(By.ID, "query").send_keys("a striped cat")
-    browser.find_element(By.ID, "candidates").send_keys("a cat sleeping on a sofa\nthe stock market today")
+    browser.find_element(By.ID, "candidates").send_keys(
+        "a cat sleeping on a sofa\nthe stock market today\ns3://uploads/no-such-picture.png")
     browser.find_element(By.ID, "candidate-files").send_keys(str(image))
     until(lambda: browser.find_elements(By.CSS_SELECTOR, "#cand-preview img"), 10, "the thumbnail")
     browser.find_element(By.ID, "query").send_keys(Keys.ENTER)  # Enter runs it
@@ -101,9 +102,14 @@ def test_console_reranks_text_and_an_uploaded_image(browser: Any, gateway: Gatew
     status = browser.find_element(By.ID, "status").text
     job_id = status.split(":")[0].removeprefix("job ")
     result = httpx.get(f"{gateway.url}/v1/jobs/{job_id}/result", headers={"Authorization": f"Bearer {KEY}"}).json()
+    candidates = ["a cat sleeping on a sofa", "the stock market today", "s3://uploads/no-such-picture.png",
+                  image.name]
+    assert [e["index"] for e in result["errors"]] == [2]
+    failed = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr.failed")
+    assert len(failed) == 1 and "no-such-picture.png" in failed[0].text  # the per-document error, in the table
+    rows = rows[:len(result["results"])]
     shown = [(row.find_elements(By.TAG_NAME, "td")[1].text.split("\n")[0], row.find_elements(By.TAG_NAME, "td")[2].text)
              for row in rows]
-    candidates = ["a cat sleeping on a sofa", "the stock market today", image.name]
     assert [float(score) for score, _ in shown] == pytest.approx(
         [r["relevance_score"] for r in result["results"]], abs=1e-4)
     assert [text.split(" → ")[0] for _, text in shown] == [candidates[r["index"]] for r in result["results"]]
@@ -115,11 +121,15 @@ def test_console_reranks_text_and_an_uploaded_image(browser: Any, gateway: Gatew
     exported_csv = until(lambda: list(downloads.glob(f"rerank-{job_id}.csv")), 20, "the CSV download")[0]
     exported_json = until(lambda: list(downloads.glob(f"rerank-{job_id}.json")), 20, "the JSON download")[0]
     table = list(csv.DictReader(exported_csv.read_text().splitlines()))
+    errors = [r for r in table if r["error"]]
+    assert [(r["index"], r["candidate"]) for r in errors] == [("2", "s3://uploads/no-such-picture.png")]
+    table = [r for r in table if not r["error"]]
     assert [int(r["index"]) for r in table] == [r["index"] for r in result["results"]]
     assert [float(r["relevance_score"]) for r in table] == pytest.approx(
         [r["relevance_score"] for r in result["results"]])
-    assert [r["index"] for r in json.loads(exported_json.read_text())["results"]] == [
-        r["index"] for r in result["results"]]
+    exported = json.loads(exported_json.read_text())
+    assert [r["index"] for r in exported["results"]] == [r["index"] for r in result["results"]]
+    assert [(e["index"], e["candidate"]) for e in exported["errors"]] == [(2, "s3://uploads/no-such-picture.png")]
 
     worker_name = until(lambda: browser.find_element(By.ID, "queue-workers").text, 30, "the worker list")
     assert "rerankq-cpu-" in worker_name and "cpu" in worker_name
@@ -128,7 +138,18 @@ def test_console_reranks_text_and_an_uploaded_image(browser: Any, gateway: Gatew
     assert job_id[:12] in browser.find_element(By.ID, "recent").text
     browser.execute_script("document.getElementById('queue-title').scrollIntoView()")
     browser.save_screenshot(str(tmp_path / "console-queue.png"))
+    assert_fits(browser, 375)  # with results on the page too
+    browser.execute_script("document.getElementById('results-title').scrollIntoView()")
+    browser.save_screenshot(str(tmp_path / "console-375-results.png"))
+    browser.set_window_size(1280, 1100)
     print(f"screenshots in {tmp_path}")
+
+
+def assert_fits(browser: Any, width: int) -> None:
+    browser.set_window_size(width, 900)
+    time.sleep(0.5)
+    page, window = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert window <= width and page <= window, f"page is {page} px wide in a {window} px window"
 
 
 def test_every_control_is_reachable_by_tab_and_nothing_scrolls_sideways_at_375px(
@@ -145,8 +166,5 @@ def test_every_control_is_reachable_by_tab_and_nothing_scrolls_sideways_at_375px
         ActionChains(browser).send_keys(Keys.TAB).perform()
         reached.add(browser.switch_to.active_element.get_attribute("id"))
     assert {"model", "key-button", "query", "query-file", "candidates", "candidate-files", "run", "clear"} <= reached
-    browser.set_window_size(375, 900)
-    time.sleep(0.5)
-    width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
-    assert width[0] <= width[1], f"page is {width[0]} px wide in a {width[1]} px window"
+    assert_fits(browser, 375)
     browser.save_screenshot(str(tmp_path / "console-375.png"))

@@ -253,7 +253,12 @@ function row(rank, score, c, error) {
     s.appendChild(meter);
   }
   const cell = candidateCell(c);
-  if (error) { const e = document.createElement("div"); e.textContent = error; cell.appendChild(e); }
+  if (error) {  // the reference is shown already: keep the reason
+    const e = document.createElement("div");
+    const ref = c.ref || (c.item && c.item.uri) || "";
+    e.textContent = ref && error.startsWith(ref + ": ") ? error.slice(ref.length + 2) : error;
+    cell.appendChild(e);
+  }
   tr.append(r, s, cell);
   return tr;
 }
@@ -286,7 +291,8 @@ function csvCell(v) { const s = v === null || v === undefined ? "" : String(v); 
 function exportJson() {
   const { job, result } = state.last;
   download(`rerank-${result.job_id}.json`, "application/json",
-    JSON.stringify({ job_id: result.job_id, model: result.model, query: job.query, results: rankedRows() }, null, 2));
+    JSON.stringify({ job_id: result.job_id, model: result.model, query: job.query,
+      results: rankedRows().filter((r) => !r.error), errors: rankedRows().filter((r) => r.error) }, null, 2));
 }
 
 function exportCsv() {

@@ -98,7 +98,13 @@ def _sdk_load(client: Any, concurrency: int, seconds: float, docs: int) -> int:
     return done[0]
 
 
-def _start_gateway(stack: contextlib.ExitStack, settings: Any) -> str:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_gateway(stack: contextlib.ExitStack, settings: Any) -> tuple[str, int]:
     from rerankq.cluster import free_port, stop_process, wait_for_port
 
     port = free_port()
@@ -111,7 +117,7 @@ def _start_gateway(stack: contextlib.ExitStack, settings: Any) -> str:
         wait_for_port(port, 60, "the gateway", proc)  # type: ignore[arg-type]
     except RuntimeError as exc:
         raise SystemExit(f"{exc}\n{Path(log.name).read_text(errors='replace')[-3000:]}") from None
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", proc.pid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,17 +133,22 @@ def main(argv: list[str] | None = None) -> int:
 
     with contextlib.ExitStack() as stack:
         settings, _ = _start_cluster(stack, args, _model_spec(args.model))
-        url = _start_gateway(stack, settings)
+        url, pid = _start_gateway(stack, settings)
         client = stack.enter_context(RerankClient(settings))
         overhead(client, url, {}, 10, args.docs)  # warm up both paths
         print(f"overhead, {args.calls} sequential calls each, {args.docs} documents:")
         for key, value in overhead(client, url, {}, args.calls, args.docs).items():
             print(f"  {key:>18}: {value}")
         sdk_done = _sdk_load(client, args.concurrency, args.seconds, args.docs)
+        cpu = cpu_seconds(pid)
         gw_done = asyncio.run(_gateway_load(url, {}, args.concurrency, args.seconds, args.docs))
-        print(f"throughput, {args.concurrency} in flight, {args.seconds:g} s each, {args.docs} documents per call:")
+        cpu = cpu_seconds(pid) - cpu
+        print(f"throughput, {args.concurrency} in flight, {args.seconds:g} s each, {args.docs} documents per call "
+              f"(load generator, gateway, worker, Redis and S3 share this machine's {os.cpu_count()} cores):")
         print(f"  gateway: {gw_done / args.seconds:.1f} requests/s; SDK, same concurrency: "
               f"{sdk_done / args.seconds:.1f} jobs/s")
+        print(f"  gateway process CPU: {1000 * cpu / max(gw_done, 1):.2f} ms per request "
+              f"(one core would carry ~{gw_done / max(cpu, 1e-9):.0f} requests/s)")
     return 0
 
 

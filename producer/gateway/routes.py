@@ -43,7 +43,7 @@ async def read_json(request: Request, limit: int) -> Any:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(f"over {limit} bytes, the limit (gateway.max_body_bytes)", "body")
+            raise BodyTooLarge(f"more than {limit} bytes, over the limit {limit} (gateway.max_body_bytes)", "body")
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks) or b"null")
@@ -198,10 +198,11 @@ async def upload(request: Request) -> dict[str, Any]:
         file = form.get("file")
         if file is None or isinstance(file, str):
             raise InvalidRequest("a multipart form with one file field named 'file' is required", "file")
+        size = file.size if file.size is not None else 0
         data = await file.read(limit + 1)
     finally:
         await form.close()
     if len(data) > limit:
-        raise BodyTooLarge(f"over {limit} bytes, the limit (gateway.max_upload_bytes)", "file")
+        raise BodyTooLarge(f"{max(size, len(data))} bytes, over the limit {limit} (gateway.max_upload_bytes)", "file")
     stored: dict[str, Any] = await gateway.run(gateway.uploads.store, data)
     return stored

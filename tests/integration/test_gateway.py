@@ -31,13 +31,15 @@ KEY = "test-key-1"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 TOL = 1e-5
 MAX_DOCS = 40
+UPLOAD_CAP = 100_000
 
 
 @pytest.fixture(scope="module")
 def gateway(queue_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gw = start_gateway(queue_worker.env, tmp_path_factory.mktemp("gateway"),
                        RERANKQ_API_KEYS=f"{KEY},other-key", RERANKQ_LIMITS__MAX_DOCUMENTS=str(MAX_DOCS),
-                       RERANKQ_GATEWAY__MAX_BODY_BYTES=str(256 * 1024))
+                       RERANKQ_GATEWAY__MAX_BODY_BYTES=str(256 * 1024),
+                       RERANKQ_GATEWAY__MAX_UPLOAD_BYTES=str(UPLOAD_CAP))
     yield gw
     stop_process(gw.proc)
 
@@ -48,7 +50,7 @@ def idle_gateway(queue_worker: WorkerProcess, tmp_path_factory: pytest.TempPathF
     """A gateway on a queue prefix no worker consumes: jobs stay queued."""
     env = {**queue_worker.env, "RERANKQ_QUEUE_PREFIX": queue_worker.settings.queue_prefix + "-idle"}
     gw = start_gateway(env, tmp_path_factory.mktemp("idle-gateway"), RERANKQ_GATEWAY__MAX_QUEUE_DEPTH="600",
-                       RERANKQ_GATEWAY__RETRY_AFTER_S="7")
+                       RERANKQ_GATEWAY__RETRY_AFTER_S="7", RERANKQ_GATEWAY__CORS_ORIGINS="https://app.example")
     yield gw
     stop_process(gw.proc)
 
@@ -179,6 +181,8 @@ def test_upload_then_rerank(http: httpx.Client, s3: Any, sdk: RerankClient, medi
                               "bytes": len(png), "sha256": hashlib.sha256(png).hexdigest()}
     refused = http.post("/v1/media", files={"file": ("cat.png", b"just some text, not an image")})
     assert refused.status_code == 400 and "judged by its bytes" in refused.json()["message"]
+    too_big = http.post("/v1/media", files={"file": ("big.png", png[:16] + bytes(UPLOAD_CAP))})
+    assert too_big.status_code == 413 and f"the limit {UPLOAD_CAP} (gateway.max_upload_bytes)" in too_big.text
     body = http.post("/v2/rerank", json={"query": "a cat", "documents": [{"image": first["uri"]}, "a dog"]}).json()
     expected = sdk_scores(sdk, {"text": "a cat"}, [{"image": media["cat.png"]}, {"text": "a dog"}])
     assert {r["index"]: r["relevance_score"] for r in body["results"]} == pytest.approx(
@@ -270,7 +274,7 @@ def test_five_hundred_waiting_calls_share_one_waiter(idle_gateway: GatewayProces
     async def calls() -> tuple[list[int], float, int]:
         limits = httpx.Limits(max_connections=600, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=idle_gateway.url, limits=limits, timeout=60) as http:
-            tasks = [asyncio.create_task(http.post("/v2/rerank?timeout=8", json={"query": "q", "documents": ["d"]}))
+            tasks = [asyncio.create_task(http.post("/v2/rerank?timeout=15", json={"query": "q", "documents": ["d"]}))
                      for _ in range(500)]
             peak_waiting, peak_clients = 0.0, 0
             while not all(t.done() for t in tasks):
@@ -362,3 +366,13 @@ def test_openapi_describes_the_api_and_the_key(gateway: GatewayProcess) -> None:
             "/v1/models"} <= set(schema["paths"])
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "swagger" in httpx.get(f"{gateway.url}/docs", timeout=10).text.lower()
+
+
+def test_cors_allows_only_the_configured_origins(idle_gateway: GatewayProcess, gateway: GatewayProcess) -> None:
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    allowed = httpx.options(f"{idle_gateway.url}/v2/rerank", headers={"Origin": "https://app.example", **preflight})
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    other = httpx.options(f"{idle_gateway.url}/v2/rerank", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in other.headers
+    unset = httpx.options(f"{gateway.url}/v2/rerank", headers={"Origin": "https://app.example", **preflight})
+    assert "access-control-allow-origin" not in unset.headers  # no origins set: same origin only

@@ -45,8 +45,10 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise BodyTooLarge(f"more than {limit} bytes, over the limit {limit} (gateway.max_body_bytes)", "body")
         chunks.append(chunk)
+    raw = b"".join(chunks)
+    request.state.data_uris = b'"data:' in raw  # translations that store data: URIs run in a thread
     try:
-        return json.loads(b"".join(chunks) or b"null")
+        return json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"not JSON: {exc}", "body") from None
 
@@ -63,6 +65,15 @@ def _timeout(request: Request, gateway: Gateway) -> float:
     if not 0 < value <= limit:
         raise InvalidRequest(f"{value} s, outside (0, {limit}] (gateway.max_timeout_s)", "timeout")
     return value
+
+
+async def _translate(request: Request, translate: Any, body: Any) -> dict[str, Any]:
+    """Run a request translation; in a thread only when it stores ``data:`` URIs (S3 calls block)."""
+    gateway = gateway_of(request)
+    if request.state.data_uris:
+        result: dict[str, Any] = await gateway.run(translate, body, gateway.uploads.store_data_uri)
+        return result
+    return dict(translate(body, gateway.uploads.store_data_uri))
 
 
 async def _prepare(gateway: Gateway, job: dict[str, Any], priority: str | None) -> dict[str, Any]:
@@ -109,7 +120,7 @@ async def rerank(request: Request) -> Response:
     gateway = gateway_of(request)
     timeout = _timeout(request, gateway)
     body = await read_json(request, gateway.settings.gateway.max_body_bytes)
-    job = await gateway.run(compat.to_job, body, gateway.uploads.store_data_uri)
+    job = await _translate(request, compat.to_job, body)
     wire = await _prepare(gateway, job, gateway.settings.gateway.priority)
     job_id = await gateway.submit(wire)
     if not await _wait_or_cancel(request, gateway, job_id, timeout):
@@ -129,7 +140,7 @@ async def submit_job(request: Request) -> Response:
     body = await read_json(request, gateway.settings.gateway.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest(f"a job is a JSON object, got {type(body).__name__}")
-    job = await gateway.run(compat.job_sides, body, gateway.uploads.store_data_uri)
+    job = await _translate(request, compat.job_sides, body)
     job_id = await gateway.submit(await _prepare(gateway, job, None))
     status = await gateway.status(job_id)
     return JSONResponse(status, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})

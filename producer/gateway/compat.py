@@ -24,8 +24,8 @@ from typing import Any
 from rerankq.errors import InvalidRequest
 
 # Fields a client may send that rerankq passes to the job as they are.
-JOB_FIELDS = ("instruction", "fps", "max_frames", "top_n", "job_id", "priority", "result_uri", "model",
-              "max_tokens_per_doc")
+JOB_FIELDS = ("instruction", "fps", "max_frames", "top_n", "job_id", "priority", "result_uri", "model", "deadline_s",
+              "expires_at", "max_tokens_per_doc")
 # Fields other APIs define that do not change rerankq's scores; accepted so their clients work unchanged.
 IGNORED_FIELDS = ("max_chunks_per_doc", "truncate_prompt_tokens", "user", "encoding_format", "mm_processor_kwargs")
 _SIDE_KEYS = {"text", "image", "video"}

@@ -13,7 +13,7 @@ import hashlib
 from typing import Any
 
 from rerankq.errors import InvalidRequest, PermanentError, TransientError
-from rerankq.results import split_s3_uri
+from rerankq.s3 import split_uri as split_s3_uri
 from rerankq.settings import Settings
 
 # (offset, magic bytes, MIME type, extension), checked in order.

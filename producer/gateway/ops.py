@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from producer.gateway.routes import gateway_of
 from rerankq import keys, registry
+from rerankq.jobs import FINISHING
 
 router = APIRouter()
 
@@ -61,7 +62,8 @@ async def _recent(request: Request) -> list[dict[str, Any]]:
     for job_id, (state, done, total, created) in zip(ids, await pipe.execute(), strict=True):
         if state is None:
             continue
-        recent.append({"job_id": job_id, "state": state.decode(), "pairs_done": int(done or 0),
+        shown = "running" if state.decode() == FINISHING else state.decode()
+        recent.append({"job_id": job_id, "state": shown, "pairs_done": int(done or 0),
                        "pairs_total": int(total or 0), "created_at": float(created or 0)})
     return recent
 

@@ -7,30 +7,24 @@ thread pool: the SDK is synchronous); status reads, queue depths and waiting use
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
-
-import redis.asyncio as aioredis
 
 from producer.client import RerankClient
 from producer.gateway.media import Uploads
 from producer.gateway.metrics import GatewayMetrics
 from producer.gateway.waiter import Waiter
 from rerankq import keys, registry
-from rerankq.errors import JobFailed, NoSuchJob, PermanentError
-from rerankq.jobs import TERMINAL, to_status
+from rerankq.connections import async_redis_client
+from rerankq.errors import PermanentError
+from rerankq.jobs import JobState
 from rerankq.settings import Settings
 
 T = TypeVar("T")
 MODELS_FRESH_S = 1.0  # the worker registry is read at most this often per process
 DEPTH_FRESH_S = 0.25  # queue depths likewise
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class QueueFull(PermanentError):
@@ -48,9 +42,8 @@ class Gateway:
         self.settings = settings
         self.client = RerankClient(settings)
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="gateway")
-        self.aio_pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=32, timeout=30)
-        self.redis = aioredis.Redis(connection_pool=self.aio_pool)
-        self.waiter = Waiter(settings, self.aio_pool)
+        self.redis = async_redis_client(settings, max_connections=32)
+        self.waiter = Waiter(settings, self.redis, self.states)
         self.uploads = Uploads(settings)
         self.metrics = GatewayMetrics(self)
         self._models: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -61,8 +54,8 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.waiter.stop()
+        await self.redis.connection_pool.disconnect()
         await self.redis.aclose()
-        await self.aio_pool.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
@@ -123,26 +116,20 @@ class Gateway:
             await pipe.execute()
         return job_id
 
-    async def record(self, job_id: str) -> dict[str, Any]:
-        raw = await self.redis.hgetall(keys.job_key(self.settings, job_id))
-        if not raw:
-            raise NoSuchJob(job_id)
-        return {_text(k): _text(v) for k, v in raw.items()}
-
+    # Reads go through the SDK's job store (in the threads): one reading of records, deadlines applied.
     async def status(self, job_id: str) -> dict[str, Any]:
-        return to_status(job_id, await self.record(job_id))
+        status: dict[str, Any] = await self.run(self.client.status, job_id)
+        return status
+
+    async def states(self, job_ids: list[str]) -> list[JobState | None]:
+        states: list[JobState | None] = await self.run(self.client.jobs.states, job_ids)
+        return states
 
     async def result(self, job_id: str) -> dict[str, Any]:
-        """A terminal job's result; ``JobFailed`` for failed / cancelled, ``TimeoutError`` if not finished."""
-        record = await self.record(job_id)
-        if record["state"] not in TERMINAL:
-            raise TimeoutError(f"job {job_id} is still {record['state']}")
-        if record["state"] != "succeeded":
-            raise JobFailed(job_id, record["state"], record.get("error"))
-        if record.get("result_uri"):
-            result: dict[str, Any] = await self.run(self.client.results.get, record["result_uri"])
-            return result
-        return dict(json.loads(record["result"]))
+        """A terminal job's result; ``JobFailed`` for failed / cancelled / expired, ``TimeoutError`` if not
+        finished, ``NoSuchJob`` for an unknown id."""
+        result: dict[str, Any] = await self.run(self.client.result, job_id, 0)
+        return result
 
     async def cancel(self, job_id: str) -> str:
         return str(await self.run(self.client.cancel, job_id))

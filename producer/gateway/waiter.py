@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-
-import redis.asyncio as aioredis
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from rerankq import keys
-from rerankq.jobs import TERMINAL
+from rerankq.connections import async_redis_client
+from rerankq.jobs import TERMINAL, JobState
 from rerankq.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,11 +30,12 @@ MAX_KEYS = 4096  # done keys per BLPOP; beyond that the sweep (one pipeline) cov
 class Waiter:
     """Resolves futures when jobs end. ``start()`` in the app's lifespan, ``stop()`` at shutdown."""
 
-    def __init__(self, settings: Settings, pool: aioredis.ConnectionPool) -> None:
+    def __init__(self, settings: Settings, client: Any,
+                 states: Callable[[list[str]], Awaitable[list[JobState | None]]]) -> None:
         self.settings = settings
-        self.redis = aioredis.Redis(connection_pool=pool)
-        # its own connection: a BLPOP holds it for up to SWEEP_S
-        self.blocking = aioredis.Redis.from_url(settings.redis_url, socket_timeout=None)
+        self.redis = client
+        self.states = states  # the job store's reading of states (deadlines applied)
+        self.blocking = async_redis_client(settings, max_connections=1)  # a BLPOP holds it up to SWEEP_S
         self.wake_key = f"{settings.queue_prefix}:gateway:wake:{uuid.uuid4().hex}"
         self.futures: dict[str, asyncio.Future[None]] = {}
         self.users: dict[str, int] = {}
@@ -55,6 +57,7 @@ class Waiter:
                 await self._task
         with contextlib.suppress(Exception):
             await self.redis.delete(self.wake_key)
+        await self.blocking.connection_pool.disconnect()
         await self.blocking.aclose()
 
     def watch(self, job_id: str) -> asyncio.Future[None]:
@@ -125,9 +128,6 @@ class Waiter:
         self._resolve(key.removeprefix(f"{self.settings.queue_prefix}:job:").removesuffix(":done"))
 
     async def _sweep(self, job_ids: list[str]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(keys.job_key(self.settings, job_id), "state")
-        for job_id, state in zip(job_ids, await pipe.execute(), strict=True):
-            if state is None or state.decode() in TERMINAL:  # gone counts as ended: callers re-read and 404
+        for job_id, state in zip(job_ids, await self.states(job_ids), strict=True):
+            if state is None or state in TERMINAL:  # gone counts as ended: callers re-read and 404
                 self._resolve(job_id)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from rerankq.cluster import RedisServer, S3Server, free_port, stop_process
 from rerankq.settings import Settings
+from shell.cluster import RedisServer, S3Server, free_port, stop_process
 
 MEDIA_BUCKET = "media"
 RESULTS_BUCKET = "results"
@@ -39,12 +39,15 @@ class WorkerProcess:
             return resp.read().decode()
 
     def metric(self, name: str, labels: str = "") -> float:
-        """The value of one sample, e.g. ``metric("rerankq_batch_pairs_count")`` (0 when absent)."""
-        wanted = f"{name}{{{labels}}}" if labels else name
+        """The value of one sample, e.g. ``metric("rerankq_batch_pairs_count")``, summed over the series whose
+        labels include ``labels`` (e.g. ``'state="succeeded"'``); 0 when absent."""
+        total = 0.0
         for line in self.metrics().splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.split()[-1])
-        return 0.0
+            head, _, value = line.rpartition(" ")
+            series, _, rest = head.partition("{")
+            if series == name and labels in rest:
+                total += float(value)
+        return total
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -65,8 +68,9 @@ def _wait_ready(worker: WorkerProcess, timeout: float = 120) -> None:
     raise RuntimeError(f"worker not ready within {timeout} s:\n{worker.tail()}")
 
 
-def start_worker(model_dir: Path, redis_url: str, s3_url: str, log_dir: Path, **env: str) -> WorkerProcess:
-    """Start ``rerankq worker`` with the tiny model on CPU; extra ``RERANKQ_*`` settings as keywords."""
+def start_worker(model_dir: Path | str, redis_url: str, s3_url: str, log_dir: Path, **env: str) -> WorkerProcess:
+    """Start ``rerankq worker`` on CPU with a model SPEC (the tiny checkpoint, ``fake:hash``, ...); extra
+    ``RERANKQ_*`` settings as keywords."""
     port = free_port()
     prefix = f"t{uuid.uuid4().hex[:8]}"
     full_env = {**os.environ, "RERANKQ_REDIS_URL": redis_url, "RERANKQ_S3_ENDPOINT_URL": s3_url,
@@ -74,7 +78,7 @@ def start_worker(model_dir: Path, redis_url: str, s3_url: str, log_dir: Path, **
                 "RERANKQ_QUEUE_PREFIX": prefix, "OMP_NUM_THREADS": "1", **env}
     log = log_dir / f"worker-{prefix}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", str(model_dir),
+        proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "worker", "--model", str(model_dir),
                                  "--device", "cpu"], env=full_env, stdout=out, stderr=subprocess.STDOUT)
     settings = Settings(redis_url=redis_url, s3_endpoint_url=s3_url, queue_prefix=prefix)
     worker = WorkerProcess(proc, full_env, settings, port, log)
@@ -105,7 +109,7 @@ def queue_worker(tiny_model_dir: Path, redis_server: RedisServer, s3_server: S3S
 @pytest.fixture(scope="session")
 def media(s3: Any) -> dict[str, str]:
     """Sample media in S3: two images, an mp4, four frames. Returns name → s3:// reference."""
-    from reranker.samples import image_bytes, mp4_bytes, noise_image
+    from shell.samples import image_bytes, mp4_bytes, noise_image
 
     for bucket in (MEDIA_BUCKET, RESULTS_BUCKET):
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
@@ -152,7 +156,7 @@ def start_gateway(env: dict[str, str], log_dir: Path, **settings: str) -> Gatewa
     full_env = {**env, "RERANKQ_GATEWAY__UPLOADS_URI": "s3://uploads/u/", **settings}
     log = log_dir / f"gateway-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "gateway", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "gateway", "--port", str(port)],
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT)
     gateway = GatewayProcess(proc, f"http://127.0.0.1:{port}", Settings(
         redis_url=full_env["RERANKQ_REDIS_URL"], s3_endpoint_url=full_env.get("RERANKQ_S3_ENDPOINT_URL"),

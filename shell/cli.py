@@ -9,7 +9,7 @@ import sys
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from reranker.tiny import write_tiny_model
+    from reranker.qwen3vl.tiny import write_tiny_model
 
     out = write_tiny_model(args.dir, seed=args.seed)
     print(f"wrote a tiny random-weight Qwen3-VL-Reranker checkpoint to {out}")
@@ -20,13 +20,12 @@ def _worker(args: argparse.Namespace) -> int:
     from rerankq.settings import Settings
     from workers.main import run_worker
 
-    run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
-               loglevel="DEBUG" if args.verbose else "INFO")
-    return 0
+    return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
+                      loglevel="DEBUG" if args.verbose else "INFO")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rerankq.bench import run_bench
+    from shell.bench import run_bench
 
     return run_bench(args)
 
@@ -41,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny_model)
 
+    from producer import dlq
     from producer.cli import add_commands
 
     add_commands(sub)
+    dlq.add_commands(sub)
     worker = sub.add_parser("worker", help="one Celery worker process pinned to one device and one model")
     worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
@@ -53,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gateway_arguments(sub.add_parser("gateway", help="the HTTP gateway: Cohere/vLLM-compatible rerank, async "
                                          "jobs, media upload, web console at /"))
-    from rerankq.bench import add_arguments
+    from shell.bench import add_arguments
 
     add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))
-    from rerankq.demo import add_arguments as add_demo_arguments
+    from shell.demo import add_arguments as add_demo_arguments
 
     add_demo_arguments(sub.add_parser("demo", help="the embedded default: private Redis + S3 endpoint + worker + "
                                       "sample jobs, progress, ranked results"))

@@ -1,4 +1,4 @@
-"""The scorer: one model instance, many prepared pairs per forward pass.
+"""Qwen3-VL-Reranker as a ``reranker.contract.RerankModel``: one model instance, many pairs per forward pass.
 
 score = sigmoid(h_last · (w_yes − w_no)), h_last the backbone's final hidden state at the last position of
 a left-padded sequence. Only the backbone is kept, plus that one-row head: the vocabulary-wide LM head is
@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from reranker.batching import plan_batches
-from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
-from reranker.vision import normalize
+from media.sides import ResolvedSide
+from reranker.contract import prepare_each
+from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer, PreparedPair
+from reranker.qwen3vl.vision import QwenVision, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -63,35 +64,42 @@ def collate(pairs: Sequence[PreparedPair], device: torch.device | str = "cpu") -
 
 
 class Scorer:
-    """A loaded reranker: ``score(pairs)`` returns one relevance score per pair, in input order.
+    """Qwen3-VL-Reranker loaded on one device: ``prepare`` pairs, ``forward`` batches of them.
 
-    Build with ``reranker.loading.load_scorer(spec, ...)``. Thread-compatible, not thread-safe: one caller
+    Build with ``reranker.loading.load_model(spec, ...)``. Thread-compatible, not thread-safe: one caller
     runs forward passes; other threads may prepare pairs meanwhile.
     """
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str) -> None:
+    def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str,
+                 max_length: int = 10240) -> None:
         self.backbone = backbone.eval()
         self.head = head.detach().to(torch.float32)  # (hidden,) the yes − no row
         self.tokenizer = tokenizer
         self.name = name
-        self.device = head.device
+        self.torch_device = head.device
+        self.device = str(head.device)
         self.dtype = next(backbone.parameters()).dtype
+        self.preparer = PairPreparer(tokenizer, max_length)
+        self.preprocessor = QwenVision()
+
+    def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> PreparedPair:
+        """The exact prompt, vision pads expanded, truncated as the official script does."""
+        return self.preparer.prepare(instruction, query, document)
+
+    def cap_texts(self, side: ResolvedSide, max_tokens: int) -> ResolvedSide:
+        return self.preparer.cap_texts(side, max_tokens)
+
+    def prepare_job(self, instruction: str, query: ResolvedSide,
+                    documents: Sequence[ResolvedSide]) -> list[PreparedPair | Exception]:
+        return prepare_each(self, instruction, query, documents)
 
     @torch.inference_mode()
     def forward(self, pairs: Sequence[PreparedPair]) -> list[float]:
         """One forward pass over ``pairs`` (the caller keeps it within memory)."""
-        batch = collate(pairs, self.device)
+        batch = collate(pairs, self.torch_device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in batch:  # uint8 travelled to the device; normalise there, then the model's dtype
                 batch[key] = normalize(batch[key]).to(self.dtype)
         out = self.backbone(**batch, use_cache=False)
         last = out.last_hidden_state[:, -1].to(torch.float32)
         return torch.sigmoid(last @ self.head).tolist()
-
-    def score(self, pairs: Sequence[PreparedPair], max_tokens: int = 32768, max_pairs: int = 64) -> list[float]:
-        """Score any number of pairs, batched under a padded-token budget; scores in input order."""
-        scores: list[float] = [0.0] * len(pairs)
-        for group in plan_batches([p.length for p in pairs], max_tokens, max_pairs):
-            for i, s in zip(group, self.forward([pairs[i] for i in group]), strict=True):
-                scores[i] = s
-        return scores

@@ -1,0 +1,81 @@
+"""The model contract: everything the engine (``workers``, ``reranker.compat``, the benchmarks) needs from a
+reranking model, and nothing more. Qwen3-VL-Reranker (``reranker.qwen3vl``) is one implementation and the
+deterministic fake (``reranker.fake``) another; ``reranker.loading`` picks one from the model SPEC or the
+checkpoint's ``config.json``.
+
+The life of a pair, in the order the engine calls it (as LitServe's ``setup → decode → predict → encode``):
+
+1. ``model.preprocessor`` turns decoded media into the model's inputs; the media layer
+   (``media.resolver.MediaResolver``) calls it while it fetches, and caches what it returns.
+2. ``model.prepare(instruction, query, document)`` builds one pair from resolved sides: CPU work, run on
+   several threads while the previous batch is on the device. It raises ``PairTooLong`` (or any
+   ``PermanentError``) for a pair that cannot be scored; the engine reports that document alone.
+3. ``model.forward(pairs)`` scores one batch the planner (``reranker.batching``) formed under a token budget
+   from each pair's ``length``, and returns exactly one float in [0, 1] per pair, in order. It never drops,
+   reorders or merges pairs. One caller at a time (the scoring thread).
+
+Shared-prefix scoring (the pairs of one job start with the same tokens: system prompt, instruction, query)
+fits here without changing the engine: ``prepare_job`` prepares a job's pairs together, and may mark them
+as sharing a prefix that ``forward`` then computes once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from media.resolver import Preprocessor
+from media.sides import ResolvedSide
+
+
+class Prepared(Protocol):
+    """A pair ready for ``forward``. ``length`` is what it costs a forward pass, in tokens."""
+
+    @property
+    def length(self) -> int: ...
+
+
+P = TypeVar("P", bound=Prepared)
+
+
+class RerankModel(Protocol[P]):
+    """A loaded reranking model pinned to one device."""
+
+    @property
+    def name(self) -> str:
+        """The model's name as results, logs and metrics show it (a fake's name starts with ``fake:``)."""
+
+    @property
+    def device(self) -> str:
+        """Where it runs: ``cpu``, ``cuda:0``, or ``modelled h100`` for a fake that models a device."""
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """How decoded images and videos become this model's inputs (see ``media.resolver.Preprocessor``)."""
+
+    def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> P:
+        """One (query, document) pair, ready for ``forward``. Raises ``PairTooLong`` when it cannot fit."""
+
+    def prepare_job(self, instruction: str, query: ResolvedSide,
+                    documents: Sequence[ResolvedSide]) -> list[P | Exception]:
+        """Every pair of one job, in document order; a pair that cannot be prepared is its exception. An
+        implementation may prepare them together (one tokenisation of the query, a shared prefix)."""
+
+    def cap_texts(self, side: ResolvedSide, max_tokens: int) -> ResolvedSide:
+        """The side with its texts cut to ``max_tokens`` of this model's tokens in all, from the tail (a job's
+        ``max_tokens_per_doc``, Cohere's field); images and videos are kept whole."""
+
+    def forward(self, pairs: Sequence[P]) -> list[float]:
+        """Score one batch: one relevance score in [0, 1] per pair, in input order, none dropped."""
+
+
+def prepare_each(model: RerankModel[P], instruction: str, query: ResolvedSide,
+                 documents: Sequence[ResolvedSide]) -> list[P | Exception]:
+    """``prepare_job`` for models that prepare pairs one at a time: ``prepare`` per document."""
+    out: list[P | Exception] = []
+    for document in documents:
+        try:
+            out.append(model.prepare(instruction, query, document))
+        except Exception as exc:  # one document's failure is that document's
+            out.append(exc)
+    return out

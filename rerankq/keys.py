@@ -43,10 +43,12 @@ def queue_names(settings: Settings) -> list[str]:
 
 
 def serves_default(settings: Settings, model: str | None) -> bool:
-    """Whether ``model`` is the deployment's default: the one that takes jobs naming no model.
+    """Whether jobs for ``model`` go to the default queues (``{prefix}.high`` ...), which workers serving the
+    deployment's default model consume.
 
-    The default is ``RERANKQ_MODEL``; where that is not set at all, any worker serves the default queues (one
-    model per Redis, the common case). Set it on every process when several models share one Redis."""
+    The default is ``RERANKQ_MODEL``. Where that is not set at all, every model counts as the default: one
+    model per Redis, the common case, with today's queue names. Set it on every process (producers, gateway,
+    workers) when several models share one Redis: then each other model gets queues of its own."""
     return model is None or model == settings.model or "model" not in settings.model_fields_set
 
 
@@ -57,25 +59,16 @@ def model_slug(model: str) -> str:
 
 
 def model_queue_names(settings: Settings, model: str | None) -> list[str]:
-    """The queues of jobs for ``model``, highest priority first: the plain ones for the default model."""
-    if model is None or model == settings.model:
+    """The queues of jobs for ``model``, highest priority first; a worker serving ``model`` consumes exactly
+    these (``{prefix}.m.{slug}.{priority}`` for a model other than the default)."""
+    if serves_default(settings, model):
         return queue_names(settings)
-    return [f"{settings.queue_prefix}.m.{model_slug(model)}.{p}" for p in PRIORITIES]
+    return [f"{settings.queue_prefix}.m.{model_slug(str(model))}.{p}" for p in PRIORITIES]
 
 
 def job_queue(settings: Settings, job: dict[str, Any]) -> str:
     """The queue a (validated) job is published to: its model's, at its priority."""
     return model_queue_names(settings, job.get("model"))[PRIORITIES.index(job.get("priority", "normal"))]
-
-
-def worker_queue_names(settings: Settings, model: str) -> list[str]:
-    """The queues a worker serving ``model`` consumes, interleaved so every ``high`` comes before any ``normal``:
-    its model's own queues, and the default ones when it serves the default model."""
-    own = model_queue_names(settings, model)
-    plain = queue_names(settings)
-    if own == plain or not serves_default(settings, model):
-        return own
-    return [q for pair in zip(own, plain, strict=True) for q in pair]
 
 
 def worker_key(settings: Settings, name: str) -> str:

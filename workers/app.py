@@ -20,7 +20,7 @@ from workers.transport import DLQ_KEY_OPTION
 
 def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[str, Any]:
     """Celery settings of a worker (on top of the producer-shared ``keys.celery_config``); ``queues`` default to
-    the default model's (``keys.worker_queue_names`` gives a worker's own)."""
+    the default model's (``keys.model_queue_names`` gives a worker's own)."""
     shared = keys.celery_config(settings)
     transport = {**shared["broker_transport_options"], DLQ_KEY_OPTION: keys.dlq_key(settings)}
     sentinel = settings.redis_url.startswith("sentinel://")

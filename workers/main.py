@@ -82,12 +82,12 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     logger.info("loaded %s on %s", scorer.name, scorer.device)
     metrics = Metrics(scorer.name)
     store = JobStore(settings)
-    metrics.watch_queues(store.redis, keys.queue_names(settings), keys.dlq_key(settings))
+    queues = keys.model_queue_names(settings, spec)  # the default queues, or this model's own
+    metrics.watch_queues(store.redis, queues, keys.dlq_key(settings))
     metrics.serve(settings.metrics_port)
     runtime = Runtime(scorer, settings, hostname, metrics=metrics, store=store).start()
     leases = LeaseKeeper(settings, store.redis, metrics).start()
     tasks.install(runtime)
-    queues = keys.worker_queue_names(settings, spec)
     app = make_app(settings, queues)
     worker = app.Worker(hostname=hostname, queues=queues, loglevel=loglevel,
                         without_mingle=True, without_gossip=True)

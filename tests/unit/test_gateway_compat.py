@@ -99,8 +99,8 @@ def test_models_have_their_own_queues_and_the_default_keeps_todays() -> None:
     assert keys.job_queue(settings, {"priority": "low", "model": "Qwen/Qwen3-VL-Reranker-2B"}) == "p.low"
     eight = keys.job_queue(settings, {"priority": "high", "model": "Qwen/Qwen3-VL-Reranker-8B"})
     assert eight.startswith("p.m.qwen-qwen3-vl-reranker-8b-") and eight.endswith(".high")
-    assert keys.worker_queue_names(settings, "Qwen/Qwen3-VL-Reranker-2B") == ["p.high", "p.normal", "p.low"]
-    assert eight in keys.worker_queue_names(settings, "Qwen/Qwen3-VL-Reranker-8B")
-    assert "p.high" not in keys.worker_queue_names(settings, "Qwen/Qwen3-VL-Reranker-8B")
-    unset = Settings(queue_prefix="p")  # RERANKQ_MODEL not set: one model per Redis, every worker takes default jobs
-    assert keys.worker_queue_names(unset, "/models/x")[:2] == [keys.model_queue_names(unset, "/models/x")[0], "p.high"]
+    assert keys.model_queue_names(settings, "Qwen/Qwen3-VL-Reranker-2B") == ["p.high", "p.normal", "p.low"]
+    assert keys.model_queue_names(settings, "Qwen/Qwen3-VL-Reranker-8B")[0] == eight
+    unset = Settings(queue_prefix="p")  # RERANKQ_MODEL not set: one model per Redis, today's queues for all
+    assert keys.model_queue_names(unset, "/models/x") == ["p.high", "p.normal", "p.low"]
+    assert keys.job_queue(unset, {"priority": "normal", "model": "/models/x"}) == "p.normal"

@@ -7,6 +7,7 @@ thread pool: the SDK is synchronous); status reads, queue depths and waiting use
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -19,7 +20,7 @@ from producer.gateway.waiter import Waiter
 from rerankq import keys, registry
 from rerankq.connections import async_redis_client
 from rerankq.errors import PermanentError
-from rerankq.jobs import JobState
+from rerankq.jobs import JobRecord, JobState
 from rerankq.settings import Settings
 
 T = TypeVar("T")
@@ -127,7 +128,13 @@ class Gateway:
 
     async def result(self, job_id: str) -> dict[str, Any]:
         """A terminal job's result; ``JobFailed`` for failed / cancelled / expired, ``TimeoutError`` if not
-        finished, ``NoSuchJob`` for an unknown id."""
+        finished, ``NoSuchJob`` for an unknown id. The common case (succeeded, inline) is one async read;
+        everything else goes through the SDK."""
+        raw = await self.redis.hgetall(keys.job_key(self.settings, job_id))
+        if raw:
+            record = JobRecord.from_hash(job_id, raw)
+            if record.state == JobState.SUCCEEDED and record.result:
+                return dict(json.loads(record.result))
         result: dict[str, Any] = await self.run(self.client.result, job_id, 0)
         return result
 

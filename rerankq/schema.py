@@ -106,6 +106,8 @@ class RerankJob(BaseModel):
     result_uri: str | None = None
     deadline_s: float | None = Field(None, gt=0)
     expires_at: float | None = None
+    model: str | None = Field(None, min_length=1, max_length=256)
+    max_tokens_per_doc: int | None = Field(None, ge=1)
 
     @field_validator("expires_at", mode="before")
     @classmethod

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     from shell.flower import add_arguments as add_flower_arguments
 
     add_flower_arguments(sub.add_parser("flower", help="Flower, the Celery monitor, on this deployment's broker"))
+    from producer.gateway.server import add_arguments as add_gateway_arguments
+
+    add_gateway_arguments(sub.add_parser("gateway", help="the HTTP gateway: Cohere/vLLM-compatible rerank, async "
+                                         "jobs, media upload, web console at /"))
     from shell.bench import add_arguments
 
     add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))

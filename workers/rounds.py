@@ -134,6 +134,8 @@ def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], model: Re
         run.error = f"query: {query}"
         return []
     usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide)]
+    if run.job.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: each document's texts cut first
+        usable = [(i, model.cap_texts(d, run.job.max_tokens_per_doc)) for i, d in usable]
     for i, doc in enumerate(documents):
         if isinstance(doc, MediaError):
             run.errors[i] = str(doc)

@@ -1,10 +1,10 @@
 """Task events that reach Flower, every one.
 
-With an event loop, a Celery worker buffers task events and flushes them from the loop. Celery's ``flush``
-copies the buffer, publishes the copy, then clears the buffer: an event a pool thread adds while the copy is
-being published is dropped. With the threads pool and a large job (its ``task-received`` event carries the
-job, so publishing it takes a while) that lost the job's ``task-started`` event, and Flower never saw the
-job start. This dispatcher drains the buffer one event at a time instead, so nothing added meanwhile is lost.
+With an event loop, a Celery worker buffers task events per group and flushes them from the loop. Celery's
+``flush`` publishes a group's buffer list and then empties it (``events[:] = []``): an event that a pool
+thread appends while the list is being published is dropped. With the threads pool and a large job (its
+``task-received`` event carries the job, so publishing takes a while) that lost the job's ``task-started``
+event, and Flower never saw the job start. This dispatcher publishes a copy and removes only what it sent.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ class DrainingDispatcher(EventDispatcher):
                     event, routing_key, _ = self._outbound_buffer.popleft()
                     self._publish(event, self.producer, routing_key)
         if groups:
-            super().flush(errors=False, groups=True)
+            with self.mutex:
+                for group, events in self._group_buffer.items():
+                    sent = events[:]  # a copy; appends from other threads land after it
+                    if sent:
+                        self._publish(sent, self.producer, f"{group}.multi")
+                        del events[:len(sent)]
 
 
 class WorkerEvents(Events):

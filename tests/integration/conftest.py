@@ -53,6 +53,16 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")[-4000:]
 
 
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def _wait_ready(worker: WorkerProcess, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,22 +5,12 @@ worker process on the fake model, moto's S3 server stopped and started again on 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from producer import RerankClient
 from rerankq.errors import JobFailed
 from shell.cluster import RedisServer, S3Server
-from tests.integration.conftest import start_worker, stop_worker
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.integration.conftest import start_worker, stop_worker, wait_for
 
 
 def test_a_result_write_that_meets_s3_down_is_retried_not_failed(redis_server: RedisServer,
@@ -34,7 +24,7 @@ def test_a_result_write_that_meets_s3_down_is_retried_not_failed(redis_server: R
         job_id = client.submit({"query": {"text": "q"}, "documents": [{"text": "a"}, {"text": "b"}],
                                 "result_uri": "s3://results/out/"})
         record = lambda: client.jobs.record(job_id)  # noqa: E731
-        wait_until(lambda: int(record().extra.get("retries", 0)) >= 1, 60, "the first failed write")
+        wait_for(lambda: int(record().extra.get("retries", 0)) >= 1, 60, "the first failed write")
         assert "S3 connection failed" in record().extra["last_error"]
         assert record().state in ("queued", "running")  # back in its queue, never failed
         s3 = S3Server(port=s3.port).start()  # S3 is back, with its buckets

@@ -5,8 +5,10 @@ future, so the message is acknowledged only after the job's record is final (``a
 sees each job's real runtime. Meanwhile:
 
 - the *preparing* thread forms a round: it opens the intake (the Celery consumer fetches only while it is
-  open, see ``workers.leases.IntakeGate``), takes what arrives within ``batch.flush_interval_ms`` (at most
-  ``batch.max_jobs``), marks those jobs running, resolves their media, prepares their pairs and plans
+  open, see ``workers.leases.IntakeGate``), takes what arrives within ``batch.flush_interval_ms``, and for as
+  long after that as the scorer is still busy with more than its last batch (at most ``batch.max_jobs``:
+  under load rounds fill up, an idle worker answers a lone job at once), marks those jobs running, resolves
+  their media, prepares their pairs and plans
   token-budgeted batches over all of them. It forms the next round only once the scorer has taken the last
   one, so a worker never holds more than one round in the scorer and one being formed: a ``high`` job
   submitted now is in the next round some worker forms, ahead of every waiting ``normal`` or ``low`` one;
@@ -20,6 +22,7 @@ and is tried again before the failure becomes a per-document error. Every failur
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -34,6 +37,7 @@ from typing import Any
 from media.resolver import MediaResolver
 from reranker.batching import padding_ratio, plan_batches
 from reranker.contract import RerankModel
+from rerankq import s3
 from rerankq.jobs import JobState, JobStore
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings
@@ -73,6 +77,9 @@ class Runtime:
         self._tie = itertools.count()
         self._handoff: queue.Queue[Round] = queue.Queue(maxsize=1)
         self._open = threading.Event()
+        self._scorer_busy_until = 0.0  # monotonic time the scorer should finish its round (0: idle)
+        self._batch_s = 0.0  # moving average of a forward pass, seconds
+        self._prepare_s_per_job = 0.0  # moving average of preparing a job, seconds
         self._stop = threading.Event()
         self._idle = threading.Event()  # the scorer holds no round
         self._idle.set()
@@ -111,8 +118,8 @@ class Runtime:
     # forming a round -----------------------------------------------------------------------------
     def _take(self) -> list[JobRun]:
         """The next round's jobs: a lone job whose last holder died; retries that are due; else the first
-        job to arrive and whatever comes within the flush interval, up to ``max_jobs``. The intake is open
-        from the moment the previous round was handed over until this one is formed."""
+        job to arrive and what follows (``_fill``). The intake is open from the moment the previous round
+        was handed over until this one is formed."""
         if self._solo:
             return [self._solo.popleft()]
         if not self._open.is_set():
@@ -124,24 +131,38 @@ class Runtime:
                 runs = [self._inbox.get(timeout=0.2)]
             except queue.Empty:
                 return []  # still open: the consumer may fetch while nothing waits
-        deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
-        while len(runs) < self.settings.batch.max_jobs and (wait := deadline - time.monotonic()) > 0:
-            try:
-                runs.append(self._inbox.get(timeout=wait))
-            except queue.Empty:
-                break
-        self._open.clear()
-        while len(runs) < self.settings.batch.max_jobs:  # fetched while the intake was closing
-            try:
-                runs.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+        self._fill(runs)
         alone = [r for r in runs if r.solo]
         if len(alone) == len(runs):
             self._solo.extend(alone[1:])
             return alone[:1]
         self._solo.extend(alone)
         return [r for r in runs if not r.solo]
+
+    def _fill(self, runs: list[JobRun]) -> None:
+        """Add what arrives within the flush interval, and after it for as long as the scorer has more than
+        its last batch to run (a fuller round then costs no latency); at most ``max_jobs``."""
+        deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
+        while len(runs) < self.settings.batch.max_jobs:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                if self._round_ready(len(runs)):
+                    break
+                wait = 0.005
+            with contextlib.suppress(queue.Empty):
+                runs.append(self._inbox.get(timeout=wait))
+        self._open.clear()
+        while len(runs) < self.settings.batch.max_jobs:  # fetched while the intake was closing
+            try:
+                runs.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+
+    def _round_ready(self, jobs: int) -> bool:
+        """The flush policy, once the flush interval has passed: close the round when preparing it would take
+        about as long as the scorer still needs for its own (both estimated from recent rounds), so the next
+        round is ready when the scorer is; an idle scorer gets it at once."""
+        return time.monotonic() + self._prepare_s_per_job * jobs >= self._scorer_busy_until
 
     def _due(self) -> list[JobRun]:
         now = time.monotonic()
@@ -164,8 +185,12 @@ class Runtime:
             while not self._idle.wait(0.2) and not self._stop.is_set():
                 pass
         self._last_alone = alone
+        t0 = time.monotonic()
         try:
             round_ = self._prepare(runs)
+            per_job = (time.monotonic() - t0) / len(runs)
+            self._prepare_s_per_job = 0.8 * self._prepare_s_per_job + 0.2 * per_job if self._prepare_s_per_job \
+                else per_job
         except Exception as exc:  # a media-layer or planner bug: these jobs fail, the worker carries on
             logger.exception("preparing %d jobs failed", len(runs))
             for run in runs:
@@ -177,13 +202,15 @@ class Runtime:
         runs = self._mark_running(runs)
         if not runs:
             return Round([], [], [])
+        self._check_result_buckets(runs)
+        live = [run for run in runs if not run.error]
         t0 = time.perf_counter()
-        sides = resolve_media(runs, self.resolver, self.settings.limits)
+        sides = resolve_media(live, self.resolver, self.settings.limits)
         media_s = time.perf_counter() - t0
         self.metrics.media.observe(media_s)
-        kept: list[JobRun] = []
+        kept = [run for run in runs if run.error]  # failed fast: they end with this round, unscored
         units: list[Unit] = []
-        for run, job_sides in zip(runs, sides, strict=True):
+        for run, job_sides in zip(live, sides, strict=True):
             run.media_s = media_s
             if self._retry_later(run, job_sides):
                 continue
@@ -213,6 +240,16 @@ class Runtime:
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._tie), run))
         return True
 
+    def _check_result_buckets(self, runs: list[JobRun]) -> None:
+        """Fail fast: a job whose ``result_uri`` bucket does not exist fails before its media are fetched and
+        its pairs scored, not after (a bucket found once is not checked again)."""
+        for run in runs:
+            if not run.job.result_uri:
+                continue
+            bucket = s3.split_uri(run.job.result_uri)[0]
+            if self.finisher.results.bucket_exists(bucket) is False:
+                run.error = f"result_uri: bucket {bucket!r} does not exist"
+
     def _mark_running(self, runs: list[JobRun]) -> list[JobRun]:
         """Take the jobs for this attempt; settle (and drop) those that are not to run."""
         found = self.store.start_many([(r.job_id, len(r.job.documents), r.solo) for r in runs], self.worker)
@@ -239,13 +276,18 @@ class Runtime:
         self._idle.clear()  # before task_done: the preparing thread, woken by it, must see the scorer busy
         self._handoff.task_done()
         try:
-            for batch in round_.batches:
-                done = self._run_batch([round_.units[i] for i in batch])
+            for i, batch in enumerate(round_.batches):
+                t0 = time.monotonic()
+                self._scorer_busy_until = t0 + (len(round_.batches) - i) * self._batch_s
+                done = self._run_batch([round_.units[j] for j in batch])
+                seconds = time.monotonic() - t0
+                self._batch_s = 0.8 * self._batch_s + 0.2 * seconds if self._batch_s else seconds
                 self.finisher.finish(done)  # a job ends as soon as its last pair is scored
         except Exception as exc:
             logger.exception("scoring a round failed")
             for run in round_.runs:
                 run.error = run.error or f"worker error while scoring: {type(exc).__name__}: {exc}"
+        self._scorer_busy_until = 0.0
         try:
             self.finisher.finish(round_.runs)
         finally:

@@ -86,6 +86,9 @@ class Scorer:
         """The exact prompt, vision pads expanded, truncated as the official script does."""
         return self.preparer.prepare(instruction, query, document)
 
+    def cap_texts(self, side: ResolvedSide, max_tokens: int) -> ResolvedSide:
+        return self.preparer.cap_texts(side, max_tokens)
+
     def prepare_job(self, instruction: str, query: ResolvedSide,
                     documents: Sequence[ResolvedSide]) -> list[PreparedPair | Exception]:
         return prepare_each(self, instruction, query, documents)

@@ -141,8 +141,8 @@ def load_scorer(spec: str, opts: LoadOptions | None = None) -> Scorer:
     opts = opts or LoadOptions()
     if spec.startswith("random:"):
         size = spec.split(":", 1)[1].lower()
-        if size not in ("2b", "8b", "tiny"):
-            raise ModelLoadError(f"model SPEC {spec!r}: random: takes 2b, 8b or tiny")
+        if size not in ARCHITECTURES:
+            raise ModelLoadError(f"model SPEC {spec!r}: random: takes {', '.join(ARCHITECTURES)}")
         return _random(size, opts)
     if spec.startswith("s3://"):
         path = download_s3_checkpoint(spec, opts.cache_dir, opts.s3_endpoint_url)

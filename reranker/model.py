@@ -80,13 +80,17 @@ class Scorer:
     @torch.inference_mode()
     def forward(self, pairs: Sequence[PreparedPair]) -> list[float]:
         """One forward pass over ``pairs`` (the caller keeps it within memory)."""
+        return torch.sigmoid(self.logits(pairs)).tolist()
+
+    @torch.inference_mode()
+    def logits(self, pairs: Sequence[PreparedPair]) -> torch.Tensor:
+        """``h_last · w`` of each pair (fp32, before the sigmoid), one forward pass."""
         batch = collate(pairs, self.device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in batch:  # uint8 travelled to the device; normalise there, then the model's dtype
                 batch[key] = normalize(batch[key]).to(self.dtype)
         out = self.backbone(**batch, use_cache=False)
-        last = out.last_hidden_state[:, -1].to(torch.float32)
-        return torch.sigmoid(last @ self.head).tolist()
+        return out.last_hidden_state[:, -1].to(torch.float32) @ self.head
 
     def score(self, pairs: Sequence[PreparedPair], max_tokens: int = 32768, max_pairs: int = 64) -> list[float]:
         """Score any number of pairs, batched under a padded-token budget; scores in input order."""

@@ -40,3 +40,73 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
     total = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
     real = sum(lengths[i] for b in batches for i in b)
     return 0.0 if total == 0 else 1 - real / total
+
+
+# Shared prefixes ---------------------------------------------------------------------------------------------
+# A job whose pairs share a prefix runs it once; each pair then runs only its suffix, with the prefix's keys
+# and values in front of its own (``reranker.prefix``). Costs, in the same unit as ``max_tokens`` (a token's
+# activations in one layer of a forward pass):
+# - a held prefix costs its length: its keys and values over all layers are about one token's activations
+#   (8B: 36 layers x 2 x 1024 values per token, against ~53 000 activation values per token and layer);
+# - a suffix row costs its padded length, plus 1/PREFIX_ROW_SHARE of the widest prefix in the pass: the
+#   layer's keys and values, repeated to every head, put in front of the row (8B: 2 x 4096 values per prefix
+#   token, about 1/8 of a token's activations).
+PREFIX_ROW_SHARE = 8
+# Below this many prefix tokens saved, a prefix pass of its own costs more than it saves.
+MIN_SAVED_TOKENS = 64
+
+
+def sharing_pays(prefix_tokens: int, pairs: int, min_saved: int = MIN_SAVED_TOKENS) -> bool:
+    """Whether computing a job's prefix once pays: two pairs at least (one document: it does not) and at
+    least ``min_saved`` prefix tokens not recomputed."""
+    return pairs >= 2 and (pairs - 1) * prefix_tokens >= min_saved
+
+
+def suffix_batch_tokens(prefixes: dict[int, int], rows: int, longest_suffix: int) -> int:
+    """Cost of one suffix pass: its distinct held prefixes (id -> tokens), then ``rows`` padded suffixes
+    with the widest prefix in front of each."""
+    widest = max(prefixes.values(), default=0)
+    return sum(prefixes.values()) + rows * longest_suffix + -(-rows * widest // PREFIX_ROW_SHARE)
+
+
+def plan_shared_batches(suffix_lengths: Sequence[int], prefix_ids: Sequence[int], prefix_tokens: Sequence[int],
+                        max_tokens: int, max_pairs: int) -> list[list[int]]:
+    """Group suffixes into passes with ``suffix_batch_tokens <= max_tokens`` and ``<= max_pairs`` rows.
+
+    Suffix ``i`` continues prefix ``prefix_ids[i]`` of ``prefix_tokens[i]`` tokens. Suffixes of one prefix
+    stay together, longest first, so a prefix is held for as few passes as possible: from its first pass to
+    its last, then freed. A pass of one suffix runs whatever its cost (the caller allows it or not).
+    """
+    if max_tokens < 1 or max_pairs < 1:
+        raise ValueError(f"max_tokens and max_pairs must be positive, got {max_tokens} and {max_pairs}")
+    order = sorted(range(len(suffix_lengths)), key=lambda i: (prefix_ids[i], -suffix_lengths[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    held: dict[int, int] = {}
+    longest = 0
+    for i in order:
+        grown = {**held, prefix_ids[i]: prefix_tokens[i]}
+        cost = suffix_batch_tokens(grown, len(current) + 1, max(longest, suffix_lengths[i]))
+        if current and (len(current) + 1 > max_pairs or cost > max_tokens):
+            batches.append(current)
+            current, held, longest = [], {}, 0
+            grown = {prefix_ids[i]: prefix_tokens[i]}
+        current.append(i)
+        held, longest = grown, max(longest, suffix_lengths[i])
+    if current:
+        batches.append(current)
+    return batches
+
+
+def plan_with_prefixes(lengths: Sequence[int], prefixes: Sequence[tuple[int, int] | None], max_tokens: int,
+                       max_pairs: int) -> list[list[int]]:
+    """Plan pairs of which some run as suffixes: ``prefixes[i]`` is (prefix id, prefix tokens) for a pair
+    that continues a shared prefix (its suffix is ``lengths[i]`` minus the prefix), None for a pair that
+    runs whole. Whole pairs are planned as ``plan_batches`` does; suffixes never share a pass with them."""
+    whole = [i for i, p in enumerate(prefixes) if p is None]
+    shared = [i for i, p in enumerate(prefixes) if p is not None]
+    batches = [[whole[k] for k in b] for b in plan_batches([lengths[i] for i in whole], max_tokens, max_pairs)]
+    marks = [p for p in prefixes if p is not None]
+    suffix_plan = plan_shared_batches([lengths[i] - p[1] for i, p in zip(shared, marks, strict=True)],
+                                      [p[0] for p in marks], [p[1] for p in marks], max_tokens, max_pairs)
+    return batches + [[shared[k] for k in b] for b in suffix_plan]

@@ -41,6 +41,7 @@ class Qwen3VLReranker:
         batch_max_tokens: int = 32768,
         batch_max_pairs: int = 64,
         s3_endpoint_url: str | None = None,
+        share_prefix: bool = True,
         **kwargs: Any,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,6 +55,7 @@ class Qwen3VLReranker:
         self.fps, self.max_frames = fps, max_frames
         self.default_instruction = default_instruction
         self.batch_max_tokens, self.batch_max_pairs = batch_max_tokens, batch_max_pairs
+        self.share_prefix = share_prefix  # the query runs once for all documents (scores unchanged)
         self._resolver: Any = None
 
     @property
@@ -82,4 +84,6 @@ class Qwen3VLReranker:
             if isinstance(item, Exception):
                 raise item
         pairs = [self.preparer.prepare(instruction, resolved[0], doc) for doc in resolved[1:]]
+        if self.share_prefix:
+            self.scorer.share_prefix(pairs)
         return self.scorer.score(pairs, self.batch_max_tokens, self.batch_max_pairs)

@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
-from reranker.batching import plan_batches
+from reranker.batching import plan_with_prefixes, sharing_pays
 from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
+from reranker.prefix import forward_suffixes
+from reranker.sharing import JobPrefix, SharingStats, attach_prefix, plan_marks, release, suffix_rows
 from reranker.vision import normalize
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class Scorer:
         self.name = name
         self.device = head.device
         self.dtype = next(backbone.parameters()).dtype
+        self.sharing = SharingStats()
 
     @torch.inference_mode()
     def forward(self, pairs: Sequence[PreparedPair]) -> list[float]:
@@ -84,7 +87,15 @@ class Scorer:
 
     @torch.inference_mode()
     def logits(self, pairs: Sequence[PreparedPair]) -> torch.Tensor:
-        """``h_last · w`` of each pair (fp32, before the sigmoid), one forward pass."""
+        """``h_last · w`` of each pair (fp32, before the sigmoid), one forward pass.
+
+        Pairs that carry a shared prefix (``share_prefix``) run as suffixes: each prefix not computed yet runs
+        once first, and is let go of after its job's last suffix."""
+        if any(p.prefix is not None for p in pairs):
+            rows = suffix_rows(self.backbone, pairs, self.sharing)
+            last = forward_suffixes(self.backbone, rows).to(torch.float32) @ self.head
+            release(pairs, self.sharing)
+            return last
         batch = collate(pairs, self.device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in batch:  # uint8 travelled to the device; normalise there, then the model's dtype
@@ -92,10 +103,14 @@ class Scorer:
         out = self.backbone(**batch, use_cache=False)
         return out.last_hidden_state[:, -1].to(torch.float32) @ self.head
 
+    def share_prefix(self, pairs: Sequence[PreparedPair]) -> JobPrefix | None:
+        """Let the pairs of *one job* share their common prefix when that pays (None: they run whole)."""
+        return attach_prefix(pairs, sharing_pays)
+
     def score(self, pairs: Sequence[PreparedPair], max_tokens: int = 32768, max_pairs: int = 64) -> list[float]:
-        """Score any number of pairs, batched under a padded-token budget; scores in input order."""
+        """Score any number of pairs, batched under a token budget; scores in input order."""
         scores: list[float] = [0.0] * len(pairs)
-        for group in plan_batches([p.length for p in pairs], max_tokens, max_pairs):
+        for group in plan_with_prefixes([p.length for p in pairs], plan_marks(pairs), max_tokens, max_pairs):
             for i, s in zip(group, self.forward([pairs[i] for i in group]), strict=True):
                 scores[i] = s
         return scores

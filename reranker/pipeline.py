@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from reranker.prompt import VIDEO_PLACEHOLDER, render_parts
 from reranker.vision import MERGE, VisionInput
+
+if TYPE_CHECKING:
+    from reranker.sharing import JobPrefix
 
 IMAGE_PAD_ID = 151655
 VIDEO_PAD_ID = 151656
@@ -41,10 +45,16 @@ class PreparedPair:
     input_ids: list[int]
     vision: list[VisionInput]
     truncated: bool = False
+    prefix: JobPrefix | None = None  # set when the job's pairs share a prefix computed once (reranker.sharing)
 
     @property
     def length(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def suffix_length(self) -> int:
+        """Tokens this pair runs in its own pass: all of them, or those after its shared prefix."""
+        return self.length - (self.prefix.length if self.prefix else 0)
 
 
 def _video_text(item: VisionInput) -> str:

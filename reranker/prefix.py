@@ -1,12 +1,10 @@
-"""Exact shared-prefix scoring on the Qwen3-VL backbone: a job's common prefix (system prompt, instruction,
-query — its images and videos included) runs once; every document then runs as a *suffix* against the
-prefix's keys and values. Scores equal one-pair-per-pass scores (fp32: ≤ 1e-5 in logit).
+"""Exact shared-prefix forward passes on the Qwen3-VL backbone: a job's common prefix (system prompt,
+instruction, query — its images and videos included) runs once; every document then runs as a *suffix*
+against the prefix's keys and values. Scores equal one-pair-per-pass scores (fp32: ≤ 1e-5 in logit).
+Where the prefix ends is ``reranker.sharing``'s business; this module runs the passes.
 
 What makes it exact, each point a trap measured on transformers 5.23:
 
-- **Boundary**: the longest common prefix of the job's pairs' *token ids* (after vision expansion and
-  truncation), never a string boundary; moved back so it never cuts a vision input and never takes in a
-  vision input that is not the same in every pair (ids alone cannot tell two images of one size apart).
 - **Positions**: M-RoPE positions are passed explicitly: the suffix's own rope index, offset by the
   prefix's next position. Never the model's derivation with a cache, never its stored ``rope_deltas``
   (module state, shared by every caller).
@@ -30,85 +28,12 @@ from typing import Any
 import torch
 from transformers.masking_utils import create_causal_mask
 
-from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
+from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID
 from reranker.vision import VisionInput, normalize
 
 PAD_ID = 151643
-_PADS = (IMAGE_PAD_ID, VIDEO_PAD_ID)
 
 
-# The boundary (pure: token ids and vision inputs) ----------------------------------------------------------
-@dataclass(frozen=True)
-class Split:
-    """Where a job's pairs stop being the same: ``length`` prefix tokens holding the first ``items`` vision
-    inputs of every pair."""
-
-    length: int
-    items: int
-
-
-def vision_spans(ids: Sequence[int], vision: Sequence[VisionInput]) -> list[tuple[int, int]]:
-    """``[start, end)`` of each vision input's pad tokens in ``ids`` (a video: all its temporal groups)."""
-    runs: list[tuple[int, int]] = []
-    i, n = 0, len(ids)
-    while i < n:
-        if ids[i] in _PADS:
-            j = i
-            while j < n and ids[j] == ids[i]:
-                j += 1
-            runs.append((i, j))
-            i = j
-        else:
-            i += 1
-    spans, k = [], 0
-    for item in vision:
-        groups = item.grid_thw[0] if item.kind == "video" else 1
-        spans.append((runs[k][0], runs[k + groups - 1][1]))
-        k += groups
-    return spans
-
-
-def _common_length(a: list[int], b: list[int], limit: int) -> int:
-    """Length of the longest common prefix of ``a`` and ``b``, at most ``limit`` (binary search on slices)."""
-    lo, hi = 0, min(limit, len(a), len(b))
-    if a[:hi] == b[:hi]:
-        return hi
-    while lo < hi - 1:  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def same_vision(a: VisionInput, b: VisionInput) -> bool:
-    """The same pixels, grid and timestamps (the query's inputs are one object shared by the job's pairs)."""
-    return a is b or (a.kind == b.kind and a.grid_thw == b.grid_thw and a.timestamps == b.timestamps
-                      and torch.equal(a.pixel_values, b.pixel_values))
-
-
-def shared_prefix(pairs: Sequence[PreparedPair]) -> Split:
-    """The longest prefix of token ids common to ``pairs`` that is safe to compute once (see module doc).
-
-    Every pair keeps at least its last token as suffix, so each pair has a last position of its own.
-    """
-    first = pairs[0]
-    length = min(p.length for p in pairs) - 1
-    for pair in pairs[1:]:
-        length = _common_length(first.input_ids, pair.input_ids, length)
-    items = 0
-    for k, (start, end) in enumerate(vision_spans(first.input_ids, first.vision)):
-        if start >= length:
-            break
-        if end > length or not all(same_vision(first.vision[k], p.vision[k]) for p in pairs[1:]):
-            length = start
-            break
-        items = k + 1
-    return Split(max(length, 0), items)
-
-
-# The forward passes -----------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class PrefixKV:
     """A computed prefix: each layer's keys and values, ``(1, kv_heads, length, head_dim)``, read-only, and
@@ -122,6 +47,9 @@ class PrefixKV:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+EMPTY = PrefixKV([], [], 0, 0)  # a whole pair is a suffix of nothing
 
 
 class _Capture:
@@ -154,21 +82,23 @@ class _Prepend:
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = [p.keys[layer_idx] for p in self.prefixes]
-        values = [p.values[layer_idx] for p in self.prefixes]
+        keys = [p.keys[layer_idx] if p.length else None for p in self.prefixes]
+        values = [p.values[layer_idx] if p.length else None for p in self.prefixes]
         return self._join(key_states, keys), self._join(value_states, values)
 
-    def _join(self, suffix: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+    def _join(self, suffix: torch.Tensor, parts: list[torch.Tensor | None]) -> torch.Tensor:
         if self.packed_spans is not None:
             pieces = []
             for row, (start, end) in enumerate(self.packed_spans):
-                pieces += [parts[self.row_prefix[row]][0], suffix[0, :, start:end]]
+                part = parts[self.row_prefix[row]]
+                pieces += [suffix[0, :, start:end]] if part is None else [part[0], suffix[0, :, start:end]]
             return torch.cat(pieces, dim=1).unsqueeze(0)
         batch, heads, length, dim = suffix.shape
         out = suffix.new_zeros(batch, heads, self.width + length, dim)
         out[:, :, self.width:] = suffix
         for part, rows in zip(parts, self.rows_of, strict=True):
-            out[rows.to(out.device), :, self.width - part.shape[2]:self.width] = part
+            if part is not None:
+                out[rows.to(out.device), :, self.width - part.shape[2]:self.width] = part
         return out
 
 

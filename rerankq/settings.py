@@ -43,6 +43,10 @@ class ScoringSettings(BaseModel):
                             "cut from its tail; a pair whose vision and special tokens alone exceed it is an error.")
     model_cache_dir: str = Field("~/.cache/rerankq/models", description="Where s3:// checkpoints are downloaded.")
     seed: int = Field(0, description="Seed for random:2b / random:8b weights.")
+    share_prefix: bool = Field(True, description="Run each job's common prefix (system prompt, instruction, "
+                               "query with its images and videos) once and score every document against its keys "
+                               "and values: scores unchanged, far less compute for long or visual queries. The "
+                               "prefix's keys and values count against batch.max_tokens while held.")
 
 
 class LimitSettings(BaseModel):

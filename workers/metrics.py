@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,22 @@ class QueueLengths(Collector):
         yield family
 
 
+class PrefixSharing(Collector):
+    """Shared-prefix scoring, from the scorer's own counters: prefix passes, prefix tokens computed, and
+    prefix tokens saved (not recomputed by each of a job's other documents)."""
+
+    def __init__(self, scorer) -> None:  # type: ignore[no-untyped-def]
+        self.scorer = scorer
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = getattr(self.scorer, "sharing", None)
+        for name, doc, field in (
+                ("rerankq_prefix_passes", "Forward passes over a job's shared prefix", "prefix_passes"),
+                ("rerankq_prefix_tokens_computed", "Shared-prefix tokens computed", "prefix_tokens_computed"),
+                ("rerankq_prefix_tokens_saved", "Shared-prefix tokens not recomputed", "prefix_tokens_saved")):
+            yield CounterMetricFamily(name, doc, value=float(getattr(stats, field, 0)))
+
+
 class Metrics:
     """All worker metrics, on their own registry (several runtimes can live in one test process)."""
 
@@ -63,6 +79,9 @@ class Metrics:
 
     def watch_queues(self, redis_client, queues: list[str]) -> None:  # type: ignore[no-untyped-def]
         self.registry.register(QueueLengths(redis_client, queues))
+
+    def watch_sharing(self, scorer) -> None:  # type: ignore[no-untyped-def]
+        self.registry.register(PrefixSharing(scorer))
 
     def serve(self, port: int) -> None:
         """Serve ``/metrics`` on ``port`` in a daemon thread (0 = off)."""

@@ -23,8 +23,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from reranker.batching import padding_ratio, plan_batches
+from reranker.batching import padding_ratio, plan_with_prefixes
 from reranker.pipeline import PairPreparer
+from reranker.sharing import plan_marks
 from rerankq.errors import TransientError
 from rerankq.jobs import JobStore, result_fields
 from rerankq.results import ResultStore, result_location
@@ -51,6 +52,7 @@ class Runtime:
         self.worker = worker
         self.resolver = resolver or make_resolver(settings)
         self.metrics = metrics or Metrics()
+        self.metrics.watch_sharing(scorer)
         self.store = store or JobStore(settings)
         self.results = ResultStore(settings.s3_endpoint_url)
         self.preparer = PairPreparer(scorer.tokenizer, settings.scoring.max_length)
@@ -127,11 +129,16 @@ class Runtime:
         units: list[Unit] = []
         for run, job_sides in zip(runs, sides, strict=True):
             run.media_s = media_s
-            units += prepare_units(run, job_sides, self.preparer, self.settings.instruction, self.pool)
+            job_units = prepare_units(run, job_sides, self.preparer, self.settings.instruction, self.pool)
+            if self.settings.scoring.share_prefix:
+                self.scorer.share_prefix([u.pair for u in job_units])
+            units += job_units
         # Documents that failed already are done too: progress reaches pairs_total when the job ends.
         self.store.add_progress({r.job_id: len(r.errors) for r in runs if r.errors and not r.error})
         b = self.settings.batch
-        return Round(runs, units, plan_batches([u.pair.length for u in units], b.max_tokens, b.max_pairs))
+        pairs = [u.pair for u in units]
+        return Round(runs, units, plan_with_prefixes([p.length for p in pairs], plan_marks(pairs), b.max_tokens,
+                                                     b.max_pairs))
 
     def _mark_running(self, runs: list[JobRun]) -> list[JobRun]:
         """Set runs running; drop (and settle) the cancelled and the expired ones."""
@@ -175,7 +182,7 @@ class Runtime:
         t0 = time.perf_counter()
         outcomes = score_isolating(lambda us: self.scorer.forward([u.pair for u in us]), live)
         seconds = time.perf_counter() - t0
-        lengths = [u.pair.length for u in live]
+        lengths = [u.pair.suffix_length for u in live]
         self.metrics.scoring.observe(seconds)
         self.metrics.batch_pairs.observe(len(live))
         self.metrics.batch_jobs.observe(distinct_jobs(live))

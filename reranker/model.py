@@ -16,7 +16,7 @@ import torch
 
 from reranker.batching import plan_with_prefixes, sharing_pays
 from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
-from reranker.prefix import forward_suffixes
+from reranker.prefix import can_share, forward_suffixes
 from reranker.sharing import JobPrefix, SharingStats, attach_prefix, plan_marks, release, suffix_rows
 from reranker.vision import normalize
 
@@ -79,6 +79,7 @@ class Scorer:
         self.device = head.device
         self.dtype = next(backbone.parameters()).dtype
         self.sharing = SharingStats()
+        self._can_share: bool | None = None
 
     @torch.inference_mode()
     def forward(self, pairs: Sequence[PreparedPair]) -> list[float]:
@@ -105,7 +106,9 @@ class Scorer:
 
     def share_prefix(self, pairs: Sequence[PreparedPair]) -> JobPrefix | None:
         """Let the pairs of *one job* share their common prefix when that pays (None: they run whole)."""
-        return attach_prefix(pairs, sharing_pays)
+        if self._can_share is None:
+            self._can_share = can_share(self.backbone)
+        return attach_prefix(pairs, sharing_pays) if self._can_share else None
 
     def score(self, pairs: Sequence[PreparedPair], max_tokens: int = 32768, max_pairs: int = 64) -> list[float]:
         """Score any number of pairs, batched under a token budget; scores in input order."""

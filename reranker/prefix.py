@@ -193,7 +193,18 @@ def _suffix_mask(prefix_lengths: torch.Tensor, width: int, mask: torch.Tensor, d
 
 def uses_varlen(backbone: Any) -> bool:
     """Whether suffix passes run packed through flash-attention's varlen form (no 4D mask there)."""
-    return str(backbone.config._attn_implementation).startswith("flash_attention")
+    return str(backbone.config._attn_implementation) == "flash_attention_2"
+
+
+def can_share(backbone: Any) -> bool:
+    """Whether this backbone's attention can run suffix passes exactly: sdpa and eager with a 4D mask;
+    flash-attention 2 from 2.1 (bottom-right causal alignment) through varlen. Otherwise pairs run whole."""
+    attn = str(backbone.config._attn_implementation)
+    if attn == "flash_attention_2":
+        from transformers.utils import is_flash_attn_greater_or_equal
+
+        return is_flash_attn_greater_or_equal("2.1.0")
+    return attn in ("sdpa", "eager")
 
 
 @torch.inference_mode()

@@ -27,6 +27,11 @@ def image(width: int, height: int, seed: int) -> ResolvedSide:
 
 @pytest.fixture(scope="module")
 def sides() -> dict[str, ResolvedSide]:
+    return build_sides()
+
+
+def build_sides() -> dict[str, ResolvedSide]:
+    """Queries of every kind, and documents of every kind (two same-size images, a long text, an empty one)."""
     clip = decode_video(mp4_bytes(seconds=3.0, fps=10), BUDGET.fps, BUDGET.max_frames)
     video = video_input(clip.frames, clip.indices, clip.fps, BUDGET)
     frames = frame_list_input([noise_image(80, 64, seed=s) for s in range(5)], BUDGET)

@@ -52,14 +52,19 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
 #   layer's keys and values, repeated to every head, put in front of the row (8B: 2 x 4096 values per prefix
 #   token, about 1/8 of a token's activations).
 PREFIX_ROW_SHARE = 8
-# Below this many prefix tokens saved, a prefix pass of its own costs more than it saves.
+# Sharing must save this many prefix tokens, and this share of the job's tokens: a suffix pass attends
+# through a mask (the prefix in front, padding), which costs attention kernels their causal shortcut (the
+# CPU's flash kernel computes the whole block instead of its triangle; CUDA's leaves flash for
+# mem-efficient). A short query in front of long documents saves too little to pay for that.
 MIN_SAVED_TOKENS = 64
+MIN_SAVED_SHARE = 0.1
 
 
-def sharing_pays(prefix_tokens: int, pairs: int, min_saved: int = MIN_SAVED_TOKENS) -> bool:
-    """Whether computing a job's prefix once pays: two pairs at least (one document: it does not) and at
-    least ``min_saved`` prefix tokens not recomputed."""
-    return pairs >= 2 and (pairs - 1) * prefix_tokens >= min_saved
+def sharing_pays(prefix_tokens: int, lengths: Sequence[int]) -> bool:
+    """Whether computing a job's prefix once pays, for a job of pairs of ``lengths`` tokens: two pairs at
+    least (one document: it does not), and enough prefix tokens not recomputed (see MIN_SAVED_*)."""
+    saved = (len(lengths) - 1) * prefix_tokens
+    return len(lengths) >= 2 and saved >= max(MIN_SAVED_TOKENS, MIN_SAVED_SHARE * sum(lengths))
 
 
 def suffix_batch_tokens(prefixes: dict[int, int], rows: int, longest_suffix: int) -> int:

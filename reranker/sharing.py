@@ -108,13 +108,13 @@ class JobPrefix:
         return len(self.ids)
 
 
-def attach_prefix(pairs: Sequence[PreparedPair], pays: Callable[[int, int], bool]) -> JobPrefix | None:
-    """Give the pairs of one job their shared prefix when ``pays(prefix_tokens, pairs)`` says it is worth it
-    (``reranker.batching.sharing_pays``); returns the handle, or None (the pairs then run whole)."""
+def attach_prefix(pairs: Sequence[PreparedPair], pays: Callable[[int, list[int]], bool]) -> JobPrefix | None:
+    """Give the pairs of one job their shared prefix when ``pays(prefix_tokens, pair_lengths)`` says it is
+    worth it (``reranker.batching.sharing_pays``); returns the handle, or None (the pairs then run whole)."""
     if len(pairs) < 2:
         return None
     split = shared_prefix(pairs)
-    if split.length < 1 or not pays(split.length, len(pairs)):
+    if split.length < 1 or not pays(split.length, [p.length for p in pairs]):
         return None
     first = pairs[0]
     handle = JobPrefix(first.input_ids[:split.length], first.vision[:split.items], pending=len(pairs))

@@ -58,9 +58,12 @@ def test_rejects_non_positive_budget() -> None:
 
 # Shared prefixes -----------------------------------------------------------------------------------------
 def test_sharing_pays_from_two_pairs_and_enough_saved_tokens() -> None:
-    assert not sharing_pays(5000, 1)  # one document: nothing to share
-    assert not sharing_pays(20, 2)  # 20 tokens saved: not worth a pass of its own
-    assert sharing_pays(60, 3) and sharing_pays(1000, 2)
+    assert not sharing_pays(5000, [5100])  # one document: nothing to share
+    assert not sharing_pays(20, [40, 40])  # 20 tokens saved: not worth a pass of its own
+    assert sharing_pays(60, [100, 100, 100]) and sharing_pays(1000, [1200, 1100])
+    # a 55-token query before eight ~950-token image documents saves 5 % of the job: declined
+    assert not sharing_pays(55, [970] * 8)
+    assert sharing_pays(160, [263] * 16) and sharing_pays(1100, [1190] * 16)
 
 
 def check_shared(suffixes: list[int], prefix_ids: list[int], prefix_tokens: list[int], max_tokens: int,

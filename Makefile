@@ -27,11 +27,12 @@ demo: setup
 	$(BIN)/rerankq demo
 
 test: setup
-	$(BIN)/python -m ruff check rerankq reranker producer workers tests
+	$(BIN)/python -m ruff check rerankq media reranker workers producer shell tests
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
 lint:
-	$(BIN)/python -m ruff check rerankq reranker producer workers tests
+	$(BIN)/python -m ruff check rerankq media reranker workers producer shell tests
 	$(BIN)/python -m mypy
 
 clean:

@@ -9,12 +9,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
 
+if TYPE_CHECKING:
+    from producer.client import RerankClient
 
-def _client():  # type: ignore[no-untyped-def]
+
+def _client() -> RerankClient:
     from producer.client import RerankClient
 
     return RerankClient()

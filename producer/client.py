@@ -18,12 +18,12 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import redis
 from celery import Celery
 
 from rerankq import keys
+from rerankq.connections import redis_client
 from rerankq.errors import JobFailed, NoSuchJob
-from rerankq.jobs import TERMINAL, JobStore
+from rerankq.jobs import TERMINAL, JobRecord, JobState, JobStore
 from rerankq.results import ResultStore
 from rerankq.schema import RerankJob, parse_job
 from rerankq.settings import Settings
@@ -38,7 +38,7 @@ class RerankClient:
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         self.settings = settings or Settings(**overrides)
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.redis = redis_client(self.settings)
         self.jobs = JobStore(self.settings, self.redis)
         self.results = ResultStore(self.settings.s3_endpoint_url)
         self.celery = Celery("rerankq-producer", set_as_current=False)
@@ -101,20 +101,20 @@ class RerankClient:
         wait) for a queued or running job; raises ``TimeoutError`` then, ``JobFailed`` for a failed or
         cancelled job, ``NoSuchJob`` for an unknown id."""
         record = self.jobs.record(job_id)
-        if record["state"] not in TERMINAL and timeout != 0:
+        if record.state not in TERMINAL and timeout != 0:
             self._wait([job_id], timeout)
             record = self.jobs.record(job_id)
-        return self._result_of(job_id, record)
+        return self._result_of(record)
 
-    def _result_of(self, job_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        state = record["state"]
-        if state not in TERMINAL:
-            raise TimeoutError(f"job {job_id} is still {state}")
-        if state != "succeeded":
-            raise JobFailed(job_id, state, record.get("error"))
-        if record.get("result_uri"):
-            return self.results.get(record["result_uri"])
-        return json.loads(record["result"])
+    def _result_of(self, record: JobRecord) -> dict[str, Any]:
+        if record.state not in TERMINAL:
+            raise TimeoutError(f"job {record.job_id} is still {record.state}")
+        if record.state != JobState.SUCCEEDED:
+            raise JobFailed(record.job_id, record.state, record.error)
+        if record.result_uri:
+            return self.results.get(record.result_uri)
+        result: dict[str, Any] = json.loads(record.result or "{}")
+        return result
 
     def _wait(self, job_ids: list[str], timeout: float | None) -> str | None:
         """Block until one of ``job_ids`` is terminal; returns its id (None on timeout).

@@ -7,7 +7,10 @@ similar length share a batch and little is spent on padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def plan_batches(lengths: Sequence[int], max_tokens: int, max_pairs: int) -> list[list[int]]:
@@ -40,6 +43,18 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
     total = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
     real = sum(lengths[i] for b in batches for i in b)
     return 0.0 if total == 0 else 1 - real / total
+
+
+def score_all(forward: Callable[[list[T]], list[float]], pairs: Sequence[T], lengths: Sequence[int],
+              max_tokens: int = 32768, max_pairs: int = 64,
+              prefixes: Sequence[tuple[int, int] | None] | None = None) -> list[float]:
+    """Score any number of pairs with ``forward``, batched under a token budget; scores in input order.
+    ``prefixes`` marks pairs that run as suffixes of a shared prefix (see ``plan_with_prefixes``)."""
+    scores: list[float] = [0.0] * len(pairs)
+    for group in plan_with_prefixes(lengths, prefixes or [None] * len(lengths), max_tokens, max_pairs):
+        for i, s in zip(group, forward([pairs[i] for i in group]), strict=True):
+            scores[i] = s
+    return scores
 
 
 # Shared prefixes ---------------------------------------------------------------------------------------------

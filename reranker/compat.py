@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from reranker.loading import LoadOptions, load_scorer
-from reranker.pipeline import PairPreparer
-from reranker.prompt import Side
-from reranker.vision import VisionBudget
+from media.resolver import MediaResolver
+from media.sides import ResolvedSide, Side, VisionBudget
+from reranker.batching import score_all
+from reranker.contract import prefix_marks
+from reranker.loading import LoadOptions, load_model
 from rerankq.settings import DEFAULT_INSTRUCTION, Settings
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
@@ -45,25 +46,22 @@ class Qwen3VLReranker:
         **kwargs: Any,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = _DTYPE_NAMES.get(torch_dtype, torch_dtype) if torch_dtype is not None else "auto"  # type: ignore
+        dtype = "auto" if torch_dtype is None else torch_dtype if isinstance(torch_dtype, str) else _DTYPE_NAMES.get(
+            torch_dtype, str(torch_dtype).removeprefix("torch."))
         self.settings = Settings(device=device, allow_file_urls=True, s3_endpoint_url=s3_endpoint_url,
                                  instruction=default_instruction)
-        self.scorer = load_scorer(model_name_or_path, LoadOptions(
+        self.model = load_model(model_name_or_path, LoadOptions(
             device=device, dtype=str(dtype), attn_implementation=kwargs.get("attn_implementation", "auto"),
-            s3_endpoint_url=s3_endpoint_url))
-        self.preparer = PairPreparer(self.scorer.tokenizer, max_length=max_length)
+            s3_endpoint_url=s3_endpoint_url, max_length=max_length, share_prefix=share_prefix))
         self.fps, self.max_frames = fps, max_frames
         self.default_instruction = default_instruction
         self.batch_max_tokens, self.batch_max_pairs = batch_max_tokens, batch_max_pairs
-        self.share_prefix = share_prefix  # the query runs once for all documents (scores unchanged)
-        self._resolver: Any = None
+        self._resolver: MediaResolver | None = None
 
     @property
-    def resolver(self) -> Any:
+    def resolver(self) -> MediaResolver:
         if self._resolver is None:
-            from reranker.resolver import MediaResolver
-
-            self._resolver = MediaResolver(self.settings)
+            self._resolver = MediaResolver(self.settings, self.model.preprocessor)
         return self._resolver
 
     def process(self, inputs: dict[str, Any]) -> list[float]:
@@ -80,10 +78,15 @@ class Qwen3VLReranker:
                               max_frames=int(inputs.get("max_frames") or self.max_frames))
         sides = [Side.from_dict(query)] + [Side.from_dict(d) for d in documents]
         resolved = self.resolver.resolve_sides(sides, budget)
+        ready: list[ResolvedSide] = []
         for item in resolved:
             if isinstance(item, Exception):
                 raise item
-        pairs = [self.preparer.prepare(instruction, resolved[0], doc) for doc in resolved[1:]]
-        if self.share_prefix:
-            self.scorer.share_prefix(pairs)
-        return self.scorer.score(pairs, self.batch_max_tokens, self.batch_max_pairs)
+            ready.append(item)
+        pairs = []
+        for pair in self.model.prepare_job(instruction, ready[0], ready[1:]):
+            if isinstance(pair, Exception):
+                raise pair
+            pairs.append(pair)
+        return score_all(self.model.forward, pairs, [p.length for p in pairs], self.batch_max_tokens,
+                         self.batch_max_pairs, prefix_marks(pairs))

@@ -22,6 +22,14 @@ class TransientError(RerankqError):
     """The same call may succeed later."""
 
 
+class RetryLater(TransientError):
+    """A job goes back to its queue after a transient failure, to be tried again in ``after_s`` seconds."""
+
+    def __init__(self, message: str, after_s: float) -> None:
+        super().__init__(message)
+        self.after_s = after_s
+
+
 class InvalidRequest(PermanentError):
     """The request breaks the job format or a limit. ``field`` names the offending field."""
 
@@ -68,3 +76,7 @@ class JobFailed(RerankqError):
 
 class ModelLoadError(PermanentError):
     """The model SPEC could not be resolved or loaded."""
+
+
+class PairTooLong(PermanentError):
+    """A pair's special and vision tokens alone exceed the length budget (its text cannot be cut further)."""

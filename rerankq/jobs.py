@@ -1,106 +1,137 @@
-"""The job record: our own state in Redis, separate from Celery's (which calls every unknown id PENDING).
+"""The job record: its states, its fields and every transition, in one place.
 
-One hash per job (``rerankq.keys.job_key``) with the fields of SPEC §3's status plus the result (inline
-JSON, or ``result_uri`` pointing at S3). Every transition is a small Lua script so that it is atomic and
-one round trip: a cancelled job is never set running or succeeded afterwards, and a redelivered job simply
-overwrites its own earlier result. Terminal states push one token on ``done_key`` so waiters can ``BLPOP``
-instead of polling.
+One Redis hash per job (``rerankq.keys.job_key``), separate from Celery's own keys (Celery calls every unknown
+id PENDING; we say "no such job"). Each transition is one Lua script, atomic and one round trip:
 
-Lifetimes: a record lives ``results.ttl_s`` after it succeeds or is cancelled, ``results.failure_ttl_s``
-after it fails; while queued or running it lives ``results.failure_ttl_s`` (longer than any queue wait).
+    queued ──start──▶ running ──commit──▶ finishing ──finish──▶ succeeded | failed
+       │                 │  └──requeue (transient failure)──▶ queued
+       ├──cancel─────────┴──▶ cancelled
+       └──deadline passed (on start, or when anyone reads it)──▶ expired
+
+- ``finishing`` is internal (it reads as ``running``): the worker holds the right to write the result. Cancel
+  refuses it, so once ``cancel`` returns nothing writes the job's result anywhere, Redis or S3.
+- Every start takes a new ``fence`` (attempt number). Progress, commit, finish and requeue carry the fence of
+  the attempt that does them and are refused for any other: a worker presumed dead that wakes up (SIGSTOP,
+  then SIGCONT) can neither overwrite a result nor count progress twice. A terminal job is never reopened.
+- A start that finds the job ``running`` or ``finishing`` knows its previous holder died; such a job runs
+  alone, and its ``solo`` count is what ``max_deliveries`` caps (poison jobs end ``failed``, innocents that
+  shared a round with one are not charged).
+- Terminal states push one token on ``done_key`` so that waiters ``BLPOP`` instead of polling, and count
+  themselves in the record's ``ends`` field: exactly 1 for every ended job (the chaos tests read it).
+
+Lifetimes: ``results.ttl_s`` after success or cancel, ``results.failure_ttl_s`` after failure or expiry and
+while the job is live (longer than any queue wait).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import redis
 
 from rerankq import keys
-from rerankq.errors import NoSuchJob
+from rerankq.connections import redis_client
+from rerankq.errors import NoSuchJob, TransientError
 from rerankq.settings import Settings
 
 
 class JobState(StrEnum):
-    """Where a job is in its life."""
+    """Where a job is in its life (SPEC §3, plus ``expired``)."""
 
     QUEUED = "queued"
-    """Accepted and waiting in a queue."""
+    """Accepted and waiting in a queue (also: waiting to be retried after a transient failure)."""
     RUNNING = "running"
-    """Taken by a worker; its pairs are being scored."""
+    """A worker is preparing or scoring it."""
     SUCCEEDED = "succeeded"
     """Scored; the result is readable."""
     FAILED = "failed"
-    """Ended without a result: invalid request, unreadable query, every document failed."""
+    """Ended without a result: invalid request, unreadable query, every document failed, poison."""
     CANCELLED = "cancelled"
-    """Cancelled by a client before it finished; workers skip it."""
+    """Cancelled by a client before it finished; nothing writes its result afterwards."""
+    EXPIRED = "expired"
+    """Its deadline passed before it started; never scored."""
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
 
 
-TERMINAL = tuple(state.value for state in JobState if state.terminal)
+TERMINAL = frozenset(s for s in JobState if s.terminal)
 
-# KEYS[1] record; ARGV: ttl, then field/value pairs. Returns 1 when created, 0 when the id exists.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
 
-# KEYS[1] record; ARGV: worker, now, pairs_total. Returns {state now (running unless it was cancelled),
-# created_at}; false when the record is gone.
-_START = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return false end
-local created = redis.call('HGET', KEYS[1], 'created_at')
-if state == 'cancelled' then return {state, created} end
-redis.call('HDEL', KEYS[1], 'error')
-redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
-           'pairs_total', ARGV[3], 'pairs_done', 0)
-return {'running', created}
-"""
+def as_state(text: str | None) -> JobState | None:
+    """A state from a script's answer; None for anything else (``stale``, a missing record)."""
+    return JobState(text) if text in _STATES else None
 
-# KEYS[1] record, KEYS[2] done list; ARGV: state, ttl, then field/value pairs. Never overwrites a cancel.
-_FINISH = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return false end
-if state == 'cancelled' then return state end
-redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error')
-redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('DEL', KEYS[2])
-redis.call('RPUSH', KEYS[2], '1')
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return ARGV[1]
-"""
 
-# KEYS[1] record; ARGV[1] pairs newly done. A record that is gone stays gone (no stray hash without a TTL).
-_PROGRESS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'pairs_done', ARGV[1]) end
-"""
+_STATES = frozenset(s.value for s in JobState)
+FINISHING = "finishing"  # internal: a worker is writing the result; public reads say running
 
-# KEYS[1] record, KEYS[2] done list; ARGV: now, ttl. Returns the state before the call.
-_CANCEL = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return false end
-if state == 'queued' or state == 'running' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('DEL', KEYS[2])
-  redis.call('RPUSH', KEYS[2], '1')
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-return state
-"""
 
-_FLOATS = ("created_at", "started_at", "finished_at")
-_INTS = ("pairs_done", "pairs_total")
+@dataclass
+class JobRecord:
+    """The fields of a job's hash, typed. ``from_hash`` reads what Redis returns; ``state`` is public."""
+
+    job_id: str
+    state: JobState
+    created_at: float
+    priority: str = "normal"
+    model: str | None = None
+    pairs_total: int = 0
+    pairs_done: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    error: str | None = None
+    result: str | None = None  # inline result JSON
+    result_uri: str | None = None  # or where it lies in S3
+    deadline_at: float | None = None
+    deliveries: int = 0
+    fence: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict[bytes, bytes] | dict[str, str]) -> JobRecord:
+        data = {_text(k): _text(v) for k, v in raw.items()}
+
+        def num(name: str) -> float | None:
+            value = data.pop(name, "")
+            return float(value) if value else None
+
+        def text(name: str) -> str | None:
+            return data.pop(name, None)
+
+        state = data.pop("state", JobState.QUEUED.value)
+        return cls(job_id=job_id, state=JobState(JobState.RUNNING if state == FINISHING else state),
+                   created_at=num("created_at") or 0.0, priority=text("priority") or "normal", model=text("model"),
+                   pairs_total=int(num("pairs_total") or 0), pairs_done=int(num("pairs_done") or 0),
+                   started_at=num("started_at"), finished_at=num("finished_at"), worker=text("worker"),
+                   error=text("error"), result=text("result"), result_uri=text("result_uri"),
+                   deadline_at=num("deadline_at"), deliveries=int(num("deliveries") or 0),
+                   fence=int(num("fence") or 0), extra=data)
+
+    def status(self) -> dict[str, Any]:
+        """SPEC §3 status."""
+        return {"job_id": self.job_id, "state": self.state.value,
+                "progress": {"pairs_done": self.pairs_done, "pairs_total": self.pairs_total},
+                "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+                "worker": self.worker, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``start`` found. ``state`` is ``running`` when this attempt holds the job (with its ``fence``);
+    otherwise the job is not to be run: terminal, expired now, gone (None), or failed as poison."""
+
+    state: JobState | None
+    created_at: float = 0.0
+    fence: int = 0
+    died_before: bool = False  # the previous holder died: run alone
+    ended_now: bool = False  # this start ended the job (expired, or failed as poison)
 
 
 def _text(value: bytes | str) -> str:
@@ -111,17 +142,141 @@ def _flatten(fields: dict[str, Any]) -> list[Any]:
     return [x for k, v in fields.items() if v is not None for x in (k, v)]
 
 
+# Shared Lua: KEYS[1] record, KEYS[2] done list. ``finish_with`` writes a terminal state and wakes waiters.
+_LIB = """
+local function finish_with(state, ttl, ...)
+  redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error')
+  redis.call('HSET', KEYS[1], 'state', state, ...)
+  redis.call('HINCRBY', KEYS[1], 'ends', 1)
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+local function expire_if_due(state, now, ttl)
+  if state ~= 'queued' then return false end
+  local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_at') or '')
+  if deadline and now > deadline then
+    finish_with('expired', ttl, 'finished_at', now, 'error', 'deadline passed before it started')
+    return true
+  end
+  return false
+end
+"""
+
+# ARGV: ttl, then field/value pairs. 1 when created, 0 when the id exists.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# ARGV: now, failure ttl. The state after an expiry check (nil when gone).
+_OBSERVE = _LIB + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if expire_if_due(state, tonumber(ARGV[1]), ARGV[2]) then return 'expired' end
+return state
+"""
+
+# ARGV: worker, now, pairs_total, failure ttl, max solo attempts, solo (1 = this attempt runs alone).
+# Returns {state, created_at, fence, died_before, changed}: changed = 1 when this call ended the job.
+_START = _LIB + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+local now, ttl = tonumber(ARGV[2]), ARGV[4]
+local created = redis.call('HGET', KEYS[1], 'created_at') or ARGV[2]
+if state ~= 'queued' and state ~= 'running' and state ~= 'finishing' then return {state, created, 0, 0, 0} end
+local died = 0
+if state ~= 'queued' then died = 1 end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_at') or '')
+if deadline and now > deadline then
+  finish_with('expired', ttl, 'finished_at', now, 'error', 'deadline passed before it started')
+  return {'expired', created, 0, died, 1}
+end
+local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+local solo = tonumber(redis.call('HGET', KEYS[1], 'solo') or '0')
+if died == 1 and solo >= tonumber(ARGV[5]) then
+  local last = redis.call('HGET', KEYS[1], 'worker') or '?'
+  finish_with('failed', ttl, 'finished_at', now, 'error', 'delivered ' .. (deliveries - 1) ..
+              ' times; each time the worker died: last on ' .. last)
+  return {'failed', created, 0, died, 1}
+end
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'solo', 1) end
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HDEL', KEYS[1], 'error')
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
+           'pairs_total', ARGV[3], 'pairs_done', 0)
+return {'running', created, fence, died, 0}
+"""
+
+# ARGV: fence, pairs newly done. Only the attempt holding the job counts.
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'running' then
+  redis.call('HINCRBY', KEYS[1], 'pairs_done', ARGV[2])
+end
+"""
+
+# ARGV: fence. 'finishing' when this attempt may now write the result; otherwise the state that stops it.
+_COMMIT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 'stale' end
+if state == 'running' then redis.call('HSET', KEYS[1], 'state', 'finishing') return 'finishing' end
+return state
+"""
+
+# ARGV: fence, state, ttl, field/value pairs. The state written, or 'stale' / the state that refused it.
+_FINISH = _LIB + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 'stale' end
+if state ~= 'running' and state ~= 'finishing' then return state end
+finish_with(ARGV[2], ARGV[3], unpack(ARGV, 4))
+return ARGV[2]
+"""
+
+# ARGV: fence, reason. Back to queued after a transient failure (the message is redelivered or retried).
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'running' and state ~= 'finishing' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'last_error', ARGV[2])
+return redis.call('HINCRBY', KEYS[1], 'retries', 1)
+"""
+
+# ARGV: now, ttl. The state before the call (false when gone). Finishing jobs are past cancelling.
+_CANCEL = _LIB + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state == 'queued' or state == 'running' then
+  finish_with('cancelled', ARGV[2], 'finished_at', ARGV[1])
+end
+return state
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A terminal write: the attempt (``fence``) that writes it, the state, and the fields that go with it."""
+
+    job_id: str
+    fence: int
+    state: JobState
+    fields: dict[str, Any]
+
+
 class JobStore:
-    """Reads and writes job records. Producers create and cancel; workers start, progress and finish."""
+    """Reads and writes job records. Producers create, read and cancel; workers start, progress and finish."""
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.redis_url)
-        self._create = self.redis.register_script(_CREATE)
-        self._start = self.redis.register_script(_START)
-        self._finish = self.redis.register_script(_FINISH)
-        self._cancel = self.redis.register_script(_CANCEL)
-        self._progress = self.redis.register_script(_PROGRESS)
+        self.redis = client if client is not None else redis_client(settings)
+        register = self.redis.register_script
+        self._create, self._observe, self._start = register(_CREATE), register(_OBSERVE), register(_START)
+        self._progress, self._commit, self._finish = register(_PROGRESS), register(_COMMIT), register(_FINISH)
+        self._requeue, self._cancel = register(_REQUEUE), register(_CANCEL)
 
     def key(self, job_id: str) -> str:
         return keys.job_key(self.settings, job_id)
@@ -129,97 +284,157 @@ class JobStore:
     def done(self, job_id: str) -> str:
         return keys.done_key(self.settings, job_id)
 
+    def _keys(self, job_id: str) -> list[str]:
+        return [self.key(job_id), self.done(job_id)]
+
+    def _ttl(self, state: JobState) -> int:
+        results = self.settings.results
+        return results.ttl_s if state in (JobState.SUCCEEDED, JobState.CANCELLED) else results.failure_ttl_s
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline; with ``redis_min_replicas`` set, wait until that many replicas have its writes, so
+        that what a caller was told is written survives a failover (``WAIT``)."""
+        need = self.settings.redis_min_replicas
+        if need:
+            pipe.execute_command("WAIT", need, self.settings.redis_wait_ms)
+        out = pipe.execute()
+        if need:
+            acked = out.pop()
+            if int(acked) < need:
+                raise TransientError(f"Redis write reached {acked} of {need} replicas within "
+                                     f"{self.settings.redis_wait_ms} ms (redis_min_replicas): not acknowledged")
+        return list(out)
+
     # producer side -------------------------------------------------------------------------------
-    def create_many(self, jobs: list[dict[str, Any]]) -> list[bool]:
+    def create_many(self, jobs: list[dict[str, Any]], now: float | None = None) -> list[bool]:
         """Create a queued record per job in one round trip; False where the ``job_id`` already exists."""
-        now = time.time()
-        ttl = self.settings.results.failure_ttl_s
+        now = time.time() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
-            fields = {"state": "queued", "created_at": now, "priority": job.get("priority", "normal"),
-                      "pairs_total": len(job["documents"]), "pairs_done": 0}
-            self._create(keys=[self.key(job["job_id"])], args=[ttl, *_flatten(fields)], client=pipe)
-        return [bool(x) for x in pipe.execute()]
+            fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
+                      "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
+                      "deadline_at": deadline_of(job, now)}
+            self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
+                                                               *_flatten(fields)], client=pipe)
+        return [bool(x) for x in self._execute(pipe)]
+
+    def fail_new(self, job_id: str, error: str, priority: str = "normal") -> bool:
+        """A record that starts and ends ``failed`` (an invalid message from a producer that made no record).
+        False when the id exists already (its record is left as it is)."""
+        now = time.time()
+        fields = {"state": JobState.FAILED.value, "created_at": now, "finished_at": now, "priority": priority,
+                  "pairs_total": 0, "pairs_done": 0, "error": error, "ends": 1}
+        pipe = self.redis.pipeline(transaction=False)
+        self._create(keys=[self.key(job_id)], args=[self.settings.results.failure_ttl_s, *_flatten(fields)],
+                     client=pipe)
+        pipe.rpush(self.done(job_id), "1")
+        pipe.expire(self.done(job_id), self.settings.results.failure_ttl_s)
+        return bool(self._execute(pipe)[0])
 
     def cancel(self, job_id: str) -> str:
-        """Cancel a queued or running job; returns the state it had. Terminal jobs are left as they are."""
-        state = self._cancel(keys=[self.key(job_id), self.done(job_id)],
-                             args=[time.time(), self.settings.results.ttl_s])
+        """Cancel a queued or running job; returns the state it had. Terminal and finishing jobs are left as
+        they are (a finishing job is writing its result: it reads as running and ends succeeded)."""
+        state = self._cancel(keys=self._keys(job_id), args=[time.time(), self.settings.results.ttl_s])
         if state is None:
             raise NoSuchJob(job_id)
-        return state.decode() if isinstance(state, bytes) else str(state)
+        text = _text(state)
+        return JobState.RUNNING.value if text == FINISHING else text
 
     def delete(self, job_id: str) -> None:
-        self.redis.delete(self.key(job_id), self.done(job_id))
+        self.redis.delete(*self._keys(job_id))
 
     # reading -------------------------------------------------------------------------------------
-    def record(self, job_id: str) -> dict[str, Any]:
-        """The raw record (with ``result`` / ``result_uri``), decoded; ``NoSuchJob`` if unknown."""
-        raw = self.redis.hgetall(self.key(job_id))
+    def record(self, job_id: str) -> JobRecord:
+        """The record (a queued job past its deadline is expired first); ``NoSuchJob`` if unknown."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._observe(keys=self._keys(job_id), args=[time.time(), self.settings.results.failure_ttl_s], client=pipe)
+        pipe.hgetall(self.key(job_id))
+        raw = pipe.execute()[1]
         if not raw:
             raise NoSuchJob(job_id)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return JobRecord.from_hash(job_id, raw)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """SPEC §3 status."""
-        return to_status(job_id, self.record(job_id))
+        return self.record(job_id).status()
 
-    def states(self, job_ids: list[str]) -> list[str | None]:
-        """States of many jobs in one round trip (None for unknown ids)."""
+    def states(self, job_ids: list[str]) -> list[JobState | None]:
+        """Public states of many jobs in one round trip (None for unknown ids), deadlines applied."""
         pipe = self.redis.pipeline(transaction=False)
+        now, ttl = time.time(), self.settings.results.failure_ttl_s
         for job_id in job_ids:
-            pipe.hget(self.key(job_id), "state")
-        return [s.decode() if s else None for s in pipe.execute()]
+            self._observe(keys=self._keys(job_id), args=[now, ttl], client=pipe)
+        return [_public(s) for s in pipe.execute()]
 
     # worker side ---------------------------------------------------------------------------------
-    def start_many(self, job_ids: list[str], worker: str, pairs: list[int]) -> list[tuple[str | None, float]]:
-        """Mark jobs running (one round trip); returns each job's (state, created_at): state is running,
-        cancelled, or None when the record is gone."""
+    def start_many(self, starts: list[tuple[str, int, bool]], worker: str) -> list[Started]:
+        """Take jobs (``(job_id, pairs_total, solo)`` each) for this worker in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        now = time.time()
-        for job_id, total in zip(job_ids, pairs, strict=True):
-            self._start(keys=[self.key(job_id)], args=[worker, now, total], client=pipe)
-        out: list[tuple[str | None, float]] = []
+        now, ttl = time.time(), self.settings.results.failure_ttl_s
+        for job_id, total, solo in starts:
+            self._start(keys=self._keys(job_id), args=[worker, now, total, ttl, self.settings.max_deliveries,
+                                                       int(solo)], client=pipe)
+        out: list[Started] = []
         for found in pipe.execute():
             if not found:
-                out.append((None, now))
-            else:
-                out.append((found[0].decode(), float(found[1] or now)))
+                out.append(Started(None, now))
+                continue
+            state = _public(found[0])
+            created, fence, died, ended = float(found[1] or now), int(found[2]), int(found[3]), int(found[4])
+            out.append(Started(state, created, fence, bool(died), bool(ended)))
         return out
 
-    def add_progress(self, done: dict[str, int]) -> None:
-        """Add finished pairs to each job's ``pairs_done`` (one round trip)."""
+    def add_progress(self, done: dict[tuple[str, int], int]) -> None:
+        """Add finished pairs to each job's ``pairs_done``; keys are (job_id, fence)."""
         if not done:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for job_id, n in done.items():
-            self._progress(keys=[self.key(job_id)], args=[n], client=pipe)
+        for (job_id, fence), n in done.items():
+            self._progress(keys=[self.key(job_id)], args=[fence, n], client=pipe)
         pipe.execute()
 
-    def finish_many(self, outcomes: list[tuple[str, str, dict[str, Any]]]) -> list[str | None]:
-        """Write terminal states: (job_id, state, fields) each; fields like result/result_uri/error.
+    def commit_many(self, attempts: list[tuple[str, int]]) -> list[str | None]:
+        """Claim the right to write each result: ``finishing`` where granted, else what stops it (``cancelled``,
+        ``stale`` for an attempt that no longer holds the job, a terminal state, None when gone)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, fence in attempts:
+            self._commit(keys=[self.key(job_id)], args=[fence], client=pipe)
+        return [None if s is None else _text(s) for s in pipe.execute()]
 
-        Idempotent: a redelivered job overwrites its earlier result. A cancelled job stays cancelled.
-        """
+    def finish_many(self, outcomes: list[Outcome]) -> list[str | None]:
+        """Write terminal states; each returns the state written, or what refused it (``stale``, the terminal
+        state already there, None when the record is gone). Never reopens or rewrites a finished job."""
         pipe = self.redis.pipeline(transaction=False)
         now = time.time()
-        for job_id, state, fields in outcomes:
-            ttl = self.settings.results.failure_ttl_s if state == "failed" else self.settings.results.ttl_s
-            payload = {"finished_at": now, **fields}
-            self._finish(keys=[self.key(job_id), self.done(job_id)], args=[state, ttl, *_flatten(payload)],
-                         client=pipe)
-        return [s.decode() if isinstance(s, bytes) else s for s in pipe.execute()]
+        for o in outcomes:
+            payload = {"finished_at": now, **o.fields}
+            self._finish(keys=self._keys(o.job_id), args=[o.fence, o.state.value, self._ttl(o.state),
+                                                          *_flatten(payload)], client=pipe)
+        return [None if s is None else _text(s) for s in self._execute(pipe)]
+
+    def peek(self, job_id: str) -> JobState | None:
+        """The public state, as stored (no deadline check): one HGET."""
+        return _public(self.redis.hget(self.key(job_id), "state"))
+
+    def requeue(self, job_id: str, fence: int, reason: str) -> int:
+        """Back to queued after a transient failure; returns the job's retry count (0 = refused: stale)."""
+        return int(self._requeue(keys=[self.key(job_id)], args=[fence, reason]))
 
 
-def to_status(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """A raw record → SPEC §3 status."""
-    status: dict[str, Any] = {"job_id": job_id, "state": record.get("state")}
-    status["progress"] = {k: int(record.get(k) or 0) for k in _INTS}
-    for k in _FLOATS:
-        status[k] = float(record[k]) if record.get(k) else None
-    status["worker"] = record.get("worker")
-    status["error"] = record.get("error")
-    return status
+def _public(state: bytes | str | None) -> JobState | None:
+    if state is None:
+        return None
+    text = _text(state)
+    return JobState.RUNNING if text == FINISHING else JobState(text)
+
+
+def deadline_of(job: dict[str, Any], now: float) -> float | None:
+    """The absolute deadline of a job: ``expires_at`` (epoch seconds), or ``deadline_s`` after ``now``."""
+    if job.get("expires_at") is not None:
+        return float(job["expires_at"])
+    if job.get("deadline_s") is not None:
+        return now + float(job["deadline_s"])
+    return None
 
 
 def result_fields(result: dict[str, Any], uri: str | None) -> dict[str, Any]:

@@ -8,6 +8,9 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}.high`` / ``.normal`` / ``.low`` | list (Celery queue) | jobs waiting, one queue per priority |
 | ``{prefix}:job:{id}`` | hash | the job record (``rerankq.jobs``) |
 | ``{prefix}:job:{id}:done`` | list | one token once the job is terminal; waiters ``BLPOP`` it |
+| ``{prefix}:dlq`` | list | queue entries that were not rerank messages (``rerankq dlq list``) |
+| ``unacked`` / ``unacked_index`` | hash / zset | Celery's messages held by workers, by lease expiry (kombu) |
+| ``celery-task-meta-{task id}`` | string | Celery's result protocol: ``AsyncResult(id).get()`` from any client |
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from rerankq.settings import Settings
 
 TASK_NAME = "rerankq.rerank"
+UNACKED_INDEX = "unacked_index"  # kombu's index of held messages by lease start (its default name)
 PRIORITIES = ("high", "normal", "low")  # the order workers drain them in
 
 
@@ -40,26 +44,47 @@ def done_key(settings: Settings, job_id: str) -> str:
     return f"{settings.queue_prefix}:job:{job_id}:done"
 
 
+def dlq_key(settings: Settings) -> str:
+    return f"{settings.queue_prefix}:dlq"
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by producers and workers, so both agree on the broker's behaviour.
 
-    - JSON only, both ways (SPEC §6); no Celery result backend: job state lives in our own records.
-    - One visibility timeout (``settings.visibility_timeout_s``): a job not acknowledged within it is
-      redelivered. Workers acknowledge after the result is written (``acks_late``), so it must exceed the
-      slowest batch.
+    - JSON only, both ways (SPEC §6). Job state lives in our own records. Producers run without a result
+      backend (a backend would subscribe to every job they send); workers also store each job's outcome in
+      Celery's result backend (``result_backend_config``), so any Celery client can ``AsyncResult(id).get()``.
+    - Leases: kombu's visibility timeout is ``settings.lease_s``; workers renew the messages they hold every
+      ``lease_s / 3`` (``workers.leases``), and every worker sweeps for expired ones every ``lease_s / 4``
+      (``unacked_restore_interval``, scanning each time): a dead worker's jobs are back within about one lease,
+      a live worker's are never redelivered.
     - ``queue_order_strategy=priority``: a worker drains ``high`` before ``normal`` before ``low``
       (separate queues; Celery's in-queue priority emulation on Redis is unreliable).
     """
-    transport = {"visibility_timeout": settings.visibility_timeout_s, "queue_order_strategy": "priority"}
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.lease_s, "queue_order_strategy": "priority",
+        "unacked_restore_interval": max(settings.lease_s / 4, 0.5), "unacked_restore_throttle": 1,
+    }
+    if settings.redis_url.startswith("sentinel://"):
+        transport["master_name"] = settings.redis_master_name
     return {
         "broker_url": settings.redis_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a Redis restart or failover is waited out, not fatal
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
         "event_serializer": "json",
-        "task_ignore_result": True,
+        "task_ignore_result": False,
         "task_default_queue": queue_name(settings, "normal"),
         "task_send_sent_event": True,  # Flower shows a job from the moment it is queued
     }
+
+
+def result_backend_config(settings: Settings) -> dict[str, Any]:
+    """Celery's result backend on the same Redis: what workers write, and what a Celery client in any language
+    configures to read a job's outcome with ``AsyncResult(id).get()``."""
+    options = {"master_name": settings.redis_master_name} if settings.redis_url.startswith("sentinel://") else {}
+    return {"result_backend": settings.redis_url, "result_backend_transport_options": options,
+            "result_expires": settings.results.ttl_s}

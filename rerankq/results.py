@@ -9,18 +9,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rerankq.errors import PermanentError, TransientError
+from rerankq import s3
 
 
-def build_result(job: dict[str, Any], model: str, scores: list[float | None], errors: dict[int, str],
+def build_result(job_id: str, top_n: int | None, model: str, scores: list[float | None], errors: dict[int, str],
                  usage: dict[str, int], timings: dict[str, float]) -> dict[str, Any]:
-    """Assemble the result of one job. Ties keep input order (stable sort)."""
-    ranked = sorted((i for i, s in enumerate(scores) if s is not None), key=lambda i: -scores[i])  # type: ignore[operator]
-    top_n = job.get("top_n")
+    """Assemble the result of one job: the only place a result is built. Ties keep input order (stable sort)."""
+    scored = [(i, s) for i, s in enumerate(scores) if s is not None]
+    ranked = [i for i, _ in sorted(scored, key=lambda item: -item[1])]
     if top_n is not None:
         ranked = ranked[:top_n]
     return {
-        "job_id": job["job_id"],
+        "job_id": job_id,
         "model": model,
         "results": [{"index": i, "relevance_score": scores[i]} for i in ranked],
         "scores": scores,
@@ -30,18 +30,14 @@ def build_result(job: dict[str, Any], model: str, scores: list[float | None], er
     }
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    return bucket, key
-
-
 def result_location(prefix: str, job_id: str) -> str:
     """Where a result goes under an ``s3://bucket/prefix/``."""
     return f"{prefix.rstrip('/')}/{job_id}.json"
 
 
 class ResultStore:
-    """Result JSON in S3 (large results, or jobs with ``result_uri``). botocore errors are translated."""
+    """Result JSON in S3 (large results, or jobs with ``result_uri``), through ``rerankq.s3``: a failure is a
+    ``StorageError`` (permanent: no such bucket, access denied) or a ``TransientStorageError`` (retry later)."""
 
     def __init__(self, endpoint_url: str | None, client: Any = None) -> None:
         self.endpoint_url = endpoint_url
@@ -51,24 +47,16 @@ class ResultStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url)
+            self._client = s3.make_client(self.endpoint_url)
         return self._client
 
     def put(self, uri: str, result: dict[str, Any], create_bucket: bool = False) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, key = split_s3_uri(uri)
+        bucket, key = s3.split_uri(uri)
         body = json.dumps(result, separators=(",", ":")).encode()
-        try:
+        with s3.translate_errors(uri):
             if create_bucket:
                 self._ensure_bucket(bucket)
             self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
-        except ClientError as exc:
-            raise PermanentError(f"cannot write the result to {uri}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"cannot write the result to {uri}: {exc}") from exc
 
     def _ensure_bucket(self, bucket: str) -> None:
         from botocore.exceptions import ClientError
@@ -82,13 +70,8 @@ class ResultStore:
         self._buckets.add(bucket)
 
     def get(self, uri: str) -> dict[str, Any]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, key = split_s3_uri(uri)
-        try:
+        bucket, key = s3.split_uri(uri)
+        with s3.translate_errors(uri):
             body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            raise PermanentError(f"cannot read the result at {uri}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"cannot read the result at {uri}: {exc}") from exc
-        return json.loads(body)
+        result: dict[str, Any] = json.loads(body)
+        return result

@@ -102,6 +102,30 @@ class RerankJob(BaseModel):
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
     priority: Literal["high", "normal", "low"] = "normal"
     result_uri: str | None = None
+    deadline_s: float | None = Field(None, gt=0)
+    expires_at: float | None = None
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _expires_at(cls, value: object) -> object:
+        """Epoch seconds, or an ISO 8601 time with its zone (``2026-11-30T08:00:00Z``)."""
+        if isinstance(value, str):
+            from datetime import datetime
+
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from None
+            if parsed.tzinfo is None:
+                raise ValueError(f"{value!r} needs a time zone (e.g. 2026-11-30T08:00:00Z)")
+            return parsed.timestamp()
+        return value
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> RerankJob:
+        if self.deadline_s is not None and self.expires_at is not None:
+            raise ValueError("give deadline_s or expires_at, not both")
+        return self
 
     @field_validator("documents")
     @classmethod
@@ -130,6 +154,13 @@ class RerankJob(BaseModel):
         if value is not None and not re.match(r"^s3://[^/]+(/.*)?$", value):
             raise ValueError(f"{value!r} must be an s3://bucket/prefix/ URI")
         return value
+
+    @property
+    def id(self) -> str:
+        """The job id (set by the client or the worker before the job is enqueued or run)."""
+        if self.job_id is None:
+            raise ValueError("job has no job_id yet")
+        return self.job_id
 
     def wire(self) -> dict[str, Any]:
         """The JSON the worker receives (``job_id`` set by the client)."""

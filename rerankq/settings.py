@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
@@ -85,6 +85,11 @@ class MediaSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for S3 and HTTPS (s).")
     retries: int = Field(3, ge=0, description="Retries of a transient failure (timeouts, 5xx, throttling).")
     retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay (s); doubles each retry.")
+    job_retries: int = Field(3, ge=0, description="When a medium still fails transiently after ``retries``, the "
+                             "job is retried this many times more (its other documents wait with it) before the "
+                             "failure becomes a per-document error.")
+    job_retry_backoff_s: float = Field(2.0, ge=0, description="Delay (s) before the first such job retry; "
+                                       "doubles each time.")
 
 
 class Settings(BaseSettings):
@@ -92,8 +97,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RERANKQ_", env_nested_delimiter="__", extra="ignore")
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and job store (redis:// or rediss://, "
-                           "password in the URL).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and job store: redis://, rediss:// "
+                           "(TLS) or sentinel://host:26379;sentinel://host2:26379/0 (with redis_master_name); the "
+                           "password in the URL.")
+    redis_master_name: str = Field("mymaster", description="With a sentinel:// URL: the name of the monitored "
+                                   "primary.")
+    redis_min_replicas: int = Field(0, ge=0, description="Replicas that must have a job's creation and its result "
+                                    "before the call returns (Redis WAIT). 1 with Sentinel: an acknowledged submit "
+                                    "survives a failover. 0 = do not wait.")
+    redis_wait_ms: int = Field(2000, ge=1, description="How long (ms) to wait for those replicas; past it the call "
+                               "fails as transient (the submit is not acknowledged, the result is retried).")
+    redis_retry_s: float = Field(15.0, ge=0, description="How long (s) a Redis client keeps retrying a command "
+                                 "through a dropped connection (restart, failover) before it gives up.")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto); unset = AWS. Credentials "
                                         "come from the standard AWS chain.")
     model: str = Field("Qwen/Qwen3-VL-Reranker-2B", description="Model SPEC for workers: a directory, a Hugging "
@@ -106,8 +121,13 @@ class Settings(BaseSettings):
     instruction: str = Field(DEFAULT_INSTRUCTION, description="Instruction used when a job gives none.")
     queue_prefix: str = Field("rerankq", description="Prefix of every queue and Redis key (several deployments "
                               "can share one Redis).")
-    visibility_timeout_s: int = Field(3600, ge=1, description="Seconds before an unacknowledged job is "
-                                      "redelivered to another worker. Longer than the slowest batch.")
+    lease_s: int = Field(30, ge=2, description="How soon (s) the jobs of a worker that died or stopped "
+                         "responding return to their queue. Live workers renew their leases every lease_s/3, so a "
+                         "long batch is never redelivered.")
+    visibility_timeout_s: int | None = Field(None, ge=2, description="The old name of lease_s, still read: "
+                                             "used when lease_s is not set.")
+    max_deliveries: int = Field(3, ge=1, description="Times a job may kill the worker that runs it alone before "
+                                "it ends failed (poison). Jobs that only shared a round with it are not charged.")
 
     batch: BatchSettings = Field(default_factory=BatchSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
@@ -122,11 +142,18 @@ class Settings(BaseSettings):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _old_lease_name(self) -> Settings:
+        if self.visibility_timeout_s is not None and "lease_s" not in self.model_fields_set:
+            self.lease_s = self.visibility_timeout_s
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"RERANKQ_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}")
+        if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+            raise ValueError("RERANKQ_REDIS_URL must start with redis://, rediss://, unix:// or sentinel://, "
+                             f"got {value!r}")
         return value
 
 

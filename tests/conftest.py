@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rerankq.cluster import RedisServer, S3Server
+from shell.cluster import RedisServer, S3Server
 
 ROOT = Path(__file__).parent
 
@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen3-VL-Reranker checkpoint, written once per test session."""
-    from reranker.tiny import write_tiny_model
+    from reranker.qwen3vl.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -34,9 +34,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny checkpoint loaded through the same path as a real one (fp32, CPU)."""
-    from reranker.loading import load_scorer
+    from reranker.loading import load_model
 
-    return load_scorer(str(tiny_model_dir))
+    return load_model(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """The worker's Celery app: JSON only, late acknowledgement, task events for Flower, one queue per priority.
 
-Prefetch: the worker runs jobs on a *threads* pool of ``2 * batch.max_jobs`` threads that only wait on the
-runtime (one model, see ``workers.runtime``), with ``worker_prefetch_multiplier=1``: the worker holds at
-most one round being scored plus one being prepared, unacknowledged, and leaves the rest of the queue to
-other workers.
+Reservations are bounded by the runtime, not by prefetch: the consumer fetches only while a round is being
+formed (``workers.leases.IntakeGate``). The threads pool has room for two rounds' task threads (one being
+scored, one being formed) plus jobs waiting out a media retry; they only wait on the runtime (one model).
+Unknown or undecodable queue entries go to the dead-letter list (``workers.transport``).
 """
 
 from __future__ import annotations
@@ -15,29 +15,39 @@ from kombu import Queue
 
 from rerankq import keys
 from rerankq.settings import Settings
+from workers.transport import DLQ_KEY_OPTION
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:
     """Celery settings of a worker (on top of the producer-shared ``keys.celery_config``)."""
+    shared = keys.celery_config(settings)
+    transport = {**shared["broker_transport_options"], DLQ_KEY_OPTION: keys.dlq_key(settings)}
+    sentinel = settings.redis_url.startswith("sentinel://")
     return {
-        **keys.celery_config(settings),
+        **shared,
+        **keys.result_backend_config(settings),
+        "broker_transport": f"workers.transport:{'SentinelTransport' if sentinel else 'Transport'}",
+        "broker_transport_options": transport,
         "task_queues": [Queue(name, routing_key=name) for name in keys.queue_names(settings)],
-        "task_acks_late": True,  # acknowledge after the result is written: a crash redelivers the job
+        "task_acks_late": True,  # acknowledge after the outcome is written: a crash redelivers the job
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_concurrency": 2 * settings.batch.max_jobs,
+        "worker_concurrency": 3 * settings.batch.max_jobs,
         "worker_pool": "threads",
         "worker_send_task_events": True,  # Flower: every job as a task, with state and runtime
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
 
 
 def make_app(settings: Settings) -> Celery:
-    """A worker app with the rerank task registered."""
+    """A worker app with the rerank task and the intake gate registered."""
+    from workers.leases import IntakeGate
     from workers.tasks import register
 
     app = Celery("rerankq-worker", set_as_current=False)
     app.conf.update(worker_config(settings))
+    app.steps["consumer"].add(IntakeGate)
     register(app, settings)
     return app

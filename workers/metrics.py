@@ -1,7 +1,8 @@
 """The worker's Prometheus metrics (SPEC §7), served on ``settings.metrics_port`` (0 = off).
 
 Per-batch numbers live here rather than in logs: pairs and distinct jobs per forward pass, padding,
-scoring and media time, queue wait; plus each queue's length, read from Redis at scrape time.
+scoring and media time, queue wait; plus each queue's and the dead-letter list's length, read from Redis at
+scrape time. Every series carries the ``model`` the worker serves (a fake scorer's reads ``fake:…``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -19,69 +21,87 @@ _COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-class QueueLengths(Collector):
-    """``rerankq_queue_length{queue}``: jobs waiting in each priority queue (LLEN at scrape time)."""
+class ListLengths(Collector):
+    """``rerankq_queue_length{queue}`` (jobs waiting in each priority queue) and ``rerankq_dlq_length``
+    (entries in the dead-letter list): LLEN at scrape time."""
 
-    def __init__(self, redis_client, queues: list[str]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, redis_client: redis.Redis, queues: list[str], dlq: str) -> None:
         self.redis = redis_client
         self.queues = queues
+        self.dlq = dlq
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("rerankq_queue_length", "Jobs waiting in the queue", labels=["queue"])
+        queues = GaugeMetricFamily("rerankq_queue_length", "Jobs waiting in the queue", labels=["queue"])
+        dlq = GaugeMetricFamily("rerankq_dlq_length", "Queue entries moved to the dead-letter list")
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for queue in self.queues:
+            for queue in [*self.queues, self.dlq]:
                 pipe.llen(queue)
-            for queue, length in zip(self.queues, pipe.execute(), strict=True):
-                family.add_metric([queue], float(length))
+            *lengths, dead = pipe.execute()
+            for queue, length in zip(self.queues, lengths, strict=True):
+                queues.add_metric([queue], float(length))
+            dlq.add_metric([], float(dead))
         except Exception as exc:  # a scrape must not break because Redis blinked
             logger.warning("queue length scrape failed: %s", exc)
-        yield family
+        yield queues
+        yield dlq
 
 
 class PrefixSharing(Collector):
-    """Shared-prefix scoring, from the scorer's own counters: prefix passes, prefix tokens computed, and
-    prefix tokens saved (not recomputed by each of a job's other documents)."""
+    """Shared-prefix scoring, from the model's own counters (``sharing``; none for a model that never
+    shares): prefix passes, prefix tokens computed, prefix tokens saved (not recomputed per document)."""
 
-    def __init__(self, scorer) -> None:  # type: ignore[no-untyped-def]
-        self.scorer = scorer
+    FAMILIES = (("rerankq_prefix_passes", "Forward passes over a job's shared prefix", "prefix_passes"),
+                ("rerankq_prefix_tokens_computed", "Shared-prefix tokens computed", "prefix_tokens_computed"),
+                ("rerankq_prefix_tokens_saved", "Shared-prefix tokens not recomputed", "prefix_tokens_saved"))
+
+    def __init__(self, model: object, name: str) -> None:
+        self.model, self.name = model, name
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        stats = getattr(self.scorer, "sharing", None)
-        for name, doc, field in (
-                ("rerankq_prefix_passes", "Forward passes over a job's shared prefix", "prefix_passes"),
-                ("rerankq_prefix_tokens_computed", "Shared-prefix tokens computed", "prefix_tokens_computed"),
-                ("rerankq_prefix_tokens_saved", "Shared-prefix tokens not recomputed", "prefix_tokens_saved")):
-            yield CounterMetricFamily(name, doc, value=float(getattr(stats, field, 0)))
+        stats = getattr(self.model, "sharing", None)
+        for family, doc, field in self.FAMILIES:
+            counter = CounterMetricFamily(family, doc, labels=["model"])
+            counter.add_metric([self.name], float(getattr(stats, field, 0)))
+            yield counter
 
 
 class Metrics:
     """All worker metrics, on their own registry (several runtimes can live in one test process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = "unknown") -> None:
         r = self.registry = CollectorRegistry()
-        self.pairs_scored = Counter("rerankq_pairs_scored", "Pairs scored", registry=r)
-        self.jobs = Counter("rerankq_jobs", "Jobs finished, by final state", ["state"], registry=r)
-        self.batch_pairs = Histogram("rerankq_batch_pairs", "Pairs per forward pass", buckets=_COUNT_BUCKETS,
-                                     registry=r)
-        self.batch_jobs = Histogram("rerankq_batch_jobs", "Distinct jobs per forward pass",
-                                    buckets=_COUNT_BUCKETS, registry=r)
-        self.padding = Histogram("rerankq_batch_padding_ratio", "Share of padded tokens per forward pass",
-                                 buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0), registry=r)
-        self.queue_wait = Histogram("rerankq_queue_wait_seconds", "Submit to start of work, per job",
-                                    buckets=_TIME_BUCKETS, registry=r)
-        self.scoring = Histogram("rerankq_scoring_seconds", "Seconds per forward pass", buckets=_TIME_BUCKETS,
-                                 registry=r)
-        self.job_latency = Histogram("rerankq_job_seconds", "Submit to result written, per job",
-                                     buckets=_TIME_BUCKETS, registry=r)
-        self.media = Histogram("rerankq_media_fetch_seconds", "Seconds fetching and decoding the media of a "
-                               "group of jobs", buckets=_TIME_BUCKETS, registry=r)
+        self.model = model
 
-    def watch_queues(self, redis_client, queues: list[str]) -> None:  # type: ignore[no-untyped-def]
-        self.registry.register(QueueLengths(redis_client, queues))
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, ["model"], registry=r).labels(model)
 
-    def watch_sharing(self, scorer) -> None:  # type: ignore[no-untyped-def]
-        self.registry.register(PrefixSharing(scorer))
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, ["model"], buckets=buckets, registry=r).labels(model)
+
+        self.pairs_scored = counter("rerankq_pairs_scored", "Pairs scored")
+        self._jobs = Counter("rerankq_jobs", "Jobs ended by this worker, by final state", ["model", "state"],
+                             registry=r)
+        self.batch_pairs = histogram("rerankq_batch_pairs", "Pairs per forward pass", _COUNT_BUCKETS)
+        self.batch_jobs = histogram("rerankq_batch_jobs", "Distinct jobs per forward pass", _COUNT_BUCKETS)
+        self.padding = histogram("rerankq_batch_padding_ratio", "Share of padded tokens per forward pass",
+                                 (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0))
+        self.queue_wait = histogram("rerankq_queue_wait_seconds", "Submit to start of work, per job", _TIME_BUCKETS)
+        self.scoring = histogram("rerankq_scoring_seconds", "Seconds per forward pass", _TIME_BUCKETS)
+        self.job_latency = histogram("rerankq_job_seconds", "Submit to result written, per job", _TIME_BUCKETS)
+        self.media = histogram("rerankq_media_fetch_seconds", "Seconds fetching and decoding the media of a group "
+                               "of jobs", _TIME_BUCKETS)
+        self.retries = counter("rerankq_job_retries", "Jobs put back after a transient failure (media, S3, Redis)")
+        self.leases_renewed = counter("rerankq_leases_renewed", "Held messages whose lease this worker renewed")
+
+    def job_ended(self, state: str) -> None:
+        self._jobs.labels(self.model, state).inc()
+
+    def watch_queues(self, redis_client: redis.Redis, queues: list[str], dlq: str) -> None:
+        self.registry.register(ListLengths(redis_client, queues, dlq))
+
+    def watch_sharing(self, model: object) -> None:
+        self.registry.register(PrefixSharing(model, self.model))
 
     def serve(self, port: int) -> None:
         """Serve ``/metrics`` on ``port`` in a daemon thread (0 = off)."""

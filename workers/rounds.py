@@ -1,32 +1,43 @@
 """One *round*: the jobs a worker took from its buffer together, their pairs, and the batch plan over all
 of them. Built on the preparing thread (media → prepared pairs → plan), consumed by the scoring thread
-(forward passes → scores scattered back to each job → results).
+(forward passes → scores scattered back to each job → results). Nothing here knows which model runs: the
+model is a ``reranker.contract.RerankModel``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from reranker.pipeline import PairPreparer, PairTooLong, PreparedPair, ResolvedSide
-from reranker.prompt import Side
-from reranker.vision import VisionBudget
-from rerankq.errors import MediaError
+from media.resolver import MediaResolver
+from media.sides import ResolvedSide, Side, VisionBudget
+from reranker.contract import Prepared, RerankModel
+from rerankq.errors import MediaError, TransientError
+from rerankq.jobs import JobState
 from rerankq.results import build_result
+from rerankq.schema import RerankJob
+from rerankq.settings import LimitSettings
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 @dataclass
 class JobRun:
-    """One job inside the worker: its request, the Celery task waiting on it, and what it gathered."""
+    """One job inside the worker: its request, the Celery task waiting on it, and what it gathered.
 
-    job: dict[str, Any]
-    future: Future[str]
+    ``future`` resolves to the job's final ``JobState``, to ``None`` when another attempt holds the job (this
+    one was presumed dead) or the record is gone, or to a ``TransientError`` (the message is requeued)."""
+
+    job: RerankJob
+    future: Future[JobState | None]
+    solo: bool = False  # its previous holder died: it runs in a round of its own
     received_at: float = field(default_factory=time.time)
+    fence: int = 0  # this attempt's token (rerankq.jobs)
     created_at: float | None = None
     scores: list[float | None] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
@@ -36,22 +47,32 @@ class JobRun:
     media_s: float = 0.0
     scoring_s: float = 0.0
     started_at: float = 0.0
+    media_retries: int = 0
     finished: bool = False
+    final: dict[str, Any] | None = None  # once written: the result (or its S3 pointer), or {"error": …}
 
     @property
     def job_id(self) -> str:
-        return str(self.job["job_id"])
+        return self.job.id
 
-    def budget(self, limits: Any) -> VisionBudget:
+    @property
+    def attempt(self) -> tuple[str, int]:
+        return self.job_id, self.fence
+
+    def budget(self, limits: LimitSettings) -> VisionBudget:
         return VisionBudget(image_min_tokens=limits.image_min_tokens, image_max_tokens=limits.image_max_tokens,
-                            video_max_tokens=limits.video_max_tokens, fps=float(self.job.get("fps") or 1.0),
-                            max_frames=int(self.job.get("max_frames") or limits.max_frames))
+                            video_max_tokens=limits.video_max_tokens, fps=float(self.job.fps or 1.0),
+                            max_frames=int(self.job.max_frames or limits.max_frames))
 
     def result(self, model: str) -> dict[str, Any]:
         queued = (self.started_at - self.created_at) if self.created_at else 0.0
         usage = {"pairs": len(self.scores) - len(self.errors), "tokens": self.tokens}
         timings = {"queued_s": max(queued, 0.0), "media_s": self.media_s, "scoring_s": self.scoring_s}
-        return build_result(self.job, model, self.scores, self.errors, usage, timings)
+        return build_result(self.job_id, self.job.top_n, model, self.scores, self.errors, usage, timings)
+
+    def reset(self) -> None:
+        """Forget what an attempt gathered (before the job is tried again after a transient failure)."""
+        self.scores, self.errors, self.error, self.pending, self.tokens = [], {}, None, 0, 0
 
 
 @dataclass
@@ -60,7 +81,7 @@ class Unit:
 
     run: JobRun
     index: int
-    pair: PreparedPair
+    pair: Prepared
 
 
 @dataclass
@@ -70,51 +91,64 @@ class Round:
     batches: list[list[int]]
 
 
-def resolve_media(runs: list[JobRun], resolver: Any, limits: Any) -> list[list[ResolvedSide | MediaError]]:
+def _side(data: Any) -> Side:
+    return Side.from_dict(data.model_dump(exclude_none=True))
+
+
+def resolve_media(runs: list[JobRun], resolver: MediaResolver, limits: LimitSettings
+                  ) -> list[list[ResolvedSide | MediaError]]:
     """Resolve the query and documents of every job: one concurrent call per distinct vision budget."""
     by_budget: dict[VisionBudget, list[int]] = {}
     for i, run in enumerate(runs):
         by_budget.setdefault(run.budget(limits), []).append(i)
     out: list[list[ResolvedSide | MediaError]] = [[] for _ in runs]
     for budget, members in by_budget.items():
-        sides = [Side.from_dict(s) for i in members for s in (runs[i].job["query"], *runs[i].job["documents"])]
+        sides = [_side(s) for i in members for s in (runs[i].job.query, *runs[i].job.documents)]
         resolved = resolver.resolve_sides(sides, budget)
         pos = 0
         for i in members:
-            n = 1 + len(runs[i].job["documents"])
+            n = 1 + len(runs[i].job.documents)
             out[i] = list(resolved[pos:pos + n])
             pos += n
     return out
 
 
-def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], preparer: PairPreparer,
-                  instruction: str, pool: Any) -> list[Unit]:
-    """The job's pairs, prepared; a document that cannot be read or is too long gets an error entry.
+def transient_failure(sides: list[ResolvedSide | MediaError]) -> MediaError | None:
+    """The first medium of a job that failed only transiently (outlived the fetch retries), if any."""
+    for side in sides:
+        if isinstance(side, MediaError) and isinstance(side.__cause__, TransientError):
+            return side
+    return None
 
-    Sets ``run.error`` when the query cannot be read or no document is usable.
+
+def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], model: RerankModel[Any],
+                  instruction: str) -> list[Unit]:
+    """The job's pairs, prepared; a document that cannot be read or prepared gets an error entry.
+
+    Sets ``run.error`` when the query cannot be read or no document is usable. Any exception the model raises
+    for one document is that document's error; one raised for the whole job is the job's: never the round's.
     """
     query, documents = sides[0], sides[1:]
     run.scores = [None] * len(documents)
     if isinstance(query, MediaError):
         run.error = f"query: {query}"
         return []
-    text = run.job.get("instruction") or instruction
-
-    def prepare(item: tuple[int, ResolvedSide | MediaError]) -> Unit | str:
-        i, doc = item
+    usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide)]
+    for i, doc in enumerate(documents):
         if isinstance(doc, MediaError):
-            return str(doc)
-        try:
-            return Unit(run, i, preparer.prepare(text, query, doc))
-        except PairTooLong as exc:
-            return f"documents[{i}]: {exc} (scoring.max_length)"
-
+            run.errors[i] = str(doc)
+    try:
+        prepared = model.prepare_job(run.job.instruction or instruction, query, [d for _, d in usable])
+    except Exception as exc:  # a model bug or hostile input fails this job alone
+        logger.exception("preparing job %s failed", run.job_id)
+        run.error = f"could not prepare the job: {type(exc).__name__}: {exc}"
+        return []
     units: list[Unit] = []
-    for i, out in enumerate(pool.map(prepare, enumerate(documents))):
-        if isinstance(out, Unit):
-            units.append(out)
+    for (i, _), pair in zip(usable, prepared, strict=True):
+        if isinstance(pair, Exception):
+            run.errors[i] = f"documents[{i}]: {pair}"
         else:
-            run.errors[i] = out
+            units.append(Unit(run, i, pair))
     if not units:
         run.error = "every document failed: " + "; ".join(run.errors[i] for i in sorted(run.errors)[:3])
     run.pending = len(units)
@@ -134,7 +168,8 @@ def score_isolating(forward: Callable[[list[T]], list[float]], items: list[T]
         mid = len(items) // 2
         return score_isolating(forward, items[:mid]) + score_isolating(forward, items[mid:])
     if len(scores) != len(items):
-        raise RuntimeError(f"forward returned {len(scores)} scores for {len(items)} pairs")
+        raise RuntimeError(f"forward returned {len(scores)} scores for {len(items)} pairs: a model must return "
+                           "exactly one score per pair, in order (reranker.contract.RerankModel.forward)")
     return list(zip(items, scores, strict=True))
 
 

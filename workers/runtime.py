@@ -1,64 +1,79 @@
-"""The per-process runtime: one model, a buffer of jobs, and two threads that batch across jobs.
+"""The per-process runtime: one model, a small intake of jobs, and two threads that batch across jobs.
 
 Celery hands each job to ``Runtime.submit`` from a task thread and that thread waits on the returned
-future, so the message is acknowledged only after the job's result is written (``acks_late``) and Flower
+future, so the message is acknowledged only after the job's record is final (``acks_late``) and Flower
 sees each job's real runtime. Meanwhile:
 
-- the *preparing* thread takes every buffered job (waiting at most ``batch.flush_interval_ms`` after the
-  first for company, at most ``batch.max_jobs``), marks them running, resolves their media concurrently,
-  prepares their pairs and plans token-budgeted batches over all pairs of all of them (a *round*);
-- the *scoring* thread runs the forward passes of one round while the next round is being prepared,
-  scatters scores back to their jobs and writes each job's result and state.
+- the *preparing* thread forms a round: it opens the intake (the Celery consumer fetches only while it is
+  open, see ``workers.leases.IntakeGate``), takes what arrives within ``batch.flush_interval_ms`` (at most
+  ``batch.max_jobs``), marks those jobs running, resolves their media, prepares their pairs and plans
+  token-budgeted batches over all of them. It forms the next round only once the scorer has taken the last
+  one, so a worker never holds more than one round in the scorer and one being formed: a ``high`` job
+  submitted now is in the next round some worker forms, ahead of every waiting ``normal`` or ``low`` one;
+- the *scoring* thread runs the forward passes of one round, scatters scores back to their jobs, and ends
+  each job as soon as its last pair is scored.
 
-The Celery consumer keeps running in the main thread throughout, so a long batch never makes the worker
-look dead (broker connection, worker heartbeats for Flower).
+A job whose previous holder died runs in a round of its own, so that a poison job cannot take innocent
+jobs down with it twice. A job whose media failed only transiently waits (``media.job_retries``, backoff)
+and is tried again before the failure becomes a per-document error. Every failure is caught per job.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
+from media.resolver import MediaResolver
 from reranker.batching import padding_ratio, plan_with_prefixes
-from reranker.pipeline import PairPreparer
-from reranker.sharing import plan_marks
-from rerankq.errors import TransientError
-from rerankq.jobs import JobStore, result_fields
-from rerankq.results import ResultStore, result_location
+from reranker.contract import RerankModel, own_lengths, prefix_marks
+from rerankq.jobs import JobState, JobStore
+from rerankq.schema import RerankJob
 from rerankq.settings import Settings
+from workers.finishing import Finisher
 from workers.metrics import Metrics
-from workers.rounds import JobRun, Round, Unit, distinct_jobs, prepare_units, resolve_media, score_isolating
+from workers.rounds import (
+    JobRun,
+    Round,
+    Unit,
+    distinct_jobs,
+    prepare_units,
+    resolve_media,
+    score_isolating,
+    transient_failure,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def make_resolver(settings: Settings) -> Any:
-    from reranker.resolver import MediaResolver
-
-    return MediaResolver(settings)
-
-
 class Runtime:
-    """Owns the scorer. ``start()`` the threads, ``submit(job)`` from task threads, ``stop()`` at exit."""
+    """Owns the model. ``start()`` the threads, ``submit(job)`` from task threads, ``stop()`` at exit."""
 
-    def __init__(self, scorer: Any, settings: Settings, worker: str, resolver: Any = None,
+    def __init__(self, model: RerankModel[Any], settings: Settings, worker: str, resolver: MediaResolver | None = None,
                  metrics: Metrics | None = None, store: JobStore | None = None) -> None:
-        self.scorer = scorer
+        self.model = model
         self.settings = settings
         self.worker = worker
-        self.resolver = resolver or make_resolver(settings)
-        self.metrics = metrics or Metrics()
-        self.metrics.watch_sharing(scorer)
+        self.resolver = resolver or MediaResolver(settings, model.preprocessor)
+        self.metrics = metrics or Metrics(model.name)
+        self.metrics.watch_sharing(model)
         self.store = store or JobStore(settings)
-        self.results = ResultStore(settings.s3_endpoint_url)
-        self.preparer = PairPreparer(scorer.tokenizer, settings.scoring.max_length)
-        self.pool = ThreadPoolExecutor(settings.batch.prepare_threads, thread_name_prefix="prepare")
+        self.finisher = Finisher(model.name, settings, self.store, self.metrics)
+        self.on_open: Callable[[], None] = lambda: None  # set by the intake gate: wakes the consumer
         self._inbox: queue.Queue[JobRun] = queue.Queue()
-        self._rounds: queue.Queue[Round | None] = queue.Queue(maxsize=1)  # one round prepared ahead
+        self._solo: deque[JobRun] = deque()
+        self._delayed: list[tuple[float, int, JobRun]] = []  # (due, tie-break, run): media retries
+        self._delayed_lock = threading.Lock()
+        self._tie = itertools.count()
+        self._handoff: queue.Queue[Round] = queue.Queue(maxsize=1)
+        self._open = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(f, ), name=n, daemon=True)
                          for f, n in ((self._prepare_next, "rerankq-prepare"), (self._score_next, "rerankq-score"))]
@@ -71,108 +86,158 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
 
-    def submit(self, job: dict[str, Any]) -> Future[str]:
-        """Queue a job; the future resolves to its final state once its record is written."""
-        run = JobRun(job=job, future=Future())
+    def submit(self, job: RerankJob, redelivered: bool = False) -> JobRun:
+        """Queue a job; its ``future`` resolves once its record is final (see ``JobRun``). A redelivered job
+        whose record says it is still running lost its worker: it runs alone."""
+        solo = redelivered and self.store.peek(job.id) == JobState.RUNNING
+        run = JobRun(job=job, future=Future(), solo=solo)
         self._inbox.put(run)
-        return run.future
+        return run
 
-    def _loop(self, step: Any) -> None:
+    def accepting(self) -> bool:
+        """Whether the consumer may fetch another message now: only while a round is being formed and it has
+        room. Called by the Celery consumer's thread (``workers.leases.IntakeGate``)."""
+        return self._open.is_set() and self._inbox.qsize() < self.settings.batch.max_jobs
+
+    def _loop(self, step: Callable[[], None]) -> None:
         while not self._stop.is_set():
             try:
                 step()
             except Exception:  # a bug must not kill the thread: the jobs in hand are failed by ``step``
                 logger.exception("runtime step failed")
 
-    # preparing -----------------------------------------------------------------------------------
+    # forming a round -----------------------------------------------------------------------------
     def _take(self) -> list[JobRun]:
-        """The next jobs: the first, then whatever arrives within the flush interval, up to ``max_jobs``.
-        While the scorer still has a round waiting, keep collecting: a bigger round packs better and
-        costs no latency, since it could not start earlier anyway."""
-        try:
-            first = self._inbox.get(timeout=0.5)
-        except queue.Empty:
-            return []
-        runs = [first]
+        """The next round's jobs: a lone job whose last holder died; retries that are due; else the first
+        job to arrive and whatever comes within the flush interval, up to ``max_jobs``. The intake is open
+        from the moment the previous round was handed over until this one is formed."""
+        if self._solo:
+            return [self._solo.popleft()]
+        if not self._open.is_set():
+            self._open.set()
+            self.on_open()
+        runs = self._due()
+        if not runs:
+            try:
+                runs = [self._inbox.get(timeout=0.2)]
+            except queue.Empty:
+                return []  # still open: the consumer may fetch while nothing waits
         deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
-        while len(runs) < self.settings.batch.max_jobs:
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                if not self._rounds.full():
-                    break
-                wait = 0.002
+        while len(runs) < self.settings.batch.max_jobs and (wait := deadline - time.monotonic()) > 0:
             try:
                 runs.append(self._inbox.get(timeout=wait))
             except queue.Empty:
-                continue
-        return runs
+                break
+        self._open.clear()
+        while len(runs) < self.settings.batch.max_jobs:  # fetched while the intake was closing
+            try:
+                runs.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        alone = [r for r in runs if r.solo]
+        if len(alone) == len(runs):
+            self._solo.extend(alone[1:])
+            return alone[:1]
+        self._solo.extend(alone)
+        return [r for r in runs if not r.solo]
+
+    def _due(self) -> list[JobRun]:
+        now = time.monotonic()
+        with self._delayed_lock:
+            due: list[JobRun] = []
+            while self._delayed and self._delayed[0][0] <= now and len(due) < self.settings.batch.max_jobs:
+                due.append(heapq.heappop(self._delayed)[2])
+        return due
 
     def _prepare_next(self) -> None:
+        self._handoff.join()  # the scorer has taken the last round: form the next one now, not earlier
         runs = self._take()
         if not runs:
             return
         try:
             round_ = self._prepare(runs)
-        except Exception as exc:
+        except Exception as exc:  # a media-layer or planner bug: these jobs fail, the worker carries on
             logger.exception("preparing %d jobs failed", len(runs))
             for run in runs:
-                run.error = run.error or f"worker error while preparing: {exc}"
+                run.error = run.error or f"worker error while preparing: {type(exc).__name__}: {exc}"
             round_ = Round(runs, [], [])
-        self._rounds.put(round_)
+        self._handoff.put(round_)
 
     def _prepare(self, runs: list[JobRun]) -> Round:
         runs = self._mark_running(runs)
+        if not runs:
+            return Round([], [], [])
         t0 = time.perf_counter()
         sides = resolve_media(runs, self.resolver, self.settings.limits)
         media_s = time.perf_counter() - t0
         self.metrics.media.observe(media_s)
+        kept: list[JobRun] = []
         units: list[Unit] = []
         for run, job_sides in zip(runs, sides, strict=True):
             run.media_s = media_s
-            job_units = prepare_units(run, job_sides, self.preparer, self.settings.instruction, self.pool)
-            if self.settings.scoring.share_prefix:
-                self.scorer.share_prefix([u.pair for u in job_units])
-            units += job_units
+            if self._retry_later(run, job_sides):
+                continue
+            kept.append(run)
+            units += prepare_units(run, job_sides, self.model, self.settings.instruction)
         # Documents that failed already are done too: progress reaches pairs_total when the job ends.
-        self.store.add_progress({r.job_id: len(r.errors) for r in runs if r.errors and not r.error})
+        self.store.add_progress({r.attempt: len(r.errors) for r in kept if r.errors and not r.error})
         b = self.settings.batch
-        pairs = [u.pair for u in units]
-        return Round(runs, units, plan_with_prefixes([p.length for p in pairs], plan_marks(pairs), b.max_tokens,
+        pairs = [u.pair for u in units]  # a job's pairs may share a prefix (prepare_job): planned as suffixes
+        return Round(kept, units, plan_with_prefixes([p.length for p in pairs], prefix_marks(pairs), b.max_tokens,
                                                      b.max_pairs))
 
+    def _retry_later(self, run: JobRun, sides: list[Any]) -> bool:
+        """A medium that failed only transiently: put the job back and try it again after a backoff, up to
+        ``media.job_retries`` times; after that its failures become per-document errors."""
+        failure = transient_failure(sides)
+        media = self.settings.media
+        if failure is None or run.media_retries >= media.job_retries:
+            return False
+        delay = media.job_retry_backoff_s * 2 ** run.media_retries
+        run.media_retries += 1
+        if not self.store.requeue(run.job_id, run.fence, f"{failure} (retrying in {delay:.1f} s)"):
+            run.future.set_result(None)  # another attempt holds it now
+            return True
+        logger.info("job %s: %s; retrying in %.1f s", run.job_id, failure, delay)
+        self.metrics.retries.inc()
+        run.reset()
+        with self._delayed_lock:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._tie), run))
+        return True
+
     def _mark_running(self, runs: list[JobRun]) -> list[JobRun]:
-        """Set runs running; drop (and settle) the cancelled and the expired ones."""
-        found = self.store.start_many([r.job_id for r in runs], self.worker, [len(r.job["documents"]) for r in runs])
-        now = time.time()
+        """Take the jobs for this attempt; settle (and drop) those that are not to run."""
+        found = self.store.start_many([(r.job_id, len(r.job.documents), r.solo) for r in runs], self.worker)
         kept = []
-        for run, (state, created) in zip(runs, found, strict=True):
-            if state == "running":
-                run.started_at, run.created_at = now, created
-                self.metrics.queue_wait.observe(max(now - created, 0.0))
+        for run, started in zip(runs, found, strict=True):
+            if started.state == JobState.RUNNING:
+                run.fence, run.created_at, run.started_at = started.fence, started.created_at, time.time()
+                self.metrics.queue_wait.observe(max(run.started_at - started.created_at, 0.0))
                 kept.append(run)
-            else:
-                logger.info("job %s skipped: %s", run.job_id, state or "record expired")
-                self.metrics.jobs.labels(state or "expired").inc()
-                run.future.set_result(state or "expired")
+                continue
+            logger.info("job %s not run: %s", run.job_id, started.state or "record missing")
+            if started.ended_now and started.state is not None:
+                self.metrics.job_ended(started.state)
+            run.finished = True
+            run.future.set_result(started.state)
         return kept
 
     # scoring -------------------------------------------------------------------------------------
     def _score_next(self) -> None:
         try:
-            round_ = self._rounds.get(timeout=0.5)
+            round_ = self._handoff.get(timeout=0.5)
         except queue.Empty:
             return
-        if round_ is None:
-            return
+        self._handoff.task_done()
         try:
             for batch in round_.batches:
                 done = self._run_batch([round_.units[i] for i in batch])
-                self._finish([run for run in done if not run.finished])  # do not wait for the whole round
+                self.finisher.finish(done)  # a job ends as soon as its last pair is scored
         except Exception as exc:
             logger.exception("scoring a round failed")
             for run in round_.runs:
-                run.error = run.error or f"worker error while scoring: {exc}"
-        self._finish([run for run in round_.runs if not run.finished])
+                run.error = run.error or f"worker error while scoring: {type(exc).__name__}: {exc}"
+        self.finisher.finish(round_.runs)
 
     def _run_batch(self, units: list[Unit]) -> list[JobRun]:
         """One forward pass (split on failure); returns the jobs whose last pair it scored."""
@@ -180,14 +245,14 @@ class Runtime:
         if not live:
             return []
         t0 = time.perf_counter()
-        outcomes = score_isolating(lambda us: self.scorer.forward([u.pair for u in us]), live)
+        outcomes = score_isolating(lambda us: self.model.forward([u.pair for u in us]), live)
         seconds = time.perf_counter() - t0
-        lengths = [u.pair.suffix_length for u in live]
         self.metrics.scoring.observe(seconds)
         self.metrics.batch_pairs.observe(len(live))
         self.metrics.batch_jobs.observe(distinct_jobs(live))
-        self.metrics.padding.observe(padding_ratio(lengths, [list(range(len(live)))]))
-        progress: dict[str, int] = {}
+        own = own_lengths([u.pair for u in live])  # a suffix's padding is its own, the prefix is not padded
+        self.metrics.padding.observe(padding_ratio(own, [list(range(len(live)))]))
+        progress: dict[tuple[str, int], int] = {}
         for unit, score in outcomes:
             unit.run.scoring_s += seconds / len(live)
             if isinstance(score, BaseException):
@@ -196,63 +261,16 @@ class Runtime:
                 unit.run.scores[unit.index] = score
                 self.metrics.pairs_scored.inc()
             unit.run.pending -= 1
-            progress[unit.run.job_id] = progress.get(unit.run.job_id, 0) + 1
+            progress[unit.run.attempt] = progress.get(unit.run.attempt, 0) + 1
         self.store.add_progress(progress)
         return list({id(u.run): u.run for u in live if u.run.pending == 0}.values())
 
     def _drop_cancelled(self, units: list[Unit]) -> list[Unit]:
-        """Skip work whose caller went away: units of jobs cancelled since the round was prepared."""
-        runs = {u.run.job_id: u.run for u in units}
+        """Skip work whose caller went away: pairs of jobs cancelled since the round was formed."""
+        runs = {u.run.job_id: u.run for u in units if not u.run.finished}
         states = dict(zip(runs, self.store.states(list(runs)), strict=True))
-        cancelled = [runs[j] for j, state in states.items() if state == "cancelled" and not runs[j].finished]
-        for run in cancelled:
-            run.error = "cancelled"
-        self._finish(cancelled)
-        return [u for u in units if states[u.run.job_id] != "cancelled"]
+        for job_id, state in states.items():
+            if state in (JobState.CANCELLED, None):
+                self.finisher.settle(runs[job_id], state)
+        return [u for u in units if not u.run.finished]
 
-    # finishing -----------------------------------------------------------------------------------
-    def _finish(self, runs: list[JobRun]) -> None:
-        if not runs:
-            return
-        for run in runs:
-            run.finished = True
-        outcomes = [self._outcome(run) for run in runs]
-        try:
-            written = self.store.finish_many(outcomes)
-        except Exception as exc:  # Redis unreachable: the task rejects its message, which is redelivered
-            logger.exception("writing the results of %d jobs failed", len(runs))
-            for run in runs:
-                run.future.set_exception(TransientError(f"could not write the result of {run.job_id}: {exc}"))
-            return
-        for run, final in zip(runs, written, strict=True):
-            final = final or "expired"
-            self.metrics.jobs.labels(final).inc()
-            if run.created_at:
-                self.metrics.job_latency.observe(max(time.time() - run.created_at, 0.0))
-            logger.info("job %s %s: %d pairs, %d errors, %d tokens, media %.3fs, scoring %.3fs, waited %.3fs",
-                        run.job_id, final, len(run.scores), len(run.errors), run.tokens, run.media_s,
-                        run.scoring_s, run.started_at - (run.created_at or run.started_at))
-            run.future.set_result(final)
-
-    def _outcome(self, run: JobRun) -> tuple[str, str, dict[str, Any]]:
-        if run.error:
-            return run.job_id, "failed", {"error": run.error}
-        if run.errors and len(run.errors) == len(run.scores):
-            return run.job_id, "failed", {"error": "every document failed"}
-        result = run.result(self.scorer.name)
-        try:
-            return run.job_id, "succeeded", result_fields(result, self._store_result(run, result))
-        except Exception as exc:
-            return run.job_id, "failed", {"error": str(exc)}
-
-    def _store_result(self, run: JobRun, result: dict[str, Any]) -> str | None:
-        """Write the result to S3 when asked or when large; returns its URI (None = inline)."""
-        if run.job.get("result_uri"):
-            uri = result_location(run.job["result_uri"], run.job_id)
-            self.results.put(uri, result)
-            return uri
-        if len(result_fields(result, None)["result"]) > self.settings.results.inline_max_bytes:
-            uri = result_location(self.settings.results.bucket_uri, run.job_id)
-            self.results.put(uri, result, create_bucket=True)
-            return uri
-        return None

@@ -1,47 +1,114 @@
-"""The Celery task ``rerankq.rerank``: hands one job to this process's runtime and waits for it.
+"""The Celery task ``rerankq.rerank``: checks one message, hands its job to this process's runtime, waits.
 
 The task body is thin on purpose: batching across jobs happens in ``workers.runtime``; the task thread
-blocks until its job's result and state are written, so ``acks_late`` acknowledges only finished work
-and Flower shows each job's real runtime and outcome.
+blocks until its job's record is final, so ``acks_late`` acknowledges only finished work and Flower shows
+each job's real runtime and a truthful outcome:
+
+- succeeded → SUCCESS, and the result (or, when it lies in S3, its pointer) in Celery's result backend, so
+  ``AsyncResult(id).get()`` works from any Celery client;
+- failed → FAILURE with the reason (``JobFailed``); cancelled or expired → REVOKED (not a green SUCCESS);
+- a transient failure → the message goes back to its queue (``Reject(requeue=True)``);
+- a message that is not a rerank job (no arguments, more than one, not an object) → the dead-letter list.
+
+Producers in any language may send the message with the job JSON as its only argument and no record: the
+worker validates it, creates the record (the job id is its ``job_id``, else the Celery task id) and runs it;
+an invalid one ends ``failed`` with the validation error under that id.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import time
 from typing import Any
 
-from celery import Celery
-from celery.exceptions import Reject
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject
 
 from rerankq import keys
-from rerankq.errors import InvalidRequest, JobFailed, TransientError
-from rerankq.schema import parse_job
+from rerankq.errors import InvalidRequest, JobFailed, RetryLater, TransientError
+from rerankq.jobs import JobState
+from rerankq.schema import JOB_ID_PATTERN, RerankJob, parse_job
 from rerankq.settings import Settings
+from workers.runtime import Runtime
+from workers.transport import dead_letter
 
-_runtime: Any = None
+logger = logging.getLogger(__name__)
+_runtime: Runtime | None = None
 
 
-def install(runtime: Any) -> None:
+def install(runtime: Runtime) -> None:
     """Set the runtime tasks hand jobs to (one per process, built before the worker consumes)."""
     global _runtime
     _runtime = runtime
 
 
+def current_runtime() -> Runtime | None:
+    return _runtime
+
+
 def register(app: Celery, settings: Settings) -> None:
-    @app.task(name=keys.TASK_NAME, acks_late=True, throws=(JobFailed, InvalidRequest))
-    def rerank(job: dict[str, Any]) -> dict[str, str]:
+    @app.task(name=keys.TASK_NAME, bind=True, acks_late=True, throws=(JobFailed,))
+    def rerank(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if _runtime is None:
             raise RuntimeError("no runtime installed: start workers with `rerankq worker`")
-        job_id = job.get("job_id")
+        job = _accept(self, _runtime, settings, args, kwargs)
+        run = _runtime.submit(job, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))
         try:
-            wire = parse_job(job, settings).wire()  # messages from other producers are checked too
-        except InvalidRequest as exc:
-            if job_id:
-                _runtime.store.finish_many([(str(job_id), "failed", {"error": str(exc)})])
-            raise
-        try:
-            state = _runtime.submit(wire).result()
+            state = run.future.result()
         except TransientError as exc:
-            raise Reject(str(exc), requeue=True) from exc  # redelivered; the rewrite is idempotent
-        if state == "failed":
-            raise JobFailed(str(job_id), state, _runtime.store.status(job_id).get("error"))
-        return {"job_id": str(job_id), "state": state}
+            if isinstance(exc, RetryLater):
+                time.sleep(exc.after_s)  # the lease is renewed meanwhile
+            raise Reject(str(exc), requeue=True) from exc  # redelivered; the record says queued
+        return _report(self, _runtime, job, state, run.final)
+
+
+def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> RerankJob:
+    """The message's job, validated, with a record; or the message goes to the dead-letter list / fails."""
+    request = task.request
+    queue = (request.delivery_info or {}).get("routing_key") or "?"
+    if kwargs or len(args) != 1 or not isinstance(args[0], dict):
+        reason = ("a rerankq.rerank message takes the job JSON object as its only argument; got "
+                  f"{len(args)} arguments{' and keyword arguments' if kwargs else ''}"
+                  f"{'' if len(args) != 1 else ' (a ' + type(args[0]).__name__ + ')'}")
+        raw = json.dumps({"task_id": request.id, "args": list(args), "kwargs": kwargs}, default=repr)
+        dead_letter(runtime.store.redis, keys.dlq_key(settings), queue, reason, raw)
+        logger.error("message %s moved to the dead-letter list: %s", request.id, reason)
+        raise Reject(reason, requeue=False)
+    data = dict(args[0])
+    job_id = str(data.get("job_id") or request.id)
+    data["job_id"] = job_id
+    try:
+        job = parse_job(data, settings)
+    except InvalidRequest as exc:
+        _fail_invalid(runtime, job_id if _valid_id(job_id) else str(request.id), str(exc), data)
+        raise JobFailed(job_id, JobState.FAILED, str(exc)) from None
+    runtime.store.create_many([job.wire()])  # a no-op when the producer made the record
+    return job
+
+
+def _valid_id(job_id: str) -> bool:
+    return re.match(JOB_ID_PATTERN, job_id) is not None
+
+
+def _fail_invalid(runtime: Runtime, job_id: str, error: str, data: dict[str, Any]) -> None:
+    priority = data.get("priority") if data.get("priority") in keys.PRIORITIES else "normal"
+    if runtime.store.fail_new(job_id, error, str(priority)):
+        runtime.metrics.job_ended(JobState.FAILED)
+    logger.info("job %s failed: invalid request: %s", job_id, error)
+
+
+def _report(task: Task, runtime: Runtime, job: RerankJob, state: JobState | None,
+            final: dict[str, Any] | None) -> dict[str, Any]:
+    """The task's outcome for Celery: the result, a failure with its reason, or a revocation."""
+    if state == JobState.SUCCEEDED:
+        return final or {"job_id": job.id, "state": state.value}
+    if state == JobState.FAILED:
+        error = runtime.store.status(job.id).get("error") if final is None else final.get("error")
+        raise JobFailed(job.id, state, error)
+    if state in (JobState.CANCELLED, JobState.EXPIRED):
+        task.backend.mark_as_revoked(task.request.id, f"job {job.id} {state}", request=task.request)
+        task.send_event("task-revoked", terminated=False, signum=None, expired=state == JobState.EXPIRED)
+    raise Ignore()  # acknowledged; another attempt, or nobody, has more to say

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reranker.pipeline import PairPreparer, PreparedPair, ResolvedSide
-from reranker.prefix import uses_varlen
+from media.sides import ResolvedSide
+from reranker.qwen3vl.pipeline import PairPreparer, PreparedPair
+from reranker.qwen3vl.prefix import uses_varlen
 from tests.integration.test_shared_prefix import INSTRUCTION, build_sides, documents
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -28,9 +29,9 @@ def sides() -> dict[str, ResolvedSide]:
 
 
 def load(model_dir: Path, dtype: str, attn: str):  # type: ignore[no-untyped-def]
-    from reranker.loading import LoadOptions, load_scorer
+    from reranker.loading import LoadOptions, load_model
 
-    return load_scorer(str(model_dir), LoadOptions(device="cuda", dtype=dtype, attn_implementation=attn))
+    return load_model(str(model_dir), LoadOptions(device="cuda", dtype=dtype, attn_implementation=attn))
 
 
 def jobs(scorer, sides: dict[str, ResolvedSide]) -> list[list[PreparedPair]]:  # type: ignore[no-untyped-def]

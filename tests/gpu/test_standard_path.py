@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from reranker import vision
-from reranker.decode import decode_video
-from reranker.samples import mp4_bytes, noise_image
-from reranker.vision import VisionBudget
+from media import decode
+from media.decode import decode_video
+from media.sides import VisionBudget
+from reranker.qwen3vl import vision
+from shell.samples import mp4_bytes, noise_image
 
 BUDGET = VisionBudget()
 
@@ -31,7 +32,7 @@ def test_frame_resize_matches_torchvision() -> None:
     frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 3, 240, 320), dtype=np.uint8))
     for h, w in [(224, 288), (96, 128), (480, 640)]:
         ref = tvf.resize(frames, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
-        assert torch.equal(vision.resize_frames(frames, h, w), ref)
+        assert torch.equal(decode.resize_frames(frames, h, w), ref)
 
 
 def test_video_patches_match_the_transformers_video_processor() -> None:
@@ -39,7 +40,7 @@ def test_video_patches_match_the_transformers_video_processor() -> None:
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     processor = Qwen3VLVideoProcessor()
-    frames = vision.resize_frames(
+    frames = decode.resize_frames(
         torch.from_numpy(np.random.default_rng(1).integers(0, 256, (6, 3, 120, 160), dtype=np.uint8)), 128, 160)
     ref = processor(videos=[frames], do_resize=False, do_sample_frames=False, return_tensors="pt",
                     cap_pixels_per_frame=False)
@@ -69,7 +70,7 @@ def test_video_file_matches_qwen_vl_utils_with_the_budget() -> None:
         clip = decode_video(path, 1.0, 64)
         assert clip.indices == list(meta["frames_indices"])
         rh, rw = vision.video_frame_size(len(clip.indices), *clip.frames.shape[2:], BUDGET)
-        ours = vision.resize_frames(clip.frames, rh, rw)
+        ours = decode.resize_frames(clip.frames, rh, rw)
         assert ours.shape == ref.shape
         assert (ours - ref).abs().max() <= 1.0  # decoder rounding (PyAV vs torchcodec/decord) may differ by 1
 
@@ -87,14 +88,14 @@ def test_frame_list_matches_qwen_vl_utils() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_scores_equal_cpu_scores(tiny_model_dir: Path, tiny_scorer) -> None:  # type: ignore
-    from reranker.loading import LoadOptions, load_scorer
-    from reranker.pipeline import PairPreparer
+    from reranker.loading import LoadOptions, load_model
+    from reranker.qwen3vl.pipeline import PairPreparer
     from tests.integration.test_scorer import mixed_pairs
 
     pairs = mixed_pairs(PairPreparer(tiny_scorer.tokenizer))
     cpu = tiny_scorer.forward(pairs)
-    gpu32 = load_scorer(str(tiny_model_dir), LoadOptions(device="cuda", dtype="float32"))
+    gpu32 = load_model(str(tiny_model_dir), LoadOptions(device="cuda", dtype="float32"))
     assert max(abs(a - b) for a, b in zip(cpu, gpu32.forward(pairs), strict=True)) <= 1e-4
-    bf16 = load_scorer(str(tiny_model_dir), LoadOptions(device="cuda", dtype="bfloat16"))
+    bf16 = load_model(str(tiny_model_dir), LoadOptions(device="cuda", dtype="bfloat16"))
     single = [bf16.forward([p])[0] for p in pairs]
     assert max(abs(a - b) for a, b in zip(single, bf16.forward(pairs), strict=True)) <= 5e-2

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from rerankq.cluster import RedisServer, S3Server, free_port, stop_process
 from rerankq.settings import Settings
+from shell.cluster import RedisServer, S3Server, free_port, stop_process
 
 MEDIA_BUCKET = "media"
 RESULTS_BUCKET = "results"
@@ -39,12 +39,15 @@ class WorkerProcess:
             return resp.read().decode()
 
     def metric(self, name: str, labels: str = "") -> float:
-        """The value of one sample, e.g. ``metric("rerankq_batch_pairs_count")`` (0 when absent)."""
-        wanted = f"{name}{{{labels}}}" if labels else name
+        """The value of one sample, e.g. ``metric("rerankq_batch_pairs_count")``, summed over the series whose
+        labels include ``labels`` (e.g. ``'state="succeeded"'``); 0 when absent."""
+        total = 0.0
         for line in self.metrics().splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.split()[-1])
-        return 0.0
+            head, _, value = line.rpartition(" ")
+            series, _, rest = head.partition("{")
+            if series == name and labels in rest:
+                total += float(value)
+        return total
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -74,7 +77,7 @@ def start_worker(model_dir: Path, redis_url: str, s3_url: str, log_dir: Path, **
                 "RERANKQ_QUEUE_PREFIX": prefix, "OMP_NUM_THREADS": "1", **env}
     log = log_dir / f"worker-{prefix}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", str(model_dir),
+        proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "worker", "--model", str(model_dir),
                                  "--device", "cpu"], env=full_env, stdout=out, stderr=subprocess.STDOUT)
     settings = Settings(redis_url=redis_url, s3_endpoint_url=s3_url, queue_prefix=prefix)
     worker = WorkerProcess(proc, full_env, settings, port, log)
@@ -105,7 +108,7 @@ def queue_worker(tiny_model_dir: Path, redis_server: RedisServer, s3_server: S3S
 @pytest.fixture(scope="session")
 def media(s3: Any) -> dict[str, str]:
     """Sample media in S3: two images, an mp4, four frames. Returns name → s3:// reference."""
-    from reranker.samples import image_bytes, mp4_bytes, noise_image
+    from shell.samples import image_bytes, mp4_bytes, noise_image
 
     for bucket in (MEDIA_BUCKET, RESULTS_BUCKET):
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):

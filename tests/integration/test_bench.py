@@ -16,7 +16,7 @@ SPEC_KEYS = {"e2e_pairs_per_s", "scorer_pairs_per_s", "jobs_per_s", "p50_latency
 def test_bench_json_and_plot(tmp_path: Path, tiny_model_dir: Path) -> None:
     plot = tmp_path / "bench.png"
     done = subprocess.run(
-        [sys.executable, "-m", "rerankq.cli", "bench", "--model", str(tiny_model_dir), "--workload", "24x4:text",
+        [sys.executable, "-m", "shell.cli", "bench", "--model", str(tiny_model_dir), "--workload", "24x4:text",
          "--workload", "6x2:image", "--lone", "3", "--json", "--plot", str(plot)],
         capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from media.decode import decode_video
+from media.sides import ResolvedSide, VisionBudget
 from reranker import Qwen3VLReranker
-from reranker.decode import decode_video
-from reranker.pipeline import PairPreparer, ResolvedSide
-from reranker.samples import image_bytes, mp4_bytes, noise_image
-from reranker.vision import VisionBudget, frame_list_input, image_input, video_input
+from reranker.qwen3vl.vision import frame_list_input, image_input, video_input
 from rerankq.errors import MediaError
+from shell.samples import image_bytes, mp4_bytes, noise_image
 
 INSTRUCTION = "Find the product."
 
@@ -64,8 +64,7 @@ def test_process_mixed_inputs_equals_the_scorer(model: Qwen3VLReranker, media: d
         ResolvedSide(vision=[video_input(clip.frames, clip.indices, clip.fps, b)]),
         ResolvedSide(vision=[frame_list_input(decoded, b)]),
     ]
-    preparer = PairPreparer(model.scorer.tokenizer)
-    expected = [model.scorer.forward([preparer.prepare(INSTRUCTION, query, d)])[0] for d in docs]
+    expected = [model.model.forward([model.model.prepare(INSTRUCTION, query, d)])[0] for d in docs]
     assert scores == pytest.approx(expected, abs=1e-5)
 
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
               pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")]
 
-DEMO = [sys.executable, "-m", "rerankq.cli", "demo"]
+DEMO = [sys.executable, "-m", "shell.cli", "demo"]
 
 
 def _live(proc: Path) -> bool:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from producer import RerankClient
-from rerankq.cluster import RedisServer, S3Server
+from shell.cluster import RedisServer, S3Server
 from tests.integration.conftest import MEDIA_BUCKET, start_worker, stop_worker
 
 
 @pytest.fixture()
 def big_image(s3: Any) -> str:
-    from reranker.samples import image_bytes, noise_image
+    from shell.samples import image_bytes, noise_image
 
     s3.put_object(Bucket=MEDIA_BUCKET, Key="durability/big.png", Body=image_bytes(noise_image(1400, 1400, seed=9)))
     return f"s3://{MEDIA_BUCKET}/durability/big.png"
@@ -35,9 +35,9 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def test_a_killed_workers_job_is_redelivered_and_finished(tiny_model_dir: Path, redis_server: RedisServer,
                                                           s3_server: S3Server, media: dict[str, str],
                                                           big_image: str, tmp_path: Path) -> None:
-    env = {"RERANKQ_VISIBILITY_TIMEOUT_S": "2", "RERANKQ_BATCH__MAX_TOKENS": "4096"}
+    env = {"RERANKQ_LEASE_S": "2", "RERANKQ_BATCH__MAX_TOKENS": "4096"}
     first = start_worker(tiny_model_dir, redis_server.url, s3_server.url, tmp_path, **env)
-    client = RerankClient(first.settings.model_copy(update={"visibility_timeout_s": 2}))
+    client = RerankClient(first.settings.model_copy(update={"lease_s": 2}))
     # ~60 image pairs at ~1800 visual tokens each, two per pass: several seconds of work on the tiny model.
     request = {"query": {"text": "a noisy square"}, "documents": [{"image": big_image}] * 60, "job_id": "durable-1"}
     try:

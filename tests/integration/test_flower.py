@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from producer import RerankClient
-from rerankq.cluster import RedisServer, free_port, stop_process, wait_for_port
+from shell.cluster import RedisServer, free_port, stop_process, wait_for_port
 from tests.integration.conftest import WorkerProcess
 
 CONFIG = Path(__file__).resolve().parents[2] / "infra" / "flower" / "flowerconfig.py"

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from reranker.media import MediaStore
-from reranker.prompt import Side
-from reranker.resolver import MediaResolver
-from reranker.samples import photo_bytes
-from reranker.vision import VisionBudget
-from rerankq.cluster import S3Server
+from media.resolver import MediaResolver
+from media.sides import Side, VisionBudget
+from media.store import MediaStore
+from reranker.qwen3vl.vision import QwenVision
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
+from shell.cluster import S3Server
+from shell.samples import photo_bytes
 from tests.servers import serving
 
 BUCKET = "media-faults"
@@ -171,7 +171,7 @@ def test_retries_run_out_into_a_transient_error(proxy: FaultyProxy) -> None:
         store.fetch(f"s3://{BUCKET}/img7.jpg")
     assert proxy.count("img7.jpg") - before == 3
     proxy.inject("img7.jpg", *["503"] * 3)
-    with MediaResolver(_settings(proxy, retries=2)) as resolver:  # for a side: a per-document MediaError
+    with MediaResolver(_settings(proxy, retries=2), QwenVision()) as resolver:  # for a side: a per-document MediaError
         (result,) = resolver.resolve_sides([Side(images=[f"s3://{BUCKET}/img7.jpg"])], VisionBudget())
     assert isinstance(result, MediaError) and isinstance(result.__cause__, TransientMediaError)
     proxy.inject("img7.jpg")
@@ -187,7 +187,7 @@ def test_a_failed_range_is_retried_alone(proxy: FaultyProxy) -> None:
 
 def test_the_cache_serves_a_repeated_object_without_a_second_request(proxy: FaultyProxy) -> None:
     before = proxy.count("img0.jpg")
-    with MediaResolver(_settings(proxy)) as resolver:
+    with MediaResolver(_settings(proxy), QwenVision()) as resolver:
         for _ in range(3):
             resolver.resolve_sides([Side(images=[f"s3://{BUCKET}/img0.jpg"])] * 5, VisionBudget())
         assert resolver.stats.cache_hits == 2 and resolver.stats.deduplicated == 12

@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from reranker.media import MediaStore
-from reranker.media_http import HttpPolicy, address_refusal
-from reranker.prompt import Side
-from reranker.resolver import MediaResolver
-from reranker.samples import photo_bytes
-from reranker.vision import VisionBudget
+from media.http import HttpPolicy, address_refusal
+from media.resolver import MediaResolver
+from media.sides import Side, VisionBudget
+from media.store import MediaStore
+from reranker.qwen3vl.vision import QwenVision
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
+from shell.samples import photo_bytes
 from tests.servers import serving
 
 IMAGE = photo_bytes(64, 64)
@@ -172,7 +172,7 @@ def test_slow_servers_hit_the_time_cap(store: MediaStore, web: WebServer) -> Non
 
 def test_web_images_resolve_through_the_resolver(web: WebServer) -> None:
     store = MediaStore(Settings(), http_policy=_policy())
-    with MediaResolver(Settings(), store) as resolver:
+    with MediaResolver(Settings(), QwenVision(), store) as resolver:
         side = resolver.resolve_side(Side(images=[_url(web, "/to-good")]), VisionBudget())
     assert side.vision[0].kind == "image"
 

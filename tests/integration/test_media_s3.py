@@ -12,16 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from reranker import vision
-from reranker.media import MediaStore
-from reranker.pipeline import ResolvedSide
-from reranker.prompt import Side
-from reranker.resolver import MediaResolver
-from reranker.samples import clip_bytes, photo_bytes, png_header_only
-from reranker.vision import VisionBudget
-from rerankq.cluster import S3Server
+from media.resolver import MediaResolver
+from media.sides import ResolvedSide, Side, VisionBudget
+from media.store import MediaStore
+from reranker.qwen3vl import vision
+from reranker.qwen3vl.vision import QwenVision
 from rerankq.errors import MediaError
 from rerankq.settings import Settings
+from shell.cluster import S3Server
+from shell.samples import clip_bytes, photo_bytes, png_header_only
 
 BUCKET = "media-tests"
 
@@ -75,7 +74,7 @@ def settings(s3_server: S3Server) -> Settings:
 
 @pytest.fixture()
 def resolver(settings: Settings) -> Any:
-    with MediaResolver(settings) as resolver:
+    with MediaResolver(settings, QwenVision()) as resolver:
         yield resolver
 
 
@@ -158,7 +157,7 @@ def test_large_objects_are_read_in_ranges_and_spooled_to_disk(settings: Settings
         assert isinstance(source, Path) and source.read_bytes() == clip
     assert not source.exists()  # the temporary file is gone
     assert store.counters.snapshot()["requests"] == -(-len(clip) // (16 * 1024))
-    with MediaResolver(settings, store) as ranged, MediaResolver(settings) as whole:
+    with MediaResolver(settings, QwenVision(), store) as ranged, MediaResolver(settings, QwenVision()) as whole:
         a = ranged.resolve_side(Side(videos=[objects["clip.mp4"]]), VisionBudget()).vision[0]
         b = whole.resolve_side(Side(videos=[objects["clip.mp4"]]), VisionBudget()).vision[0]
     assert torch.equal(a.pixel_values, b.pixel_values)
@@ -189,7 +188,7 @@ def test_budget_fields_are_part_of_the_cache_key(resolver: MediaResolver, object
 def test_cache_is_bounded_in_bytes(s3_server: S3Server, objects: dict[str, str]) -> None:
     one_image = 16 * 1536  # a 64x48 frame becomes 64x64 px: 16 patches of 1536 uint8
     settings = Settings(s3_endpoint_url=s3_server.url, media={"cache_bytes": one_image * 3 // 2})
-    with MediaResolver(settings) as resolver:
+    with MediaResolver(settings, QwenVision()) as resolver:
         for name in ("frame0.jpg", "frame1.jpg", "frame0.jpg"):
             resolver.resolve_side(Side(images=[objects[name]]), VisionBudget())
         assert (resolver.stats.cache_items, resolver.stats.cache_bytes) == (1, one_image)
@@ -217,7 +216,8 @@ def test_pil_images_pass_through_without_a_fetch(resolver: MediaResolver) -> Non
 def test_local_files_only_when_enabled(s3_server: S3Server, tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(photo_bytes(64, 64))
     side = Side(images=[f"file://{tmp_path}/a.jpg"])
-    with MediaResolver(Settings(allow_file_urls=True)) as resolver:
+    with MediaResolver(Settings(allow_file_urls=True), QwenVision()) as resolver:
         assert resolver.resolve_side(side, VisionBudget()).vision[0].kind == "image"
-    with MediaResolver(Settings()) as resolver, pytest.raises(MediaError, match="RERANKQ_ALLOW_FILE_URLS"):
+    refused = pytest.raises(MediaError, match="RERANKQ_ALLOW_FILE_URLS")
+    with MediaResolver(Settings(), QwenVision()) as resolver, refused:
         resolver.resolve_side(side, VisionBudget())

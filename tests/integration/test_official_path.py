@@ -17,10 +17,11 @@ import torch
 from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from reranker.pipeline import PairPreparer, ResolvedSide
-from reranker.prompt import Side, chat_messages
-from reranker.samples import noise_image
-from reranker.vision import VisionBudget, image_input, resize_image
+from media.sides import ResolvedSide, Side, VisionBudget
+from reranker.qwen3vl.pipeline import PairPreparer
+from reranker.qwen3vl.prompt import chat_messages
+from reranker.qwen3vl.vision import image_input, resize_image
+from shell.samples import noise_image
 
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 

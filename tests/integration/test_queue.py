@@ -164,8 +164,8 @@ def test_results_go_to_s3_when_asked_or_large(client: RerankClient, s3: Any) -> 
     large = client.submit({"query": {"text": "q"}, "documents": [{"text": f"d{i}"} for i in range(120)]})
     assert client.result(asked, timeout=60)["job_id"] == asked
     assert len(client.result(large, timeout=60)["scores"]) == 120
-    assert client.jobs.record(asked)["result_uri"] == f"s3://{RESULTS_BUCKET}/mine/{asked}.json"
-    assert client.jobs.record(large)["result_uri"] == f"s3://{RESULTS_BUCKET}/large/{large}.json"
+    assert client.jobs.record(asked).result_uri == f"s3://{RESULTS_BUCKET}/mine/{asked}.json"
+    assert client.jobs.record(large).result_uri == f"s3://{RESULTS_BUCKET}/large/{large}.json"
     s3.head_object(Bucket=RESULTS_BUCKET, Key=f"mine/{asked}.json")
 
 
@@ -196,7 +196,10 @@ def test_worker_stays_responsive_and_emits_task_events_during_a_long_job(client:
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while not receiver_box and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the receiver's queue is bound before the job is sent
     job_id = client.submit({"query": {"text": "long"},
                             "documents": [{"text": f"document number {i} " * 60} for i in range(1000)]})
     deadline = time.monotonic() + 60

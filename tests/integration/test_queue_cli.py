@@ -14,7 +14,7 @@ from tests.integration.conftest import WorkerProcess
 
 
 def cli(worker: WorkerProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rerankq.cli", *args], env=worker.env, input=stdin,
+    return subprocess.run([sys.executable, "-m", "shell.cli", *args], env=worker.env, input=stdin,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -1,25 +1,31 @@
-"""The job record store against a real Redis: lifecycle, idempotency, cancel, TTLs, unknown ids."""
+"""The job record against a real Redis: lifecycle, idempotency, fencing, cancel, deadlines, poison, TTLs."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
 
-from rerankq.errors import JobFailed, NoSuchJob
-from rerankq.jobs import JobStore, result_fields
+from rerankq.errors import NoSuchJob
+from rerankq.jobs import JobState, JobStore, Outcome, result_fields
 from rerankq.settings import ResultSettings, Settings
 
 
 @pytest.fixture()
 def store(redis_url: str) -> JobStore:
-    settings = Settings(redis_url=redis_url, results=ResultSettings(ttl_s=100, failure_ttl_s=1000))
+    settings = Settings(redis_url=redis_url, results=ResultSettings(ttl_s=100, failure_ttl_s=1000), max_deliveries=2)
     return JobStore(settings, redis.Redis.from_url(redis_url))
 
 
-def job(job_id: str) -> dict:
-    return {"job_id": job_id, "query": {"text": "q"}, "documents": [{"text": "a"}, {"text": "b"}]}
+def job(job_id: str, **extra: object) -> dict:
+    return {"job_id": job_id, "query": {"text": "q"}, "documents": [{"text": "a"}, {"text": "b"}], **extra}
+
+
+def ends(store: JobStore, job_id: str) -> int:
+    """Terminal writes a job's record has seen (rerankq.jobs counts every one)."""
+    return int(store.redis.hget(store.key(job_id), "ends") or 0)
 
 
 def test_lifecycle_queued_running_succeeded(store: JobStore) -> None:
@@ -27,69 +33,106 @@ def test_lifecycle_queued_running_succeeded(store: JobStore) -> None:
     status = store.status("a")
     assert (status["state"], status["progress"], status["started_at"]) == ("queued", {"pairs_done": 0,
                                                                                        "pairs_total": 2}, None)
-    [(state, created)] = store.start_many(["a"], "w1", [2])
-    assert (state, created) == ("running", status["created_at"])
-    store.add_progress({"a": 2})
-    assert store.finish_many([("a", "succeeded", result_fields({"x": 1}, None))]) == ["succeeded"]
-    status = store.status("a")
-    assert status["state"] == "succeeded" and status["worker"] == "w1"
-    assert status["progress"] == {"pairs_done": 2, "pairs_total": 2}
-    assert json.loads(store.record("a")["result"]) == {"x": 1}
-    assert 90 < store.redis.ttl(store.key("a")) <= 100
+    [started] = store.start_many([("a", 2, False)], "w1")
+    assert started.state == JobState.RUNNING and started.fence == 1 and not started.died_before
+    assert store.status("a")["worker"] == "w1"
+    store.add_progress({("a", 1): 2})
+    assert store.finish_many([Outcome("a", 1, JobState.SUCCEEDED, result_fields({"x": 1}, None))]) == ["succeeded"]
+    record = store.record("a")
+    assert record.state == JobState.SUCCEEDED and record.pairs_done == 2 and json.loads(record.result or "") == {"x": 1}
+    assert 0 < store.redis.ttl(store.key("a")) <= 100
     assert store.redis.lrange(store.done("a"), 0, -1) == [b"1"]
+    assert ends(store, "a") == 1
 
 
 def test_failures_are_kept_longer(store: JobStore) -> None:
     store.create_many([job("f")])
-    store.finish_many([("f", "failed", {"error": "query: s3://b/k: no such key"})])
+    [started] = store.start_many([("f", 2, False)], "w")
+    store.finish_many([Outcome("f", started.fence, JobState.FAILED, {"error": "query: s3://b/k: no such key"})])
     assert store.status("f")["error"] == "query: s3://b/k: no such key"
-    assert store.redis.ttl(store.key("f")) > 100
+    assert 100 < store.redis.ttl(store.key("f")) <= 1000
 
 
 def test_same_id_is_created_once(store: JobStore) -> None:
-    assert store.create_many([job("x"), job("x"), job("y")]) == [True, False, True]
-    assert store.create_many([job("x")]) == [False]
+    assert store.create_many([job("x"), job("x")]) == [True, False]
 
 
-def test_redelivered_job_overwrites_its_result(store: JobStore) -> None:
+def test_a_finished_job_is_never_reopened_or_rewritten(store: JobStore) -> None:
+    """A redelivered message meets a finished job: it is skipped, its result stays, no second terminal write."""
     store.create_many([job("r")])
-    store.finish_many([("r", "failed", {"error": "worker lost"})])
-    store.start_many(["r"], "w2", [2])
-    store.finish_many([("r", "succeeded", result_fields({"v": 2}, "s3://b/r.json"))])
+    [first] = store.start_many([("r", 2, False)], "w1")
+    store.finish_many([Outcome("r", first.fence, JobState.SUCCEEDED, result_fields({"v": 1}, None))])
+    [again] = store.start_many([("r", 2, True)], "w2")
+    assert again.state == JobState.SUCCEEDED and again.fence == 0
+    # the same attempt cannot write twice either: the state already there comes back, nothing is written
+    assert store.finish_many([Outcome("r", first.fence, JobState.FAILED, {"error": "again"})]) == ["succeeded"]
     record = store.record("r")
-    assert record["state"] == "succeeded" and "error" not in record and "result" not in record
-    assert record["result_uri"] == "s3://b/r.json"
-    assert store.redis.llen(store.done("r")) == 1
+    assert json.loads(record.result or "") == {"v": 1} and record.worker == "w1" and ends(store, "r") == 1
 
 
-def test_cancel_wins_over_workers(store: JobStore) -> None:
-    store.create_many([job("c")])
-    assert store.cancel("c") == "queued"
-    assert store.start_many(["c"], "w", [2])[0][0] == "cancelled"
-    assert store.finish_many([("c", "succeeded", {"result": "{}"})]) == ["cancelled"]
-    assert store.status("c")["state"] == "cancelled"
-    assert store.cancel("c") == "cancelled"
+def test_a_late_attempt_is_fenced_off(store: JobStore) -> None:
+    """A worker presumed dead (SIGSTOP past its lease) wakes up: its progress and result are refused."""
+    store.create_many([job("z")])
+    [old] = store.start_many([("z", 2, False)], "frozen")
+    [new] = store.start_many([("z", 2, True)], "alive")  # redelivered while the first still "runs"
+    assert new.state == JobState.RUNNING and new.died_before and new.fence == old.fence + 1
+    store.add_progress({("z", old.fence): 2})
+    assert store.status("z")["progress"]["pairs_done"] == 0
+    assert store.commit_many([("z", old.fence)]) == ["stale"]
+    assert store.finish_many([Outcome("z", old.fence, JobState.SUCCEEDED, {"result": "{}"})]) == ["stale"]
+    assert store.finish_many([Outcome("z", new.fence, JobState.SUCCEEDED, {"result": "{}"})]) == ["succeeded"]
+    assert store.record("z").worker == "alive" and ends(store, "z") == 1
+
+
+def test_cancel_wins_over_workers_until_the_result_is_being_written(store: JobStore) -> None:
+    store.create_many([job("c"), job("d")])
+    [c, d] = store.start_many([("c", 2, False), ("d", 2, False)], "w")
+    assert store.cancel("c") == "running"
+    assert store.commit_many([("c", c.fence)]) == ["cancelled"]  # so nothing goes to S3 after the cancel
+    assert store.finish_many([Outcome("c", c.fence, JobState.SUCCEEDED, {"result": "{}"})]) == ["cancelled"]
+    assert store.commit_many([("d", d.fence)]) == ["finishing"]
+    assert store.cancel("d") == "running"  # finishing reads as running, and is past cancelling
+    assert store.status("d")["state"] == "running"
+    assert store.finish_many([Outcome("d", d.fence, JobState.SUCCEEDED, {"result_uri": "s3://b/d.json"})]) \
+        == ["succeeded"]
+    assert store.cancel("d") == "succeeded" and store.status("d")["state"] == "succeeded"
+
+
+def test_deadlines_expire_queued_jobs_on_read_and_on_start(store: JobStore) -> None:
+    now = time.time()
+    store.create_many([job("late", expires_at=now - 1), job("soon", deadline_s=0.3), job("fine", deadline_s=60)])
+    assert store.status("late")["state"] == "expired"  # no worker needed: reading it settles it
+    assert store.redis.lrange(store.done("late"), 0, -1) == [b"1"]
+    time.sleep(0.4)
+    [soon, fine] = store.start_many([("soon", 2, False), ("fine", 2, False)], "w")
+    assert soon.state == JobState.EXPIRED and soon.ended_now
+    assert fine.state == JobState.RUNNING
+    assert store.record("soon").error == "deadline passed before it started"
+
+
+def test_a_job_that_kills_its_worker_alone_ends_failed_after_max_deliveries(store: JobStore) -> None:
+    store.create_many([job("p")])
+    store.start_many([("p", 2, False)], "w1")  # shared a round; the worker died
+    seen = [store.start_many([("p", 2, True)], f"w{i}")[0] for i in (2, 3, 4)]  # alone, dying each time
+    assert [s.state for s in seen] == [JobState.RUNNING, JobState.RUNNING, JobState.FAILED]
+    assert store.record("p").error == "delivered 3 times; each time the worker died: last on w3"
+    assert ends(store, "p") == 1
+
+
+def test_requeue_after_a_transient_failure(store: JobStore) -> None:
+    store.create_many([job("t")])
+    [t] = store.start_many([("t", 2, False)], "w")
+    assert store.requeue("t", t.fence, "S3 down") == 1
+    assert store.status("t")["state"] == "queued"
+    [again] = store.start_many([("t", 2, False)], "w")
+    assert again.state == JobState.RUNNING and not again.died_before  # put back on purpose: not a death
+    assert store.requeue("t", t.fence, "late") == 0  # a stale attempt cannot requeue it
 
 
 def test_unknown_ids(store: JobStore) -> None:
     for call in (store.status, store.record, store.cancel):
         with pytest.raises(NoSuchJob, match="no such job: ghost"):
             call("ghost")
-    assert store.start_many(["ghost"], "w", [1])[0][0] is None
-    assert store.finish_many([("ghost", "succeeded", {})]) == [None]
+    assert store.start_many([("ghost", 1, False)], "w")[0].state is None
+    assert store.finish_many([Outcome("ghost", 1, JobState.SUCCEEDED, {})]) == [None]
     assert store.states(["ghost"]) == [None]
-
-
-def test_priorities_are_separate_queues_and_records_exist_before_any_worker(redis_url: str) -> None:
-    from producer import RerankClient
-
-    with RerankClient(redis_url=redis_url, queue_prefix="nobody") as client:
-        ids = {p: client.submit({"query": {"text": "q"}, "documents": [{"text": "d"}], "priority": p})
-               for p in ("high", "normal", "low", "low")}
-        assert [client.redis.llen(f"nobody.{p}") for p in ("high", "normal", "low")] == [1, 1, 2]
-        assert client.status(ids["high"])["state"] == "queued"
-        with pytest.raises(TimeoutError):
-            client.result(ids["high"], timeout=0.2)
-        assert client.cancel(ids["high"]) == "queued"
-        with pytest.raises(JobFailed, match="cancelled"):
-            client.result(ids["high"], timeout=5)

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from reranker.decode import decode_video
-from reranker.loading import LoadOptions, load_scorer
-from reranker.pipeline import PairPreparer, PreparedPair, ResolvedSide
-from reranker.samples import mp4_bytes, noise_image
-from reranker.vision import VisionBudget, frame_list_input, image_input, video_input
+from media.decode import decode_video
+from media.sides import ResolvedSide, VisionBudget
+from reranker.batching import score_all
+from reranker.loading import LoadOptions, load_model
+from reranker.qwen3vl.pipeline import PairPreparer, PreparedPair
+from reranker.qwen3vl.vision import frame_list_input, image_input, video_input
+from shell.samples import mp4_bytes, noise_image
 
 BUDGET = VisionBudget()
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
@@ -48,7 +50,8 @@ def pairs(tiny_scorer) -> list[PreparedPair]:  # type: ignore[no-untyped-def]
 def test_batched_scores_equal_single_pair_scores(tiny_scorer, pairs: list[PreparedPair]) -> None:  # type: ignore
     single = [tiny_scorer.forward([p])[0] for p in pairs]
     batched = tiny_scorer.forward(pairs)  # one pass, all kinds mixed, left padding
-    planned = tiny_scorer.score(pairs, max_tokens=2048, max_pairs=5)  # several passes, reordered by length
+    lengths = [p.length for p in pairs]
+    planned = score_all(tiny_scorer.forward, pairs, lengths, max_tokens=2048, max_pairs=5)  # several passes
     assert max(abs(a - b) for a, b in zip(single, batched, strict=True)) <= 1e-5
     assert max(abs(a - b) for a, b in zip(single, planned, strict=True)) <= 1e-5
     assert len({round(s, 4) for s in single}) > len(single) // 2  # the pairs really differ
@@ -63,7 +66,7 @@ PINNED = [
 
 
 def test_pinned_scores(tiny_scorer, pairs: list[PreparedPair]) -> None:  # type: ignore[no-untyped-def]
-    scores = tiny_scorer.score(pairs)
+    scores = score_all(tiny_scorer.forward, pairs, [p.length for p in pairs])
     assert scores == pytest.approx(PINNED, abs=1e-5)
 
 
@@ -82,15 +85,15 @@ def test_loads_from_s3_like_from_a_directory(tiny_model_dir: Path, tiny_scorer, 
     for path in tiny_model_dir.iterdir():
         s3.upload_file(str(path), "models", f"rerankers/tiny/{path.name}")
     opts = LoadOptions(cache_dir=str(tmp_path), s3_endpoint_url=s3_server.url)
-    from_s3 = load_scorer("s3://models/rerankers/tiny/", opts)
+    from_s3 = load_model("s3://models/rerankers/tiny/", opts)
     assert from_s3.forward(pairs[:3]) == pytest.approx(tiny_scorer.forward(pairs[:3]), abs=1e-6)
     cached = list(tmp_path.iterdir())
-    load_scorer("s3://models/rerankers/tiny/", opts)  # second load: from the cache, no new download
+    load_model("s3://models/rerankers/tiny/", opts)  # second load: from the cache, no new download
     assert list(tmp_path.iterdir()) == cached and (cached[0] / ".complete").exists()
 
 
 def test_random_weights_of_the_real_architecture(pairs: list[PreparedPair]) -> None:
-    scorer = load_scorer("random:tiny", LoadOptions(seed=1))
+    scorer = load_model("random:tiny", LoadOptions(seed=1))
     scores = scorer.forward(pairs[:2])
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert scorer.dtype == torch.float32 and "tiny" in scorer.name
@@ -100,8 +103,8 @@ def test_bad_specs_are_clear_errors(tmp_path: Path) -> None:
     from rerankq.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
-        load_scorer(str(tmp_path))
+        load_model(str(tmp_path))
     with pytest.raises(ModelLoadError, match="random: takes"):
-        load_scorer("random:70b")
+        load_model("random:70b")
     with pytest.raises(ModelLoadError, match="not a directory"):
-        load_scorer("no-such-thing")
+        load_model("no-such-thing")

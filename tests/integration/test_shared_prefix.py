@@ -10,11 +10,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from reranker.decode import decode_video
-from reranker.pipeline import PairPreparer, PreparedPair, ResolvedSide
-from reranker.samples import mp4_bytes, noise_image
-from reranker.sharing import JobPrefix, SharingStats, shared_prefix
-from reranker.vision import VisionBudget, frame_list_input, image_input, video_input
+from media.decode import decode_video
+from media.sides import ResolvedSide, VisionBudget
+from reranker.qwen3vl.pipeline import PairPreparer, PreparedPair
+from reranker.qwen3vl.sharing import JobPrefix, SharingStats, shared_prefix
+from reranker.qwen3vl.vision import frame_list_input, image_input, video_input
+from shell.samples import mp4_bytes, noise_image
 
 BUDGET = VisionBudget()
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
@@ -166,9 +167,9 @@ def test_stored_rope_deltas_do_not_matter(tiny_scorer, sides) -> None:  # type: 
 
 
 def test_eager_attention_takes_the_same_path(tiny_model_dir, sides) -> None:  # type: ignore[no-untyped-def]
-    from reranker.loading import LoadOptions, load_scorer
+    from reranker.loading import LoadOptions, load_model
 
-    scorer = load_scorer(str(tiny_model_dir), LoadOptions(attn_implementation="eager"))
+    scorer = load_model(str(tiny_model_dir), LoadOptions(attn_implementation="eager"))
     make = prepare(PairPreparer(scorer.tokenizer), sides["video"], documents(sides)[:4])
     expected = one_pair_per_pass(scorer, make())
     got, _ = shared(scorer, [make()])

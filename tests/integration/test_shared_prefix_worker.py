@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from producer import RerankClient
-from rerankq.cluster import RedisServer, S3Server
+from shell.cluster import RedisServer, S3Server
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
 
 MAX_LENGTH = 1024  # the long document below is cut to fit
@@ -84,7 +84,7 @@ def test_a_sharing_worker_scores_as_one_pair_per_pass(sharing_worker: WorkerProc
     assert sharing_worker.metric("rerankq_prefix_passes_total") == len(jobs)  # one prefix pass per job
     assert sharing_worker.metric("rerankq_prefix_tokens_saved_total") > 0
     assert sharing_worker.metric("rerankq_prefix_tokens_computed_total") > 0
-    assert official.scorer.sharing.prefix_passes == 0
+    assert official.model.sharing.prefix_passes == 0
 
 
 def test_with_sharing_off_nothing_is_shared(plain_worker: WorkerProcess, media: dict[str, str],
@@ -106,5 +106,5 @@ def test_process_shares_the_prefix(tiny_model_dir: Path, s3_server: S3Server, me
     jobs = requests(media)
     for job in jobs:
         assert model.process(job) == pytest.approx(official.process(job), abs=TOL)
-    stats = model.scorer.sharing
+    stats = model.model.sharing
     assert stats.prefix_passes == len(jobs) and stats.prefix_tokens_saved > 0

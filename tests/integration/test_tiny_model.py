@@ -10,12 +10,12 @@ from pathlib import Path
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
-from reranker.loading import load_scorer
+from reranker.loading import load_model
 
 
 def test_cli_writes_a_loadable_deterministic_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "tiny"
-    done = subprocess.run([sys.executable, "-m", "rerankq.cli", "tiny-model", str(out)],
+    done = subprocess.run([sys.executable, "-m", "shell.cli", "tiny-model", str(out)],
                           capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr
     assert "wrote a tiny random-weight" in done.stdout
@@ -33,4 +33,4 @@ def test_cli_writes_a_loadable_deterministic_checkpoint(tmp_path: Path, tiny_mod
     assert tokenizer.convert_tokens_to_ids(["yes", "no", "<|image_pad|>"]) == [9693, 2152, 151655]
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["patch_size"] == 16 and processor["merge_size"] == 2
-    assert load_scorer(str(out)).name == "tiny"
+    assert load_model(str(out)).name == "tiny"

@@ -82,7 +82,7 @@ def container(kind: str, name: str) -> dict[str, Any]:
 def worker_metrics() -> dict[str, str]:
     """Metric name -> type, as the worker exports them (``workers.metrics``; SPEC §7 until it exists)."""
     try:
-        from workers.metrics import Metrics, QueueLengths
+        from workers.metrics import ListLengths, Metrics
     except ImportError:
         return dict(SPEC_METRICS)
 
@@ -90,7 +90,7 @@ def worker_metrics() -> dict[str, str]:
         def pipeline(self, transaction: bool = False) -> None:
             raise ConnectionError("no redis in a unit test")
 
-    families = [*Metrics().registry.collect(), *QueueLengths(NoRedis(), []).collect()]
+    families = [*Metrics().registry.collect(), *ListLengths(NoRedis(), [], "dlq").collect()]
     return {f.name + ("_total" if f.type == "counter" else ""): f.type for f in families}
 
 

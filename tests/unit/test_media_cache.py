@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from reranker.media_cache import Counters, DecodedCache
+from media.cache import Counters, DecodedCache
 
 
 def _cache(capacity: int) -> tuple[DecodedCache[bytes], Counters]:

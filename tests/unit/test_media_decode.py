@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from reranker import vision
-from reranker.decode import decode_image, decode_video, flatten
-from reranker.samples import clip_bytes, photo_bytes, png_header_only
-from reranker.vision import VisionBudget, VisionError
+from media.decode import decode_image, decode_video, flatten
+from media.sides import VisionBudget, VisionError
+from reranker.qwen3vl import vision
+from shell.samples import clip_bytes, photo_bytes, png_header_only
 
 
 def _save(image: Image.Image, fmt: str, **kwargs: object) -> bytes:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from reranker.media import MediaStore
-from reranker.media_http import HttpFetcher, HttpPolicy, address_refusal
+from media.http import HttpFetcher, HttpPolicy, address_refusal
+from media.store import MediaStore
 from rerankq.errors import MediaError
 from rerankq.settings import Settings
 

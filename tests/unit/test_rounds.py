@@ -29,8 +29,7 @@ def test_a_scorer_returning_the_wrong_count_is_an_error() -> None:
 
 
 def test_result_is_ranked_cut_to_top_n_and_keeps_input_order_scores() -> None:
-    job = {"job_id": "j", "top_n": 2}
-    result = build_result(job, "m", [0.2, None, 0.9, 0.2, 0.5], {1: "s3://b/k: no such key"},
+    result = build_result("j", 2, "m", [0.2, None, 0.9, 0.2, 0.5], {1: "s3://b/k: no such key"},
                           {"pairs": 4, "tokens": 100}, {"queued_s": 0.01, "media_s": 0.0, "scoring_s": 0.1})
     assert [r["index"] for r in result["results"]] == [2, 4]
     assert result["scores"] == [0.2, None, 0.9, 0.2, 0.5]
@@ -39,7 +38,7 @@ def test_result_is_ranked_cut_to_top_n_and_keeps_input_order_scores() -> None:
 
 
 def test_ties_keep_input_order() -> None:
-    result = build_result({"job_id": "j"}, "m", [0.5, 0.7, 0.5], {}, {}, {})
+    result = build_result("j", None, "m", [0.5, 0.7, 0.5], {}, {}, {})
     assert [r["index"] for r in result["results"]] == [1, 0, 2]
 
 

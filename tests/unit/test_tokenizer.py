@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reranker.tokenizer import cached_qwen_tokenizer
+from reranker.qwen3vl.tokenizer import cached_qwen_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
-from reranker import vision
-from reranker.vision import VisionBudget, VisionError
+from media import decode
+from media.sides import VisionBudget, VisionError
+from reranker.qwen3vl import vision
 
 RNG = np.random.default_rng(0)
 
@@ -60,7 +61,7 @@ def test_image_token_bounds() -> None:
 
 def test_transparency_is_composited_on_white() -> None:
     clear = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
-    assert vision.to_rgb(clear).getpixel((5, 5)) == (255, 255, 255)
+    assert decode.to_rgb(clear).getpixel((5, 5)) == (255, 255, 255)
 
 
 def test_extreme_aspect_ratio_is_an_error() -> None:
@@ -85,11 +86,11 @@ def test_video_patches_use_the_image_layout() -> None:
     (5, 30.0, 1.0, 64, 4),
 ])
 def test_frame_count(total: int, fps_in: float, fps: float, max_frames: int, expected: int) -> None:
-    assert vision.sample_frame_count(total, fps_in, fps, max_frames) == expected
+    assert decode.sample_frame_count(total, fps_in, fps, max_frames) == expected
 
 
 def test_frame_indices_span_the_video() -> None:
-    assert vision.sample_frame_indices(300, 30.0, 1.0, 64) == [0, 33, 66, 100, 133, 166, 199, 233, 266, 299]
+    assert decode.sample_frame_indices(300, 30.0, 1.0, 64) == [0, 33, 66, 100, 133, 166, 199, 233, 266, 299]
 
 
 def test_video_token_budget_holds_for_long_videos() -> None:
@@ -109,8 +110,8 @@ def test_video_input_shapes_and_timestamps() -> None:
 
 
 def test_frame_list_sampling_and_timestamps() -> None:
-    assert vision.sample_frame_list(5, 64) == [0, 1, 2, 3, 4]
-    assert vision.sample_frame_list(100, 4) == [0, 33, 66, 99]
+    assert decode.sample_frame_list(5, 64) == [0, 1, 2, 3, 4]
+    assert decode.sample_frame_list(100, 4) == [0, 33, 66, 99]
     item = vision.frame_list_input([noise(64, 48) for _ in range(3)], VisionBudget())
     assert item.grid_thw[0] == 2  # 3 frames padded to 4
     assert item.timestamps == [0.25, 1.25]
@@ -118,6 +119,6 @@ def test_frame_list_sampling_and_timestamps() -> None:
 
 def test_resize_frames_matches_torch_bicubic_antialias_rounding() -> None:
     frames = torch.from_numpy(RNG.integers(0, 256, (2, 3, 50, 70), dtype=np.uint8))
-    out = vision.resize_frames(frames, 32, 64)
+    out = decode.resize_frames(frames, 32, 64)
     assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
     assert torch.equal(out, out.round())

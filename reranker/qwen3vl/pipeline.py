@@ -1,6 +1,6 @@
 """Preparing a pair: prompt → token ids with vision tokens expanded → official truncation.
 
-Preparation is CPU work separate from the forward pass (``reranker.model.Scorer.score``), so a worker can
+Preparation is CPU work separate from the forward pass (``reranker.qwen3vl.model.Scorer.score``), so a worker can
 prepare the next batch while the current one runs. A prepared pair holds references to its query's vision
 tensors; the query of a job is resolved once and shared by all its pairs.
 """
@@ -8,34 +8,20 @@ tensors; the query of a job is resolved once and shared by all its pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reranker.prompt import VIDEO_PLACEHOLDER, render_parts
-from reranker.vision import MERGE, VisionInput
+from media.sides import ResolvedSide
+from reranker.qwen3vl.prompt import Piece, prompt_pieces
+from reranker.qwen3vl.vision import MERGE, VisionInput
+from rerankq.errors import PairTooLong
 
 if TYPE_CHECKING:
-    from reranker.sharing import JobPrefix
+    from reranker.qwen3vl.sharing import JobPrefix
 
 IMAGE_PAD_ID = 151655
 VIDEO_PAD_ID = 151656
 KEEP_TAIL = 5  # "<|im_end|>\n<|im_start|>assistant\n" is never truncated
-
-
-class PairTooLong(ValueError):
-    """A pair's special and vision tokens alone exceed the length budget (text cannot be cut further)."""
-
-
-@dataclass
-class ResolvedSide:
-    """A side whose media are decoded: texts, and vision inputs in prompt order (videos, then images)."""
-
-    texts: list[str] = field(default_factory=list)
-    vision: list[VisionInput] = field(default_factory=list)
-
-    @property
-    def kinds(self) -> list[str]:
-        return [v.kind for v in self.vision]
 
 
 @dataclass
@@ -45,26 +31,40 @@ class PreparedPair:
     input_ids: list[int]
     vision: list[VisionInput]
     truncated: bool = False
-    prefix: JobPrefix | None = None  # set when the job's pairs share a prefix computed once (reranker.sharing)
+    prefix: JobPrefix | None = None  # set when the job's pairs share a prefix computed once (qwen3vl.sharing)
 
     @property
     def length(self) -> int:
         return len(self.input_ids)
 
-    @property
-    def suffix_length(self) -> int:
-        """Tokens this pair runs in its own pass: all of them, or those after its shared prefix."""
-        return self.length - (self.prefix.length if self.prefix else 0)
+
+def _kinds(side: ResolvedSide) -> list[str]:
+    return [v.kind for v in side.vision]
 
 
-def _video_text(item: VisionInput) -> str:
-    """The text a video becomes before pad expansion: ``<t seconds>`` + one pad group per temporal patch.
+def _video_pieces(item: VisionInput) -> list[Piece]:
+    """What a video becomes before pad expansion: ``<t seconds>`` + one pad group per temporal patch.
 
     As transformers 4.57.3's Qwen3VLProcessor (the version the official script pins): the template's
     ``<|vision_start|><|video_pad|><|vision_end|>`` is replaced whole by the per-group expansion.
     """
     assert item.timestamps is not None
-    return "".join(f"<{t:.1f} seconds><|vision_start|><|video_pad|><|vision_end|>" for t in item.timestamps)
+    group = [("<|vision_start|>", True), ("<|video_pad|>", True), ("<|vision_end|>", True)]
+    return [piece for t in item.timestamps for piece in [(f"<{t:.1f} seconds>", False), *group]]
+
+
+def _expand_videos(pieces: list[Piece], videos: list[VisionInput]) -> list[Piece]:
+    out: list[Piece] = []
+    k = 0
+    for i, piece in enumerate(pieces):
+        if piece == ("<|video_pad|>", True):
+            out[-1:] = _video_pieces(videos[k])  # replaces the <|vision_start|> just added ...
+            k += 1
+        elif i and pieces[i - 1] == ("<|video_pad|>", True):
+            continue  # ... and drops the template's <|vision_end|>
+        else:
+            out.append(piece)
+    return out
 
 
 def _expand_pads(ids: list[int], vision: Sequence[VisionInput]) -> list[int]:
@@ -95,19 +95,38 @@ class PairPreparer:
         self.max_length = max_length
         self.special_ids = frozenset(tokenizer.all_special_ids)
 
-    def render(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> str:
-        """The prompt with videos expanded to their timestamps and one pad per vision group."""
-        text = render_parts(instruction, (query.texts, query.kinds), (document.texts, document.kinds))
+    def pieces(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> list[Piece]:
+        """The prompt as pieces, videos expanded to their timestamps, one pad per vision group."""
+        pieces = prompt_pieces(instruction, (query.texts, _kinds(query)), (document.texts, _kinds(document)))
         videos = [item for item in [*query.vision, *document.vision] if item.kind == "video"]
-        if not videos:
-            return text
-        parts = text.split(VIDEO_PLACEHOLDER)
-        return parts[0] + "".join(_video_text(v) + rest for v, rest in zip(videos, parts[1:], strict=True))
+        return _expand_videos(pieces, videos) if videos else pieces
+
+    def render(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> str:
+        """The prompt as one string (what the official script's processor sees)."""
+        return "".join(text for text, _ in self.pieces(instruction, query, document))
+
+    def tokenize(self, pieces: list[Piece]) -> list[int]:
+        """Token ids of the pieces: the template's special tokens by id; each run of text between them
+        tokenized as text, so a special-token string a user wrote stays text. For text without such strings
+        this is exactly the tokenizer's reading of the whole prompt (it splits at special tokens first)."""
+        runs: list[list[str]] = [[]]
+        specials: list[int] = []
+        for text, special in pieces:
+            if special:
+                specials.append(self.tokenizer.convert_tokens_to_ids(text))
+                runs.append([])
+            else:
+                runs[-1].append(text)
+        texts = ["".join(run) for run in runs]
+        encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids: list[int] = list(encoded[0])
+        for special, run in zip(specials, encoded[1:], strict=True):
+            ids += [special, *run]
+        return ids
 
     def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> PreparedPair:
         vision = [*query.vision, *document.vision]
-        ids = self.tokenizer(self.render(instruction, query, document), add_special_tokens=False)["input_ids"]
-        ids = _expand_pads(ids, vision)
+        ids = _expand_pads(self.tokenize(self.pieces(instruction, query, document)), vision)
         truncated = self.truncate(ids)
         return PreparedPair(truncated, vision, truncated=len(truncated) != len(ids))
 

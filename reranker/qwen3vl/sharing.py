@@ -1,5 +1,5 @@
 """Sharing a job's prefix: where its pairs stop being the same, the handle its pairs carry, and the
-bookkeeping around the passes of ``reranker.prefix`` (which prefix to compute, when to free it, what it saved).
+bookkeeping around the passes of ``reranker.qwen3vl.prefix`` (which prefix to compute, when to free it, what it saved).
 
 The boundary is the longest common prefix of the job's pairs' *token ids* (after vision expansion and
 truncation), never a string boundary (Qwen's pre-tokenizer joins punctuation with the letters after it, so
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
-from reranker.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefix
-from reranker.vision import VisionInput
+from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
+from reranker.qwen3vl.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefix
+from reranker.qwen3vl.vision import VisionInput
 
 _PADS = (IMAGE_PAD_ID, VIDEO_PAD_ID)
 
@@ -162,9 +162,3 @@ def release(pairs: Sequence[PreparedPair], stats: SharingStats) -> None:
         if handle.pending <= 0:
             handle.kv = None
 
-
-def plan_marks(pairs: Sequence[PreparedPair]) -> list[tuple[int, int] | None]:
-    """What the planner needs of each pair's shared prefix: (prefix id, prefix tokens), None without one."""
-    ids: dict[int, int] = {}
-    return [None if p.prefix is None else (ids.setdefault(id(p.prefix), len(ids)), p.prefix.length)
-            for p in pairs]

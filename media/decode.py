@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import io
 import logging
+import math
 import struct
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,14 +29,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from reranker.vision import VisionError, resize_frames, sample_frame_indices, to_rgb
+from media.sides import VisionError
 
 log = logging.getLogger(__name__)
 
 Source = bytes | str | Path
 FrameSize = Callable[[int, int, int], tuple[int, int]]  # (nframes, height, width) → (height, width)
+
+FRAME_FACTOR = 2  # sampled frame counts are even (two frames per temporal patch)
 
 # Exceptions Pillow raises on data that is not an image, truncated or malformed (fuzzing finds them all).
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, KeyError)
@@ -310,3 +314,44 @@ def _pad_missing(frames: list[np.ndarray], wanted: list[int]) -> torch.Tensor:
                     len(wanted))
         frames = frames + [frames[-1]] * (len(wanted) - len(frames))
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with an alpha channel composited on white (qwen-vl-utils ``to_rgb``)."""
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        return background
+    return image.convert("RGB")
+
+
+def sample_frame_count(total_frames: int, video_fps: float, fps: float, max_frames: int) -> int:
+    """qwen-vl-utils ``smart_nframes``: frames to sample from a file (even, 4..max_frames, ≤ total)."""
+    min_frames = 4
+    max_frames = max(FRAME_FACTOR, max_frames // FRAME_FACTOR * FRAME_FACTOR)
+    n = total_frames / video_fps * fps
+    n = min(min(max(n, min_frames), max_frames), total_frames)
+    n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
+    if not FRAME_FACTOR <= n <= total_frames:
+        raise VisionError(f"video has {total_frames} frames; at least {FRAME_FACTOR} are needed")
+    return n
+
+
+def sample_frame_indices(total_frames: int, video_fps: float, fps: float, max_frames: int) -> list[int]:
+    """Which frames of a file to decode: ``round(linspace(0, total-1, n))``."""
+    n = sample_frame_count(total_frames, video_fps, fps, max_frames)
+    return torch.linspace(0, total_frames - 1, n).round().long().tolist()
+
+
+def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (T, C, H, W) → float (T, C, h, w): bicubic, antialiased, clamped and rounded like torchvision."""
+    out = F.interpolate(frames.to(torch.float32), size=(height, width), mode="bicubic",
+                        antialias=True, align_corners=False)
+    return out.clamp_(0, 255).round_()
+
+
+def sample_frame_list(n: int, max_frames: int) -> list[int]:
+    """Which of ``n`` listed frames to keep (the official ``sample_frames``: int(linspace))."""
+    if n <= max_frames:
+        return list(range(n))
+    return np.linspace(0, n - 1, max_frames, dtype=int).tolist()

@@ -1,13 +1,14 @@
 """The reranker's prompt, exactly as the official Qwen3-VL-Reranker renders it.
 
 ``render_prompt`` gives the chat-template output *before* vision tokens are expanded; ``expand_vision``
-(in ``reranker.pipeline``) then replaces each pad with the processor's token run.
+(in ``reranker.qwen3vl.pipeline``) then replaces each pad with the processor's token run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+from media.sides import Side
 
 SYSTEM_PROMPT = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
@@ -18,52 +19,36 @@ VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 EMPTY_SIDE = "NULL"
 
 
-@dataclass
-class Side:
-    """One side of a pair (the query or a document): its texts, images and videos.
-
-    ``images`` holds one entry per image (a reference string or a decoded image); ``videos`` one entry per
-    video (a reference to a video file, or a list of frames). Order inside a side is fixed by the model:
-    videos, then images, then texts.
-    """
-
-    texts: list[str] = field(default_factory=list)
-    images: list[Any] = field(default_factory=list)
-    videos: list[Any] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.texts or self.images or self.videos)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Side:
-        """Build from the job format: ``{"text": str|[str], "image": ref|[ref], "video": ref|[frame refs]}``."""
-        data = data or {}
-        text, image, video = data.get("text"), data.get("image"), data.get("video")
-        texts = [] if text is None else [text] if isinstance(text, str) else list(text)
-        images = [] if image is None else list(image) if isinstance(image, list | tuple) else [image]
-        # A video is one reference (a file) or one list of frames; a list of lists is several videos.
-        if video is None:
-            videos = []
-        elif isinstance(video, list | tuple) and video and isinstance(video[0], list | tuple):
-            videos = [list(v) for v in video]
-        else:
-            videos = [list(video) if isinstance(video, list | tuple) else video]
-        return cls(texts=texts, images=images, videos=videos)
+Piece = tuple[str, bool]  # (text, is a special token of the template)
+_SPECIAL_PLACEHOLDER = {"image": ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+                        "video": ("<|vision_start|>", "<|video_pad|>", "<|vision_end|>")}
 
 
-    @property
-    def kinds(self) -> list[str]:
-        """The vision items in prompt order: videos, then images."""
-        return ["video"] * len(self.videos) + ["image"] * len(self.images)
+def side_pieces(prefix: str, texts: list[str], kinds: list[str]) -> list[Piece]:
+    """One side: its prefix, a placeholder per vision item (in the order given), then its texts."""
+    if not texts and not kinds:
+        return [(prefix + EMPTY_SIDE, False)]
+    out: list[Piece] = [(prefix, False)]
+    for kind in kinds:
+        out += [(token, True) for token in _SPECIAL_PLACEHOLDER["video" if kind == "video" else "image"]]
+    return out + [(text, False) for text in texts]
+
+
+def prompt_pieces(instruction: str, query: tuple[list[str], list[str]],
+                  document: tuple[list[str], list[str]]) -> list[Piece]:
+    """The prompt of one pair as pieces, the template's special tokens apart from every text, so that text a
+    user wrote is never read as a control token (``reranker.qwen3vl.pipeline`` tokenizes it as text)."""
+    return [
+        ("<|im_start|>", True), ("system\n" + SYSTEM_PROMPT, False), ("<|im_end|>", True), ("\n", False),
+        ("<|im_start|>", True), ("user\n<Instruct>: " + instruction, False),
+        *side_pieces("<Query>:", *query), *side_pieces("\n<Document>:", *document),
+        ("<|im_end|>", True), ("\n", False), ("<|im_start|>", True), ("assistant\n", False),
+    ]
 
 
 def render_side(prefix: str, texts: list[str], kinds: list[str]) -> str:
-    """One side: its prefix, a placeholder per vision item (in the order given), then its texts."""
-    if not texts and not kinds:
-        return prefix + EMPTY_SIDE
-    pads = "".join(VIDEO_PLACEHOLDER if k == "video" else IMAGE_PLACEHOLDER for k in kinds)
-    return prefix + pads + "".join(texts)
+    """One side as text (see ``side_pieces``)."""
+    return "".join(text for text, _ in side_pieces(prefix, texts, kinds))
 
 
 def render_prompt(instruction: str, query: Side, document: Side) -> str:
@@ -73,12 +58,7 @@ def render_prompt(instruction: str, query: Side, document: Side) -> str:
 
 def render_parts(instruction: str, query: tuple[list[str], list[str]], document: tuple[list[str], list[str]]) -> str:
     """``render_prompt`` from (texts, vision kinds) of each side."""
-    user = "<Instruct>: " + instruction + render_side("<Query>:", *query) + render_side("\n<Document>:", *document)
-    return (
-        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
-        f"<|im_start|>user\n{user}<|im_end|>\n"
-        "<|im_start|>assistant\n"
-    )
+    return "".join(text for text, _ in prompt_pieces(instruction, query, document))
 
 
 def chat_messages(instruction: str, query: Side, document: Side) -> list[dict[str, Any]]:

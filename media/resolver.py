@@ -1,5 +1,8 @@
 """Sides with media references → sides with model-ready vision inputs (``ResolvedSide``).
 
+The media layer fetches and decodes; what a decoded image or video *becomes* is the model's business, given
+to the resolver as a ``Preprocessor`` (the Qwen3-VL one lives in ``reranker.qwen3vl.vision``).
+
 ``MediaResolver.resolve_sides`` takes the sides of a whole batch (the queries and documents of many jobs),
 finds the distinct media among them, and fetches + decodes each once, concurrently, on a pool of
 ``media.fetch_threads`` threads. Results go through a per-worker cache of decoded inputs bounded in bytes
@@ -7,7 +10,7 @@ finds the distinct media among them, and fetches + decodes each once, concurrent
 image shared by 50 jobs is fetched and decoded once. A bad reference fails only the sides that hold it.
 
 Images may also be ``PIL.Image`` objects (used as they are) and frame lists may mix images and references,
-as the in-process API passes them. Cached ``VisionInput`` objects are shared: callers must not modify them.
+as the in-process API passes them. Cached inputs are shared: callers must not modify them.
 """
 
 from __future__ import annotations
@@ -17,21 +20,42 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import torch
 from PIL import Image
 
-from reranker import vision
-from reranker.decode import decode_image, decode_video, flatten
-from reranker.media import MediaStore
-from reranker.media_cache import DecodedCache
-from reranker.pipeline import ResolvedSide
-from reranker.prompt import Side
-from reranker.vision import VisionBudget, VisionError, VisionInput
+from media.cache import DecodedCache
+from media.decode import decode_image, decode_video, flatten, sample_frame_list
+from media.sides import ResolvedSide, Side, VisionBudget, VisionError
+from media.store import MediaStore
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Preprocessor(Protocol):
+    """How a model turns decoded media into its inputs, within a request's ``VisionBudget``.
+
+    The resolver calls these on its fetch threads and caches what they return (shared, never modified).
+    Raise ``VisionError`` with a reason a user can act on when a medium cannot fit the model's limits.
+    """
+
+    def image(self, image: Image.Image, budget: VisionBudget) -> Any:
+        """One decoded RGB image → the model's input for it."""
+
+    def video(self, frames: torch.Tensor, indices: list[int], video_fps: float, budget: VisionBudget) -> Any:
+        """Sampled frames of a video file, uint8 (T, C, H, W), their indices in the file and its fps."""
+
+    def frames(self, images: list[Image.Image], budget: VisionBudget) -> Any:
+        """A video given as a list of already sampled images."""
+
+    def video_frame_size(self, nframes: int, height: int, width: int, budget: VisionBudget) -> tuple[int, int]:
+        """The size each of ``nframes`` frames is brought to (lets the decoder shrink frames as it goes)."""
+
+    def nbytes(self, item: Any) -> int:
+        """Memory one input holds (the cache's bound is in bytes)."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +95,13 @@ class MediaResolver:
     reported as a ``MediaError`` too, with the ``TransientMediaError`` as its ``__cause__``.
     """
 
-    def __init__(self, settings: Settings, store: MediaStore | None = None) -> None:
+    def __init__(self, settings: Settings, preprocessor: Preprocessor, store: MediaStore | None = None) -> None:
         self.settings = settings
+        self.pre = preprocessor
         self.store = store or MediaStore(settings)
         self.counters = self.store.counters
-        self.cache: DecodedCache[VisionInput] = DecodedCache(settings.media.cache_bytes, self.counters,
-                                                             size_of=lambda item: item.nbytes)
+        self.cache: DecodedCache[Any] = DecodedCache(settings.media.cache_bytes, self.counters,
+                                                     size_of=preprocessor.nbytes)
         threads = settings.media.fetch_threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rerankq-media")
         # Frames of a frame list are fetched on their own pool: a frame-list task waits for them, and waiting
@@ -92,7 +117,7 @@ class MediaResolver:
 
     def resolve_sides(self, sides: Sequence[Side], budget: VisionBudget) -> list[ResolvedSide | MediaError]:
         """Every side of a batch, in order; the distinct media of all of them fetched concurrently, once."""
-        futures: dict[Hashable, Future[VisionInput]] = {}
+        futures: dict[Hashable, Future[Any]] = {}
         plans: list[list[_Item] | MediaError] = []
         for side in sides:
             try:
@@ -132,8 +157,8 @@ class MediaResolver:
         self.close()
 
     def _assemble(self, texts: list[str], plan: list[_Item],
-                  futures: dict[Hashable, Future[VisionInput]]) -> ResolvedSide | MediaError:
-        vision_inputs: list[VisionInput] = []
+                  futures: dict[Hashable, Future[Any]]) -> ResolvedSide | MediaError:
+        vision_inputs: list[Any] = []
         for item in plan:
             try:
                 vision_inputs.append(futures[item.key].result())
@@ -171,7 +196,7 @@ class MediaResolver:
         cacheable = all(isinstance(f, str) for f in frames)
         return _Item("frames", frames, ("frames", refs, budget.max_frames, budget.video_max_tokens), label, cacheable)
 
-    def _get(self, item: _Item, budget: VisionBudget) -> VisionInput:
+    def _get(self, item: _Item, budget: VisionBudget) -> Any:
         """Build (or find in the cache) one vision input; every failure becomes a ``MediaError``."""
         try:
             if item.cacheable:
@@ -187,28 +212,28 @@ class MediaResolver:
             log.exception("unexpected failure while reading %s", item.label)
             raise MediaError(item.label, f"could not be read ({type(exc).__name__}: {exc})") from exc
 
-    def _build(self, item: _Item, budget: VisionBudget) -> VisionInput:
+    def _build(self, item: _Item, budget: VisionBudget) -> Any:
         if item.kind == "frames":
             return self._build_frames(item.source, budget)
         if isinstance(item.source, Image.Image):
-            return self._timed(lambda: vision.image_input(flatten(item.source), budget))
+            return self._timed(lambda: self.pre.image(flatten(item.source), budget))
         with self.store.open(item.source) as source:
             if item.kind == "image":
                 image = self._timed(lambda: decode_image(source, max_pixels=self.settings.limits.max_image_pixels))
-                return self._timed(lambda: vision.image_input(image, budget))
+                return self._timed(lambda: self.pre.image(image, budget))
             return self._timed(lambda: self._video(source, budget))
 
-    def _video(self, source: bytes | Any, budget: VisionBudget) -> VisionInput:
+    def _video(self, source: bytes | Any, budget: VisionBudget) -> Any:
         limits = self.settings.limits
         decoded = decode_video(source, budget.fps, budget.max_frames, limits.max_video_seconds,
-                               frame_size=lambda n, h, w: vision.video_frame_size(n, h, w, budget),
+                               frame_size=lambda n, h, w: self.pre.video_frame_size(n, h, w, budget),
                                max_pixels=limits.max_image_pixels)
-        return vision.video_input(decoded.frames, decoded.indices, decoded.fps, budget)
+        return self.pre.video(decoded.frames, decoded.indices, decoded.fps, budget)
 
-    def _build_frames(self, frames: list[Any], budget: VisionBudget) -> VisionInput:
-        keep = vision.sample_frame_list(len(frames), budget.max_frames)
+    def _build_frames(self, frames: list[Any], budget: VisionBudget) -> Any:
+        keep = sample_frame_list(len(frames), budget.max_frames)
         images = list(self._frame_pool.map(self._frame_image, [frames[i] for i in keep]))
-        return self._timed(lambda: vision.frame_list_input(images, budget))
+        return self._timed(lambda: self.pre.frames(images, budget))
 
     def _frame_image(self, frame: str | Image.Image) -> Image.Image:
         if isinstance(frame, Image.Image):

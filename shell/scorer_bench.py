@@ -1,7 +1,7 @@
 """Scorer-alone benchmark: one pair per forward pass (the official script's way) versus batched passes.
 
-    python -m reranker.scorer_bench --model /path/to/tiny --kinds text,image,video
-    python -m reranker.scorer_bench --model random:8b --device cuda --kinds text,image --pairs 64
+    python -m shell.scorer_bench --model /path/to/tiny --kinds text,image,video
+    python -m shell.scorer_bench --model random:8b --device cuda --kinds text,image --pairs 64
 
 Prints, per pair kind, pairs/s and ms per pair for both ways and the largest |Δ| between their scores.
 ``--json`` prints one JSON object instead. Preparation (tokenising, vision preprocessing) is timed apart.
@@ -18,12 +18,14 @@ from typing import Any
 
 import torch
 
-from reranker.decode import decode_video
-from reranker.loading import LoadOptions, load_scorer
-from reranker.model import Scorer
-from reranker.pipeline import PairPreparer, PreparedPair, ResolvedSide
-from reranker.samples import mp4_bytes, noise_image
-from reranker.vision import VisionBudget, image_input, video_input
+from media.decode import decode_video
+from media.sides import ResolvedSide, VisionBudget
+from reranker.batching import score_all
+from reranker.loading import LoadOptions, load_model
+from reranker.qwen3vl.model import Scorer
+from reranker.qwen3vl.pipeline import PreparedPair
+from reranker.qwen3vl.vision import image_input, video_input
+from shell.samples import mp4_bytes, noise_image
 
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 WORDS = ("lightweight", "trail", "backpack", "nylon", "side", "bottle", "pocket", "padded", "straps", "rain",
@@ -50,10 +52,9 @@ def _side_factory(kind: str, text_tokens: int) -> Callable[[int], ResolvedSide]:
 def make_pairs(scorer: Scorer, kind: str, n: int, text_tokens: int = 512) -> tuple[list[PreparedPair], float]:
     """``n`` pairs of ``kind`` and the seconds spent preparing them."""
     make_doc = _side_factory(kind, text_tokens)
-    preparer = PairPreparer(scorer.tokenizer)
     query = ResolvedSide(texts=["a blue nylon backpack with a bottle pocket"])
     start = time.perf_counter()
-    pairs = [preparer.prepare(INSTRUCTION, query, make_doc(i)) for i in range(n)]
+    pairs = [scorer.prepare(INSTRUCTION, query, make_doc(i)) for i in range(n)]
     return pairs, time.perf_counter() - start
 
 
@@ -71,9 +72,10 @@ def measure(scorer: Scorer, pairs: list[PreparedPair], max_tokens: int, max_pair
     """Single-pair passes versus planned batches on the same pairs, after one warm-up pass of each."""
     device = str(scorer.device)
     scorer.forward(pairs[:1])
-    scorer.score(pairs[: min(len(pairs), max_pairs)], max_tokens, max_pairs)
+    lengths = [p.length for p in pairs]
+    score_all(scorer.forward, pairs[:max_pairs], lengths[:max_pairs], max_tokens, max_pairs)
     single, t_single = _timed(lambda: [scorer.forward([p])[0] for p in pairs], device)
-    batched, t_batched = _timed(lambda: scorer.score(pairs, max_tokens, max_pairs), device)
+    batched, t_batched = _timed(lambda: score_all(scorer.forward, pairs, lengths, max_tokens, max_pairs), device)
     n = len(pairs)
     return {
         "pairs": n,
@@ -100,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    scorer = load_scorer(args.model, LoadOptions(device=args.device, dtype=args.dtype))
+    scorer = load_model(args.model, LoadOptions(device=args.device, dtype=args.dtype))
+    if not isinstance(scorer, Scorer):
+        raise SystemExit(f"the scorer benchmark builds Qwen3-VL pairs; {args.model!r} is {scorer.name}")
     report: dict[str, Any] = {"model": scorer.name, "device": args.device, "dtype": str(scorer.dtype),
                               "load_s": time.perf_counter() - start, "kinds": {}}
     if args.device.startswith("cuda"):

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from rerankq.cluster import RedisServer, S3Server, default_tiny_model_dir, free_port, stop_process, wait_for_port
+from shell.cluster import RedisServer, S3Server, default_tiny_model_dir, free_port, stop_process, wait_for_port
 
 BUCKET = "rerankq-demo"
 REAL_WEIGHTS_HINT = "rerankq demo --model Qwen/Qwen3-VL-Reranker-2B --device cuda:0"
@@ -65,7 +65,7 @@ def _shape_png(shape: str, colour: tuple[int, int, int]) -> bytes:
 
 def seed_media(s3: Any) -> dict[str, str]:
     """Upload the sample images and video; returns name -> s3:// reference."""
-    from reranker.samples import mp4_bytes
+    from shell.samples import mp4_bytes
 
     s3.create_bucket(Bucket=BUCKET)
     refs = {}
@@ -121,7 +121,7 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 
 def start_worker(spec: str, device: str, env: dict[str, str], log: TextIO) -> subprocess.Popen[bytes]:
     """``rerankq worker`` in its own session (its own process group), so that stopping it stops all of it."""
-    argv = ["-m", "rerankq.cli", "worker", "--model", spec, "--device", device]
+    argv = ["-m", "shell.cli", "worker", "--model", spec, "--device", device]
     if sys.platform.startswith("linux"):
         argv = ["-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
     return subprocess.Popen([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -198,10 +198,9 @@ def print_job(n: int, job: dict[str, Any], status: dict[str, Any], result: dict[
 
 def worker_batch_stats(port: int) -> str:
     """Mean pairs and jobs per forward pass, read from the worker's own /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from shell.bench import metric_values
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    values = metric_values(f"http://127.0.0.1:{port}/metrics")
     batches = values.get("rerankq_batch_pairs_count") or 0
     if not batches:
         return "no forward pass recorded"
@@ -218,7 +217,7 @@ def _model_spec(model: str | None) -> str:
         return model
     path = default_tiny_model_dir()
     if not (path / "config.json").exists():
-        from reranker.tiny import write_tiny_model
+        from reranker.qwen3vl.tiny import write_tiny_model
 
         print(f"building the tiny random-weight model in {path} (once)")
         path.parent.mkdir(parents=True, exist_ok=True)

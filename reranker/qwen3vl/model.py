@@ -1,4 +1,4 @@
-"""The scorer: one model instance, many prepared pairs per forward pass.
+"""Qwen3-VL-Reranker as a ``reranker.contract.RerankModel``: one model instance, many pairs per forward pass.
 
 score = sigmoid(h_last · (w_yes − w_no)), h_last the backbone's final hidden state at the last position of
 a left-padded sequence. Only the backbone is kept, plus that one-row head: the vocabulary-wide LM head is
@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
-from reranker.batching import plan_with_prefixes, sharing_pays
-from reranker.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
-from reranker.prefix import can_share, forward_suffixes
-from reranker.sharing import JobPrefix, SharingStats, attach_prefix, plan_marks, release, suffix_rows
-from reranker.vision import normalize
+from media.sides import ResolvedSide
+from reranker.batching import sharing_pays
+from reranker.contract import prepare_each
+from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer, PreparedPair
+from reranker.qwen3vl.prefix import can_share, forward_suffixes
+from reranker.qwen3vl.sharing import JobPrefix, SharingStats, attach_prefix, release, suffix_rows
+from reranker.qwen3vl.vision import QwenVision, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -65,21 +67,41 @@ def collate(pairs: Sequence[PreparedPair], device: torch.device | str = "cpu") -
 
 
 class Scorer:
-    """A loaded reranker: ``score(pairs)`` returns one relevance score per pair, in input order.
+    """Qwen3-VL-Reranker loaded on one device: ``prepare`` pairs, ``forward`` batches of them.
 
-    Build with ``reranker.loading.load_scorer(spec, ...)``. Thread-compatible, not thread-safe: one caller
+    Build with ``reranker.loading.load_model(spec, ...)``. Thread-compatible, not thread-safe: one caller
     runs forward passes; other threads may prepare pairs meanwhile.
     """
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str) -> None:
+    def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str,
+                 max_length: int = 10240, share_prefix: bool = True) -> None:
         self.backbone = backbone.eval()
         self.head = head.detach().to(torch.float32)  # (hidden,) the yes − no row
         self.tokenizer = tokenizer
         self.name = name
-        self.device = head.device
+        self.torch_device = head.device
+        self.device = str(head.device)
         self.dtype = next(backbone.parameters()).dtype
+        self.preparer = PairPreparer(tokenizer, max_length)
+        self.preprocessor = QwenVision()
+        self.share = share_prefix and can_share(self.backbone)
         self.sharing = SharingStats()
-        self._can_share: bool | None = None
+
+    def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> PreparedPair:
+        """The exact prompt, vision pads expanded, truncated as the official script does."""
+        return self.preparer.prepare(instruction, query, document)
+
+    def prepare_job(self, instruction: str, query: ResolvedSide,
+                    documents: Sequence[ResolvedSide]) -> list[PreparedPair | Exception]:
+        """Every pair of the job; with sharing on, the pairs share their common prefix when that pays."""
+        pairs = prepare_each(self, instruction, query, documents)
+        if self.share:
+            self.share_prefix([p for p in pairs if isinstance(p, PreparedPair)])
+        return pairs
+
+    def share_prefix(self, pairs: Sequence[PreparedPair]) -> JobPrefix | None:
+        """Let the pairs of *one job* share their common prefix when that pays (None: they run whole)."""
+        return attach_prefix(pairs, sharing_pays) if can_share(self.backbone) else None
 
     @torch.inference_mode()
     def forward(self, pairs: Sequence[PreparedPair]) -> list[float]:
@@ -90,30 +112,16 @@ class Scorer:
     def logits(self, pairs: Sequence[PreparedPair]) -> torch.Tensor:
         """``h_last · w`` of each pair (fp32, before the sigmoid), one forward pass.
 
-        Pairs that carry a shared prefix (``share_prefix``) run as suffixes: each prefix not computed yet runs
-        once first, and is let go of after its job's last suffix."""
+        Pairs that carry a shared prefix (``prepare_job``, ``share_prefix``) run as suffixes: each prefix not
+        computed yet runs once first, and is let go of after its job's last suffix."""
         if any(p.prefix is not None for p in pairs):
             rows = suffix_rows(self.backbone, pairs, self.sharing)
             last = forward_suffixes(self.backbone, rows).to(torch.float32) @ self.head
             release(pairs, self.sharing)
             return last
-        batch = collate(pairs, self.device)
+        batch = collate(pairs, self.torch_device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in batch:  # uint8 travelled to the device; normalise there, then the model's dtype
                 batch[key] = normalize(batch[key]).to(self.dtype)
         out = self.backbone(**batch, use_cache=False)
         return out.last_hidden_state[:, -1].to(torch.float32) @ self.head
-
-    def share_prefix(self, pairs: Sequence[PreparedPair]) -> JobPrefix | None:
-        """Let the pairs of *one job* share their common prefix when that pays (None: they run whole)."""
-        if self._can_share is None:
-            self._can_share = can_share(self.backbone)
-        return attach_prefix(pairs, sharing_pays) if self._can_share else None
-
-    def score(self, pairs: Sequence[PreparedPair], max_tokens: int = 32768, max_pairs: int = 64) -> list[float]:
-        """Score any number of pairs, batched under a token budget; scores in input order."""
-        scores: list[float] = [0.0] * len(pairs)
-        for group in plan_with_prefixes([p.length for p in pairs], plan_marks(pairs), max_tokens, max_pairs):
-            for i, s in zip(group, self.forward([pairs[i] for i in group]), strict=True):
-                scores[i] = s
-        return scores

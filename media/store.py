@@ -5,7 +5,7 @@
   GETs of ``RANGE_BYTES``: the first range tells the size, so an object over ``limits.max_media_bytes`` is
   refused after one small request, a failed range is retried alone, and objects over ``SPOOL_BYTES`` go to a
   temporary file instead of memory (see ``MediaStore.open``).
-- ``https://`` only for allowed hosts and public addresses (``reranker.media_http``).
+- ``https://`` only for allowed hosts and public addresses (``media.http``).
 - ``file://`` and bare local paths only when ``allow_file_urls`` is on.
 - anything else is refused with the reason.
 
@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from reranker.media_cache import Counters
-from reranker.media_http import HttpFetcher, HttpPolicy
-from reranker.media_s3 import S3Reader
+from media.cache import Counters
+from media.http import HttpFetcher, HttpPolicy
+from media.s3 import S3Reader
+from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
 
@@ -181,9 +182,11 @@ class MediaStore:
 
 
 def _split_s3(ref: str) -> tuple[str, str]:
-    """Bucket and key, the key taken literally (S3 keys may hold ``?``, ``#`` and ``%``, as the AWS CLI reads)."""
-    bucket, _, key = ref.split("://", 1)[1].partition("/")
+    """Bucket and key of a media reference (``rerankq.s3.split_uri``), or the ``MediaError`` that says why not."""
+    try:
+        bucket, key = s3.split_uri(ref)
+    except ValueError:
+        bucket = key = ""
     if not bucket or not key:
         raise MediaError(ref, "an s3:// reference needs a bucket and a key (s3://bucket/key)")
     return bucket, key
-

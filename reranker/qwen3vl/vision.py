@@ -22,35 +22,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+
+from media.decode import FRAME_FACTOR, resize_frames, to_rgb
+from media.sides import VisionBudget, VisionError
 
 PATCH = 16
 MERGE = 2
 TEMPORAL = 2
 FACTOR = PATCH * MERGE  # 32 px per visual token side
 MAX_RATIO = 200
-FRAME_FACTOR = 2
 VIDEO_MIN_TOKENS = 128  # per frame, qwen-vl-utils VIDEO_MIN_TOKEN_NUM
 VIDEO_FRAME_MAX_TOKENS = 768  # per frame, qwen-vl-utils VIDEO_MAX_TOKEN_NUM
 FRAME_LIST_FPS = 2.0  # qwen-vl-utils' assumed rate for frame lists
 _MEAN = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))  # fused rescale+normalise, as transformers
 _STD = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))
-
-
-class VisionError(ValueError):
-    """An image or video cannot be brought within the model's limits (the message says which)."""
-
-
-@dataclass(frozen=True)
-class VisionBudget:
-    """Per-request vision limits. Defaults are the official script's."""
-
-    image_min_tokens: int = 4
-    image_max_tokens: int = 1800
-    video_max_tokens: int = 7680
-    fps: float = 1.0
-    max_frames: int = 64
 
 
 @dataclass
@@ -96,15 +82,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: float, max_pi
     return h_bar, w_bar
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with an alpha channel composited on white (qwen-vl-utils ``to_rgb``)."""
-    if image.mode == "RGBA":
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.split()[3])
-        return background
-    return image.convert("RGB")
-
-
 def resize_image(image: Image.Image, min_tokens: int, max_tokens: int, factor: int = FACTOR) -> Image.Image:
     """qwen-vl-utils ``fetch_image``: RGB, then PIL bicubic to the smart-resized size."""
     image = to_rgb(image)
@@ -139,24 +116,6 @@ def image_input(image: Image.Image, budget: VisionBudget) -> VisionInput:
     return VisionInput("image", values, grid)
 
 
-def sample_frame_count(total_frames: int, video_fps: float, fps: float, max_frames: int) -> int:
-    """qwen-vl-utils ``smart_nframes``: frames to sample from a file (even, 4..max_frames, ≤ total)."""
-    min_frames = 4
-    max_frames = max(FRAME_FACTOR, max_frames // FRAME_FACTOR * FRAME_FACTOR)
-    n = total_frames / video_fps * fps
-    n = min(min(max(n, min_frames), max_frames), total_frames)
-    n = math.floor(n / FRAME_FACTOR) * FRAME_FACTOR
-    if not FRAME_FACTOR <= n <= total_frames:
-        raise VisionError(f"video has {total_frames} frames; at least {FRAME_FACTOR} are needed")
-    return n
-
-
-def sample_frame_indices(total_frames: int, video_fps: float, fps: float, max_frames: int) -> list[int]:
-    """Which frames of a file to decode: ``round(linspace(0, total-1, n))``."""
-    n = sample_frame_count(total_frames, video_fps, fps, max_frames)
-    return torch.linspace(0, total_frames - 1, n).round().long().tolist()
-
-
 def video_frame_size(nframes: int, height: int, width: int, budget: VisionBudget) -> tuple[int, int]:
     """Per-frame size keeping the whole video within ``video_max_tokens`` (qwen-vl-utils ``fetch_video``)."""
     min_pixels = VIDEO_MIN_TOKENS * FACTOR * FACTOR
@@ -164,13 +123,6 @@ def video_frame_size(nframes: int, height: int, width: int, budget: VisionBudget
     max_pixels = max(min(VIDEO_FRAME_MAX_TOKENS * FACTOR * FACTOR, total_pixels / nframes * FRAME_FACTOR),
                      int(min_pixels * 1.05))
     return smart_resize(height, width, FACTOR, min_pixels, max_pixels)
-
-
-def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 (T, C, H, W) → float (T, C, h, w): bicubic, antialiased, clamped and rounded like torchvision."""
-    out = F.interpolate(frames.to(torch.float32), size=(height, width), mode="bicubic",
-                        antialias=True, align_corners=False)
-    return out.clamp_(0, 255).round_()
 
 
 def timestamps(indices: list[int], video_fps: float) -> list[float]:
@@ -190,13 +142,6 @@ def video_input(frames: torch.Tensor, indices: list[int], video_fps: float, budg
     return VisionInput("video", values, grid, timestamps(indices, video_fps))
 
 
-def sample_frame_list(n: int, max_frames: int) -> list[int]:
-    """Which of ``n`` listed frames to keep (the official ``sample_frames``: int(linspace))."""
-    if n <= max_frames:
-        return list(range(n))
-    return np.linspace(0, n - 1, max_frames, dtype=int).tolist()
-
-
 def frame_list_input(images: list[Image.Image], budget: VisionBudget) -> VisionInput:
     """A video given as already-sampled images (see ``sample_frame_list``)."""
     if not images:
@@ -211,3 +156,22 @@ def frame_list_input(images: list[Image.Image], budget: VisionBudget) -> VisionI
     frames = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
                           for im in resized])
     return video_input(frames, list(range(len(resized))), FRAME_LIST_FPS, budget)
+
+
+class QwenVision:
+    """The Qwen3-VL preprocessing as the media layer's ``Preprocessor`` (qwen-vl-utils' budgets)."""
+
+    def image(self, image: Image.Image, budget: VisionBudget) -> VisionInput:
+        return image_input(image, budget)
+
+    def video(self, frames: torch.Tensor, indices: list[int], video_fps: float, budget: VisionBudget) -> VisionInput:
+        return video_input(frames, indices, video_fps, budget)
+
+    def frames(self, images: list[Image.Image], budget: VisionBudget) -> VisionInput:
+        return frame_list_input(images, budget)
+
+    def video_frame_size(self, nframes: int, height: int, width: int, budget: VisionBudget) -> tuple[int, int]:
+        return video_frame_size(nframes, height, width, budget)
+
+    def nbytes(self, item: VisionInput) -> int:
+        return item.nbytes

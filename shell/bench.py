@@ -71,7 +71,7 @@ def make_requests(jobs: int, docs: int, kind: str, images: list[str], seed: int 
 
 
 def upload_images(s3: Any, count: int = 16) -> list[str]:
-    from reranker.samples import image_bytes, noise_image
+    from shell.samples import image_bytes, noise_image
 
     with contextlib.suppress(Exception):  # exists already (a running deployment)
         s3.create_bucket(Bucket=BUCKET)
@@ -94,10 +94,7 @@ class Scrape:
     def read(self) -> dict[str, float]:
         if not self.url:
             return {}
-        with urllib.request.urlopen(self.url, timeout=10) as resp:
-            lines = resp.read().decode().splitlines()
-        wanted = {f"{n}_{s}" for n in self.NAMES for s in ("sum", "count")}
-        return {line.split()[0]: float(line.split()[1]) for line in lines if line.split(" ")[0] in wanted}
+        return metric_values(self.url, {f"{n}_{s}" for n in self.NAMES for s in ("sum", "count")})
 
     @classmethod
     def means(cls, before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
@@ -108,6 +105,20 @@ class Scrape:
             out[key] = round(total / count, 4) if count else None
         out["forward_passes"] = after.get("rerankq_batch_pairs_count", 0) - before.get("rerankq_batch_pairs_count", 0)
         return out
+
+
+def metric_values(url: str, wanted: set[str] | None = None) -> dict[str, float]:
+    """A worker's /metrics as {sample name: value}, summed over label sets (``model``, ``state``, ...)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if wanted is None or sample.name in wanted:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -140,23 +151,25 @@ def run_workload(client: Any, scrape: Scrape, requests: list[dict[str, Any]], ti
 
 def scorer_alone(scorer: Any, settings: Settings, requests: list[dict[str, Any]], repeats: int = 3) -> float:
     """Pairs/s of the forward passes alone over the same pairs (media resolved and pairs prepared first)."""
-    from reranker.pipeline import PairPreparer
-    from reranker.prompt import Side
-    from reranker.resolver import MediaResolver
-    from reranker.vision import VisionBudget
+    from media.resolver import MediaResolver
+    from media.sides import ResolvedSide, Side, VisionBudget
+    from reranker.batching import score_all
 
-    preparer = PairPreparer(scorer.tokenizer, settings.scoring.max_length)
-    with MediaResolver(settings) as resolver:
+    with MediaResolver(settings, scorer.preprocessor) as resolver:
         pairs = []
         for request in requests:
             sides = resolver.resolve_sides([Side.from_dict(request["query"])]
                                            + [Side.from_dict(d) for d in request["documents"]], VisionBudget())
-            pairs += [preparer.prepare(settings.instruction, sides[0], d) for d in sides[1:]]  # type: ignore[arg-type]
-    scorer.score(pairs[: settings.batch.max_pairs], settings.batch.max_tokens, settings.batch.max_pairs)  # warm up
+            ready = [s for s in sides if isinstance(s, ResolvedSide)]
+            pairs += [p for p in scorer.prepare_job(settings.instruction, ready[0], ready[1:])
+                      if not isinstance(p, Exception)]
+    b = settings.batch
+    lengths = [p.length for p in pairs]
+    score_all(scorer.forward, pairs[: b.max_pairs], lengths[: b.max_pairs], b.max_tokens, b.max_pairs)  # warm up
     best = float("inf")
     for _ in range(repeats):  # best of: the scorer alone is a ceiling, noise only lowers it
         t0 = time.perf_counter()
-        scorer.score(pairs, settings.batch.max_tokens, settings.batch.max_pairs)
+        score_all(scorer.forward, pairs, lengths, b.max_tokens, b.max_pairs)
         best = min(best, time.perf_counter() - t0)
     return len(pairs) / best
 
@@ -173,7 +186,7 @@ def lone_latency(client: Any, n: int) -> dict[str, float]:
 
 
 def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str) -> tuple[Settings, str]:
-    from rerankq.cluster import RedisServer, S3Server, free_port, stop_process
+    from shell.cluster import RedisServer, S3Server, free_port, stop_process
 
     redis_server = stack.enter_context(RedisServer())
     s3_server = stack.enter_context(S3Server())
@@ -181,7 +194,7 @@ def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str) -> tu
     env = {**os.environ, "RERANKQ_REDIS_URL": redis_server.url, "RERANKQ_S3_ENDPOINT_URL": s3_server.url,
            "RERANKQ_METRICS_PORT": str(port), "RERANKQ_ALLOW_FILE_URLS": "true"}
     log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="rerankq-bench-worker-", suffix=".log"))  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", model,
+    proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "worker", "--model", model,
                              "--device", args.device], env=env, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, proc, 30.0)
     _wait_ready(proc, Path(log.name))
@@ -201,12 +214,12 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) 
 
 def run_bench(args: argparse.Namespace) -> int:
     from producer.client import RerankClient
-    from rerankq.cluster import default_tiny_model_dir
+    from shell.cluster import default_tiny_model_dir
     from workers.main import load
 
     model = args.model
     if model is None:
-        from reranker.tiny import write_tiny_model
+        from reranker.qwen3vl.tiny import write_tiny_model
 
         model = str(default_tiny_model_dir())
         if not (Path(model) / "config.json").exists():
@@ -242,7 +255,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _plot(report: dict[str, Any], path: str) -> None:
     """Workloads one after another on one time axis (each job's latency is submit-to-result)."""
-    from rerankq.plot import plot_bench
+    from shell.plot import plot_bench
 
     samples: list[dict[str, float]] = []
     offset = pairs = jobs = 0.0

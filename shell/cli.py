@@ -9,7 +9,7 @@ import sys
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from reranker.tiny import write_tiny_model
+    from reranker.qwen3vl.tiny import write_tiny_model
 
     out = write_tiny_model(args.dir, seed=args.seed)
     print(f"wrote a tiny random-weight Qwen3-VL-Reranker checkpoint to {out}")
@@ -20,13 +20,12 @@ def _worker(args: argparse.Namespace) -> int:
     from rerankq.settings import Settings
     from workers.main import run_worker
 
-    run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
-               loglevel="DEBUG" if args.verbose else "INFO")
-    return 0
+    return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
+                      loglevel="DEBUG" if args.verbose else "INFO")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rerankq.bench import run_bench
+    from shell.bench import run_bench
 
     return run_bench(args)
 
@@ -49,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
     worker.set_defaults(func=_worker)
-    from rerankq.bench import add_arguments
+    from shell.bench import add_arguments
 
     add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))
-    from rerankq.demo import add_arguments as add_demo_arguments
+    from shell.demo import add_arguments as add_demo_arguments
 
     add_demo_arguments(sub.add_parser("demo", help="the embedded default: private Redis + S3 endpoint + worker + "
                                       "sample jobs, progress, ranked results"))

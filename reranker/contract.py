@@ -1,0 +1,104 @@
+"""The model contract: everything the engine (``workers``, ``reranker.compat``, the benchmarks) needs from a
+reranking model, and nothing more. Qwen3-VL-Reranker (``reranker.qwen3vl``) is one implementation and the
+deterministic fake (``reranker.fake``) another; ``reranker.loading`` picks one from the model SPEC or the
+checkpoint's ``config.json``.
+
+The life of a pair, in the order the engine calls it (as LitServe's ``setup → decode → predict → encode``):
+
+1. ``model.preprocessor`` turns decoded media into the model's inputs; the media layer
+   (``media.resolver.MediaResolver``) calls it while it fetches, and caches what it returns.
+2. ``model.prepare(instruction, query, document)`` builds one pair from resolved sides: CPU work, run on
+   several threads while the previous batch is on the device. It raises ``PairTooLong`` (or any
+   ``PermanentError``) for a pair that cannot be scored; the engine reports that document alone.
+3. ``model.forward(pairs)`` scores one batch the planner (``reranker.batching``) formed under a token budget
+   from each pair's ``length``, and returns exactly one float in [0, 1] per pair, in order. It never drops,
+   reorders or merges pairs. One caller at a time (the scoring thread).
+
+Shared-prefix scoring (the pairs of one job start with the same tokens: system prompt, instruction, query):
+``prepare_job`` prepares a job's pairs together and may give them one ``prefix`` (``Prepared.prefix``). The
+planner then budgets each such pair as a suffix of that prefix (``prefix_marks``,
+``reranker.batching.plan_with_prefixes``: suffixes of one prefix in consecutive passes, the prefix's keys
+and values counted while held), and ``forward`` computes each prefix once, in the first pass that needs it,
+and lets it go after the pass that scores its last pair. Scores do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from media.resolver import Preprocessor
+from media.sides import ResolvedSide
+
+
+class SharedPrefix(Protocol):
+    """Tokens several pairs of one job start with, computed once by ``forward``."""
+
+    @property
+    def length(self) -> int: ...
+
+
+class Prepared(Protocol):
+    """A pair ready for ``forward``. ``length`` is what it costs a forward pass, in tokens; with a
+    ``prefix``, its pass costs ``length - prefix.length`` tokens plus the held prefix."""
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def prefix(self) -> SharedPrefix | None: ...
+
+
+P = TypeVar("P", bound=Prepared)
+
+
+class RerankModel(Protocol[P]):
+    """A loaded reranking model pinned to one device."""
+
+    @property
+    def name(self) -> str:
+        """The model's name as results, logs and metrics show it (a fake's name starts with ``fake:``)."""
+
+    @property
+    def device(self) -> str:
+        """Where it runs: ``cpu``, ``cuda:0``, or ``modelled h100`` for a fake that models a device."""
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """How decoded images and videos become this model's inputs (see ``media.resolver.Preprocessor``)."""
+
+    def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> P:
+        """One (query, document) pair, ready for ``forward``. Raises ``PairTooLong`` when it cannot fit."""
+
+    def prepare_job(self, instruction: str, query: ResolvedSide,
+                    documents: Sequence[ResolvedSide]) -> list[P | Exception]:
+        """Every pair of one job, in document order; a pair that cannot be prepared is its exception. An
+        implementation may prepare them together (one tokenisation of the query, a shared prefix)."""
+
+    def forward(self, pairs: Sequence[P]) -> list[float]:
+        """Score one batch: one relevance score in [0, 1] per pair, in input order, none dropped. A prefix
+        of these pairs not computed yet is computed first; one whose last pair this batch scores is let go."""
+
+
+def prepare_each(model: RerankModel[P], instruction: str, query: ResolvedSide,
+                 documents: Sequence[ResolvedSide]) -> list[P | Exception]:
+    """``prepare_job`` for models that prepare pairs one at a time: ``prepare`` per document."""
+    out: list[P | Exception] = []
+    for document in documents:
+        try:
+            out.append(model.prepare(instruction, query, document))
+        except Exception as exc:  # one document's failure is that document's
+            out.append(exc)
+    return out
+
+
+def prefix_marks(pairs: Sequence[Prepared]) -> list[tuple[int, int] | None]:
+    """What the planner needs of each pair's shared prefix: (prefix id, prefix tokens), None without one."""
+    ids: dict[int, int] = {}
+    return [None if p.prefix is None else (ids.setdefault(id(p.prefix), len(ids)), p.prefix.length)
+            for p in pairs]
+
+
+def own_lengths(pairs: Sequence[Prepared]) -> list[int]:
+    """Tokens each pair runs in a pass of its own: all of them, or those after its shared prefix."""
+    return [p.length - (p.prefix.length if p.prefix is not None else 0) for p in pairs]

@@ -1,0 +1,48 @@
+"""How to load a model (device, dtype, attention, caches), shared by every implementation's loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rerankq.errors import ModelLoadError
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: device, dtype ("auto" = bf16 on CUDA, fp32 on CPU), attention, caches, pair length,
+    shared-prefix scoring."""
+
+    device: str = "cpu"
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+    cache_dir: str = "~/.cache/rerankq/models"
+    s3_endpoint_url: str | None = None
+    seed: int = 0
+    max_length: int = 10240
+    share_prefix: bool = True  # a job's pairs may run their common prefix once (exact; scoring.share_prefix)
+
+
+def resolve_dtype(device: str, dtype: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}") from None
+
+
+def resolve_attention(device: str, attn: str) -> str:
+    if attn != "auto":
+        return attn
+    if device.startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"

@@ -1,0 +1,60 @@
+"""Loading Qwen3-VL-Reranker: a checkpoint through ``Qwen3VLForConditionalGeneration.from_pretrained`` (tiny
+test checkpoints included), or the released architecture with random weights (``random:2b|8b|small|tiny``),
+built directly on the target device in the target dtype so that ``random:8b`` never materialises fp32
+weights on the CPU. Only the backbone and the one-row yes − no head are kept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reranker.options import LoadOptions, resolve_attention, resolve_dtype
+from reranker.qwen3vl.architectures import ARCHITECTURES, build_config
+from reranker.qwen3vl.model import Scorer
+from rerankq.errors import ModelLoadError
+
+SIZES = tuple(ARCHITECTURES)
+
+
+def _head_row(lm_head: torch.Tensor, tokenizer) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    vocab = tokenizer.get_vocab()
+    return (lm_head[vocab["yes"]] - lm_head[vocab["no"]]).detach().clone()
+
+
+def from_pretrained(path: str, name: str, opts: LoadOptions) -> Scorer:
+    """A checkpoint directory (or Hugging Face id) → the scorer on ``opts.device``."""
+    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+
+    dtype = resolve_dtype(opts.device, opts.dtype)
+    try:
+        lm = Qwen3VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=resolve_attention(opts.device, opts.attn_implementation))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a Qwen3-VL checkpoint from {path!r}: {exc}") from exc
+    head = _head_row(lm.lm_head.weight.data, tokenizer)
+    backbone = lm.model.to(opts.device)
+    del lm  # drops the vocabulary head (untied models) — only the one row is kept
+    return Scorer(backbone, head.to(opts.device), tokenizer, name, opts.max_length, opts.share_prefix)
+
+
+def random_weights(size: str, opts: LoadOptions) -> Scorer:
+    """The released architecture of ``size`` with random weights (seeded), for benchmarks and tests."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from reranker.qwen3vl.tokenizer import cached_qwen_tokenizer
+
+    if size not in ARCHITECTURES:
+        raise ModelLoadError(f"model SPEC 'random:{size}': random: takes {', '.join(ARCHITECTURES)}")
+    dtype = resolve_dtype(opts.device, opts.dtype)
+    config = build_config(size)
+    config._attn_implementation = resolve_attention(opts.device, opts.attn_implementation)
+    torch.manual_seed(opts.seed)
+    with torch.device(opts.device):  # weights are created on the device, in ``dtype``
+        lm = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
+    tokenizer = cached_qwen_tokenizer()
+    head = _head_row(lm.lm_head.weight.data, tokenizer)
+    backbone = lm.model
+    del lm
+    return Scorer(backbone, head, tokenizer, f"random:{size} ({ARCHITECTURES[size]['name']} architecture)",
+                  opts.max_length, opts.share_prefix)

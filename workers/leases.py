@@ -1,0 +1,132 @@
+"""Leases and intake: what keeps a worker's jobs its own while it lives, and its reservations small.
+
+Leases (the SQS ``ChangeMessageVisibility`` pattern on kombu's Redis transport). A message a worker takes
+sits in kombu's ``unacked`` hash, indexed by time in ``unacked_index``; every worker sweeps that index every
+``lease_s / 4`` and puts back in its queue any message older than ``lease_s`` (``rerankq.keys
+.celery_config``). ``LeaseKeeper`` renews, every ``lease_s / 3``, the index entry of every message this
+worker holds, so a live worker's jobs are never put back however long a round takes, and a dead or frozen
+worker's jobs are back in their queue about one lease after its last renewal. Renewal only updates entries
+that still exist (``ZADD XX``): a worker that wakes after its jobs were put back cannot reclaim them, and
+``rerankq.jobs``' fencing refuses whatever it then tries to write.
+
+Intake (bounded reservations). ``IntakeGate`` is a consumer bootstep that lets the Celery consumer fetch a
+message only while the runtime is forming a round and has room (``Runtime.accepting``), and wakes the
+consumer's event loop when a round opens. A worker thus holds one round being scored and one being formed,
+never a backlog: a ``high`` job waits for no ``low`` job that is merely reserved, and a worker started into
+a busy cluster finds the queue, not other workers' buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from types import MethodType
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from rerankq import keys
+from rerankq.settings import Settings
+from workers.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+def held_tags() -> list[str]:
+    """Delivery tags of the messages this worker process holds (reserved or running tasks)."""
+    from celery.worker import state
+
+    for _ in range(5):  # the set may change while it is copied (another thread)
+        try:
+            requests = list(state.reserved_requests) + list(state.active_requests)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
+    return list({str(r.message.delivery_tag) for r in requests if r.message is not None})
+
+
+class LeaseKeeper:
+    """Renews this worker's leases every ``lease_s / 3`` seconds, in a daemon thread."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, metrics: Metrics,
+                 on_beat: list[Any] | None = None) -> None:
+        self.settings = settings
+        self.redis = client
+        self.metrics = metrics
+        self.on_beat = on_beat or []  # more things to do on each beat (the worker registry)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rerankq-leases", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def renew(self, tags: list[str]) -> int:
+        """Push the lease of each held message to now; returns how many were still held."""
+        if not tags:
+            return 0
+        renewed = int(self.redis.zadd(keys.UNACKED_INDEX, dict.fromkeys(tags, time.time()), xx=True, ch=True) or 0)
+        self.metrics.leases_renewed.inc(renewed)
+        return renewed
+
+    def _run(self) -> None:
+        interval = self.settings.lease_s / 3
+        while not self._stop.wait(interval):
+            try:
+                self.renew(held_tags())
+                for beat in self.on_beat:
+                    beat()
+            except Exception as exc:  # Redis blinked: renew on the next beat (a third of a lease later)
+                logger.warning("lease renewal failed: %s", exc)
+
+
+class IntakeGate(bootsteps.StartStopStep):
+    """Consumer bootstep: fetch only while ``runtime.accepting()``; wake the loop when a round opens."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._pipe: tuple[int, int] | None = None
+
+    def start(self, c: Any) -> None:
+        from workers.tasks import current_runtime
+
+        runtime = current_runtime()
+        if runtime is None or c.task_consumer is None:
+            return
+        qos = c.task_consumer.channel.qos
+        original = qos.can_consume
+
+        def can_consume(self: Any) -> bool:
+            return bool(runtime.accepting() and original())
+
+        qos.can_consume = MethodType(can_consume, qos)
+        if c.hub is not None:
+            if self._pipe is None:
+                self._pipe = os.pipe()
+                os.set_blocking(self._pipe[0], False)
+                os.set_blocking(self._pipe[1], False)
+            read_fd, write_fd = self._pipe
+            c.hub.add_reader(read_fd, self._drain, read_fd)
+            runtime.on_open = lambda: self._wake(write_fd)
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(fd, 512):
+                pass
+
+    @staticmethod
+    def _wake(fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
+            os.write(fd, b"x")

@@ -1,0 +1,88 @@
+"""The worker's Redis transport: kombu's, except that a queue entry which is not a Celery message (not JSON,
+not an object, no ``properties``) is moved to the dead-letter list instead of killing the worker (kombu
+would raise in its poller and Celery would stop with "Unrecoverable error") or being reported as a lost
+broker connection (and every job in flight restored and scored twice).
+
+Selected with Celery's ``broker_transport`` (``workers.app.worker_config``); the URL stays ``redis://`` or
+``sentinel://``. Producers keep kombu's own transport: they only publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+
+logger = logging.getLogger(__name__)
+
+DLQ_KEY_OPTION = "rerankq_dlq_key"  # transport option: where dead letters go
+
+
+def as_message(item: bytes | str) -> tuple[dict[str, Any] | None, str]:
+    """A raw queue entry → (the message, "") or (None, why it is not one)."""
+    try:
+        message = json.loads(bytes_to_str(item))
+    except ValueError as exc:
+        return None, f"not JSON ({exc})"
+    if not isinstance(message, dict):
+        return None, f"not a Celery message (a JSON {type(message).__name__})"
+    properties = message.get("properties")
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_info"), dict):
+        return None, "not a Celery message (no properties.delivery_info)"
+    if "body" not in message or not isinstance(message.get("headers", {}), dict):
+        return None, "not a Celery message (no body or headers)"
+    return message, ""
+
+
+def dead_letter(client: Any, key: str, queue: str, reason: str, raw: str) -> None:
+    """Append one entry to the dead-letter list (``rerankq dlq list`` reads it)."""
+    entry = {"queue": queue, "reason": reason, "raw": raw, "at": time.time()}
+    client.rpush(key, json.dumps(entry))
+
+
+class DeadLetterChannel(kombu_redis.Channel):
+    """kombu's Redis channel with malformed entries dead-lettered (see the module doc)."""
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # reconnect on the next iteration
+                raise
+            if not reply:
+                raise kombu_redis.Empty()
+            dest, item = reply
+            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            message, reason = as_message(item)
+            if message is None:
+                self._dead_letter(queue, reason, item)
+            else:
+                self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # kombu's attribute, untyped
+            self._flush_brpop_reauth()
+
+    def _dead_letter(self, queue: str, reason: str, item: bytes | str) -> None:
+        key = self.connection.client.transport_options.get(DLQ_KEY_OPTION, "rerankq:dlq")
+        logger.error("queue %s: an entry that is not a rerank message was moved to %s: %s", queue, key, reason)
+        with self.conn_or_acquire() as client:
+            dead_letter(client, key, queue, reason, bytes_to_str(item))
+
+
+class DeadLetterSentinelChannel(DeadLetterChannel, kombu_redis.SentinelChannel):
+    """The same, for ``sentinel://`` URLs."""
+
+
+class Transport(kombu_redis.Transport):
+    Channel = DeadLetterChannel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = DeadLetterSentinelChannel

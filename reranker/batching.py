@@ -122,11 +122,11 @@ def plan_with_prefixes(lengths: Sequence[int], prefixes: Sequence[tuple[int, int
                        max_pairs: int) -> list[list[int]]:
     """Plan pairs of which some run as suffixes: ``prefixes[i]`` is (prefix id, prefix tokens) for a pair
     that continues a shared prefix (its suffix is ``lengths[i]`` minus the prefix), None for a pair that
-    runs whole. Whole pairs are planned as ``plan_batches`` does; suffixes never share a pass with them."""
-    whole = [i for i, p in enumerate(prefixes) if p is None]
-    shared = [i for i, p in enumerate(prefixes) if p is not None]
-    batches = [[whole[k] for k in b] for b in plan_batches([lengths[i] for i in whole], max_tokens, max_pairs)]
-    marks = [p for p in prefixes if p is not None]
-    suffix_plan = plan_shared_batches([lengths[i] - p[1] for i, p in zip(shared, marks, strict=True)],
-                                      [p[0] for p in marks], [p[1] for p in marks], max_tokens, max_pairs)
-    return batches + [[shared[k] for k in b] for b in suffix_plan]
+    runs whole. Without any prefix this is ``plan_batches``; otherwise a whole pair is a suffix of nothing
+    and rides in the same passes (one pass can hold the suffixes of several jobs and whole pairs)."""
+    if all(p is None for p in prefixes):
+        return plan_batches(lengths, max_tokens, max_pairs)
+    ids = [-1 if p is None else p[0] for p in prefixes]
+    tokens = [0 if p is None else p[1] for p in prefixes]
+    return plan_shared_batches([n - t for n, t in zip(lengths, tokens, strict=True)], ids, tokens, max_tokens,
+                               max_pairs)

@@ -51,7 +51,10 @@ class PrefixSharing(Collector):
     """Shared-prefix scoring, from the model's own counters (``sharing``; none for a model that never
     shares): prefix passes, prefix tokens computed, prefix tokens saved (not recomputed per document)."""
 
-    FAMILIES = (("rerankq_prefix_passes", "Forward passes over a job's shared prefix", "prefix_passes"),
+    FAMILIES = (("rerankq_prefix_passes", "Forward passes over shared prefixes (several jobs' at once)",
+                 "prefix_passes"),
+                ("rerankq_prefixes_computed", "Shared prefixes computed (one per job that shares)",
+                 "prefixes_computed"),
                 ("rerankq_prefix_tokens_computed", "Shared-prefix tokens computed", "prefix_tokens_computed"),
                 ("rerankq_prefix_tokens_saved", "Shared-prefix tokens not recomputed", "prefix_tokens_saved"))
 

@@ -152,18 +152,43 @@ def _run_layers(lm: Any, hidden: torch.Tensor, positions: torch.Tensor, mask: to
     return hidden
 
 
+def _left_padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of ``rows`` left-padded to the longest."""
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, longest - len(row):] = torch.tensor(list(row), dtype=torch.long)
+        mask[b, longest - len(row):] = 1
+    return ids, mask
+
+
 @torch.inference_mode()
-def encode_prefix(backbone: Any, ids: Sequence[int], vision: Sequence[VisionInput]) -> PrefixKV:
-    """Run one prefix (its vision inputs included) and keep every layer's keys and values."""
-    lm = backbone.language_model
-    tokens = torch.tensor([list(ids)], dtype=torch.long, device=backbone.device)
-    ones = torch.ones_like(tokens)
-    embeds, visual, deepstack = _embed(backbone, tokens, vision)
-    positions = _rope_positions(backbone, tokens, ones, vision)
-    mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=ones, past_key_values=None)
+def encode_prefixes(backbone: Any, prefixes: Sequence[tuple[Sequence[int], Sequence[VisionInput]]]
+                    ) -> list[PrefixKV]:
+    """Run prefixes (token ids, vision inputs) in one left-padded pass, vision tower included, and keep
+    each one's keys and values (its own copy, so each is freed on its own)."""
+    lm, device = backbone.language_model, backbone.device
+    ids, mask = _left_padded([p[0] for p in prefixes])
+    vision = [v for _, items in prefixes for v in items]
+    positions = _rope_positions(backbone, ids, mask, vision).to(device)
+    ids, mask = ids.to(device), mask.to(device)
+    embeds, visual, deepstack = _embed(backbone, ids, vision)
+    attn = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=mask, past_key_values=None)
     capture = _Capture()
-    _run_layers(lm, embeds, positions, mask, capture, visual, deepstack)
-    return PrefixKV(capture.keys, capture.values, len(ids), int(positions.max()) + 1)
+    _run_layers(lm, embeds, positions, attn, capture, visual, deepstack)
+    out = []
+    for b, (tokens, _) in enumerate(prefixes):
+        keep = slice(ids.shape[1] - len(tokens), None)
+        out.append(PrefixKV([k[b:b + 1, :, keep].clone() for k in capture.keys],
+                            [v[b:b + 1, :, keep].clone() for v in capture.values],
+                            len(tokens), int(positions[:, b, keep].max()) + 1))
+    return out
+
+
+def encode_prefix(backbone: Any, ids: Sequence[int], vision: Sequence[VisionInput]) -> PrefixKV:
+    """One prefix on its own (see ``encode_prefixes``)."""
+    return encode_prefixes(backbone, [(ids, vision)])[0]
 
 
 @dataclass
@@ -213,12 +238,7 @@ def forward_suffixes(backbone: Any, rows: Sequence[SuffixRow]) -> torch.Tensor:
     (normed) at its last token, ``(len(rows), hidden)``."""
     lm, device = backbone.language_model, backbone.device
     lengths = [len(r.ids) for r in rows]
-    longest = max(lengths)
-    ids = torch.full((len(rows), longest), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, longest - len(row.ids):] = torch.tensor(row.ids, dtype=torch.long)
-        mask[b, longest - len(row.ids):] = 1
+    ids, mask = _left_padded([r.ids for r in rows])
     vision = [v for r in rows for v in r.vision]
     positions = _rope_positions(backbone, ids, mask, vision)
     positions += torch.tensor([r.prefix.next_position for r in rows])[None, :, None]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
-from reranker.qwen3vl.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefix
+from reranker.qwen3vl.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefixes
 from reranker.qwen3vl.vision import VisionInput
 
 _PADS = (IMAGE_PAD_ID, VIDEO_PAD_ID)
@@ -127,25 +127,29 @@ def attach_prefix(pairs: Sequence[PreparedPair], pays: Callable[[int, list[int]]
 class SharingStats:
     """Cumulative counters of one scorer (read by the worker's metrics at scrape time)."""
 
-    prefix_passes: int = 0
+    prefix_passes: int = 0  # forward passes over prefixes (all the prefixes a suffix pass needs, together)
+    prefixes_computed: int = 0  # one per job that shares: its prefix is computed once
     prefix_tokens_computed: int = 0
     prefix_tokens_saved: int = 0  # prefix tokens the suffixes did not recompute: (pairs - 1) x prefix
 
 
 def suffix_rows(backbone: object, pairs: Sequence[PreparedPair], stats: SharingStats) -> list[SuffixRow]:
-    """Rows of a suffix pass for ``pairs``, running each prefix not yet computed once (a pair without a
-    prefix is a suffix of nothing)."""
+    """Rows of a suffix pass for ``pairs``; the prefixes not computed yet run first, together in one pass
+    (a pair without a prefix is a suffix of nothing)."""
+    missing = list({id(p.prefix): p.prefix for p in pairs if p.prefix is not None and p.prefix.kv is None}.values())
+    if missing:
+        for handle, kv in zip(missing, encode_prefixes(backbone, [(h.ids, h.vision) for h in missing]), strict=True):
+            handle.kv = kv
+        stats.prefix_passes += 1
+        stats.prefixes_computed += len(missing)
+        stats.prefix_tokens_computed += sum(h.length for h in missing)
     rows = []
     for pair in pairs:
         handle = pair.prefix
-        if handle is None:
+        if handle is None or handle.kv is None:
             rows.append(SuffixRow(EMPTY, pair.input_ids, pair.vision))
-            continue
-        if handle.kv is None:
-            handle.kv = encode_prefix(backbone, handle.ids, handle.vision)
-            stats.prefix_passes += 1
-            stats.prefix_tokens_computed += handle.length
-        rows.append(SuffixRow(handle.kv, pair.input_ids[handle.length:], pair.vision[len(handle.vision):]))
+        else:
+            rows.append(SuffixRow(handle.kv, pair.input_ids[handle.length:], pair.vision[len(handle.vision):]))
     return rows
 
 

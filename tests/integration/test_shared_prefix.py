@@ -83,6 +83,7 @@ def test_every_query_kind_against_mixed_documents(tiny_scorer, sides, kind: str)
     assert len({round(x, 3) for x in expected.tolist()}) == len(expected)  # the documents really differ
     stats = tiny_scorer.sharing
     assert stats.prefix_passes - before.prefix_passes == 1
+    assert stats.prefixes_computed - before.prefixes_computed == 1
     assert stats.prefix_tokens_saved - before.prefix_tokens_saved == handle.length * (len(pairs) - 1) > 0
     assert handle.kv is None and handle.pending == 0  # freed after the job's last suffix
     assert len(handle.vision) == (0 if kind == "text" else 1)  # the query's vision ran in the prefix pass
@@ -118,8 +119,12 @@ def test_several_jobs_and_a_whole_pair_in_one_pass(tiny_scorer, sides) -> None: 
     handles = [tiny_scorer.share_prefix(pairs) for pairs in jobs]
     whole = lone()
     assert tiny_scorer.share_prefix(whole) is None  # one document: sharing does not pay
+    before = SharingStats(**vars(tiny_scorer.sharing))
     got = tiny_scorer.logits([p for pairs in jobs for p in pairs] + whole)
     assert len({h.length for h in handles}) == 3  # prefixes of different widths side by side
+    # the three prefixes ran together in one left-padded pass, then every suffix and the whole pair in one
+    assert tiny_scorer.sharing.prefix_passes - before.prefix_passes == 1
+    assert tiny_scorer.sharing.prefixes_computed - before.prefixes_computed == 3
     assert (got - expected).abs().max().item() <= TOL
 
 

@@ -105,9 +105,10 @@ def test_several_jobs_share_a_suffix_pass() -> None:
     assert batches == [[1, 0, 2, 3]]
 
 
-def test_whole_pairs_and_suffixes_never_share_a_pass() -> None:
+def test_whole_pairs_ride_with_suffixes() -> None:
     lengths = [600, 650, 700, 120, 130]
     marks: list[tuple[int, int] | None] = [(0, 500), (0, 500), (0, 500), None, None]
-    batches = plan_with_prefixes(lengths, marks, 100_000, 64)
-    assert sorted(map(sorted, batches)) == [[0, 1, 2], [3, 4]]
+    assert plan_with_prefixes(lengths, marks, 100_000, 64) == [[4, 3, 2, 1, 0]]  # one pass
+    two = plan_with_prefixes(lengths, marks, 1000, 64)  # 500 held + 5 x 200 + 5 x 500 / 8: over 1000
+    assert sorted(i for b in two for i in b) == list(range(5)) and len(two) > 1
     assert plan_with_prefixes(lengths, [None] * 5, 1000, 64) == plan_batches(lengths, 1000, 64)

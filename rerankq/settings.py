@@ -30,6 +30,9 @@ class BatchSettings(BaseModel):
     max_jobs: int = Field(64, ge=1, description="Jobs a worker takes from the queue at once (its buffer).")
     prepare_threads: int = Field(4, ge=1, description="Threads that fetch, decode and tokenise pairs while the "
                                  "model runs the previous batch.")
+    record_path: str = Field("", description="Append one JSON line per forward pass (job id and document index of "
+                             "each pair) to this file; empty = off. `rerankq bench` replays these exact batches for "
+                             "its scorer-alone figure.")
 
 
 class ScoringSettings(BaseModel):

@@ -45,6 +45,7 @@ from workers.rounds import (
     Unit,
     distinct_jobs,
     prepare_units,
+    record_batch,
     resolve_media,
     score_isolating,
     transient_failure,
@@ -252,6 +253,8 @@ class Runtime:
         self.metrics.batch_jobs.observe(distinct_jobs(live))
         own = own_lengths([u.pair for u in live])  # a suffix's padding is its own, the prefix is not padded
         self.metrics.padding.observe(padding_ratio(own, [list(range(len(live)))]))
+        if self.settings.batch.record_path:
+            record_batch(self.settings.batch.record_path, live)
         progress: dict[tuple[str, int], int] = {}
         for unit, score in outcomes:
             unit.run.scoring_s += seconds / len(live)

@@ -64,6 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport: dict[str, Any] = {
         "visibility_timeout": settings.lease_s, "queue_order_strategy": "priority",
         "unacked_restore_interval": max(settings.lease_s / 4, 0.5), "unacked_restore_throttle": 1,
+        # the sweep's lock: held for a moment; if its holder dies holding it, the next sweep waits this long
+        "unacked_mutex_expire": max(settings.lease_s, 10),
     }
     if settings.redis_url.startswith("sentinel://"):
         transport["master_name"] = settings.redis_master_name

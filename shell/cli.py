@@ -40,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny_model)
 
+    from producer import dlq
     from producer.cli import add_commands
 
     add_commands(sub)
+    dlq.add_commands(sub)
     worker = sub.add_parser("worker", help="one Celery worker process pinned to one device and one model")
     worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")

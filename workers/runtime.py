@@ -5,8 +5,10 @@ future, so the message is acknowledged only after the job's record is final (``a
 sees each job's real runtime. Meanwhile:
 
 - the *preparing* thread forms a round: it opens the intake (the Celery consumer fetches only while it is
-  open, see ``workers.leases.IntakeGate``), takes what arrives within ``batch.flush_interval_ms`` (at most
-  ``batch.max_jobs``), marks those jobs running, resolves their media, prepares their pairs and plans
+  open, see ``workers.leases.IntakeGate``), takes what arrives within ``batch.flush_interval_ms``, and for as
+  long after that as the scorer is still busy with more than its last batch (at most ``batch.max_jobs``:
+  under load rounds fill up, an idle worker answers a lone job at once), marks those jobs running, resolves
+  their media, prepares their pairs and plans
   token-budgeted batches over all of them. It forms the next round only once the scorer has taken the last
   one, so a worker never holds more than one round in the scorer and one being formed: a ``high`` job
   submitted now is in the next round some worker forms, ahead of every waiting ``normal`` or ``low`` one;
@@ -20,6 +22,7 @@ and is tried again before the failure becomes a per-document error. Every failur
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -75,6 +78,9 @@ class Runtime:
         self._tie = itertools.count()
         self._handoff: queue.Queue[Round] = queue.Queue(maxsize=1)
         self._open = threading.Event()
+        self._scorer_busy_until = 0.0  # monotonic time the scorer should finish its round (0: idle)
+        self._batch_s = 0.0  # moving average of a forward pass, seconds
+        self._prepare_s_per_job = 0.0  # moving average of preparing a job, seconds
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(f, ), name=n, daemon=True)
                          for f, n in ((self._prepare_next, "rerankq-prepare"), (self._score_next, "rerankq-score"))]
@@ -110,8 +116,8 @@ class Runtime:
     # forming a round -----------------------------------------------------------------------------
     def _take(self) -> list[JobRun]:
         """The next round's jobs: a lone job whose last holder died; retries that are due; else the first
-        job to arrive and whatever comes within the flush interval, up to ``max_jobs``. The intake is open
-        from the moment the previous round was handed over until this one is formed."""
+        job to arrive and what follows (``_fill``). The intake is open from the moment the previous round
+        was handed over until this one is formed."""
         if self._solo:
             return [self._solo.popleft()]
         if not self._open.is_set():
@@ -123,24 +129,38 @@ class Runtime:
                 runs = [self._inbox.get(timeout=0.2)]
             except queue.Empty:
                 return []  # still open: the consumer may fetch while nothing waits
-        deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
-        while len(runs) < self.settings.batch.max_jobs and (wait := deadline - time.monotonic()) > 0:
-            try:
-                runs.append(self._inbox.get(timeout=wait))
-            except queue.Empty:
-                break
-        self._open.clear()
-        while len(runs) < self.settings.batch.max_jobs:  # fetched while the intake was closing
-            try:
-                runs.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+        self._fill(runs)
         alone = [r for r in runs if r.solo]
         if len(alone) == len(runs):
             self._solo.extend(alone[1:])
             return alone[:1]
         self._solo.extend(alone)
         return [r for r in runs if not r.solo]
+
+    def _fill(self, runs: list[JobRun]) -> None:
+        """Add what arrives within the flush interval, and after it for as long as the scorer has more than
+        its last batch to run (a fuller round then costs no latency); at most ``max_jobs``."""
+        deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
+        while len(runs) < self.settings.batch.max_jobs:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                if self._round_ready(len(runs)):
+                    break
+                wait = 0.005
+            with contextlib.suppress(queue.Empty):
+                runs.append(self._inbox.get(timeout=wait))
+        self._open.clear()
+        while len(runs) < self.settings.batch.max_jobs:  # fetched while the intake was closing
+            try:
+                runs.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+
+    def _round_ready(self, jobs: int) -> bool:
+        """The flush policy, once the flush interval has passed: close the round when preparing it would take
+        about as long as the scorer still needs for its own (both estimated from recent rounds), so the next
+        round is ready when the scorer is; an idle scorer gets it at once."""
+        return time.monotonic() + self._prepare_s_per_job * jobs >= self._scorer_busy_until
 
     def _due(self) -> list[JobRun]:
         now = time.monotonic()
@@ -155,8 +175,12 @@ class Runtime:
         runs = self._take()
         if not runs:
             return
+        t0 = time.monotonic()
         try:
             round_ = self._prepare(runs)
+            per_job = (time.monotonic() - t0) / len(runs)
+            self._prepare_s_per_job = 0.8 * self._prepare_s_per_job + 0.2 * per_job if self._prepare_s_per_job \
+                else per_job
         except Exception as exc:  # a media-layer or planner bug: these jobs fail, the worker carries on
             logger.exception("preparing %d jobs failed", len(runs))
             for run in runs:
@@ -231,13 +255,18 @@ class Runtime:
             return
         self._handoff.task_done()
         try:
-            for batch in round_.batches:
-                done = self._run_batch([round_.units[i] for i in batch])
+            for i, batch in enumerate(round_.batches):
+                t0 = time.monotonic()
+                self._scorer_busy_until = t0 + (len(round_.batches) - i) * self._batch_s
+                done = self._run_batch([round_.units[j] for j in batch])
+                seconds = time.monotonic() - t0
+                self._batch_s = 0.8 * self._batch_s + 0.2 * seconds if self._batch_s else seconds
                 self.finisher.finish(done)  # a job ends as soon as its last pair is scored
         except Exception as exc:
             logger.exception("scoring a round failed")
             for run in round_.runs:
                 run.error = run.error or f"worker error while scoring: {type(exc).__name__}: {exc}"
+        self._scorer_busy_until = 0.0
         self.finisher.finish(round_.runs)
 
     def _run_batch(self, units: list[Unit]) -> list[JobRun]:

@@ -74,7 +74,7 @@ def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, .
                   f"{len(args)} arguments{' and keyword arguments' if kwargs else ''}"
                   f"{'' if len(args) != 1 else ' (a ' + type(args[0]).__name__ + ')'}")
         raw = json.dumps({"task_id": request.id, "args": list(args), "kwargs": kwargs}, default=repr)
-        dead_letter(runtime.store.redis, keys.dlq_key(settings), queue, reason, raw)
+        dead_letter(runtime.store.redis, keys.dlq_key(settings), queue, reason, raw, kind="message")
         logger.error("message %s moved to the dead-letter list: %s", request.id, reason)
         raise Reject(reason, requeue=False)
     data = dict(args[0])

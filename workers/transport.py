@@ -38,9 +38,11 @@ def as_message(item: bytes | str) -> tuple[dict[str, Any] | None, str]:
     return message, ""
 
 
-def dead_letter(client: Any, key: str, queue: str, reason: str, raw: str) -> None:
-    """Append one entry to the dead-letter list (``rerankq dlq list`` reads it)."""
-    entry = {"queue": queue, "reason": reason, "raw": raw, "at": time.time()}
+def dead_letter(client: Any, key: str, queue: str, reason: str, raw: str, kind: str = "entry") -> None:
+    """Append one entry to the dead-letter list (``rerankq dlq list`` reads it). ``kind`` is ``entry`` (a raw
+    queue entry, put back as it was on redrive) or ``message`` (a Celery message whose arguments were wrong:
+    ``raw`` holds its task id, args and kwargs, sent again on redrive)."""
+    entry = {"kind": kind, "queue": queue, "reason": reason, "raw": raw, "at": time.time()}
     client.rpush(key, json.dumps(entry))
 
 

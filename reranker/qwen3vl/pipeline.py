@@ -120,8 +120,8 @@ class PairPreparer:
         texts = ["".join(run) for run in runs]
         encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         ids: list[int] = list(encoded[0])
-        for special, run in zip(specials, encoded[1:], strict=True):
-            ids += [special, *run]
+        for special_id, text_ids in zip(specials, encoded[1:], strict=True):
+            ids += [special_id, *text_ids]
         return ids
 
     def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> PreparedPair:

@@ -68,8 +68,9 @@ def _wait_ready(worker: WorkerProcess, timeout: float = 120) -> None:
     raise RuntimeError(f"worker not ready within {timeout} s:\n{worker.tail()}")
 
 
-def start_worker(model_dir: Path, redis_url: str, s3_url: str, log_dir: Path, **env: str) -> WorkerProcess:
-    """Start ``rerankq worker`` with the tiny model on CPU; extra ``RERANKQ_*`` settings as keywords."""
+def start_worker(model_dir: Path | str, redis_url: str, s3_url: str, log_dir: Path, **env: str) -> WorkerProcess:
+    """Start ``rerankq worker`` on CPU with a model SPEC (the tiny checkpoint, ``fake:hash``, ...); extra
+    ``RERANKQ_*`` settings as keywords."""
     port = free_port()
     prefix = f"t{uuid.uuid4().hex[:8]}"
     full_env = {**os.environ, "RERANKQ_REDIS_URL": redis_url, "RERANKQ_S3_ENDPOINT_URL": s3_url,

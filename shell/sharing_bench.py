@@ -5,6 +5,10 @@ ways on the same pairs in the same run, after a warm-up of each:
 - **off**: sharing off, batched as the worker batches without it (the baseline);
 - **1/pass**: one pair per forward pass, the official script's way.
 
+shared and off (and forced, below) run in turn within each of ``--repeats`` rounds, best of each, so that a
+machine busy with other work slows them alike; a job the planner declines runs the same passes shared or
+off, so their ratio there shows the noise of the run.
+
 Prints pairs/s of each, the speed-ups, and the largest |Δ logit| of shared and off against one pair per
 pass. A job the planner declines to share also shows what forced sharing would have given. With
 ``--peak-tflops`` (or on CUDA), MFU from a FLOP model: 2 x parameters per token computed (the vision tower's
@@ -81,18 +85,28 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _best(make: Callable[[], list[PreparedPair]], run: Callable[[list[PreparedPair]], torch.Tensor], device: str,
-          repeats: int) -> tuple[float, torch.Tensor]:
-    """Best time of ``repeats`` runs on freshly prepared pairs (a shared prefix is freed after its job)."""
-    best, out = float("inf"), torch.zeros(0)
+def _timed(make: Callable[[], list[PreparedPair]], run: Callable[[list[PreparedPair]], torch.Tensor],
+           device: str) -> tuple[float, torch.Tensor]:
+    """One run on freshly prepared pairs (a shared prefix is freed after its job), preparation not timed."""
+    pairs = make()
+    _sync(device)
+    start = time.perf_counter()
+    out = run(pairs)
+    _sync(device)
+    return time.perf_counter() - start, out
+
+
+def _interleaved(variants: dict[str, tuple[Callable[[], list[PreparedPair]], Callable[[list[PreparedPair]],
+                 torch.Tensor]]], device: str, repeats: int) -> dict[str, tuple[float, torch.Tensor]]:
+    """Best time of each variant over ``repeats`` rounds that run every variant in turn, so that a machine
+    busy with other work slows them alike."""
+    best: dict[str, tuple[float, torch.Tensor]] = {}
     for _ in range(repeats):
-        pairs = make()
-        _sync(device)
-        start = time.perf_counter()
-        out = run(pairs)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for name, (make, run) in variants.items():
+            seconds, out = _timed(make, run, device)
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, out)
+    return best
 
 
 def measure_job(scorer: Scorer, shape: str, docs: int, words: Callable[[int, int], str], max_tokens: int,
@@ -115,18 +129,20 @@ def measure_job(scorer: Scorer, shape: str, docs: int, words: Callable[[int, int
     prefix = decided[0].prefix
     for make in (plain, shared):  # warm-up
         batched(make()[: min(docs, 4)])
-    t_on, on = _best(shared, batched, device, repeats)
-    t_off, off = _best(plain, batched, device, repeats)
-    t_one, one = _best(plain, lambda ps: torch.cat([scorer.logits([p]).cpu() for p in ps]), device, 1)
+    variants = {"shared": (shared, batched), "off": (plain, batched)}
+    if prefix is None:  # what sharing would have done, had the planner not declined it
+        variants["forced"] = (lambda: shared(force=True), batched)
+    best = _interleaved(variants, device, repeats)
+    (t_on, on), (t_off, off) = best["shared"], best["off"]
+    t_one, one = _timed(plain, lambda ps: torch.cat([scorer.logits([p]).cpu() for p in ps]), device)
     row = {"shape": shape, "documents": docs, "tokens_per_pair": sum(p.length for p in decided) / docs,
            "prefix_tokens": prefix.length if prefix else 0, "shared": prefix is not None,
            "shared_pairs_per_s": docs / t_on, "off_pairs_per_s": docs / t_off, "one_pass_pairs_per_s": docs / t_one,
            "shared_vs_off": t_off / t_on, "shared_vs_one_pass": t_one / t_on,
            "max_dlogit_shared": float((on - one).abs().max()), "max_dlogit_off": float((off - one).abs().max()),
            "gflop_shared": gflop(scorer, decided), "gflop_off": gflop(scorer, plain())}
-    if prefix is None:  # what sharing would have done, had the planner not declined it
-        t_forced, _ = _best(lambda: shared(force=True), batched, device, repeats)
-        row["forced_pairs_per_s"], row["forced_vs_off"] = docs / t_forced, t_off / t_forced
+    if "forced" in best:
+        row["forced_pairs_per_s"], row["forced_vs_off"] = docs / best["forced"][0], t_off / best["forced"][0]
     return row
 
 

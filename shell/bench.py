@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rerankq.settings import Settings
-from shell.replay import BatchLog, Replay
+from shell.replay import BatchLog, Replay, wait_quiet
 
 BUCKET = "rerankq-bench"
 KINDS = ("text", "image", "image-query", "video-query")
@@ -181,7 +181,7 @@ def redis_counters(client: Any) -> tuple[float, float]:
 
 
 def measure_workload(client: Any, scrape: Scrape, replay: Any, log: Any, requests: list[dict[str, Any]],
-                     args: argparse.Namespace) -> dict[str, Any]:
+                     args: argparse.Namespace, worker_pid: int | None = None) -> dict[str, Any]:
     """``--repeats`` end-to-end runs, each followed (never overlapped) by a replay of the forward passes the
     worker ran for it; the best of each. Without a worker record, the planner's batches are replayed."""
     runs, ceilings = [], []
@@ -193,7 +193,9 @@ def measure_workload(client: Any, scrape: Scrape, replay: Any, log: Any, request
         runs[-1]["redis_commands_per_job"] = round((after[0] - before[0]) / len(requests), 1)
         runs[-1]["redis_cpu_ms_per_job"] = round(1000 * (after[1] - before[1]) / len(requests), 3)
         batches = log.batches_since(mark, runs[-1]["_ids"]) if log else replay.planned()
+        wait_quiet(worker_pid)
         ceilings.append(replay.pairs_per_s(batches))
+        wait_quiet(worker_pid)
     best = max(runs, key=lambda r: r["e2e_pairs_per_s"])
     figures = {**best, "e2e_runs_pairs_per_s": [r["e2e_pairs_per_s"] for r in runs],
                "scorer_pairs_per_s": round(max(ceilings), 2), "scorer_replayed": bool(log),
@@ -214,7 +216,8 @@ def lone_latency(client: Any, n: int) -> dict[str, float]:
             "lone_p95_latency_s": round(percentile(latencies, 0.95), 4)}
 
 
-def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str, record: Path) -> tuple[Settings, str]:
+def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str, record: Path
+                   ) -> tuple[Settings, str, int]:
     from shell.cluster import RedisServer, S3Server, free_port, stop_process
 
     redis_server = stack.enter_context(RedisServer())
@@ -228,7 +231,8 @@ def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str, recor
                              "--device", args.device], env=env, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, proc, 30.0)
     _wait_ready(proc, Path(log.name))
-    return Settings(redis_url=redis_server.url, s3_endpoint_url=s3_server.url), f"http://127.0.0.1:{port}/metrics"
+    return (Settings(redis_url=redis_server.url, s3_endpoint_url=s3_server.url), f"http://127.0.0.1:{port}/metrics",
+            proc.pid)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
@@ -256,13 +260,13 @@ def run_bench(args: argparse.Namespace) -> int:
             write_tiny_model(model)
     workloads = [parse_workload(w) for w in args.workload or ["100x8:text"]]
     with ExitStack() as stack:
-        log = None
+        log, pid = None, None
         if args.redis_url:
             settings, metrics_url = Settings(redis_url=args.redis_url), args.metrics_url
         else:
             record = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerankq-bench-"))) / "passes.jsonl"
             log = BatchLog(record)
-            settings, metrics_url = _start_cluster(stack, args, model, record)
+            settings, metrics_url, pid = _start_cluster(stack, args, model, record)
         client = stack.enter_context(RerankClient(settings))
         media = upload_media(client.results.client, {k for *_, k in workloads})
         scorer = load(settings, model, args.device)
@@ -270,7 +274,7 @@ def run_bench(args: argparse.Namespace) -> int:
         for i, (jobs, docs, kind) in enumerate(workloads):
             requests = make_requests(jobs, docs, kind, media, seed=i)
             replay = Replay(scorer, settings, requests)
-            figures = measure_workload(client, Scrape(metrics_url), replay, log, requests, args)
+            figures = measure_workload(client, Scrape(metrics_url), replay, log, requests, args, pid)
             report["workloads"].append({"workload": f"{jobs}x{docs}:{kind}", **figures})
         if args.lone:
             report.update(lone_latency(client, args.lone))

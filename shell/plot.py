@@ -113,10 +113,10 @@ def _draw_throughput(ax: Any, samples: Sequence[Sample], workloads: Sequence[Map
     jobs_ax.plot(grid, jobs_rate, color="tab:orange", lw=1.2, ls="--", label="jobs/s (right axis)")
     jobs_ax.set_ylabel("jobs / s", color="tab:orange")
     jobs_ax.set_ylim(bottom=0, top=max(1.0, *jobs_rate) * 2.2)  # its line runs below the pairs/s line
-    ax.set_title("throughput")
     ax.grid(True, alpha=0.3)
     handles = [*ax.get_legend_handles_labels()[0], *jobs_ax.get_legend_handles_labels()[0]]
-    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8, framealpha=0.9)
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3,
+              fontsize=8, frameon=False)  # above the panel: it never hides a line
 
 
 def _draw_latency(ax: Any, samples: Sequence[Sample]) -> None:

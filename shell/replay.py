@@ -10,6 +10,7 @@ during one; the best of several is a ceiling for the end-to-end rate (a ratio ab
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ class Replay:
             self.sides = [resolver.resolve_sides([Side.from_dict(r["query"])]
                                                  + [Side.from_dict(d) for d in r["documents"]], VisionBudget())
                           for r in requests]
+        self.model.forward(list(self.prepare().values())[:2])  # warm-up: lazy initialisation is not the model's
 
     def prepare(self) -> dict[Key, Any]:
         pairs: dict[Key, Any] = {}
@@ -82,3 +84,26 @@ class Replay:
             if batch:
                 self.model.forward(batch)
         return sum(len(b) for b in runnable) / (time.perf_counter() - start)
+
+
+def wait_quiet(pid: int | None, busy: float = 0.05, window: float = 0.5, timeout: float = 60.0) -> float:
+    """Wait until process ``pid`` (the local worker) uses under ``busy`` of a core over ``window`` seconds:
+    after its last result a worker still acknowledges messages and sends task events, and a replay must not
+    share the CPU with that. Returns the seconds waited (no pid, e.g. a remote deployment: one window)."""
+    start = time.monotonic()
+    if pid is None:
+        time.sleep(window)
+        return window
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    while time.monotonic() - start < timeout:
+        before = cpu()
+        time.sleep(window)
+        if (cpu() - before) / window < busy:
+            break
+    return time.monotonic() - start

@@ -96,8 +96,8 @@ def _timed(make: Callable[[], list[PreparedPair]], run: Callable[[list[PreparedP
     return time.perf_counter() - start, out
 
 
-def _interleaved(variants: dict[str, tuple[Callable[[], list[PreparedPair]], Callable[[list[PreparedPair]],
-                 torch.Tensor]]], device: str, repeats: int) -> dict[str, tuple[float, torch.Tensor]]:
+def _interleaved(variants: dict[str, tuple[Any, Any]], device: str, repeats: int
+                 ) -> dict[str, tuple[float, torch.Tensor]]:
     """Best time of each variant over ``repeats`` rounds that run every variant in turn, so that a machine
     busy with other work slows them alike."""
     best: dict[str, tuple[float, torch.Tensor]] = {}
@@ -148,8 +148,9 @@ def measure_job(scorer: Scorer, shape: str, docs: int, words: Callable[[int, int
 
 def gflop(scorer: Scorer, pairs: list[PreparedPair]) -> float:
     """FLOP model of the work a plan executes: each prefix once, then each pair's own tokens."""
-    text = sum(p.numel() for n, p in scorer.backbone.language_model.named_parameters() if "embed" not in n)
-    vision = sum(p.numel() for p in scorer.backbone.visual.parameters())
+    backbone: Any = scorer.backbone
+    text = sum(p.numel() for n, p in backbone.language_model.named_parameters() if "embed" not in n)
+    vision = sum(p.numel() for p in backbone.visual.parameters())
     prefixes = {id(p.prefix): p.prefix for p in pairs if p.prefix is not None}
     tokens = sum(h.length for h in prefixes.values()) + sum(p.length - (p.prefix.length if p.prefix else 0)
                                                             for p in pairs)

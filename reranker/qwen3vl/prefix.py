@@ -139,7 +139,7 @@ def _rope_positions(backbone: Any, ids: torch.Tensor, mask: torch.Tensor, vision
     return positions
 
 
-def _run_layers(lm: Any, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: Any,
+def _run_layers(lm: Any, hidden: torch.Tensor, positions: torch.Tensor, mask: Any, cache: Any,
                 visual: torch.Tensor | None, deepstack: list[torch.Tensor] | None, **kwargs: Any) -> torch.Tensor:
     """The text model's decoder loop, with our positions, mask and cache stand-in."""
     position_embeddings = lm.rotary_emb(hidden, positions)

@@ -138,8 +138,9 @@ def suffix_rows(backbone: object, pairs: Sequence[PreparedPair], stats: SharingS
     (a pair without a prefix is a suffix of nothing)."""
     missing = list({id(p.prefix): p.prefix for p in pairs if p.prefix is not None and p.prefix.kv is None}.values())
     if missing:
-        for handle, kv in zip(missing, encode_prefixes(backbone, [(h.ids, h.vision) for h in missing]), strict=True):
-            handle.kv = kv
+        for computed, kv in zip(missing, encode_prefixes(backbone, [(h.ids, h.vision) for h in missing]),
+                                strict=True):
+            computed.kv = kv
         stats.prefix_passes += 1
         stats.prefixes_computed += len(missing)
         stats.prefix_tokens_computed += sum(h.length for h in missing)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup redis demo test lint bench clean
+.PHONY: setup redis browser demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[worker,dev]'
 	touch $@
 
-setup: $(BIN)/.installed redis
+setup: $(BIN)/.installed redis browser
 
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -23,8 +23,15 @@ redis:
 	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null || \
 	  { echo "could not install redis-server; install it and retry"; exit 1; }; }
 
+# Debian's chromium and its driver, for the console's browser test (nothing downloads a browser of its own).
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "chromium / chromedriver not found: installing them with apt-get"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null || \
+	  { echo "could not install chromium and chromium-driver; install them and retry"; exit 1; }; }
+
 demo: setup
-	$(BIN)/rerankq demo
+	$(BIN)/rerankq demo $(ARGS)
 
 test: setup
 	$(BIN)/python -m ruff check rerankq media reranker workers producer shell tests

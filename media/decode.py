@@ -1,9 +1,11 @@
 """Bytes → pixels: images with Pillow, videos with PyAV (no torchvision, no decord).
 
-Decoding errors become ``VisionError`` with a reason a user can act on; the media layer adds the
-reference. Documented choices:
+Decoding errors become ``VisionError`` with a reason a user can act on (never the repr of an in-memory
+buffer); the media layer adds the reference. Documented choices:
 
-- images come back as RGB with EXIF orientation applied; anything with transparency (RGBA, LA, palette or
+- images come back as RGB, stored orientation: the EXIF orientation tag is **not** applied, as in the
+  official preprocessing (qwen-vl-utils); ``exif_transpose=True`` (``RERANKQ_MEDIA__EXIF_TRANSPOSE``) applies
+  it, to references and to PIL images alike (``orient``); anything with transparency (RGBA, LA, palette or
   colour-key ``transparency``) is composited on white; 16-bit and float images are scaled to 8 bits;
 - an animated image (GIF, APNG, animated WebP) is read as its **first frame**;
 - the pixel count is checked from the header, before any pixel is decoded (decompression-bomb guard);
@@ -20,6 +22,7 @@ import bisect
 import io
 import logging
 import math
+import re
 import struct
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from media.sides import VisionError
+from rerankq.settings import knob
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ FRAME_FACTOR = 2  # sampled frame counts are even (two frames per temporal patch
 # Exceptions Pillow raises on data that is not an image, truncated or malformed (fuzzing finds them all).
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, KeyError)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 @dataclass
@@ -60,8 +65,17 @@ def _open(source: Source) -> io.BytesIO | str:
     return io.BytesIO(source) if isinstance(source, bytes) else str(source)
 
 
-def decode_image(source: Source, max_pixels: int = 64_000_000) -> Image.Image:
-    """Decode one image to RGB; EXIF orientation applied; the first frame of an animated image.
+def _reason(exc: BaseException) -> str:
+    """A library's error message without the reprs of in-memory objects (``<_io.BytesIO object at 0x…>``)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "unrecognised image format"
+    text = _OBJECT_REPR.sub("", str(exc)).replace(": '<none>'", "").strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def decode_image(source: Source, max_pixels: int = 64_000_000, exif_transpose: bool = False) -> Image.Image:
+    """Decode one image to RGB, as stored (``exif_transpose=True`` applies the EXIF orientation); the first
+    frame of an animated image.
 
     Raises ``VisionError`` for data that is not an image, is truncated, or has more than ``max_pixels``
     source pixels (decompression-bomb guard, checked from the header before any pixel is decoded).
@@ -74,20 +88,24 @@ def decode_image(source: Source, max_pixels: int = 64_000_000) -> Image.Image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise VisionError(f"image is {width}x{height} = {width * height} pixels, over the limit "
-                                      f"{max_pixels} (limits.max_image_pixels)")
+                                      f"{max_pixels} ({knob('limits.max_image_pixels')})")
                 image.seek(0)  # animated images: the first frame, documented behaviour
                 image.load()
-                return flatten(_exif_transpose(image))
+                return flatten(orient(image, exif_transpose) if exif_transpose else image.copy())
     except VisionError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit fired first
-        raise VisionError(f"image is over the limit {max_pixels} pixels (limits.max_image_pixels): {exc}") from exc
+        raise VisionError(f"image is over the limit {max_pixels} pixels ({knob('limits.max_image_pixels')})"
+                          ) from exc
     except _PIL_ERRORS as exc:  # PIL's ways of saying "not an image" / truncated
-        raise VisionError(f"not a decodable image ({type(exc).__name__}: {exc})") from exc
+        raise VisionError(f"not a decodable image ({_reason(exc)})") from exc
 
 
-def _exif_transpose(image: Image.Image) -> Image.Image:
-    """A copy with the EXIF orientation applied; a malformed EXIF block leaves it as stored (best effort)."""
+def orient(image: Image.Image, exif_transpose: bool) -> Image.Image:
+    """``image`` turned upright by its EXIF orientation when ``exif_transpose`` is set, else ``image`` itself.
+    A malformed EXIF block leaves it as stored (best effort)."""
+    if not exif_transpose:
+        return image
     try:
         return ImageOps.exif_transpose(image) or image.copy()
     except _PIL_ERRORS as exc:
@@ -135,7 +153,7 @@ def decode_video(source: Source, fps: float, max_frames: int, max_seconds: float
     except VisionError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise VisionError(f"not a decodable video ({exc})") from exc
+        raise VisionError(f"not a decodable video ({_reason(exc)})") from exc
     return DecodedVideo(_pad_missing(frames, wanted), wanted, video_fps, total)
 
 
@@ -160,13 +178,13 @@ def _check_frame_pixels(stream: Any, max_pixels: int | None) -> None:
     width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
     if max_pixels is not None and width * height > max_pixels:
         raise VisionError(f"video frames are {width}x{height} = {width * height} pixels, over the limit "
-                          f"{max_pixels} (limits.max_image_pixels)")
+                          f"{max_pixels} ({knob('limits.max_image_pixels')})")
 
 
 def _check_duration(seconds: float, max_seconds: float) -> None:
     if seconds > max_seconds:
         raise VisionError(f"video lasts {seconds:.1f} s, over the limit {max_seconds:.0f} s "
-                          "(limits.max_video_seconds)")
+                          f"({knob('limits.max_video_seconds')})")
 
 
 def _resizer(frame_size: FrameSize | None, nframes: int, stream: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from rerankq.errors import MediaError, TransientMediaError
+from rerankq.settings import knob
 
 MAX_REDIRECTS = 5
 CHUNK = 256 * 1024
@@ -157,7 +158,8 @@ class HttpFetcher:
             except ssl.SSLCertVerificationError as exc:
                 raise MediaError(ref, f"TLS certificate of {target.host!r} rejected ({exc.verify_message})") from exc
             except TimeoutError as exc:
-                raise TransientMediaError(ref, f"timed out after {self.timeout_s:g} s (media.timeout_s)") from exc
+                raise TransientMediaError(ref, f"timed out after {self.timeout_s:g} s "
+                                               f"({knob('media.timeout_s')})") from exc
             except (OSError, http.client.HTTPException) as exc:
                 raise TransientMediaError(ref, f"connection to {target.host!r} failed ({_describe(exc)})") from exc
             if location is None:
@@ -204,13 +206,14 @@ class HttpFetcher:
         length = response.getheader("Content-Length")
         if length and length.isdigit() and int(length) > self.max_bytes:
             raise MediaError(ref, f"object is {int(length)} bytes, over the limit {self.max_bytes} "
-                                  "(limits.max_media_bytes)")
+                                  f"({knob('limits.max_media_bytes')})")
         chunks: list[bytes] = []
         size = 0
         while chunk := response.read(CHUNK):
             size += len(chunk)
             if size > self.max_bytes:
-                raise MediaError(ref, f"object is over the limit {self.max_bytes} bytes (limits.max_media_bytes)")
+                raise MediaError(ref, f"object is over the limit {self.max_bytes} bytes "
+                                      f"({knob('limits.max_media_bytes')})")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError

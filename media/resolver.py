@@ -26,11 +26,11 @@ import torch
 from PIL import Image
 
 from media.cache import DecodedCache
-from media.decode import decode_image, decode_video, flatten, sample_frame_list
+from media.decode import decode_image, decode_video, flatten, orient, sample_frame_list
 from media.sides import ResolvedSide, Side, VisionBudget, VisionError
 from media.store import MediaStore
 from rerankq.errors import MediaError, TransientMediaError
-from rerankq.settings import Settings
+from rerankq.settings import Settings, knob
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class MediaResolver:
             raise MediaError("frame list []", "a frame list needs at least one frame")
         if len(frames) > self.settings.limits.max_frames_per_list:
             raise MediaError(label, f"{len(frames)} frames, over the limit {self.settings.limits.max_frames_per_list}"
-                                    " (limits.max_frames_per_list)")
+                                    f" ({knob('limits.max_frames_per_list')})")
         if not all(isinstance(f, str | Image.Image) for f in frames):
             raise MediaError(label, "frames must be reference strings or PIL images")
         refs = tuple(f if isinstance(f, str) else ("pil", id(f)) for f in frames)
@@ -216,10 +216,10 @@ class MediaResolver:
         if item.kind == "frames":
             return self._build_frames(item.source, budget)
         if isinstance(item.source, Image.Image):
-            return self._timed(lambda: self.pre.image(flatten(item.source), budget))
+            return self._timed(lambda: self.pre.image(self._pil(item.source), budget))
         with self.store.open(item.source) as source:
             if item.kind == "image":
-                image = self._timed(lambda: decode_image(source, max_pixels=self.settings.limits.max_image_pixels))
+                image = self._timed(lambda: self._decode_image(source))
                 return self._timed(lambda: self.pre.image(image, budget))
             return self._timed(lambda: self._video(source, budget))
 
@@ -237,12 +237,20 @@ class MediaResolver:
 
     def _frame_image(self, frame: str | Image.Image) -> Image.Image:
         if isinstance(frame, Image.Image):
-            return flatten(frame)
+            return self._pil(frame)
         try:
             with self.store.open(frame) as source:
-                return self._timed(lambda: decode_image(source, max_pixels=self.settings.limits.max_image_pixels))
+                return self._timed(lambda: self._decode_image(source))
         except VisionError as exc:  # name the frame, not the list
             raise MediaError(frame, str(exc)) from exc
+
+    def _decode_image(self, source: Any) -> Image.Image:
+        return decode_image(source, max_pixels=self.settings.limits.max_image_pixels,
+                            exif_transpose=self.settings.media.exif_transpose)
+
+    def _pil(self, image: Image.Image) -> Image.Image:
+        """A caller's PIL image, preprocessed as a decoded reference would be (same orientation policy)."""
+        return flatten(orient(image, self.settings.media.exif_transpose))
 
     def _timed(self, work: Callable[[], Any]) -> Any:
         started = time.perf_counter()

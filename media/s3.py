@@ -10,7 +10,7 @@ from typing import Any
 from media.cache import Counters
 from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
-from rerankq.settings import Settings
+from rerankq.settings import Settings, knob
 
 
 @dataclass
@@ -53,7 +53,7 @@ class S3Reader:
                 # The server ignored Range and is sending the whole object: refuse before reading it.
                 response["Body"].close()
                 raise MediaError(ref, f"object is {response['ContentLength']} bytes, over the limit "
-                                      f"{self.settings.limits.max_media_bytes} (limits.max_media_bytes)")
+                                      f"{self.settings.limits.max_media_bytes} ({knob('limits.max_media_bytes')})")
             data = response["Body"].read()
         self.counters.add(bytes_fetched=len(data))
         if content_range:  # "bytes 0-99/100"

@@ -39,8 +39,11 @@ class Side:
         return ["video"] * len(self.videos) + ["image"] * len(self.images)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Side:
-        """Build from the job format: ``{"text": str|[str], "image": ref|[ref], "video": ref|[frame refs]}``."""
+    def from_dict(cls, data: dict[str, Any] | str | None) -> Side:
+        """Build from the job format: ``{"text": str|[str], "image": ref|[ref], "video": ref|[frame refs]}``,
+        or a plain string, the text shorthand (``"query": "a cat"``, as Cohere and vLLM callers write it)."""
+        if isinstance(data, str):
+            return cls(texts=[data])
         data = data or {}
         text, image, video = data.get("text"), data.get("image"), data.get("video")
         texts = [] if text is None else [text] if isinstance(text, str) else list(text)

@@ -34,7 +34,7 @@ from media.http import HttpFetcher, HttpPolicy
 from media.s3 import S3Reader
 from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
-from rerankq.settings import Settings
+from rerankq.settings import Settings, knob
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ class MediaStore:
             raise MediaError(ref, "file is not readable")
         size = path.stat().st_size
         if size > self.max_bytes:
-            raise MediaError(ref, f"file is {size} bytes, over the limit {self.max_bytes} (limits.max_media_bytes)")
+            raise MediaError(ref, f"file is {size} bytes, over the limit {self.max_bytes} "
+                                  f"({knob('limits.max_media_bytes')})")
         return path
 
     @contextmanager
@@ -133,7 +134,7 @@ class MediaStore:
         first, total = self.with_retries(ref, lambda: self._s3.get_range(ref, bucket, key, 0))
         if total > self.max_bytes:
             raise MediaError(ref, f"object is {total} bytes, over the limit {self.max_bytes} "
-                                  "(limits.max_media_bytes)")
+                                  f"({knob('limits.max_media_bytes')})")
         if total <= len(first.data):
             self.counters.add(fetches=1)
             yield first.data

@@ -1,6 +1,10 @@
 """Producer commands of ``rerankq``: submit, status, result, cancel. No torch needed.
 
-Exit codes: 0 done; 1 the job failed, was cancelled or is unknown; 2 bad request; 3 timed out waiting.
+Exit codes (the table is in ``shell.cli``, which turns errors into them): 0 done; 1 a job failed, was
+cancelled or is unknown; 2 bad request; 3 timed out waiting; 4 Redis unreachable.
+
+One job prints its result (or status) as indented JSON; several print one JSON line per job, so the output
+pipes into ``jq -c`` or a JSONL reader.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
+from rerankq.errors import InvalidRequest, NoSuchJob
 
 if TYPE_CHECKING:
     from producer.client import RerankClient
@@ -27,31 +31,79 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _read_jobs(path: str) -> list[dict[str, Any]]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+def _line(obj: Any) -> None:
+    print(json.dumps(obj, separators=(",", ":")), flush=True)
+
+
+def _read_jobs(path: str) -> Any:
+    """The JSON in ``path`` (``-`` = stdin): one job object, or a list of them."""
     try:
-        data = json.loads(text)
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"not JSON: {exc}", "request") from None
-    return data if isinstance(data, list) else [data]
 
 
 def submit(args: argparse.Namespace) -> int:
-    jobs = _read_jobs(args.file)
+    data = _read_jobs(args.file)
     with _client() as client:
-        ids = client.submit_many(jobs)
+        if not isinstance(data, list):
+            job_id = client.submit(data)
+            if args.wait:
+                _print(client.result(job_id, timeout=args.timeout))
+            else:
+                print(job_id)
+            return 0
+        ids = client.submit_many(data)
         if not args.wait:
             print("\n".join(ids))
             return 0
-        results = [client.result(job_id, timeout=args.timeout) for job_id in ids]
-    _print(results[0] if len(results) == 1 else results)
+        return _wait_all(client, ids, args.timeout)
+
+
+def _wait_all(client: Any, ids: list[str], timeout: float | None) -> int:
+    """One JSON line per job as it finishes: its result, or its status when it did not succeed. When
+    ``timeout`` (for the whole list) ends first, the status line of every unfinished job, and exit 3."""
+    pending, failed = dict.fromkeys(ids), 0
+    try:
+        for job_id, outcome in client.as_completed(ids, timeout=timeout):
+            del pending[job_id]
+            if isinstance(outcome, NoSuchJob):
+                _line({"job_id": job_id, "state": None, "error": str(outcome)})
+            elif isinstance(outcome, Exception):
+                _line(client.status(job_id))
+            else:
+                _line(outcome)
+            failed += isinstance(outcome, Exception)
+    except TimeoutError:
+        for status in client.statuses(list(pending)):
+            if status is not None:
+                _line(status)
+        print(f"timed out after {timeout:g} s (--timeout): {len(pending)} of {len(ids)} jobs unfinished",
+              file=sys.stderr)
+        return 3
+    if failed:
+        print(f"{failed} of {len(ids)} jobs did not succeed", file=sys.stderr)
+        return 1
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
     with _client() as client:
-        _print(client.status(args.job_id))
-    return 0
+        if len(args.job_ids) == 1:
+            _print(client.status(args.job_ids[0]))
+            return 0
+        unknown = 0
+        for job_id, found in zip(args.job_ids, client.statuses(args.job_ids), strict=True):
+            if found is None:
+                print(f"no such job: {job_id}", file=sys.stderr)
+                unknown += 1
+            else:
+                _line(found)
+    return 1 if unknown else 0
 
 
 def result(args: argparse.Namespace) -> int:
@@ -67,40 +119,23 @@ def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def guarded(func: Any) -> Any:
-    """Turn the expected errors into one line on stderr and an exit code."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except InvalidRequest as exc:
-            print(f"invalid request: {exc}", file=sys.stderr)
-            return 2
-        except (NoSuchJob, JobFailed) as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        except TimeoutError as exc:
-            print(f"timed out: {exc}", file=sys.stderr)
-            return 3
-
-    return run
-
-
 def add_commands(sub: Any) -> None:
     """Register submit / status / result / cancel on ``rerankq``'s subparsers."""
     p = sub.add_parser("submit", help="enqueue a job (JSON file, - for stdin; a JSON list submits many)")
     p.add_argument("file")
-    p.add_argument("--wait", action="store_true", help="wait and print the result(s)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait with --wait (default: forever)")
-    p.set_defaults(func=guarded(submit))
-    p = sub.add_parser("status", help="a job's state and progress")
-    p.add_argument("job_id")
-    p.set_defaults(func=guarded(status))
+    p.add_argument("--wait", action="store_true", help="wait and print the result(s): a list prints one JSON "
+                   "line per job, failures included")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait with --wait, for the whole list "
+                   "(default: forever)")
+    p.set_defaults(func=submit)
+    p = sub.add_parser("status", help="the state and progress of one or more jobs")
+    p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    p.set_defaults(func=status)
     p = sub.add_parser("result", help="a job's result")
     p.add_argument("job_id")
     p.add_argument("--wait", action="store_true", help="wait until the job finishes")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait with --wait (default: forever)")
-    p.set_defaults(func=guarded(result))
+    p.set_defaults(func=result)
     p = sub.add_parser("cancel", help="cancel a queued or running job")
     p.add_argument("job_id")
-    p.set_defaults(func=guarded(cancel))
+    p.set_defaults(func=cancel)

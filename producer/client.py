@@ -20,9 +20,9 @@ from typing import Any
 
 from celery import Celery
 
-from rerankq import keys
+from rerankq import keys, s3
 from rerankq.connections import redis_client
-from rerankq.errors import JobFailed, NoSuchJob
+from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
 from rerankq.jobs import TERMINAL, JobRecord, JobState, JobStore
 from rerankq.results import ResultStore
 from rerankq.schema import RerankJob, parse_job
@@ -57,12 +57,23 @@ class RerankClient:
     # submitting ----------------------------------------------------------------------------------
     def submit(self, request: dict[str, Any] | RerankJob) -> str:
         """Validate and enqueue one job; returns its id (the given ``job_id`` or a new one)."""
-        return self.submit_many([request])[0]
+        job = self._prepare(request)
+        self._check_result_uri(job)
+        self._enqueue([job])
+        return str(job["job_id"])
 
     def submit_many(self, requests: Iterable[dict[str, Any] | RerankJob]) -> list[str]:
-        """Validate every request first (nothing is enqueued if one is invalid), then enqueue them in
-        chunks of ``CHUNK``: one round trip creates the records, one publishes the messages."""
-        jobs = [self._prepare(r) for r in requests]
+        """Validate every request first (nothing is enqueued if one is invalid; the error names the item,
+        ``[2].priority: ...``), then enqueue them in chunks of ``CHUNK``: one round trip creates the
+        records, one publishes the messages."""
+        jobs = []
+        for i, request in enumerate(requests):
+            try:
+                job = self._prepare(request)
+                self._check_result_uri(job)
+            except InvalidRequest as exc:
+                raise exc.at(f"[{i}]") from None
+            jobs.append(job)
         for start in range(0, len(jobs), CHUNK):
             self._enqueue(jobs[start:start + CHUNK])
         return [job["job_id"] for job in jobs]
@@ -71,6 +82,16 @@ class RerankClient:
         job = parse_job(request, self.settings).wire()
         job.setdefault("job_id", uuid.uuid4().hex)
         return job
+
+    def _check_result_uri(self, job: dict[str, Any]) -> None:
+        """Refuse a ``result_uri`` whose bucket does not exist, when this client can tell (it has S3
+        credentials or an endpoint); otherwise the worker checks it before scoring."""
+        if not job.get("result_uri"):
+            return
+        bucket = s3.split_uri(job["result_uri"])[0]
+        if self.results.bucket_exists(bucket) is False:
+            raise InvalidRequest(f"bucket {bucket!r} does not exist (create it, or leave result_uri out)",
+                                 "result_uri")
 
     def _enqueue(self, jobs: list[dict[str, Any]]) -> None:
         created = self.jobs.create_many(jobs)
@@ -81,7 +102,7 @@ class RerankClient:
             with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):
                 for job in fresh:
                     self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,
-                                          queue=keys.queue_name(self.settings, job["priority"]))
+                                          queue=keys.job_queue(self.settings, job))
         except Exception:
             # Publishing failed, wholly or part-way: drop the new records so that a retry with the same job_id
             # publishes again instead of finding a record no message will complete. A message that did go
@@ -96,10 +117,15 @@ class RerankClient:
         ``NoSuchJob`` for an unknown (or expired) id."""
         return self.jobs.status(job_id)
 
-    def result(self, job_id: str, timeout: float | None = 0) -> dict[str, Any]:
-        """The result of a succeeded job. Waits up to ``timeout`` seconds (None = forever, 0 = do not
-        wait) for a queued or running job; raises ``TimeoutError`` then, ``JobFailed`` for a failed or
-        cancelled job, ``NoSuchJob`` for an unknown id."""
+    def statuses(self, job_ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        """The statuses of many jobs in one round trip, in order; ``None`` for an unknown (or expired) id."""
+        return [record.status() if record else None for record in self.jobs.records(list(job_ids))]
+
+    def result(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The result of a succeeded job. Like Celery's ``AsyncResult.get()``, waits for a queued or running
+        job: forever by default (``timeout=None``), at most ``timeout`` seconds otherwise; ``timeout=0``
+        does not wait. Raises ``TimeoutError`` when the job is still unfinished then, ``JobFailed`` for a
+        failed or cancelled job, ``NoSuchJob`` for an unknown id."""
         record = self.jobs.record(job_id)
         if record.state not in TERMINAL and timeout != 0:
             self._wait([job_id], timeout)

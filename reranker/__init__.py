@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reranker.compat import Qwen3VLReranker
+    from reranker.compat import DocumentsFailed, Qwen3VLReranker
 
-__all__ = ["Qwen3VLReranker"]
+__all__ = ["DocumentsFailed", "Qwen3VLReranker"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Qwen3VLReranker":
-        from reranker.compat import Qwen3VLReranker
+    if name in ("Qwen3VLReranker", "DocumentsFailed"):
+        from reranker import compat
 
-        return Qwen3VLReranker
+        return getattr(compat, name)
     raise AttributeError(f"module 'reranker' has no attribute {name!r}")

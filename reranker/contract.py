@@ -75,6 +75,10 @@ class RerankModel(Protocol[P]):
         """Every pair of one job, in document order; a pair that cannot be prepared is its exception. An
         implementation may prepare them together (one tokenisation of the query, a shared prefix)."""
 
+    def cap_texts(self, side: ResolvedSide, max_tokens: int) -> ResolvedSide:
+        """The side with its texts cut to ``max_tokens`` of this model's tokens in all, from the tail (a job's
+        ``max_tokens_per_doc``, Cohere's field); images and videos are kept whole."""
+
     def forward(self, pairs: Sequence[P]) -> list[float]:
         """Score one batch: one relevance score in [0, 1] per pair, in input order, none dropped. A prefix
         of these pairs not computed yet is computed first; one whose last pair this batch scores is let go."""

@@ -22,7 +22,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -116,6 +116,14 @@ class FakeModel:
         length = min(text + visual, self.max_length)
         crash = any(CRASH_MARKER in t for t in document.texts)
         return FakePair(length, visual, hashlib.sha256("\x1f".join(parts).encode()).digest(), crash)
+
+    def cap_texts(self, side: ResolvedSide, max_tokens: int) -> ResolvedSide:
+        """Four characters to a token, as ``prepare`` counts them."""
+        left, texts = 4 * max_tokens, []
+        for text in side.texts:
+            texts.append(text[:left])
+            left = max(left - len(text), 0)
+        return replace(side, texts=texts)
 
     def prepare_job(self, instruction: str, query: ResolvedSide,
                     documents: Sequence[ResolvedSide]) -> list[FakePair | Exception]:

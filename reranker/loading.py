@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,24 @@ def download_s3_checkpoint(uri: str, cache_dir: str, endpoint_url: str | None) -
     return target
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine cannot use, with what to do about it (before any weight is loaded)."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ModelLoadError(f"device {device!r} is not one of cpu, cuda, cuda:N")
+    import torch
+
+    if torch.version.cuda is None:
+        raise ModelLoadError(f"device {device!r}: this torch ({torch.__version__}) is built without CUDA; install "
+                             "a CUDA build of torch (make setup TORCH_SPEC=...) or use --device cpu")
+    count = torch.cuda.device_count()
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ModelLoadError(f"device {device!r}: this machine has {count} usable CUDA device(s)"
+                             + (f" (cuda:0 to cuda:{count - 1})" if count else "; check the driver (nvidia-smi)"))
+
+
 def load_model(spec: str, opts: LoadOptions | None = None) -> RerankModel[Any]:
     """Resolve a model SPEC (see module doc) and load it."""
     opts = opts or LoadOptions()
@@ -105,6 +124,7 @@ def load_model(spec: str, opts: LoadOptions | None = None) -> RerankModel[Any]:
         from reranker.fake import load_fake
 
         return load_fake(spec, opts)
+    check_device(opts.device)
     if spec.startswith("random:"):
         return _entry(RANDOM)(spec.split(":", 1)[1].lower(), opts)
     if spec.startswith("s3://"):

@@ -52,3 +52,19 @@ def redis_client(settings: Settings, **options: Any) -> redis.Redis:
         sentinel = Sentinel(hosts, socket_timeout=2.0, password=password)
         return sentinel.master_for(settings.redis_master_name, db=db, password=password, **common)
     return redis.Redis.from_url(url, **common)
+
+
+def async_redis_client(settings: Settings, max_connections: int = 32) -> Any:
+    """An asyncio client (``redis.asyncio``, for the HTTP gateway) for the same URL forms; at most
+    ``max_connections`` connections, callers wait for a free one rather than fail."""
+    import redis.asyncio as aioredis
+
+    url = settings.redis_url
+    if url.startswith("sentinel://"):
+        from redis.asyncio.sentinel import Sentinel
+
+        hosts, password, db = sentinel_hosts(url)
+        sentinel = Sentinel(hosts, socket_timeout=2.0, password=password)
+        return sentinel.master_for(settings.redis_master_name, db=db, password=password)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+    return aioredis.Redis(connection_pool=pool)

@@ -36,6 +36,12 @@ class InvalidRequest(PermanentError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.detail = message
+
+    def at(self, prefix: str) -> InvalidRequest:
+        """The same error under ``prefix``: ``[2]`` for the third job of a list gives ``[2].priority: ...``."""
+        field = prefix if self.field in (None, "request") else f"{prefix}.{self.field}"
+        return InvalidRequest(self.detail, field)
 
 
 class MediaError(PermanentError):
@@ -78,5 +84,10 @@ class ModelLoadError(PermanentError):
     """The model SPEC could not be resolved or loaded."""
 
 
-class PairTooLong(PermanentError):
-    """A pair's special and vision tokens alone exceed the length budget (its text cannot be cut further)."""
+class PairTooLong(MediaError):
+    """A pair's special and vision tokens alone exceed the length budget (its text cannot be cut further): its
+    media are too large to score. A ``MediaError``, so it fails its document like any other unreadable medium."""
+
+    def __init__(self, reason: str) -> None:
+        PermanentError.__init__(self, reason)  # the message is the reason alone: there is no reference to name
+        self.ref, self.reason = "", reason

@@ -358,6 +358,16 @@ class JobStore:
         """SPEC §3 status."""
         return self.record(job_id).status()
 
+    def records(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Many records in one round trip, deadlines applied as in ``record``; None for an unknown id."""
+        pipe = self.redis.pipeline(transaction=False)
+        now, ttl = time.time(), self.settings.results.failure_ttl_s
+        for job_id in job_ids:
+            self._observe(keys=self._keys(job_id), args=[now, ttl], client=pipe)
+            pipe.hgetall(self.key(job_id))
+        raws = pipe.execute()[1::2]
+        return [JobRecord.from_hash(j, raw) if raw else None for j, raw in zip(job_ids, raws, strict=True)]
+
     def states(self, job_ids: list[str]) -> list[JobState | None]:
         """Public states of many jobs in one round trip (None for unknown ids), deadlines applied."""
         pipe = self.redis.pipeline(transaction=False)

@@ -5,7 +5,11 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 
 | name | type | what |
 |---|---|---|
-| ``{prefix}.high`` / ``.normal`` / ``.low`` | list (Celery queue) | jobs waiting, one queue per priority |
+| ``{prefix}.high`` / ``.normal`` / ``.low`` | list (Celery queue) | jobs for the default model, per priority |
+| ``{prefix}.m.{slug}.high`` / ... | list (Celery queue) | jobs naming another model (``model_queue_names``) |
+| ``{prefix}:worker:{name}`` | hash, TTL | a live worker: model, device, heartbeat (``rerankq.registry``) |
+| ``{prefix}:stats:pairs:{t}`` | int, TTL | pairs scored in a 10 s slot, all workers (``rerankq.registry``) |
+| ``{prefix}:gateway:recent`` | list | the last job ids submitted through the HTTP gateway |
 | ``{prefix}:job:{id}`` | hash | the job record (``rerankq.jobs``) |
 | ``{prefix}:job:{id}:done`` | list | one token once the job is terminal; waiters ``BLPOP`` it |
 | ``{prefix}:dlq`` | list | queue entries that were not rerank messages (``rerankq dlq list``) |
@@ -15,6 +19,8 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from rerankq.settings import Settings
@@ -34,6 +40,47 @@ def queue_name(settings: Settings, priority: str) -> str:
 def queue_names(settings: Settings) -> list[str]:
     """All queues, highest priority first."""
     return [queue_name(settings, p) for p in PRIORITIES]
+
+
+def serves_default(settings: Settings, model: str | None) -> bool:
+    """Whether jobs for ``model`` go to the default queues (``{prefix}.high`` ...), which workers serving the
+    deployment's default model consume.
+
+    The default is ``RERANKQ_MODEL``. Where that is not set at all, every model counts as the default: one
+    model per Redis, the common case, with today's queue names. Set it on every process (producers, gateway,
+    workers) when several models share one Redis: then each other model gets queues of its own."""
+    return model is None or model == settings.model or "model" not in settings.model_fields_set
+
+
+def model_slug(model: str) -> str:
+    """A queue-safe, readable token for a model SPEC (a path or an id), unique by a short hash."""
+    readable = re.sub(r"[^a-z0-9._-]+", "-", model.lower()).strip("-.")[-40:]
+    return f"{readable}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
+
+
+def model_queue_names(settings: Settings, model: str | None) -> list[str]:
+    """The queues of jobs for ``model``, highest priority first; a worker serving ``model`` consumes exactly
+    these (``{prefix}.m.{slug}.{priority}`` for a model other than the default)."""
+    if serves_default(settings, model):
+        return queue_names(settings)
+    return [f"{settings.queue_prefix}.m.{model_slug(str(model))}.{p}" for p in PRIORITIES]
+
+
+def job_queue(settings: Settings, job: dict[str, Any]) -> str:
+    """The queue a (validated) job is published to: its model's, at its priority."""
+    return model_queue_names(settings, job.get("model"))[PRIORITIES.index(job.get("priority", "normal"))]
+
+
+def worker_key(settings: Settings, name: str) -> str:
+    return f"{settings.queue_prefix}:worker:{name}"
+
+
+def pairs_slot_key(settings: Settings, slot: int) -> str:
+    return f"{settings.queue_prefix}:stats:pairs:{slot}"
+
+
+def recent_key(settings: Settings) -> str:
+    return f"{settings.queue_prefix}:gateway:recent"
 
 
 def job_key(settings: Settings, job_id: str) -> str:

@@ -7,9 +7,12 @@ and cut to ``top_n``; ``scores`` in input order with ``None`` for documents that
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from rerankq import s3
+
+UNKNOWN_TTL_S = 60.0  # how long a bucket whose existence could not be checked is not checked again
 
 
 def build_result(job_id: str, top_n: int | None, model: str, scores: list[float | None], errors: dict[int, str],
@@ -43,6 +46,8 @@ class ResultStore:
         self.endpoint_url = endpoint_url
         self._client = client
         self._buckets: set[str] = set()  # buckets known to exist: checked once, not on every write
+        self._checker: Any = None  # a client for bucket_exists: one attempt, short timeouts
+        self._unknown: dict[str, float] = {}  # bucket -> when bucket_exists could not tell
 
     @property
     def client(self) -> Any:
@@ -68,6 +73,34 @@ class ResultStore:
         except ClientError:
             self.client.create_bucket(Bucket=bucket)
         self._buckets.add(bucket)
+
+    def bucket_exists(self, bucket: str) -> bool | None:
+        """Whether ``bucket`` exists: True, False, or None when this process cannot tell (no credentials, no
+        access, endpoint unreachable). A quick check: one attempt, short timeouts. A bucket found is not
+        checked again; one this process could not check is not retried for ``UNKNOWN_TTL_S``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if bucket in self._buckets:
+            return True
+        if time.monotonic() - self._unknown.get(bucket, -UNKNOWN_TTL_S) < UNKNOWN_TTL_S:
+            return None
+        try:
+            self._check_client().head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            self._unknown[bucket] = time.monotonic()  # e.g. 403: the bucket is someone else's business
+            return None
+        except BotoCoreError:  # no credentials, endpoint unreachable
+            self._unknown[bucket] = time.monotonic()
+            return None
+        self._buckets.add(bucket)
+        return True
+
+    def _check_client(self) -> Any:
+        if self._checker is None:
+            self._checker = s3.make_client(self.endpoint_url, pool=2, timeout_s=3.0)
+        return self._checker
 
     def get(self, uri: str) -> dict[str, Any]:
         bucket, key = s3.split_uri(uri)

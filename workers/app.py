@@ -18,8 +18,9 @@ from rerankq.settings import Settings
 from workers.transport import DLQ_KEY_OPTION
 
 
-def worker_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings of a worker (on top of the producer-shared ``keys.celery_config``)."""
+def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[str, Any]:
+    """Celery settings of a worker (on top of the producer-shared ``keys.celery_config``); ``queues`` default to
+    the default model's (``keys.model_queue_names`` gives a worker's own)."""
     shared = keys.celery_config(settings)
     transport = {**shared["broker_transport_options"], DLQ_KEY_OPTION: keys.dlq_key(settings)}
     sentinel = settings.redis_url.startswith("sentinel://")
@@ -28,7 +29,7 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         **keys.result_backend_config(settings),
         "broker_transport": f"workers.transport:{'SentinelTransport' if sentinel else 'Transport'}",
         "broker_transport_options": transport,
-        "task_queues": [Queue(name, routing_key=name) for name in keys.queue_names(settings)],
+        "task_queues": [Queue(name, routing_key=name) for name in queues or keys.queue_names(settings)],
         "task_acks_late": True,  # acknowledge after the outcome is written: a crash redelivers the job
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -41,13 +42,13 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_app(settings: Settings) -> Celery:
+def make_app(settings: Settings, queues: list[str] | None = None) -> Celery:
     """A worker app with the rerank task and the intake gate registered."""
     from workers.leases import IntakeGate
     from workers.tasks import register
 
-    app = Celery("rerankq-worker", set_as_current=False)
-    app.conf.update(worker_config(settings))
+    app = Celery("rerankq-worker", set_as_current=False, events="workers.events:WorkerEvents")
+    app.conf.update(worker_config(settings, queues))
     app.steps["consumer"].add(IntakeGate)
     register(app, settings)
     return app

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
@@ -52,14 +53,16 @@ def held_tags() -> list[str]:
 
 
 class LeaseKeeper:
-    """Renews this worker's leases every ``lease_s / 3`` seconds, in a daemon thread."""
+    """Renews this worker's leases every ``lease_s / 3`` seconds (or more often, with ``interval``), and runs
+    the ``on_beat`` callbacks (the worker registry) on the same beat, in a daemon thread."""
 
     def __init__(self, settings: Settings, client: redis.Redis, metrics: Metrics,
-                 on_beat: list[Any] | None = None) -> None:
+                 on_beat: list[Callable[[], None]] | None = None, interval: float | None = None) -> None:
         self.settings = settings
         self.redis = client
         self.metrics = metrics
         self.on_beat = on_beat or []  # more things to do on each beat (the worker registry)
+        self.interval = min(settings.lease_s / 3, interval or settings.lease_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rerankq-leases", daemon=True)
 
@@ -79,8 +82,7 @@ class LeaseKeeper:
         return renewed
 
     def _run(self) -> None:
-        interval = self.settings.lease_s / 3
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self.interval):
             try:
                 self.renew(held_tags())
                 for beat in self.on_beat:

@@ -7,15 +7,19 @@ A worker that stops on an error exits non-zero, so restart policies keyed on fai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from media.sides import ResolvedSide
 from reranker.contract import RerankModel
 from reranker.loading import LoadOptions, load_model
-from rerankq import keys
+from rerankq import keys, registry
 from rerankq.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,27 @@ def warm_up(model: RerankModel[Any], settings: Settings) -> None:
     model.forward([model.prepare(settings.instruction, side, side)])
 
 
+class RegistryBeat:
+    """One beat of the worker registry (``rerankq.registry``): this worker's model and device, and the pairs
+    it scored since the last beat added to the deployment's throughput series. Run by the lease keeper."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, name: str, model: str, device: str,
+                 scored: Callable[[], float]) -> None:
+        self.settings, self.client, self.name, self.model, self.device = settings, client, name, model, device
+        self.scored = scored
+        self.reported = 0.0
+
+    def __call__(self) -> None:
+        total = self.scored()
+        registry.register(self.client, self.settings, self.name, self.model, self.device, pairs_scored=int(total))
+        registry.add_pairs(self.client, self.settings, int(total - self.reported))
+        self.reported = total
+
+    def leave(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            registry.unregister(self.client, self.settings, self.name)
+
+
 def run_worker(settings: Settings, model: str | None = None, device: str | None = None,
                hostname: str | None = None, loglevel: str = "INFO") -> int:
     """Load the model, start the runtime, leases and metrics, then consume until shut down (Ctrl-C /
@@ -47,24 +72,33 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
 
     device = device or settings.device
     hostname = hostname or f"rerankq-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
-    scorer = load(settings, model or settings.model, device)
+    spec = model or settings.model
+    scorer = load(settings, spec, device)
     warm_up(scorer, settings)
     logger.info("loaded %s on %s", scorer.name, scorer.device)
     metrics = Metrics(scorer.name)
     store = JobStore(settings)
-    metrics.watch_queues(store.redis, keys.queue_names(settings), keys.dlq_key(settings))
+    queues = keys.model_queue_names(settings, spec)  # the default queues, or this model's own
+    metrics.watch_queues(store.redis, queues, keys.dlq_key(settings))
     metrics.serve(settings.metrics_port)
     runtime = Runtime(scorer, settings, hostname, metrics=metrics, store=store).start()
-    leases = LeaseKeeper(settings, store.redis, metrics).start()
+
+    def scored() -> float:
+        return metrics.registry.get_sample_value("rerankq_pairs_scored_total", {"model": scorer.name}) or 0.0
+
+    beat = RegistryBeat(settings, store.redis, hostname, spec, str(device), scored)
+    beat()  # listed before it consumes: the gateway's /v1/models sees it at once
+    leases = LeaseKeeper(settings, store.redis, metrics, on_beat=[beat], interval=registry.HEARTBEAT_S).start()
     tasks.install(runtime)
-    app = make_app(settings)
-    worker = app.Worker(hostname=hostname, queues=keys.queue_names(settings), loglevel=loglevel,
+    app = make_app(settings, queues)
+    worker = app.Worker(hostname=hostname, queues=queues, loglevel=loglevel,
                         without_mingle=True, without_gossip=True)
     try:
         worker.start()
     finally:
         leases.stop()
         runtime.stop()
+        beat.leave()
     code = int(getattr(worker, "exitcode", 0) or 0)
     if code:
         logger.error("worker stopped with exit code %d", code)

@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 from media.resolver import MediaResolver
 from media.sides import ResolvedSide, Side, VisionBudget
 from reranker.contract import Prepared, RerankModel
-from rerankq.errors import MediaError, TransientError
+from rerankq.errors import MediaError, PairTooLong, TransientError
 from rerankq.jobs import JobState
 from rerankq.results import build_result
 from rerankq.schema import RerankJob
-from rerankq.settings import LimitSettings
+from rerankq.settings import LimitSettings, knob
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,6 +135,8 @@ def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], model: Re
         run.error = f"query: {query}"
         return []
     usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide)]
+    if run.job.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: each document's texts cut first
+        usable = [(i, model.cap_texts(d, run.job.max_tokens_per_doc)) for i, d in usable]
     for i, doc in enumerate(documents):
         if isinstance(doc, MediaError):
             run.errors[i] = str(doc)
@@ -146,7 +148,9 @@ def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], model: Re
         return []
     units: list[Unit] = []
     for (i, _), pair in zip(usable, prepared, strict=True):
-        if isinstance(pair, Exception):
+        if isinstance(pair, PairTooLong):
+            run.errors[i] = f"documents[{i}]: {pair} ({knob('scoring.max_length')})"
+        elif isinstance(pair, Exception):
             run.errors[i] = f"documents[{i}]: {pair}"
         else:
             units.append(Unit(run, i, pair))

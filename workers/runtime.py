@@ -37,6 +37,7 @@ from typing import Any
 from media.resolver import MediaResolver
 from reranker.batching import padding_ratio, plan_with_prefixes
 from reranker.contract import RerankModel, own_lengths, prefix_marks
+from rerankq import s3
 from rerankq.jobs import JobState, JobStore
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings
@@ -192,13 +193,15 @@ class Runtime:
         runs = self._mark_running(runs)
         if not runs:
             return Round([], [], [])
+        self._check_result_buckets(runs)
+        live = [run for run in runs if not run.error]
         t0 = time.perf_counter()
-        sides = resolve_media(runs, self.resolver, self.settings.limits)
+        sides = resolve_media(live, self.resolver, self.settings.limits)
         media_s = time.perf_counter() - t0
         self.metrics.media.observe(media_s)
-        kept: list[JobRun] = []
+        kept = [run for run in runs if run.error]  # failed fast: they end with this round, unscored
         units: list[Unit] = []
-        for run, job_sides in zip(runs, sides, strict=True):
+        for run, job_sides in zip(live, sides, strict=True):
             run.media_s = media_s
             if self._retry_later(run, job_sides):
                 continue
@@ -229,6 +232,16 @@ class Runtime:
         with self._delayed_lock:
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._tie), run))
         return True
+
+    def _check_result_buckets(self, runs: list[JobRun]) -> None:
+        """Fail fast: a job whose ``result_uri`` bucket does not exist fails before its media are fetched and
+        its pairs scored, not after (a bucket found once is not checked again)."""
+        for run in runs:
+            if not run.job.result_uri:
+                continue
+            bucket = s3.split_uri(run.job.result_uri)[0]
+            if self.finisher.results.bucket_exists(bucket) is False:
+                run.error = f"result_uri: bucket {bucket!r} does not exist"
 
     def _mark_running(self, runs: list[JobRun]) -> list[JobRun]:
         """Take the jobs for this attempt; settle (and drop) those that are not to run."""

@@ -91,6 +91,9 @@ class Scorer:
         """The exact prompt, vision pads expanded, truncated as the official script does."""
         return self.preparer.prepare(instruction, query, document)
 
+    def cap_texts(self, side: ResolvedSide, max_tokens: int) -> ResolvedSide:
+        return self.preparer.cap_texts(side, max_tokens)
+
     def prepare_job(self, instruction: str, query: ResolvedSide,
                     documents: Sequence[ResolvedSide]) -> list[PreparedPair | Exception]:
         """Every pair of the job; with sharing on, the pairs share their common prefix when that pays."""

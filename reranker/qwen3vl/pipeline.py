@@ -8,7 +8,7 @@ tensors; the query of a job is resolved once and shared by all its pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from media.sides import ResolvedSide
@@ -129,6 +129,16 @@ class PairPreparer:
         ids = _expand_pads(self.tokenize(self.pieces(instruction, query, document)), vision)
         truncated = self.truncate(ids)
         return PreparedPair(truncated, vision, truncated=len(truncated) != len(ids))
+
+    def cap_texts(self, side: ResolvedSide, max_tokens: int) -> ResolvedSide:
+        """The side with its texts cut to ``max_tokens`` tokens in all, from the tail (Cohere's
+        ``max_tokens_per_doc``); vision inputs are kept whole."""
+        left, texts = max_tokens, []
+        for text in side.texts:
+            ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            texts.append(text if len(ids) <= left else self.tokenizer.decode(ids[:left]))
+            left = max(left - len(ids), 0)
+        return replace(side, texts=texts)
 
     def truncate(self, ids: list[int]) -> list[int]:
         """The official policy: keep every special token and the last 5 tokens; keep the first non-special

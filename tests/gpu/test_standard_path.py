@@ -59,6 +59,22 @@ def test_image_matches_qwen_vl_utils() -> None:
         assert ours.size == ref.size and np.array_equal(np.asarray(ours), np.asarray(ref))
 
 
+def test_exif_tagged_jpeg_is_read_as_stored_like_qwen_vl_utils(tmp_path: Path) -> None:
+    qvu = pytest.importorskip("qwen_vl_utils.vision_process")
+    from PIL import Image
+
+    from media.decode import decode_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90°: qwen-vl-utils does not rotate, nor do we by default
+    path = tmp_path / "tagged.jpg"
+    noise_image(160, 96, seed=7).save(path, "JPEG", quality=95, exif=exif)
+    ref = qvu.fetch_image({"image": f"file://{path}", "min_pixels": 4 * 32 * 32, "max_pixels": 1800 * 32 * 32},
+                          image_patch_size=16)
+    ours = vision.resize_image(decode_image(path.read_bytes()), 4, 1800)
+    assert ours.size == ref.size and np.array_equal(np.asarray(ours), np.asarray(ref))
+
+
 def test_video_file_matches_qwen_vl_utils_with_the_budget() -> None:
     qvu = pytest.importorskip("qwen_vl_utils.vision_process")
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,6 +53,16 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")[-4000:]
 
 
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def _wait_ready(worker: WorkerProcess, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,3 +144,41 @@ def reference(tiny_model_dir: Path, s3_server: S3Server):  # type: ignore[no-unt
     model = Qwen3VLReranker(str(tiny_model_dir), device="cpu", torch_dtype="float32",
                             s3_endpoint_url=s3_server.url, share_prefix=False, batch_max_pairs=1)
     return model.process
+
+
+@dataclass
+class GatewayProcess:
+    """A ``rerankq gateway`` subprocess: its URL, settings and log."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    settings: Settings
+    log: Path
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def start_gateway(env: dict[str, str], log_dir: Path, **settings: str) -> GatewayProcess:
+    """Start ``rerankq gateway`` on a free port with ``env`` (a worker's, to share its Redis and queue prefix)
+    plus ``RERANKQ_*`` settings as keywords; returns once ``/healthz`` answers."""
+    port = free_port()
+    full_env = {**env, "RERANKQ_GATEWAY__UPLOADS_URI": "s3://uploads/u/", **settings}
+    log = log_dir / f"gateway-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "gateway", "--port", str(port)],
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    gateway = GatewayProcess(proc, f"http://127.0.0.1:{port}", Settings(
+        redis_url=full_env["RERANKQ_REDIS_URL"], s3_endpoint_url=full_env.get("RERANKQ_S3_ENDPOINT_URL"),
+        queue_prefix=full_env.get("RERANKQ_QUEUE_PREFIX", "rerankq")), log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{gateway.tail()}")
+        try:
+            with urllib.request.urlopen(f"{gateway.url}/healthz", timeout=2):
+                return gateway
+        except OSError:
+            time.sleep(0.1)
+    stop_process(proc)
+    raise RuntimeError(f"gateway not ready within 60 s:\n{gateway.tail()}")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from media.decode import decode_video
 from media.sides import ResolvedSide, VisionBudget
-from reranker import Qwen3VLReranker
+from reranker import DocumentsFailed, Qwen3VLReranker
 from reranker.qwen3vl.vision import frame_list_input, image_input, video_input
-from rerankq.errors import MediaError
+from rerankq.errors import MediaError, PairTooLong
 from shell.samples import image_bytes, mp4_bytes, noise_image
 
 INSTRUCTION = "Find the product."
@@ -76,3 +77,49 @@ def test_empty_inputs_give_no_scores(model: Qwen3VLReranker) -> None:
 def test_unreadable_media_is_an_error_not_a_null_prompt(model: Qwen3VLReranker, tmp_path: Path) -> None:
     with pytest.raises(MediaError, match=r"missing\.png"):
         model.process({"query": {"text": "q"}, "documents": [{"image": str(tmp_path / "missing.png")}]})
+
+
+def test_strings_are_text_sides(model: Qwen3VLReranker) -> None:
+    short = model.process({"query": "red backpack", "documents": ["a red nylon backpack", "a blue tent"]})
+    full = model.process({"query": {"text": "red backpack"},
+                          "documents": [{"text": "a red nylon backpack"}, {"text": "a blue tent"}]})
+    assert short == full
+
+
+def _failing_documents(tmp_path: Path) -> tuple[list[Any], str, str]:
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image")
+    missing = tmp_path / "missing.png"
+    return [{"text": "ok"}, {"image": str(missing)}, {"image": str(corrupt)}, "fine"], str(missing), str(corrupt)
+
+
+def test_failing_documents_are_listed_in_one_error_after_trying_them_all(model: Qwen3VLReranker,
+                                                                         tmp_path: Path) -> None:
+    documents, missing, corrupt = _failing_documents(tmp_path)
+    with pytest.raises(DocumentsFailed) as err:
+        model.process({"query": "q", "documents": documents})
+    assert isinstance(err.value, MediaError)
+    assert sorted(err.value.errors) == [1, 2]
+    assert str(err.value) == (f"documents: 2 of 4 cannot be scored: documents[1]: {missing}: no such file; "
+                              f"documents[2]: {corrupt}: not a decodable image (unrecognised image format)")
+
+
+def test_errors_none_scores_the_rest_and_gives_none_for_the_failing(model: Qwen3VLReranker, tmp_path: Path) -> None:
+    documents, _, _ = _failing_documents(tmp_path)
+    scores = model.process({"query": "q", "documents": documents}, errors="none")
+    assert (scores[1], scores[2]) == (None, None)
+    assert [scores[0], scores[3]] == pytest.approx(model.process({"query": "q", "documents": ["ok", "fine"]}),
+                                                   abs=1e-6)
+
+
+def test_a_pair_too_long_is_a_media_error_of_its_document(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert issubclass(PairTooLong, MediaError)
+    large = tmp_path / "large.png"
+    large.write_bytes(image_bytes(noise_image(640, 480, seed=5)))  # 300 visual tokens
+    short = Qwen3VLReranker(str(tiny_model_dir), max_length=64, torch_dtype=torch.float32, device="cpu")
+    request = {"query": "q", "documents": ["short", {"image": str(large)}]}
+    with pytest.raises(DocumentsFailed, match=r"^documents: 1 of 2 cannot be scored: documents\[1\]: \d+ special "
+                                              r"and vision tokens exceed max_length 64$"):
+        short.process(request)
+    scores = short.process(request, errors="none")
+    assert scores[1] is None and 0 <= scores[0] <= 1

@@ -12,7 +12,7 @@ import pytest
 
 from producer import RerankClient
 from shell.cluster import RedisServer, S3Server
-from tests.integration.conftest import MEDIA_BUCKET, start_worker, stop_worker
+from tests.integration.conftest import MEDIA_BUCKET, start_worker, stop_worker, wait_for
 
 
 @pytest.fixture()
@@ -21,15 +21,6 @@ def big_image(s3: Any) -> str:
 
     s3.put_object(Bucket=MEDIA_BUCKET, Key="durability/big.png", Body=image_bytes(noise_image(1400, 1400, seed=9)))
     return f"s3://{MEDIA_BUCKET}/durability/big.png"
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_killed_workers_job_is_redelivered_and_finished(tiny_model_dir: Path, redis_server: RedisServer,

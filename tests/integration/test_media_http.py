@@ -166,7 +166,8 @@ def test_server_errors_are_retried(store: MediaStore, web: WebServer) -> None:
 
 
 def test_slow_servers_hit_the_time_cap(store: MediaStore, web: WebServer) -> None:
-    with pytest.raises(TransientMediaError, match=r"timed out after 0.5 s \(media.timeout_s\).*gave up after 4"):
+    with pytest.raises(TransientMediaError,
+                       match=r"timed out after 0.5 s \(media.timeout_s, RERANKQ_MEDIA__TIMEOUT_S\).*gave up after 4"):
         store.fetch(_url(web, "/slow"))
 
 

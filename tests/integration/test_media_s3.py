@@ -111,7 +111,8 @@ def test_frame_list_fetches_only_the_sampled_frames(resolver: MediaResolver, obj
 @pytest.mark.parametrize(("name", "as_video", "reason"), [
     ("missing.jpg", False, "no such key"),
     ("corrupt.jpg", False, "not a decodable image"),
-    ("bomb.png", False, r"10000x10000 = 100000000 pixels, over the limit 64000000 \(limits.max_image_pixels\)"),
+    ("bomb.png", False, r"10000x10000 = 100000000 pixels, over the limit 64000000 "
+                        r"\(limits.max_image_pixels, RERANKQ_LIMITS__MAX_IMAGE_PIXELS\)"),
     ("empty.jpg", False, "object is empty"),
     ("truncated.mp4", True, "not a decodable video"),
     ("photo.jpg", True, "not a decodable video|video"),
@@ -144,7 +145,8 @@ def test_object_over_the_byte_limit_is_refused_after_one_small_request(s3_server
                                                                        objects: dict[str, str]) -> None:
     store = MediaStore(Settings(s3_endpoint_url=s3_server.url, limits={"max_media_bytes": 10_000}),
                        range_bytes=4096)
-    with pytest.raises(MediaError, match=r"over the limit 10000 \(limits.max_media_bytes\)"):
+    with pytest.raises(MediaError,
+                       match=r"over the limit 10000 \(limits.max_media_bytes, RERANKQ_LIMITS__MAX_MEDIA_BYTES\)"):
         store.fetch(objects["photo.jpg"])
     assert store.counters.snapshot()["requests"] == 1
 

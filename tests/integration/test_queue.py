@@ -11,6 +11,7 @@ import pytest
 
 from producer import RerankClient
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
+from shell.cluster import free_port
 from tests.integration.conftest import MEDIA_BUCKET, RESULTS_BUCKET, WorkerProcess
 
 TOL = 1e-5
@@ -142,7 +143,7 @@ def test_bad_requests_are_rejected_before_enqueue(client: RerankClient, request_
     before = client.redis.keys(f"{queues}:job:*")
     with pytest.raises(InvalidRequest) as err:
         client.submit_many([{"query": {"text": "fine"}, "documents": [{"text": "fine"}]}, request_])
-    assert err.value.field == field
+    assert err.value.field == f"[1].{field}"  # the second job of the list
     assert client.redis.keys(f"{queues}:job:*") == before  # nothing enqueued, not even the valid one
 
 
@@ -154,7 +155,9 @@ def test_fifty_small_jobs_share_forward_passes(client: RerankClient, queue_worke
     assert set(done) == set(ids)
     assert all(isinstance(r, dict) and len(r["scores"]) == 2 for r in done.values())
     passes = queue_worker.metric("rerankq_batch_pairs_count") - passes_before
-    assert 1 <= passes <= 10, f"50 jobs took {passes} forward passes"
+    # Workers fetch only while they form a round (bounded reservations), so how many jobs a round catches
+    # depends on the flush interval and the machine's speed; on average they must still share passes.
+    assert 1 <= passes <= 25, f"50 jobs took {passes} forward passes"
     assert queue_worker.metric("rerankq_batch_jobs_sum") > queue_worker.metric("rerankq_batch_jobs_count")
 
 
@@ -216,3 +219,32 @@ def test_worker_stays_responsive_and_emits_task_events_during_a_long_job(client:
     kinds = {e["type"] for e in events if e.get("uuid") == job_id}
     assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= kinds
     assert any(e["type"] == "worker-heartbeat" and e.get("hostname") == worker for e in events)
+
+
+def test_result_uri_bucket_is_checked_by_the_worker_before_scoring(queue_worker: WorkerProcess) -> None:
+    # A producer that cannot reach S3 cannot check the bucket at submit time; the worker checks it first.
+    blind = queue_worker.settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    scored = queue_worker.metric("rerankq_pairs_scored_total")
+    with RerankClient(blind) as client:
+        job_id = client.submit({"query": "q", "documents": ["a", "b"], "result_uri": "s3://no-such-bucket/x/"})
+        with pytest.raises(JobFailed, match=r"failed: result_uri: bucket 'no-such-bucket' does not exist$"):
+            client.result(job_id, timeout=60)
+        assert client.status(job_id)["progress"]["pairs_done"] == 0
+    assert queue_worker.metric("rerankq_pairs_scored_total") == scored  # nothing was scored
+
+
+def test_result_waits_by_default_and_timeout_zero_does_not(client: RerankClient) -> None:
+    job_id = client.submit({"query": "q", "documents": ["a", "b"]})
+    assert client.result(job_id)["job_id"] == job_id  # like Celery's AsyncResult.get(): waits until it ends
+    idle = client.settings.model_copy(update={"queue_prefix": f"idle{uuid.uuid4().hex[:6]}"})  # no worker there
+    with RerankClient(idle) as nobody:
+        queued = nobody.submit({"query": "q", "documents": ["a"]})
+        with pytest.raises(TimeoutError, match=f"^job {queued} is still queued$"):
+            nobody.result(queued, timeout=0)
+
+
+def test_statuses_of_many_jobs_in_one_call(client: RerankClient) -> None:
+    ids = client.submit_many([{"query": "q", "documents": ["a"]} for _ in range(3)])
+    dict(client.as_completed(ids, timeout=60))
+    found = client.statuses([ids[0], "ghost", ids[2]])
+    assert [s and (s["job_id"], s["state"]) for s in found] == [(ids[0], "succeeded"), None, (ids[2], "succeeded")]

@@ -5,22 +5,12 @@ worker process on the fake model, moto's S3 server stopped and started again on 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from producer import RerankClient
 from rerankq.errors import JobFailed
 from shell.cluster import RedisServer, S3Server
-from tests.integration.conftest import start_worker, stop_worker
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.integration.conftest import start_worker, stop_worker, wait_for
 
 
 def test_a_result_write_that_meets_s3_down_is_retried_not_failed(redis_server: RedisServer,
@@ -34,7 +24,7 @@ def test_a_result_write_that_meets_s3_down_is_retried_not_failed(redis_server: R
         job_id = client.submit({"query": {"text": "q"}, "documents": [{"text": "a"}, {"text": "b"}],
                                 "result_uri": "s3://results/out/"})
         record = lambda: client.jobs.record(job_id)  # noqa: E731
-        wait_until(lambda: int(record().extra.get("retries", 0)) >= 1, 60, "the first failed write")
+        wait_for(lambda: int(record().extra.get("retries", 0)) >= 1, 60, "the first failed write")
         assert "S3 connection failed" in record().extra["last_error"]
         assert record().state in ("queued", "running")  # back in its queue, never failed
         s3 = S3Server(port=s3.port).start()  # S3 is back, with its buckets
@@ -53,11 +43,19 @@ def test_a_result_write_that_meets_s3_down_is_retried_not_failed(redis_server: R
 def test_a_result_write_that_cannot_succeed_fails_the_job_with_the_reason(redis_server: RedisServer,
                                                                           s3_server: S3Server,
                                                                           tmp_path: Path) -> None:
+    # A bucket that does not exist is refused at submit (and checked by the worker before scoring); to reach the
+    # write, the bucket goes away after both have seen it: they check a bucket once, then trust it.
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="vanishing")
     worker = start_worker("fake:hash", redis_server.url, s3_server.url, tmp_path)
     client = RerankClient(worker.settings)
+    request = {"query": {"text": "q"}, "documents": [{"text": "a"}], "result_uri": "s3://vanishing/out/"}
     try:
-        job_id = client.submit({"query": {"text": "q"}, "documents": [{"text": "a"}],
-                                "result_uri": "s3://no-such-bucket/out/"})
+        first = client.submit(request)
+        client.result(first, timeout=60)
+        s3.delete_object(Bucket="vanishing", Key=f"out/{first}.json")
+        s3.delete_bucket(Bucket="vanishing")
+        job_id = client.submit(request)
         try:
             client.result(job_id, timeout=60)
             raise AssertionError("the job should have failed")
@@ -66,4 +64,4 @@ def test_a_result_write_that_cannot_succeed_fails_the_job_with_the_reason(redis_
     finally:
         stop_worker(worker)
         client.close()
-    assert error == f"could not write the result: s3://no-such-bucket/out/{job_id}.json: no such bucket"
+    assert error == f"could not write the result: s3://vanishing/out/{job_id}.json: no such bucket"

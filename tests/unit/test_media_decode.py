@@ -33,11 +33,12 @@ def test_common_formats_decode_to_rgb(fmt: str) -> None:
     assert (image.mode, image.size) == ("RGB", (120, 80))
 
 
-def test_exif_orientation_is_applied() -> None:
+def test_exif_orientation_is_kept_as_stored_unless_asked() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise for display
     data = _save(Image.new("RGB", (200, 100), "red"), "JPEG", exif=exif)
-    assert decode_image(data).size == (100, 200)
+    assert decode_image(data).size == (200, 100)  # as qwen-vl-utils: no rotation
+    assert decode_image(data, exif_transpose=True).size == (100, 200)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
@@ -76,8 +77,15 @@ def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
 @pytest.mark.parametrize("data", [b"", b"not an image at all", photo_bytes(64, 64)[:200]], ids=["empty", "text",
                                                                                                 "truncated"])
 def test_corrupt_or_truncated_images_raise_vision_error(data: bytes) -> None:
-    with pytest.raises(VisionError, match="not a decodable image"):
+    with pytest.raises(VisionError, match="not a decodable image") as err:
         decode_image(data)
+    assert "object at 0x" not in str(err.value)  # no repr of the in-memory buffer
+
+
+def test_bytes_that_are_no_image_say_so_plainly() -> None:
+    with pytest.raises(VisionError) as err:
+        decode_image(b"not an image at all")
+    assert str(err.value) == "not a decodable image (unrecognised image format)"
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +115,14 @@ def test_video_resized_while_decoding_matches_resizing_afterwards(size: tuple[in
 
 
 def test_video_over_the_duration_limit_is_refused(clip: bytes) -> None:
-    with pytest.raises(VisionError, match=r"6.0 s, over the limit 5 s \(limits.max_video_seconds\)"):
+    with pytest.raises(VisionError, match=r"6.0 s, over the limit 5 s \(limits.max_video_seconds, "
+                       r"RERANKQ_LIMITS__MAX_VIDEO_SECONDS\)"):
         decode_video(clip, 1.0, 64, max_seconds=5)
 
 
 def test_video_over_the_pixel_limit_is_refused(clip: bytes) -> None:
-    with pytest.raises(VisionError, match=r"160x120 = 19200 pixels, over the limit 1000 \(limits.max_image_pixels\)"):
+    with pytest.raises(VisionError, match=r"160x120 = 19200 pixels, over the limit 1000 \(limits.max_image_pixels, "
+                       r"RERANKQ_LIMITS__MAX_IMAGE_PIXELS\)"):
         decode_video(clip, 1.0, 64, max_pixels=1000)
 
 

@@ -118,5 +118,7 @@ def test_file_references_are_read_when_enabled(tmp_path) -> None:  # type: ignor
 def test_file_over_the_byte_limit_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "big.bin").write_bytes(b"x" * 2000)
     settings = Settings(allow_file_urls=True, limits={"max_media_bytes": 1000})
-    with pytest.raises(MediaError, match=r"2000 bytes, over the limit 1000 \(limits.max_media_bytes\)"):
+    with pytest.raises(MediaError,
+                       match=r"2000 bytes, over the limit 1000 \(limits.max_media_bytes, "
+                             r"RERANKQ_LIMITS__MAX_MEDIA_BYTES\)"):
         MediaStore(settings).fetch(str(tmp_path / "big.bin"))

@@ -104,6 +104,13 @@ def test_query_and_document_videos_keep_their_order(preparer: PairPreparer) -> N
     assert text.index("<Query>:<0.2 seconds>") < text.index("<Document>:<0.2 seconds>")
 
 
+def test_cap_texts_keeps_the_first_tokens_of_all_texts(preparer: PairPreparer) -> None:
+    side = ResolvedSide(texts=["one two three four", "five six"])  # 4 tokens, then 2
+    assert preparer.cap_texts(side, 3).texts == ["one two three", ""]
+    assert preparer.cap_texts(side, 5).texts == ["one two three four", "five"]
+    assert preparer.cap_texts(side, 6) == side
+
+
 def test_special_token_strings_in_user_text_stay_text(preparer: PairPreparer) -> None:
     """Prompt injection: a user's "<|image_pad|>" or "<|im_end|>" is text, never a control token (the official
     script reads them as control tokens, and an unmatched vision pad used to crash the whole round)."""

@@ -34,8 +34,15 @@ def test_defaults_are_filled_and_nones_left_out() -> None:
 
 
 @pytest.mark.parametrize(("data", "field", "words"), [
-    ({**OK, "colour": "red"}, "colour", "unknown field"),
-    ({"query": {"text": "q"}, "documents": [{"text": "d", "audio": "a"}]}, "documents[0].audio", "unknown field"),
+    ({**OK, "colour": "red"}, "colour", "unknown field (allowed: instruction, query, documents, fps, max_frames, "
+                                        "top_n, job_id, priority, result_uri"),
+    ({"query": {"text": "q"}, "documents": [{"text": "d", "audio": "a"}]}, "documents[0].audio",
+     "unknown field (allowed: text, image, video)"),
+    ({"query": {"text": "q", "colour": 1}, "documents": ["d"]}, "query.colour", "(allowed: text, image, video)"),
+    ({"query": 5, "documents": ["d"]}, "query", "expected a string, or an object with any of text, image, video"),
+    ({"query": "q", "documents": [["d"]]}, "documents[0]", "expected a string, or an object with any of text"),
+    ({"query": "q", "documents": ["d"], "fps": {}}, "fps", "number"),
+    ({"query": {"image": 5}, "documents": ["d"]}, "query.image", "expected a reference string or a list of them"),
     ({"query": {"text": "q"}}, "documents", "required"),
     ({"query": {"text": "q"}, "documents": []}, "documents", "at least 1"),
     ({"query": {}, "documents": [{"text": "d"}]}, "query", "at least one of text, image, video"),
@@ -71,8 +78,10 @@ def test_limits_come_from_settings_and_are_named() -> None:
     ]
     for data, field, limit in cases:
         err = rejected(data, settings)
-        assert (err.field, limit in str(err)) == (field, True), str(err)
-    assert "4 documents, over the limit 3" in str(rejected(cases[0][0], settings))
+        variable = "RERANKQ_" + limit.replace(".", "__").upper()  # named both ways: users set the variable
+        assert (err.field, f"({limit}, {variable})" in str(err)) == (field, True), str(err)
+    assert str(rejected(cases[0][0], settings)) == ("documents: 4 documents, over the limit 3 (limits.max_documents, "
+                                                    "RERANKQ_LIMITS__MAX_DOCUMENTS)")
 
 
 def test_not_an_object() -> None:
@@ -82,3 +91,22 @@ def test_not_an_object() -> None:
 def test_several_problems_are_counted() -> None:
     err = rejected({"query": {}, "documents": [], "colour": 1})
     assert "more problems" in str(err)
+
+
+@pytest.mark.parametrize("data", [{"query": 5, "documents": [{"text": "d"}, 7]}, {"query": ["q"], "documents": 3},
+                                  {"query": {"text": None, "x": 1}, "documents": [None]}])
+def test_messages_never_name_internal_classes(data: dict[str, Any]) -> None:
+    message = str(rejected(data))
+    assert "SideSpec" not in message and "RerankJob" not in message and "SPEC" not in message, message
+
+
+def test_shorthand_strings_are_text_sides() -> None:
+    """Cohere / vLLM callers write the query and documents as strings."""
+    job = parse_job({"query": "a cat", "documents": ["a dog", {"image": "s3://b/cat.png"}, "a cat"]})
+    assert job.wire() == {"query": {"text": "a cat"}, "documents": [{"text": "a dog"}, {"image": "s3://b/cat.png"},
+                                                                    {"text": "a cat"}], "priority": "normal"}
+
+
+def test_shorthand_strings_obey_the_text_limit() -> None:
+    err = rejected({"query": "q", "documents": ["d" * 11]}, Settings(limits=LimitSettings(max_text_chars=10)))
+    assert err.field == "documents[0].text"

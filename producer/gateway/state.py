@@ -1,0 +1,153 @@
+"""What one gateway process holds: the SDK client, an async Redis pool, the waiter, uploads, metrics.
+
+Submitting, cancelling and S3 reads go through the same ``RerankClient`` as any Python producer (in a small
+thread pool: the SDK is synchronous); status reads, queue depths and waiting use the async pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from producer.client import RerankClient
+from producer.gateway.media import Uploads
+from producer.gateway.metrics import GatewayMetrics
+from producer.gateway.waiter import Waiter
+from rerankq import keys, registry
+from rerankq.connections import async_redis_client
+from rerankq.errors import PermanentError
+from rerankq.jobs import JobRecord, JobState
+from rerankq.settings import Settings
+
+T = TypeVar("T")
+MODELS_FRESH_S = 1.0  # the worker registry is read at most this often per process
+DEPTH_FRESH_S = 0.25  # queue depths likewise
+
+
+class QueueFull(PermanentError):
+    """The model's queue is deeper than ``gateway.max_queue_depth``: answered 429 with Retry-After."""
+
+
+class UnknownModel(PermanentError):
+    """No live worker serves the model a call names: answered 404."""
+
+
+class Gateway:
+    """The process-wide resources of the HTTP gateway. ``await start()`` / ``await stop()`` in the lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = RerankClient(settings)
+        self.pool = ThreadPoolExecutor(16, thread_name_prefix="gateway")
+        self.redis = async_redis_client(settings, max_connections=32)
+        self.waiter = Waiter(settings, self.redis, self.states)
+        self.uploads = Uploads(settings)
+        self.metrics = GatewayMetrics(self)
+        self._models: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self._depths: dict[str, tuple[float, int]] = {}
+
+    async def start(self) -> None:
+        self.waiter.start()
+
+    async def stop(self) -> None:
+        await self.waiter.stop()
+        await self.redis.connection_pool.disconnect()
+        await self.redis.aclose()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    async def run(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking call (the SDK, boto3) in the gateway's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, partial(func, *args, **kwargs))
+
+    # models and admission -----------------------------------------------------------------------
+    async def workers(self) -> list[dict[str, Any]]:
+        at, cached = self._models
+        if time.monotonic() - at > MODELS_FRESH_S:
+            cached = await self.run(registry.live_workers, self.client.redis, self.settings)
+            self._models = (time.monotonic(), cached)
+        return cached
+
+    async def models(self) -> list[dict[str, Any]]:
+        """Models with live workers: ``[{"id", "object", "workers", "devices", "default"}]``."""
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for worker in await self.workers():
+            by_model.setdefault(worker.get("model", "?"), []).append(worker)
+        return [{"id": model, "object": "model", "owned_by": "rerankq", "workers": len(ws),
+                 "devices": sorted({w.get("device", "?") for w in ws}),
+                 "default": keys.serves_default(self.settings, model)} for model, ws in sorted(by_model.items())]
+
+    async def resolve_model(self, name: str | None) -> str | None:
+        """The SPEC of the live model a call names (its SPEC, or the SPEC's last path part, any case)."""
+        if name is None:
+            return None
+        models = [m["id"] for m in await self.models()]
+        for model in models:
+            if name == model or name.lower() == model.rstrip("/").rsplit("/", 1)[-1].lower():
+                return model
+        served = ", ".join(models) or "none: no worker is running"
+        raise UnknownModel(f"no live worker serves the model {name!r} (live models: {served}; GET /v1/models)")
+
+    async def admit(self, model: str | None) -> None:
+        """Refuse new work (``QueueFull``) while the model's queues hold more than the limit."""
+        names = keys.model_queue_names(self.settings, model)
+        at, depth = self._depths.get(names[0], (0.0, 0))
+        if time.monotonic() - at > DEPTH_FRESH_S:
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            depth = sum(await pipe.execute())
+            self._depths[names[0]] = (time.monotonic(), depth)
+        limit = self.settings.gateway.max_queue_depth
+        if depth > limit:
+            raise QueueFull(f"{depth} jobs are waiting for this model, over the limit {limit} "
+                            "(gateway.max_queue_depth); retry later")
+
+    # jobs ---------------------------------------------------------------------------------------
+    async def submit(self, job: dict[str, Any]) -> str:
+        job_id: str = await self.run(self.client.submit, job)
+        if self.settings.gateway.recent_jobs:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpush(keys.recent_key(self.settings), job_id)
+            pipe.ltrim(keys.recent_key(self.settings), 0, self.settings.gateway.recent_jobs - 1)
+            await pipe.execute()
+        return job_id
+
+    # Reads go through the SDK's job store (in the threads): one reading of records, deadlines applied.
+    async def status(self, job_id: str) -> dict[str, Any]:
+        status: dict[str, Any] = await self.run(self.client.status, job_id)
+        return status
+
+    async def states(self, job_ids: list[str]) -> list[JobState | None]:
+        states: list[JobState | None] = await self.run(self.client.jobs.states, job_ids)
+        return states
+
+    async def result(self, job_id: str) -> dict[str, Any]:
+        """A terminal job's result; ``JobFailed`` for failed / cancelled / expired, ``TimeoutError`` if not
+        finished, ``NoSuchJob`` for an unknown id. The common case (succeeded, inline) is one async read;
+        everything else goes through the SDK."""
+        raw = await self.redis.hgetall(keys.job_key(self.settings, job_id))
+        if raw:
+            record = JobRecord.from_hash(job_id, raw)
+            if record.state == JobState.SUCCEEDED and record.result:
+                return dict(json.loads(record.result))
+        result: dict[str, Any] = await self.run(self.client.result, job_id, 0)
+        return result
+
+    async def cancel(self, job_id: str) -> str:
+        return str(await self.run(self.client.cancel, job_id))
+
+    async def wait(self, job_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the job to end; True if it did."""
+        fut = self.waiter.watch(job_id)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiter.forget(job_id)

@@ -1,0 +1,96 @@
+"""Live workers and recent throughput, in Redis, for anyone to read (the HTTP gateway, dashboards).
+
+Each worker keeps a hash ``{prefix}:worker:{name}`` (fields ``name``, ``model``, ``device``, ``started_at``,
+``seen_at``, ``pairs_scored``) alive by re-registering it every ``HEARTBEAT_S`` seconds with a TTL of
+``TTL_S``: a worker that dies drops out of ``live_workers`` within the TTL, without anyone cleaning up.
+
+Throughput: workers add the pairs they scored to a counter per ``SLOT_S``-second slot
+(``{prefix}:stats:pairs:{slot}``, kept ``SERIES_S`` seconds), so ``pairs_series`` gives pairs/s over the last
+minutes for the whole deployment, whichever process asks and since whenever it started.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from rerankq import keys
+from rerankq.settings import Settings
+
+HEARTBEAT_S = 3.0  # how often a worker re-registers
+TTL_S = 15  # a worker missing this long is gone
+SLOT_S = 10  # throughput granularity (s)
+SERIES_S = 900  # throughput history kept (s)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def register(client: redis.Redis, settings: Settings, name: str, model: str, device: str, ttl_s: int = TTL_S,
+             **fields: Any) -> None:
+    """Create or refresh worker ``name``'s entry (one round trip); extra ``fields`` are stored as given."""
+    key = keys.worker_key(settings, name)
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.hsetnx(key, "started_at", now)
+    mapping: dict[Any, Any] = {"name": name, "model": model, "device": device, "seen_at": now, **fields}
+    pipe.hset(key, mapping=mapping)
+    pipe.expire(key, ttl_s)
+    pipe.execute()
+
+
+def unregister(client: redis.Redis, settings: Settings, name: str) -> None:
+    """Drop a worker's entry at a clean shutdown (a crashed one expires instead)."""
+    client.delete(keys.worker_key(settings, name))
+
+
+def live_workers(client: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    """Every registered worker (SCAN, then one pipelined read), sorted by model then name."""
+    found = list(client.scan_iter(match=keys.worker_key(settings, "*"), count=500))
+    pipe = client.pipeline(transaction=False)
+    for key in found:
+        pipe.hgetall(key)
+    workers = []
+    for raw in pipe.execute():
+        if not raw:  # expired between SCAN and HGETALL
+            continue
+        entry: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+        for field in ("started_at", "seen_at"):
+            entry[field] = float(entry.get(field) or 0)
+        entry["pairs_scored"] = int(float(entry.get("pairs_scored") or 0))
+        workers.append(entry)
+    return sorted(workers, key=lambda w: (w.get("model", ""), w.get("name", "")))
+
+
+def add_pairs(client: redis.Redis, settings: Settings, pairs: int, now: float | None = None) -> None:
+    """Count ``pairs`` scored now in the deployment's throughput series."""
+    if pairs <= 0:
+        return
+    key = keys.pairs_slot_key(settings, int((now or time.time()) // SLOT_S))
+    pipe = client.pipeline(transaction=False)
+    pipe.incrby(key, pairs)
+    pipe.expire(key, SERIES_S + SLOT_S)
+    pipe.execute()
+
+
+def pairs_series(client: redis.Redis, settings: Settings, window_s: int = 300,
+                 now: float | None = None) -> list[dict[str, float]]:
+    """Pairs/s per slot over the last ``window_s`` seconds, oldest first: ``[{"t": slot start, "pairs_per_s"}]``.
+    The current, unfinished slot is left out (it would read low)."""
+    current = int((now or time.time()) // SLOT_S)
+    slots = list(range(current - max(window_s // SLOT_S, 1), current))
+    values = client.mget([keys.pairs_slot_key(settings, s) for s in slots])
+    return [{"t": float(s * SLOT_S), "pairs_per_s": int(v or 0) / SLOT_S} for s, v in zip(slots, values, strict=True)]
+
+
+def recent_rate(client: redis.Redis, settings: Settings, window_s: int = 60, now: float | None = None) -> float:
+    """Pairs/s over the last ``window_s`` seconds, the current slot included (what a dashboard shows as "now")."""
+    now = now or time.time()
+    current = int(now // SLOT_S)
+    slots = list(range(current - max(window_s // SLOT_S, 1) + 1, current + 1))
+    values = client.mget([keys.pairs_slot_key(settings, s) for s in slots])
+    span = (len(slots) - 1) * SLOT_S + max(now - current * SLOT_S, 1.0)
+    return sum(int(v or 0) for v in values) / span

@@ -16,6 +16,7 @@ import torch
 from media.resolver import MediaResolver
 from media.sides import Side, VisionBudget
 from reranker.batching import score_all
+from reranker.contract import prefix_marks
 from reranker.loading import LoadOptions, load_model
 from rerankq.errors import MediaError, PermanentError
 from rerankq.settings import DEFAULT_INSTRUCTION, Settings
@@ -43,6 +44,7 @@ class Qwen3VLReranker:
         batch_max_tokens: int = 32768,
         batch_max_pairs: int = 64,
         s3_endpoint_url: str | None = None,
+        share_prefix: bool = True,
         **kwargs: Any,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,7 +54,7 @@ class Qwen3VLReranker:
                                  instruction=default_instruction)
         self.model = load_model(model_name_or_path, LoadOptions(
             device=device, dtype=str(dtype), attn_implementation=kwargs.get("attn_implementation", "auto"),
-            s3_endpoint_url=s3_endpoint_url, max_length=max_length))
+            s3_endpoint_url=s3_endpoint_url, max_length=max_length, share_prefix=share_prefix))
         self.fps, self.max_frames = fps, max_frames
         self.default_instruction = default_instruction
         self.batch_max_tokens, self.batch_max_pairs = batch_max_tokens, batch_max_pairs
@@ -84,7 +86,7 @@ class Qwen3VLReranker:
             raise DocumentsFailed(failed, len(documents))
         ready = [p for p in pairs if p is not None]
         scores = iter(score_all(self.model.forward, ready, [p.length for p in ready], self.batch_max_tokens,
-                                self.batch_max_pairs))
+                                self.batch_max_pairs, prefix_marks(ready)))
         return [None if p is None else next(scores) for p in pairs]
 
     def _prepare(self, inputs: dict[str, Any], query: Any, documents: list[Any]) -> tuple[list[Any], dict[int, str]]:

@@ -14,9 +14,12 @@ The life of a pair, in the order the engine calls it (as LitServe's ``setup → 
    from each pair's ``length``, and returns exactly one float in [0, 1] per pair, in order. It never drops,
    reorders or merges pairs. One caller at a time (the scoring thread).
 
-Shared-prefix scoring (the pairs of one job start with the same tokens: system prompt, instruction, query)
-fits here without changing the engine: ``prepare_job`` prepares a job's pairs together, and may mark them
-as sharing a prefix that ``forward`` then computes once.
+Shared-prefix scoring (the pairs of one job start with the same tokens: system prompt, instruction, query):
+``prepare_job`` prepares a job's pairs together and may give them one ``prefix`` (``Prepared.prefix``). The
+planner then budgets each such pair as a suffix of that prefix (``prefix_marks``,
+``reranker.batching.plan_with_prefixes``: suffixes of one prefix in consecutive passes, the prefix's keys
+and values counted while held), and ``forward`` computes each prefix once, in the first pass that needs it,
+and lets it go after the pass that scores its last pair. Scores do not change.
 """
 
 from __future__ import annotations
@@ -28,11 +31,22 @@ from media.resolver import Preprocessor
 from media.sides import ResolvedSide
 
 
-class Prepared(Protocol):
-    """A pair ready for ``forward``. ``length`` is what it costs a forward pass, in tokens."""
+class SharedPrefix(Protocol):
+    """Tokens several pairs of one job start with, computed once by ``forward``."""
 
     @property
     def length(self) -> int: ...
+
+
+class Prepared(Protocol):
+    """A pair ready for ``forward``. ``length`` is what it costs a forward pass, in tokens; with a
+    ``prefix``, its pass costs ``length - prefix.length`` tokens plus the held prefix."""
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def prefix(self) -> SharedPrefix | None: ...
 
 
 P = TypeVar("P", bound=Prepared)
@@ -66,7 +80,8 @@ class RerankModel(Protocol[P]):
         ``max_tokens_per_doc``, Cohere's field); images and videos are kept whole."""
 
     def forward(self, pairs: Sequence[P]) -> list[float]:
-        """Score one batch: one relevance score in [0, 1] per pair, in input order, none dropped."""
+        """Score one batch: one relevance score in [0, 1] per pair, in input order, none dropped. A prefix
+        of these pairs not computed yet is computed first; one whose last pair this batch scores is let go."""
 
 
 def prepare_each(model: RerankModel[P], instruction: str, query: ResolvedSide,
@@ -79,3 +94,15 @@ def prepare_each(model: RerankModel[P], instruction: str, query: ResolvedSide,
         except Exception as exc:  # one document's failure is that document's
             out.append(exc)
     return out
+
+
+def prefix_marks(pairs: Sequence[Prepared]) -> list[tuple[int, int] | None]:
+    """What the planner needs of each pair's shared prefix: (prefix id, prefix tokens), None without one."""
+    ids: dict[int, int] = {}
+    return [None if p.prefix is None else (ids.setdefault(id(p.prefix), len(ids)), p.prefix.length)
+            for p in pairs]
+
+
+def own_lengths(pairs: Sequence[Prepared]) -> list[int]:
+    """Tokens each pair runs in a pass of its own: all of them, or those after its shared prefix."""
+    return [p.length - (p.prefix.length if p.prefix is not None else 0) for p in pairs]

@@ -58,6 +58,7 @@ class FakePair:
     visual_tokens: int
     digest: bytes
     crash: bool = False
+    prefix: None = None  # the fake never shares a prefix
 
 
 def _digest(data: bytes) -> str:

@@ -13,7 +13,8 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load: device, dtype ("auto" = bf16 on CUDA, fp32 on CPU), attention, caches, pair length."""
+    """How to load: device, dtype ("auto" = bf16 on CUDA, fp32 on CPU), attention, caches, pair length,
+    shared-prefix scoring."""
 
     device: str = "cpu"
     dtype: str = "auto"
@@ -22,6 +23,7 @@ class LoadOptions:
     s3_endpoint_url: str | None = None
     seed: int = 0
     max_length: int = 10240
+    share_prefix: bool = True  # a job's pairs may run their common prefix once (exact; scoring.share_prefix)
 
 
 def resolve_dtype(device: str, dtype: str) -> torch.dtype:

@@ -30,6 +30,9 @@ class BatchSettings(BaseModel):
     max_jobs: int = Field(64, ge=1, description="Jobs a worker takes from the queue at once (its buffer).")
     prepare_threads: int = Field(4, ge=1, description="Threads that fetch, decode and tokenise pairs while the "
                                  "model runs the previous batch.")
+    record_path: str = Field("", description="Append one JSON line per forward pass (job id and document index of "
+                             "each pair) to this file; empty = off. `rerankq bench` replays these exact batches for "
+                             "its scorer-alone figure.")
 
 
 class ScoringSettings(BaseModel):
@@ -43,6 +46,10 @@ class ScoringSettings(BaseModel):
                             "cut from its tail; a pair whose vision and special tokens alone exceed it is an error.")
     model_cache_dir: str = Field("~/.cache/rerankq/models", description="Where s3:// checkpoints are downloaded.")
     seed: int = Field(0, description="Seed for random:2b / random:8b weights.")
+    share_prefix: bool = Field(True, description="Run each job's common prefix (system prompt, instruction, "
+                               "query with its images and videos) once and score every document against its keys "
+                               "and values: scores unchanged, far less compute for long or visual queries. The "
+                               "prefix's keys and values count against batch.max_tokens while held.")
 
 
 class LimitSettings(BaseModel):

@@ -4,8 +4,14 @@ the same pairs, in the same run (SPEC §7).
 By default it starts a private cluster (redis-server, moto's S3 server, one ``rerankq worker`` subprocess
 with the tiny model, built offline on first use); ``--redis-url`` targets a running deployment instead
 (``--metrics-url`` then points at one worker's metrics for the batch figures). Each ``--workload
-JOBSxDOCS:KIND`` (kind ``text`` or ``image``) is submitted at once with ``submit_many``; the scorer-alone
-figure then times only the forward passes over the same prepared pairs, batched with the same budget.
+JOBSxDOCS:KIND`` is submitted at once with ``submit_many``; KIND is ``text`` (text query and documents),
+``image`` (image documents), ``image-query`` (an image query, text documents) or ``video-query`` (a video
+query, text documents).
+
+The scorer-alone figure is a ceiling: the private worker records its forward passes (``batch.record_path``)
+and the bench replays exactly those batches on the same pairs (``shell.replay``), after each end-to-end run,
+never during one; each figure is the best of ``--repeats`` alternating runs. A ratio above 1 is flagged as
+noise. Against a running deployment there is no record: the replay then uses the planner's batches.
 ``--lone N`` measures the latency of N lone jobs, one at a time, on the idle worker.
 """
 
@@ -26,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from rerankq.settings import Settings
+from shell.replay import BatchLog, Replay, wait_quiet
 
 BUCKET = "rerankq-bench"
+KINDS = ("text", "image", "image-query", "video-query")
 WORDS = ["red", "blue", "green", "backpack", "bottle", "nylon", "leather", "trail", "city", "light", "heavy",
          "pocket", "strap", "zip", "water", "camera", "lens", "shoe", "boot", "jacket", "rain", "warm", "cold",
          "summer", "winter", "travel", "laptop", "cable", "charger", "phone", "case"]
@@ -35,7 +43,9 @@ WORDS = ["red", "blue", "green", "backpack", "bottle", "nylon", "leather", "trai
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", action="append", default=None, metavar="JOBSxDOCS:KIND",
-                   help="e.g. 500x8:text or 100x4:image (repeatable; default 100x8:text)")
+                   help="KIND: text, image, image-query, video-query; e.g. 500x8:text, 50x32:image-query "
+                        "(repeatable; default 100x8:text)")
+    p.add_argument("--repeats", type=int, default=3, help="end-to-end runs and replays per workload (best of)")
     p.add_argument("--lone", type=int, default=20, help="lone jobs, one at a time, for idle latency (0 = skip)")
     p.add_argument("--model", default=None, help="model SPEC (default: the tiny model, built on first use)")
     p.add_argument("--device", default="cpu")
@@ -53,34 +63,48 @@ def parse_workload(text: str) -> tuple[int, int, str]:
         jobs, docs = (int(x) for x in shape.lower().split("x"))
     except ValueError:
         raise SystemExit(f"--workload {text!r}: expected JOBSxDOCS:KIND, e.g. 500x8:text") from None
-    if kind not in ("text", "image") or jobs < 1 or docs < 1:
-        raise SystemExit(f"--workload {text!r}: KIND is text or image, JOBS and DOCS positive")
+    if kind not in KINDS or jobs < 1 or docs < 1:
+        raise SystemExit(f"--workload {text!r}: KIND is one of {', '.join(KINDS)}; JOBS and DOCS positive")
     return jobs, docs, kind
 
 
-def make_requests(jobs: int, docs: int, kind: str, images: list[str], seed: int = 0) -> list[dict[str, Any]]:
+def make_requests(jobs: int, docs: int, kind: str, media: dict[str, list[str]], seed: int = 0
+                  ) -> list[dict[str, Any]]:
     rng = random.Random(seed)
 
     def text(lo: int, hi: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
+    def query() -> dict[str, Any]:
+        if kind == "image-query":
+            return {"text": text(2, 6), "image": rng.choice(media["images"])}
+        if kind == "video-query":
+            return {"text": text(2, 6), "video": rng.choice(media["videos"])}
+        return {"text": text(4, 10)}
+
     def doc() -> dict[str, Any]:
-        return {"text": text(20, 60)} if kind == "text" else {"image": rng.choice(images)}
+        return {"image": rng.choice(media["images"])} if kind == "image" else {"text": text(20, 60)}
 
-    return [{"query": {"text": text(4, 10)}, "documents": [doc() for _ in range(docs)]} for _ in range(jobs)]
+    return [{"query": query(), "documents": [doc() for _ in range(docs)]} for _ in range(jobs)]
 
 
-def upload_images(s3: Any, count: int = 16) -> list[str]:
-    from shell.samples import image_bytes, noise_image
+def upload_media(s3: Any, kinds: set[str], count: int = 16) -> dict[str, list[str]]:
+    """Sample images (and clips, for video queries) in the bench bucket: kind → s3:// references."""
+    from shell.samples import image_bytes, mp4_bytes, noise_image
 
     with contextlib.suppress(Exception):  # exists already (a running deployment)
         s3.create_bucket(Bucket=BUCKET)
-    refs = []
-    for i in range(count):
-        width, height = 96 + 32 * (i % 5), 96 + 32 * (i % 3)
-        s3.put_object(Bucket=BUCKET, Key=f"img/{i}.png", Body=image_bytes(noise_image(width, height, seed=i)))
-        refs.append(f"s3://{BUCKET}/img/{i}.png")
-    return refs
+    media: dict[str, list[str]] = {"images": [], "videos": []}
+    if kinds & {"image", "image-query"}:
+        for i in range(count):
+            width, height = 96 + 32 * (i % 5), 96 + 32 * (i % 3)
+            s3.put_object(Bucket=BUCKET, Key=f"img/{i}.png", Body=image_bytes(noise_image(width, height, seed=i)))
+            media["images"].append(f"s3://{BUCKET}/img/{i}.png")
+    if "video-query" in kinds:
+        for i in range(2):
+            s3.put_object(Bucket=BUCKET, Key=f"clip/{i}.mp4", Body=mp4_bytes(seconds=4.0, fps=10, seed=i))
+            media["videos"].append(f"s3://{BUCKET}/clip/{i}.mp4")
+    return media
 
 
 class Scrape:
@@ -146,32 +170,39 @@ def run_workload(client: Any, scrape: Scrape, requests: list[dict[str, Any]], ti
     return {"jobs": len(ids), "pairs": pairs, "wall_s": round(wall, 3), "e2e_pairs_per_s": round(pairs / wall, 2),
             "jobs_per_s": round(len(ids) / wall, 2), "p50_latency_s": round(percentile(latencies, 0.5), 4),
             "p95_latency_s": round(percentile(latencies, 0.95), 4), **Scrape.means(before, scrape.read()),
-            "_samples": samples}
+            "_samples": samples, "_ids": ids}
 
 
-def scorer_alone(scorer: Any, settings: Settings, requests: list[dict[str, Any]], repeats: int = 3) -> float:
-    """Pairs/s of the forward passes alone over the same pairs (media resolved and pairs prepared first)."""
-    from media.resolver import MediaResolver
-    from media.sides import ResolvedSide, Side, VisionBudget
-    from reranker.batching import score_all
+def redis_counters(client: Any) -> tuple[float, float]:
+    """(commands processed, CPU seconds used) of the Redis server so far, from ``INFO``. Every client's work
+    counts: the workers', this producer's submits and polls, Flower's if it runs."""
+    info = client.redis.info()
+    return float(info["total_commands_processed"]), float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
-    with MediaResolver(settings, scorer.preprocessor) as resolver:
-        pairs = []
-        for request in requests:
-            sides = resolver.resolve_sides([Side.from_dict(request["query"])]
-                                           + [Side.from_dict(d) for d in request["documents"]], VisionBudget())
-            ready = [s for s in sides if isinstance(s, ResolvedSide)]
-            pairs += [p for p in scorer.prepare_job(settings.instruction, ready[0], ready[1:])
-                      if not isinstance(p, Exception)]
-    b = settings.batch
-    lengths = [p.length for p in pairs]
-    score_all(scorer.forward, pairs[: b.max_pairs], lengths[: b.max_pairs], b.max_tokens, b.max_pairs)  # warm up
-    best = float("inf")
-    for _ in range(repeats):  # best of: the scorer alone is a ceiling, noise only lowers it
-        t0 = time.perf_counter()
-        score_all(scorer.forward, pairs, lengths, b.max_tokens, b.max_pairs)
-        best = min(best, time.perf_counter() - t0)
-    return len(pairs) / best
+
+def measure_workload(client: Any, scrape: Scrape, replay: Any, log: Any, requests: list[dict[str, Any]],
+                     args: argparse.Namespace, worker_pid: int | None = None) -> dict[str, Any]:
+    """``--repeats`` end-to-end runs, each followed (never overlapped) by a replay of the forward passes the
+    worker ran for it; the best of each. Without a worker record, the planner's batches are replayed."""
+    runs, ceilings = [], []
+    for _ in range(args.repeats):
+        mark = log.mark() if log else 0
+        before = redis_counters(client)
+        runs.append(run_workload(client, scrape, requests, args.timeout))
+        after = redis_counters(client)
+        runs[-1]["redis_commands_per_job"] = round((after[0] - before[0]) / len(requests), 1)
+        runs[-1]["redis_cpu_ms_per_job"] = round(1000 * (after[1] - before[1]) / len(requests), 3)
+        batches = log.batches_since(mark, runs[-1]["_ids"]) if log else replay.planned()
+        wait_quiet(worker_pid)
+        ceilings.append(replay.pairs_per_s(batches))
+        wait_quiet(worker_pid)
+    best = max(runs, key=lambda r: r["e2e_pairs_per_s"])
+    figures = {**best, "e2e_runs_pairs_per_s": [r["e2e_pairs_per_s"] for r in runs],
+               "scorer_pairs_per_s": round(max(ceilings), 2), "scorer_replayed": bool(log),
+               "scorer_runs_pairs_per_s": [round(c, 2) for c in ceilings]}
+    figures["e2e_vs_scorer"] = round(figures["e2e_pairs_per_s"] / figures["scorer_pairs_per_s"], 3)
+    figures["noise"] = figures["e2e_vs_scorer"] > 1  # end to end cannot beat its own forward passes
+    return figures
 
 
 def lone_latency(client: Any, n: int) -> dict[str, float]:
@@ -185,20 +216,23 @@ def lone_latency(client: Any, n: int) -> dict[str, float]:
             "lone_p95_latency_s": round(percentile(latencies, 0.95), 4)}
 
 
-def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str) -> tuple[Settings, str]:
+def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str, record: Path
+                   ) -> tuple[Settings, str, int]:
     from shell.cluster import RedisServer, S3Server, free_port, stop_process
 
     redis_server = stack.enter_context(RedisServer())
     s3_server = stack.enter_context(S3Server())
     port = free_port()
     env = {**os.environ, "RERANKQ_REDIS_URL": redis_server.url, "RERANKQ_S3_ENDPOINT_URL": s3_server.url,
-           "RERANKQ_METRICS_PORT": str(port), "RERANKQ_ALLOW_FILE_URLS": "true"}
+           "RERANKQ_METRICS_PORT": str(port), "RERANKQ_ALLOW_FILE_URLS": "true",
+           "RERANKQ_BATCH__RECORD_PATH": str(record)}
     log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="rerankq-bench-worker-", suffix=".log"))  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "worker", "--model", model,
                              "--device", args.device], env=env, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, proc, 30.0)
     _wait_ready(proc, Path(log.name))
-    return Settings(redis_url=redis_server.url, s3_endpoint_url=s3_server.url), f"http://127.0.0.1:{port}/metrics"
+    return (Settings(redis_url=redis_server.url, s3_endpoint_url=s3_server.url), f"http://127.0.0.1:{port}/metrics",
+            proc.pid)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
@@ -226,27 +260,29 @@ def run_bench(args: argparse.Namespace) -> int:
             write_tiny_model(model)
     workloads = [parse_workload(w) for w in args.workload or ["100x8:text"]]
     with ExitStack() as stack:
+        log, pid = None, None
         if args.redis_url:
             settings, metrics_url = Settings(redis_url=args.redis_url), args.metrics_url
         else:
-            settings, metrics_url = _start_cluster(stack, args, model)
+            record = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerankq-bench-"))) / "passes.jsonl"
+            log = BatchLog(record)
+            settings, metrics_url, pid = _start_cluster(stack, args, model, record)
         client = stack.enter_context(RerankClient(settings))
-        images = upload_images(client.results.client) if any(k == "image" for *_, k in workloads) else []
+        media = upload_media(client.results.client, {k for *_, k in workloads})
         scorer = load(settings, model, args.device)
         report: dict[str, Any] = {"device": str(scorer.device), "model": scorer.name, "workloads": []}
         for i, (jobs, docs, kind) in enumerate(workloads):
-            requests = make_requests(jobs, docs, kind, images, seed=i)
-            figures = {"workload": f"{jobs}x{docs}:{kind}", **run_workload(client, Scrape(metrics_url), requests,
-                                                                              args.timeout)}
-            figures["scorer_pairs_per_s"] = round(scorer_alone(scorer, settings, requests), 2)
-            figures["e2e_vs_scorer"] = round(figures["e2e_pairs_per_s"] / figures["scorer_pairs_per_s"], 3)
-            report["workloads"].append(figures)
+            requests = make_requests(jobs, docs, kind, media, seed=i)
+            replay = Replay(scorer, settings, requests)
+            figures = measure_workload(client, Scrape(metrics_url), replay, log, requests, args, pid)
+            report["workloads"].append({"workload": f"{jobs}x{docs}:{kind}", **figures})
         if args.lone:
             report.update(lone_latency(client, args.lone))
     if args.plot:
         _plot(report, args.plot)
     for w in report["workloads"]:
         w.pop("_samples", None)
+        w.pop("_ids", None)
     first = {k: v for k, v in report["workloads"][0].items() if k != "workload"}
     report = {**first, **report}
     print(json.dumps(report) if args.json else render(report))
@@ -254,19 +290,23 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _plot(report: dict[str, Any], path: str) -> None:
-    """Workloads one after another on one time axis (each job's latency is submit-to-result)."""
+    """Workloads one after another on one time axis (each job's latency is submit-to-result), each marked,
+    with its scorer-alone ceiling; the best end-to-end run of each."""
     from shell.plot import plot_bench
 
     samples: list[dict[str, float]] = []
+    marks: list[dict[str, Any]] = []
     offset = pairs = jobs = 0.0
     for w in report["workloads"]:
         for s in w["_samples"]:
             samples.append({"t": offset + s["t"], "pairs_done": pairs + s["pairs_done"],
                             "jobs_done": jobs + s["jobs_done"], "latency": s["latency"]})
+        marks.append({"name": w["workload"], "start": offset, "end": offset + w["wall_s"],
+                      "scorer_pairs_per_s": w["scorer_pairs_per_s"]})
         if samples:
             offset, pairs, jobs = samples[-1]["t"], samples[-1]["pairs_done"], samples[-1]["jobs_done"]
-    names = ", ".join(w["workload"] for w in report["workloads"])
-    plot_bench(samples, path, title=f"rerankq bench: {names} on {report['model']} ({report['device']})")
+    plot_bench(samples, path, title=f"rerankq bench on {report['model']} ({report['device']}): best run of each "
+               "workload", workloads=marks)
     print(f"plot written to {path}", file=sys.stderr)
 
 
@@ -274,10 +314,13 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"model {report['model']} on {report['device']}"]
     for w in report["workloads"]:
         lines.append(f"{w['workload']:>14}: end to end {w['e2e_pairs_per_s']:.1f} pairs/s {w['jobs_per_s']:.1f} jobs/s"
-                     f" | scorer alone {w['scorer_pairs_per_s']:8.1f} pairs/s (ratio {w['e2e_vs_scorer']:.2f})"
+                     f" | scorer alone {w['scorer_pairs_per_s']:8.1f} pairs/s "
+                     f"({'replayed' if w['scorer_replayed'] else 'planned'}; ratio {w['e2e_vs_scorer']:.2f}"
+                     f"{' NOISE: above 1, rerun with more jobs' if w['noise'] else ''})"
                      f" | latency p50 {w['p50_latency_s']:.3f}s p95 {w['p95_latency_s']:.3f}s"
                      f" | per pass {w['mean_batch_pairs']} pairs, {w['mean_batch_jobs']} jobs,"
-                     f" padding {w['padding_ratio']}")
+                     f" padding {w['padding_ratio']}"
+                     f" | Redis {w['redis_commands_per_job']} commands, {w['redis_cpu_ms_per_job']} CPU-ms per job")
     if "lone_p50_latency_s" in report:
         lines.append(f"lone job on an idle worker: p50 {report['lone_p50_latency_s']:.3f}s "
                      f"p95 {report['lone_p95_latency_s']:.3f}s")

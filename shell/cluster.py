@@ -6,6 +6,7 @@ stops what it started, also on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -113,6 +114,8 @@ class S3Server:
         for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                            ("AWS_DEFAULT_REGION", "us-east-1")):
             os.environ.setdefault(key, value)
+        # werkzeug logs every request at INFO to stderr when nobody configured its logger: keep it to warnings
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
         self._server = server

@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-tokens", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=32768)
     parser.add_argument("--max-pairs", type=int, default=64)
+    parser.add_argument("--jobs", default=None, metavar="SHAPE:DOCS,...",
+                        help="shared-prefix job shapes instead of --kinds: image-query, text-query, image-docs, "
+                             "video-query (e.g. image-query:16,text-query:16,image-docs:8)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N (--jobs)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="for MFU (--jobs; CUDA default 989)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                               "load_s": time.perf_counter() - start, "kinds": {}}
     if args.device.startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name()
+    if args.jobs:
+        return _jobs(scorer, report, args)
     for kind in args.kinds.split(","):
         pairs, prep_s = make_pairs(scorer, kind, args.pairs, args.text_tokens)
         result = measure(scorer, pairs, args.max_tokens, args.max_pairs)
@@ -126,6 +133,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['batched_pairs_per_s']:16.2f} {r['speedup']:7.2f}x "
               f"{r['single_ms_per_pair']:8.2f} / {r['batched_ms_per_pair']:6.2f} "
               f"{r['prepare_ms_per_pair']:13.2f} {r['max_abs_delta']:9.2e}")
+    return 0
+
+
+def _jobs(scorer: Scorer, report: dict[str, Any], args: argparse.Namespace) -> int:
+    from shell import sharing_bench
+
+    peak = args.peak_tflops or (989.0 if args.device.startswith("cuda") else None)
+    report["jobs"] = [sharing_bench.measure_job(scorer, shape, docs, _text, args.max_tokens, args.max_pairs,
+                                                args.repeats) for shape, docs in sharing_bench.parse_jobs(args.jobs)]
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"model {report['model']} on {report.get('gpu', args.device)} ({report['dtype']}), "
+          f"{torch.get_num_threads()} threads, best of {args.repeats}")
+    print(sharing_bench.render(report["jobs"], peak))
     return 0
 
 

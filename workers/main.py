@@ -29,7 +29,7 @@ def load(settings: Settings, spec: str, device: str) -> RerankModel[Any]:
     s = settings.scoring
     return load_model(spec, LoadOptions(device=device, dtype=s.dtype, attn_implementation=s.attn_implementation,
                                         cache_dir=s.model_cache_dir, s3_endpoint_url=settings.s3_endpoint_url,
-                                        seed=s.seed, max_length=s.max_length))
+                                        seed=s.seed, max_length=s.max_length, share_prefix=s.share_prefix))
 
 
 def warm_up(model: RerankModel[Any], settings: Settings) -> None:

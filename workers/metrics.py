@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,28 @@ class ListLengths(Collector):
             logger.warning("queue length scrape failed: %s", exc)
         yield queues
         yield dlq
+
+
+class PrefixSharing(Collector):
+    """Shared-prefix scoring, from the model's own counters (``sharing``; none for a model that never
+    shares): prefix passes, prefix tokens computed, prefix tokens saved (not recomputed per document)."""
+
+    FAMILIES = (("rerankq_prefix_passes", "Forward passes over shared prefixes (several jobs' at once)",
+                 "prefix_passes"),
+                ("rerankq_prefixes_computed", "Shared prefixes computed (one per job that shares)",
+                 "prefixes_computed"),
+                ("rerankq_prefix_tokens_computed", "Shared-prefix tokens computed", "prefix_tokens_computed"),
+                ("rerankq_prefix_tokens_saved", "Shared-prefix tokens not recomputed", "prefix_tokens_saved"))
+
+    def __init__(self, model: object, name: str) -> None:
+        self.model, self.name = model, name
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = getattr(self.model, "sharing", None)
+        for family, doc, field in self.FAMILIES:
+            counter = CounterMetricFamily(family, doc, labels=["model"])
+            counter.add_metric([self.name], float(getattr(stats, field, 0)))
+            yield counter
 
 
 class Metrics:
@@ -80,6 +102,9 @@ class Metrics:
 
     def watch_queues(self, redis_client: redis.Redis, queues: list[str], dlq: str) -> None:
         self.registry.register(ListLengths(redis_client, queues, dlq))
+
+    def watch_sharing(self, model: object) -> None:
+        self.registry.register(PrefixSharing(model, self.model))
 
     def serve(self, port: int) -> None:
         """Serve ``/metrics`` on ``port`` in a daemon thread (0 = off)."""

@@ -6,6 +6,7 @@ model is a ``reranker.contract.RerankModel``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -179,3 +180,9 @@ def score_isolating(forward: Callable[[list[T]], list[float]], items: list[T]
 
 def distinct_jobs(units: Sequence[Unit]) -> int:
     return len({id(u.run) for u in units})
+
+
+def record_batch(path: str, units: Sequence[Unit]) -> None:
+    """Append the pass's pairs, as (job id, document index), to ``path`` (``batch.record_path``)."""
+    with open(path, "a") as out:
+        out.write(json.dumps({"pairs": [[u.run.job_id, u.index] for u in units]}) + "\n")

@@ -35,8 +35,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from media.resolver import MediaResolver
-from reranker.batching import padding_ratio, plan_batches
-from reranker.contract import RerankModel
+from reranker.batching import padding_ratio, plan_with_prefixes
+from reranker.contract import RerankModel, own_lengths, prefix_marks
 from rerankq import s3
 from rerankq.jobs import JobState, JobStore
 from rerankq.schema import RerankJob
@@ -49,6 +49,7 @@ from workers.rounds import (
     Unit,
     distinct_jobs,
     prepare_units,
+    record_batch,
     resolve_media,
     score_isolating,
     transient_failure,
@@ -67,6 +68,7 @@ class Runtime:
         self.worker = worker
         self.resolver = resolver or MediaResolver(settings, model.preprocessor)
         self.metrics = metrics or Metrics(model.name)
+        self.metrics.watch_sharing(model)
         self.store = store or JobStore(settings)
         self.finisher = Finisher(model.name, settings, self.store, self.metrics)
         self.on_open: Callable[[], None] = lambda: None  # set by the intake gate: wakes the consumer
@@ -219,7 +221,9 @@ class Runtime:
         # Documents that failed already are done too: progress reaches pairs_total when the job ends.
         self.store.add_progress({r.attempt: len(r.errors) for r in kept if r.errors and not r.error})
         b = self.settings.batch
-        return Round(kept, units, plan_batches([u.pair.length for u in units], b.max_tokens, b.max_pairs))
+        pairs = [u.pair for u in units]  # a job's pairs may share a prefix (prepare_job): planned as suffixes
+        return Round(kept, units, plan_with_prefixes([p.length for p in pairs], prefix_marks(pairs), b.max_tokens,
+                                                     b.max_pairs))
 
     def _retry_later(self, run: JobRun, sides: list[Any]) -> bool:
         """A medium that failed only transiently: put the job back and try it again after a backoff, up to
@@ -304,7 +308,10 @@ class Runtime:
         self.metrics.scoring.observe(seconds)
         self.metrics.batch_pairs.observe(len(live))
         self.metrics.batch_jobs.observe(distinct_jobs(live))
-        self.metrics.padding.observe(padding_ratio([u.pair.length for u in live], [list(range(len(live)))]))
+        own = own_lengths([u.pair for u in live])  # a suffix's padding is its own, the prefix is not padded
+        self.metrics.padding.observe(padding_ratio(own, [list(range(len(live)))]))
+        if self.settings.batch.record_path:
+            record_batch(self.settings.batch.record_path, live)
         progress: dict[tuple[str, int], int] = {}
         for unit, score in outcomes:
             unit.run.scoring_s += seconds / len(live)

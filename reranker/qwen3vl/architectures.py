@@ -1,8 +1,9 @@
 """Qwen3-VL-Reranker architectures, every field explicit (transformers' defaults are neither model).
 
-``2b`` and ``8b`` are the released checkpoints' shapes (MODEL_FACTS); ``tiny`` is the same architecture
-at toy size for tests: mrope_section sums to head_dim/2, out_hidden_size equals the text hidden size, the
-vision position embeddings are a square number and the deepstack indexes are below the vision depth.
+``2b`` and ``8b`` are the released checkpoints' shapes (MODEL_FACTS); ``small`` (4 text layers of hidden
+512, a 2-layer vision tower) is for CPU benchmarks; ``tiny`` is the same architecture at toy size for tests:
+mrope_section sums to head_dim/2, out_hidden_size equals the text hidden size, the vision position
+embeddings are a square number and the deepstack indexes are below the vision depth.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "tie": False,
         "name": "Qwen3-VL-Reranker-8B",
     },
+    # A mid-size model of the real shape (head_dim 128, mrope [24, 20, 20], patch 16 / merge 2, 2304 vision
+    # position embeddings, deepstack): slow enough on a CPU for benchmark ratios to mean something.
+    "small": {
+        "text": _text(512, 1536, 4, 4, 2, 128, [24, 20, 20], tie=True),
+        "vision": _vision(2, 256, 1024, 4, 512, 2304, [0, 1]),
+        "tie": True,
+        "name": "Qwen3-VL-Reranker-small",
+    },
     "tiny": {
         "text": _text(64, 128, 2, 4, 2, 16, [4, 2, 2], tie=True),
         "vision": _vision(2, 32, 64, 2, 64, 16, [0]),
@@ -61,7 +70,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 
 
 def build_config(size: str) -> Qwen3VLConfig:
-    """The ``Qwen3VLConfig`` of ``size`` (``2b``, ``8b`` or ``tiny``)."""
+    """The ``Qwen3VLConfig`` of ``size`` (``2b``, ``8b``, ``small`` or ``tiny``)."""
     try:
         arch = ARCHITECTURES[size]
     except KeyError:

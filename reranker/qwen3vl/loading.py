@@ -35,7 +35,7 @@ def from_pretrained(path: str, name: str, opts: LoadOptions) -> Scorer:
     head = _head_row(lm.lm_head.weight.data, tokenizer)
     backbone = lm.model.to(opts.device)
     del lm  # drops the vocabulary head (untied models) — only the one row is kept
-    return Scorer(backbone, head.to(opts.device), tokenizer, name, opts.max_length)
+    return Scorer(backbone, head.to(opts.device), tokenizer, name, opts.max_length, opts.share_prefix)
 
 
 def random_weights(size: str, opts: LoadOptions) -> Scorer:
@@ -57,4 +57,4 @@ def random_weights(size: str, opts: LoadOptions) -> Scorer:
     backbone = lm.model
     del lm
     return Scorer(backbone, head, tokenizer, f"random:{size} ({ARCHITECTURES[size]['name']} architecture)",
-                  opts.max_length)
+                  opts.max_length, opts.share_prefix)

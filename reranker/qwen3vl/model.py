@@ -15,8 +15,11 @@ from typing import Any
 import torch
 
 from media.sides import ResolvedSide
+from reranker.batching import sharing_pays
 from reranker.contract import prepare_each
 from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer, PreparedPair
+from reranker.qwen3vl.prefix import can_share, forward_suffixes
+from reranker.qwen3vl.sharing import JobPrefix, SharingStats, attach_prefix, release, suffix_rows
 from reranker.qwen3vl.vision import QwenVision, normalize
 
 logger = logging.getLogger(__name__)
@@ -71,7 +74,7 @@ class Scorer:
     """
 
     def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str,
-                 max_length: int = 10240) -> None:
+                 max_length: int = 10240, share_prefix: bool = True) -> None:
         self.backbone = backbone.eval()
         self.head = head.detach().to(torch.float32)  # (hidden,) the yes − no row
         self.tokenizer = tokenizer
@@ -81,6 +84,8 @@ class Scorer:
         self.dtype = next(backbone.parameters()).dtype
         self.preparer = PairPreparer(tokenizer, max_length)
         self.preprocessor = QwenVision()
+        self.share = share_prefix and can_share(self.backbone)
+        self.sharing = SharingStats()
 
     def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> PreparedPair:
         """The exact prompt, vision pads expanded, truncated as the official script does."""
@@ -91,15 +96,35 @@ class Scorer:
 
     def prepare_job(self, instruction: str, query: ResolvedSide,
                     documents: Sequence[ResolvedSide]) -> list[PreparedPair | Exception]:
-        return prepare_each(self, instruction, query, documents)
+        """Every pair of the job; with sharing on, the pairs share their common prefix when that pays."""
+        pairs = prepare_each(self, instruction, query, documents)
+        if self.share:
+            self.share_prefix([p for p in pairs if isinstance(p, PreparedPair)])
+        return pairs
+
+    def share_prefix(self, pairs: Sequence[PreparedPair]) -> JobPrefix | None:
+        """Let the pairs of *one job* share their common prefix when that pays (None: they run whole)."""
+        return attach_prefix(pairs, sharing_pays) if can_share(self.backbone) else None
 
     @torch.inference_mode()
     def forward(self, pairs: Sequence[PreparedPair]) -> list[float]:
         """One forward pass over ``pairs`` (the caller keeps it within memory)."""
+        return torch.sigmoid(self.logits(pairs)).tolist()
+
+    @torch.inference_mode()
+    def logits(self, pairs: Sequence[PreparedPair]) -> torch.Tensor:
+        """``h_last · w`` of each pair (fp32, before the sigmoid), one forward pass.
+
+        Pairs that carry a shared prefix (``prepare_job``, ``share_prefix``) run as suffixes: each prefix not
+        computed yet runs once first, and is let go of after its job's last suffix."""
+        if any(p.prefix is not None for p in pairs):
+            rows = suffix_rows(self.backbone, pairs, self.sharing)
+            last = forward_suffixes(self.backbone, rows).to(torch.float32) @ self.head
+            release(pairs, self.sharing)
+            return last
         batch = collate(pairs, self.torch_device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in batch:  # uint8 travelled to the device; normalise there, then the model's dtype
                 batch[key] = normalize(batch[key]).to(self.dtype)
         out = self.backbone(**batch, use_cache=False)
-        last = out.last_hidden_state[:, -1].to(torch.float32)
-        return torch.sigmoid(last @ self.head).tolist()
+        return out.last_hidden_state[:, -1].to(torch.float32) @ self.head

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from media.sides import ResolvedSide
 from reranker.qwen3vl.prompt import Piece, prompt_pieces
 from reranker.qwen3vl.vision import MERGE, VisionInput
 from rerankq.errors import PairTooLong
+
+if TYPE_CHECKING:
+    from reranker.qwen3vl.sharing import JobPrefix
 
 IMAGE_PAD_ID = 151655
 VIDEO_PAD_ID = 151656
@@ -27,6 +31,7 @@ class PreparedPair:
     input_ids: list[int]
     vision: list[VisionInput]
     truncated: bool = False
+    prefix: JobPrefix | None = None  # set when the job's pairs share a prefix computed once (qwen3vl.sharing)
 
     @property
     def length(self) -> int:

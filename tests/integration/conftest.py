@@ -138,11 +138,11 @@ def media(s3: Any) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def reference(tiny_model_dir: Path, s3_server: S3Server):  # type: ignore[no-untyped-def]
     """In-process scores of a request (leave out documents that should fail) from the seed-compatible
-    ``Qwen3VLReranker.process``: the official script's API, one model in this process."""
+    ``Qwen3VLReranker.process``, run the official way: one pair per forward pass, no shared prefix."""
     from reranker import Qwen3VLReranker
 
     model = Qwen3VLReranker(str(tiny_model_dir), device="cpu", torch_dtype="float32",
-                            s3_endpoint_url=s3_server.url)
+                            s3_endpoint_url=s3_server.url, share_prefix=False, batch_max_pairs=1)
     return model.process
 
 

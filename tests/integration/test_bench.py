@@ -17,15 +17,22 @@ def test_bench_json_and_plot(tmp_path: Path, tiny_model_dir: Path) -> None:
     plot = tmp_path / "bench.png"
     done = subprocess.run(
         [sys.executable, "-m", "shell.cli", "bench", "--model", str(tiny_model_dir), "--workload", "24x4:text",
-         "--workload", "6x2:image", "--lone", "3", "--json", "--plot", str(plot)],
+         "--workload", "6x2:image", "--workload", "4x3:image-query", "--workload", "2x2:video-query",
+         "--repeats", "2", "--lone", "3", "--json", "--plot", str(plot)],
         capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "HTTP/1.1" not in done.stderr  # the private S3 server keeps its request log to itself
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report.keys() >= SPEC_KEYS
-    assert [w["workload"] for w in report["workloads"]] == ["24x4:text", "6x2:image"]
+    assert [w["workload"] for w in report["workloads"]] == ["24x4:text", "6x2:image", "4x3:image-query",
+                                                           "2x2:video-query"]
     for w in report["workloads"]:
         assert w["e2e_pairs_per_s"] > 0 and w["scorer_pairs_per_s"] > 0 and w["p95_latency_s"] >= w["p50_latency_s"]
         assert w["forward_passes"] >= 1
+        # the scorer-alone figure replays the worker's own passes, best of the runs, between (not during) them
+        assert w["scorer_replayed"] and len(w["scorer_runs_pairs_per_s"]) == len(w["e2e_runs_pairs_per_s"]) == 2
+        assert w["noise"] == (w["e2e_vs_scorer"] > 1)
+        assert w["redis_commands_per_job"] > 0
     text = report["workloads"][0]
     assert text["pairs"] == 96 and text["forward_passes"] < 24  # pairs of many jobs share forward passes
     assert report["mean_batch_jobs"] > 1

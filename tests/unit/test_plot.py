@@ -46,3 +46,28 @@ def test_edge_cases_still_draw(tmp_path: Path) -> None:
     assert plot_bench(no_latency, tmp_path / "progress.png").stat().st_size > 0
     with pytest.raises(ValueError, match="no samples"):
         plot_bench([], tmp_path / "empty.png")
+
+
+def bursty_samples(rounds: int = 40, jobs_per_round: int = 32) -> list[dict[str, float | None]]:
+    """Jobs finishing a round at a time (as a worker finishes them): 32 jobs of 8 pairs every 0.4 s."""
+    samples: list[dict[str, float | None]] = []
+    for r in range(1, rounds + 1):
+        for j in range(jobs_per_round):
+            done = (r - 1) * jobs_per_round + j + 1
+            samples.append({"t": r * 0.4 + j * 1e-4, "pairs_done": 8 * done, "jobs_done": done, "latency": 0.4})
+    return samples
+
+
+def test_bursts_read_as_a_rate_not_as_spikes() -> None:
+    _, pairs_rate, _ = throughput_series(bursty_samples())
+    inner = pairs_rate[len(pairs_rate) // 10: -len(pairs_rate) // 10]
+    assert np.allclose(inner, 8 * 32 / 0.4, rtol=0.2)  # 640 pairs/s, give or take a round
+
+
+def test_workloads_are_marked(tmp_path: Path) -> None:
+    samples = bursty_samples()
+    marks = [{"name": "20x32:text", "start": 0.0, "end": 8.0, "scorer_pairs_per_s": 700.0},
+             {"name": "20x32:image-query", "start": 8.0, "end": 16.0, "scorer_pairs_per_s": 900.0}]
+    plain = np.asarray(Image.open(plot_bench(samples, tmp_path / "plain.png")).convert("RGB"))
+    marked = np.asarray(Image.open(plot_bench(samples, tmp_path / "marked.png", workloads=marks)).convert("RGB"))
+    assert plain.shape == marked.shape and (plain != marked).any(axis=-1).mean() > 0.05

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Shared-prefix scoring on a CUDA machine, in one go (issue 10). Needs a venv with a CUDA torch:
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+#   tests/gpu/device_check.sh [OUT_DIR]            # optional: pip install flash-attn (>= 2.1) first
+# 1. tests/gpu: fp32 shared == one pair per pass (<= 1e-5 logit); bf16 sdpa and flash-attention 2 varlen:
+#    top-k agreement.
+# 2. random:2b and random:8b in bf16: pairs/s and MFU (FLOP model, attention left out) for text pairs of 512
+#    tokens, one-image pairs and an image query x 32 text documents: sharing on / off / one pair per pass.
+set -euo pipefail
+out=${1:-${OUT:-/tmp/rerankq-device}}
+mkdir -p "$out"
+py=${PYTHON:-.venv/bin/python}
+"$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.cuda.get_device_name())" \
+  | tee "$out/device.txt"
+"$py" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tee "$out/pytest.txt"
+for size in 2b 8b; do
+  "$py" -m shell.scorer_bench --model "random:$size" --device cuda --kinds text,image --pairs 64 \
+    --text-tokens 512 2>&1 | tee "$out/pairs-$size.txt"
+  "$py" -m shell.scorer_bench --model "random:$size" --device cuda --jobs image-query:32,text-query:32 \
+    --repeats 3 2>&1 | tee "$out/sharing-$size.txt"
+done

@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     from producer.client import RerankClient
 
     with contextlib.ExitStack() as stack:
-        settings, _ = _start_cluster(stack, args, _model_spec(args.model))
+        record = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerankq-gw-bench-"))) / "passes.jsonl"
+        settings, _, _ = _start_cluster(stack, args, _model_spec(args.model), record)
         url, pid = _start_gateway(stack, settings)
         client = stack.enter_context(RerankClient(settings))
         overhead(client, url, {}, 10, args.docs)  # warm up both paths

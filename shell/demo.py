@@ -245,6 +245,9 @@ def run_demo(args: argparse.Namespace) -> int:
         for name in ("", "werkzeug", "botocore", "moto"):
             logging.getLogger(name).setLevel(logging.WARNING)
     previous_int = signal.getsignal(signal.SIGINT)
+    # Ctrl-C stops the demo even when it was started from a shell that ignores SIGINT for its background jobs
+    # (Python keeps an inherited SIG_IGN): the demo must always be stoppable.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with contextlib.ExitStack() as stack:

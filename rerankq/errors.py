@@ -44,22 +44,21 @@ class InvalidRequest(PermanentError):
         return InvalidRequest(self.detail, field)
 
 
-class MediaError(PermanentError):
+class RefError(RerankqError):
+    """An error about one reference (a medium, an S3 object): ``ref`` and ``reason``, read as "ref: reason"."""
+
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(f"{ref}: {reason}")
+        self.ref = ref
+        self.reason = reason
+
+
+class MediaError(RefError, PermanentError):
     """A media reference could not be fetched or decoded. The message names the reference and the reason."""
 
-    def __init__(self, ref: str, reason: str) -> None:
-        super().__init__(f"{ref}: {reason}")
-        self.ref = ref
-        self.reason = reason
 
-
-class TransientMediaError(TransientError):
+class TransientMediaError(RefError, TransientError):
     """A fetch failed in a way that may pass (timeout, throttling, 5xx, reset)."""
-
-    def __init__(self, ref: str, reason: str) -> None:
-        super().__init__(f"{ref}: {reason}")
-        self.ref = ref
-        self.reason = reason
 
 
 class NoSuchJob(PermanentError):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rerankq.errors import PermanentError, TransientError
+from rerankq.errors import PermanentError, RefError, TransientError
 
 # Error codes S3 (and MinIO, moto) use for "try again later".
 TRANSIENT_CODES = frozenset({
@@ -28,22 +28,12 @@ PERMANENT_REASONS = {
 }
 
 
-class StorageError(PermanentError):
+class StorageError(RefError, PermanentError):
     """An S3 call failed for good (no such bucket or key, access denied). Names the URI and the reason."""
 
-    def __init__(self, ref: str, reason: str) -> None:
-        super().__init__(f"{ref}: {reason}")
-        self.ref = ref
-        self.reason = reason
 
-
-class TransientStorageError(TransientError):
+class TransientStorageError(RefError, TransientError):
     """An S3 call failed in a way that may pass (endpoint down, timeout, throttling, 5xx)."""
-
-    def __init__(self, ref: str, reason: str) -> None:
-        super().__init__(f"{ref}: {reason}")
-        self.ref = ref
-        self.reason = reason
 
 
 def split_uri(uri: str) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from PIL import Image
 
 from media.cache import DecodedCache
 from media.decode import decode_image, decode_video, flatten, orient, sample_frame_list
+from media.identity import frames_identity, tagged
 from media.sides import ResolvedSide, Side, VisionBudget, VisionError
 from media.store import MediaStore
 from rerankq.errors import MediaError, TransientMediaError
@@ -77,6 +78,14 @@ class MediaStats:
 
 
 @dataclass(frozen=True)
+class _Identified:
+    """A built vision input and what it was built from (``media.identity``; None when unknown)."""
+
+    value: Any
+    identity: str | None
+
+
+@dataclass(frozen=True)
 class _Item:
     """One vision entry of a side: what to build, its cache key, and a label for errors."""
 
@@ -100,8 +109,9 @@ class MediaResolver:
         self.pre = preprocessor
         self.store = store or MediaStore(settings)
         self.counters = self.store.counters
-        self.cache: DecodedCache[Any] = DecodedCache(settings.media.cache_bytes, self.counters,
-                                                     size_of=preprocessor.nbytes)
+        self.cache: DecodedCache[_Identified] = DecodedCache(settings.media.cache_bytes, self.counters,
+                                                             size_of=lambda item: preprocessor.nbytes(item.value))
+        self.identifies = settings.cache.active  # what each medium is, for the score cache (media.identity)
         threads = settings.media.fetch_threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rerankq-media")
         # Frames of a frame list are fetched on their own pool: a frame-list task waits for them, and waiting
@@ -115,14 +125,25 @@ class MediaResolver:
             raise result
         return result
 
-    def resolve_sides(self, sides: Sequence[Side], budget: VisionBudget) -> list[ResolvedSide | MediaError]:
-        """Every side of a batch, in order; the distinct media of all of them fetched concurrently, once."""
+    def identify(self, refs: Sequence[str]) -> dict[str, str | None]:
+        """What each reference holds now, without fetching it (``MediaStore.identify``: S3 HEADs, concurrently;
+        None where it cannot be told before a fetch)."""
+        distinct = list(dict.fromkeys(refs))
+        return dict(zip(distinct, self._pool.map(self.store.identify, distinct), strict=True))
+
+    def resolve_sides(self, sides: Sequence[Side], budget: VisionBudget,
+                      known: Mapping[str, str | None] | None = None) -> list[ResolvedSide | MediaError]:
+        """Every side of a batch, in order; the distinct media of all of them fetched concurrently, once.
+
+        ``known``: identities of references found just before (``identify``). The cache of decoded media is then
+        keyed by them too, so an object overwritten since it was decoded is fetched again, not served stale."""
         futures: dict[Hashable, Future[Any]] = {}
         plans: list[list[_Item] | MediaError] = []
+        known = known or {}
         for side in sides:
             try:
-                plan = [self._item(v, "video", budget) for v in side.videos]
-                plan += [self._item(i, "image", budget) for i in side.images]
+                plan = [self._item(v, "video", budget, known) for v in side.videos]
+                plan += [self._item(i, "image", budget, known) for i in side.images]
             except MediaError as exc:
                 plans.append(exc)
                 continue
@@ -158,32 +179,34 @@ class MediaResolver:
 
     def _assemble(self, texts: list[str], plan: list[_Item],
                   futures: dict[Hashable, Future[Any]]) -> ResolvedSide | MediaError:
-        vision_inputs: list[Any] = []
+        built: list[_Identified] = []
         for item in plan:
             try:
-                vision_inputs.append(futures[item.key].result())
+                built.append(futures[item.key].result())
             except MediaError as exc:
                 return exc
-        return ResolvedSide(texts=list(texts), vision=vision_inputs)
+        return ResolvedSide(texts=list(texts), vision=[b.value for b in built],
+                            media=[tagged(item.kind, b.identity) for item, b in zip(plan, built, strict=True)])
 
-    def _item(self, source: Any, kind: str, budget: VisionBudget) -> _Item:
+    def _item(self, source: Any, kind: str, budget: VisionBudget, known: Mapping[str, str | None]) -> _Item:
         if isinstance(source, str | Image.Image):
             if kind == "video" and isinstance(source, Image.Image):
                 raise MediaError("<PIL image>", "a video must be a reference or a list of frames, not one image")
-            return self._single(source, kind, budget)
+            return self._single(source, kind, budget, known)
         if kind == "video" and isinstance(source, list | tuple):
-            return self._frames(list(source), budget)
+            return self._frames(list(source), budget, known)
         raise MediaError(repr(source)[:80], f"an {kind} must be a reference string"
                          f"{' or a list of frames' if kind == 'video' else ' or a PIL image'}")
 
-    def _single(self, source: str | Image.Image, kind: str, budget: VisionBudget) -> _Item:
+    def _single(self, source: str | Image.Image, kind: str, budget: VisionBudget,
+                known: Mapping[str, str | None]) -> _Item:
         fields = ((budget.image_min_tokens, budget.image_max_tokens) if kind == "image"
                   else (budget.fps, budget.max_frames, budget.video_max_tokens))
         if isinstance(source, Image.Image):
             return _Item(kind, source, ("pil", id(source), *fields), "<PIL image>", cacheable=False)
-        return _Item(kind, source, (kind, source, *fields), source, cacheable=True)
+        return _Item(kind, source, (kind, source, known.get(source), *fields), source, cacheable=True)
 
-    def _frames(self, frames: list[Any], budget: VisionBudget) -> _Item:
+    def _frames(self, frames: list[Any], budget: VisionBudget, known: Mapping[str, str | None]) -> _Item:
         label = f"frame list [{frames[0] if frames and isinstance(frames[0], str) else '…'}, … {len(frames)} frames]"
         if not frames:
             raise MediaError("frame list []", "a frame list needs at least one frame")
@@ -194,9 +217,11 @@ class MediaResolver:
             raise MediaError(label, "frames must be reference strings or PIL images")
         refs = tuple(f if isinstance(f, str) else ("pil", id(f)) for f in frames)
         cacheable = all(isinstance(f, str) for f in frames)
-        return _Item("frames", frames, ("frames", refs, budget.max_frames, budget.video_max_tokens), label, cacheable)
+        ids = tuple(known.get(f) for f in frames if isinstance(f, str)) if known else ()
+        return _Item("frames", frames, ("frames", refs, ids, budget.max_frames, budget.video_max_tokens), label,
+                     cacheable)
 
-    def _get(self, item: _Item, budget: VisionBudget) -> Any:
+    def _get(self, item: _Item, budget: VisionBudget) -> _Identified:
         """Build (or find in the cache) one vision input; every failure becomes a ``MediaError``."""
         try:
             if item.cacheable:
@@ -212,16 +237,16 @@ class MediaResolver:
             log.exception("unexpected failure while reading %s", item.label)
             raise MediaError(item.label, f"could not be read ({type(exc).__name__}: {exc})") from exc
 
-    def _build(self, item: _Item, budget: VisionBudget) -> Any:
+    def _build(self, item: _Item, budget: VisionBudget) -> _Identified:
         if item.kind == "frames":
             return self._build_frames(item.source, budget)
         if isinstance(item.source, Image.Image):
-            return self._timed(lambda: self.pre.image(self._pil(item.source), budget))
-        with self.store.open(item.source) as source:
+            return _Identified(self._timed(lambda: self.pre.image(self._pil(item.source), budget)), None)
+        with self.store.open_identified(item.source, identify=self.identifies) as (source, identity):
             if item.kind == "image":
                 image = self._timed(lambda: self._decode_image(source))
-                return self._timed(lambda: self.pre.image(image, budget))
-            return self._timed(lambda: self._video(source, budget))
+                return _Identified(self._timed(lambda: self.pre.image(image, budget)), identity)
+            return _Identified(self._timed(lambda: self._video(source, budget)), identity)
 
     def _video(self, source: bytes | Any, budget: VisionBudget) -> Any:
         limits = self.settings.limits
@@ -230,17 +255,19 @@ class MediaResolver:
                                max_pixels=limits.max_image_pixels)
         return self.pre.video(decoded.frames, decoded.indices, decoded.fps, budget)
 
-    def _build_frames(self, frames: list[Any], budget: VisionBudget) -> Any:
+    def _build_frames(self, frames: list[Any], budget: VisionBudget) -> _Identified:
         keep = sample_frame_list(len(frames), budget.max_frames)
-        images = list(self._frame_pool.map(self._frame_image, [frames[i] for i in keep]))
-        return self._timed(lambda: self.pre.frames(images, budget))
+        read = list(self._frame_pool.map(self._frame_image, [frames[i] for i in keep]))
+        images = [image for image, _ in read]
+        identity = frames_identity(len(frames), [ident for _, ident in read])
+        return _Identified(self._timed(lambda: self.pre.frames(images, budget)), identity)
 
-    def _frame_image(self, frame: str | Image.Image) -> Image.Image:
+    def _frame_image(self, frame: str | Image.Image) -> tuple[Image.Image, str | None]:
         if isinstance(frame, Image.Image):
-            return self._pil(frame)
+            return self._pil(frame), None
         try:
-            with self.store.open(frame) as source:
-                return self._timed(lambda: self._decode_image(source))
+            with self.store.open_identified(frame, identify=self.identifies) as (source, identity):
+                return self._timed(lambda: self._decode_image(source)), identity
         except VisionError as exc:  # name the frame, not the list
             raise MediaError(frame, str(exc)) from exc
 

@@ -4,7 +4,7 @@ that ``MediaStore.with_retries`` is the only retry policy and its counters are e
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from media.cache import Counters
@@ -12,13 +12,17 @@ from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings, knob
 
+_IDENTITY_FIELDS = ("ETag", "VersionId", "ServerSideEncryption", "SSECustomerAlgorithm")
+
 
 @dataclass
 class Part:
-    """The bytes of one ranged GET and the object's ETag (to pin later ranges to the same version)."""
+    """The bytes of one ranged GET and the object's ETag (to pin later ranges to the same version), with what
+    ``media.identity.s3_identity`` reads of the response."""
 
     data: bytes
     etag: str | None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class S3Reader:
@@ -56,9 +60,17 @@ class S3Reader:
                                       f"{self.settings.limits.max_media_bytes} ({knob('limits.max_media_bytes')})")
             data = response["Body"].read()
         self.counters.add(bytes_fetched=len(data))
+        meta = {k: response[k] for k in _IDENTITY_FIELDS if response.get(k)}
         if content_range:  # "bytes 0-99/100"
-            return Part(data, response.get("ETag")), int(content_range.rsplit("/", 1)[1])
-        return Part(data[start:start + self.range_bytes], response.get("ETag")), len(data)
+            return Part(data, response.get("ETag"), meta), int(content_range.rsplit("/", 1)[1])
+        return Part(data[start:start + self.range_bytes], response.get("ETag"), meta), len(data)
+
+    def head(self, ref: str, bucket: str, key: str) -> dict[str, Any]:
+        """What ``media.identity.s3_identity`` reads of the object (ETag, version, encryption): one HEAD."""
+        self.counters.add(requests=1, heads=1)
+        with s3.translate_errors(ref, MediaError, TransientMediaError):
+            response = self.client.head_object(Bucket=bucket, Key=key)
+        return {k: response[k] for k in _IDENTITY_FIELDS if response.get(k)}
 
     def close(self) -> None:
         if self._client is not None:

@@ -61,10 +61,13 @@ class Side:
 @dataclass
 class ResolvedSide:
     """A side whose media are decoded: texts, and the model's vision inputs in prompt order (videos, then
-    images). The inputs are whatever the model's preprocessor built; they are shared, never modified."""
+    images). The inputs are whatever the model's preprocessor built; they are shared, never modified.
+    ``media`` says what each input was decoded from (``media.identity``, tagged with its kind; None when
+    unknown), in the same order: what a score cache keys on. Empty when nobody asked."""
 
     texts: list[str] = field(default_factory=list)
     vision: list[Any] = field(default_factory=list)
+    media: list[str | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from media.cache import Counters
 from media.http import HttpFetcher, HttpPolicy
+from media.identity import bytes_identity, local_identity, s3_identity
 from media.s3 import S3Reader
 from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
@@ -75,22 +76,46 @@ class MediaStore:
 
         A spooled temporary file is removed when the context exits.
         """
+        with self.open_identified(ref, spool, identify=False) as (source, _):
+            yield source
+
+    @contextmanager
+    def open_identified(self, ref: str, spool: bool = True,
+                        identify: bool = True) -> Iterator[tuple[Source, str | None]]:
+        """``open``, with what the content is (``media.identity``): the ETag of the very GET that read an S3
+        object, the digest of the bytes fetched or of the local file (None when ``identify`` is off)."""
         kind = self._scheme(ref)
         started = time.perf_counter()
         if kind == "file":
             path = self._local_path(ref)
             self.counters.add(fetches=1, bytes_fetched=path.stat().st_size)
-            yield path
+            yield path, local_identity(path) if identify else None
             return
         if kind == "https":
             data = self.with_retries(ref, lambda: self._http.fetch(ref))
             self.counters.add(fetches=1, bytes_fetched=len(data),
                               fetch_seconds=time.perf_counter() - started)
-            yield data
+            yield data, bytes_identity(data) if identify else None
             return
-        with self._s3_source(ref, spool) as source:
+        with self._s3_source(ref, spool) as (source, identity):
             self.counters.add(fetch_seconds=time.perf_counter() - started)
-            yield source
+            yield source, identity
+
+    def identify(self, ref: str) -> str | None:
+        """What ``ref`` holds now, without fetching it (``media.identity``): an S3 object by one HEAD (no
+        retries), a local file by its digest. None for https:// (only its bytes can say) and whenever it cannot
+        be told (no such object, the endpoint down): the medium is then fetched as usual and reports its own
+        error. Never raises."""
+        try:
+            kind = self._scheme(ref)
+            if kind == "s3":
+                bucket, key = _split_s3(ref)
+                return s3_identity(bucket, key, self._s3.head(ref, bucket, key))
+            if kind == "file":
+                return local_identity(self._local_path(ref))
+        except Exception as exc:  # an identity is an optimisation: the fetch will say what is wrong
+            log.debug("cannot identify %s: %s", ref, exc)
+        return None
 
     def _scheme(self, ref: str) -> str:
         if not isinstance(ref, str) or not ref.strip():
@@ -129,20 +154,21 @@ class MediaStore:
         return path
 
     @contextmanager
-    def _s3_source(self, ref: str, spool: bool) -> Iterator[Source]:
+    def _s3_source(self, ref: str, spool: bool) -> Iterator[tuple[Source, str | None]]:
         bucket, key = _split_s3(ref)
         first, total = self.with_retries(ref, lambda: self._s3.get_range(ref, bucket, key, 0))
         if total > self.max_bytes:
             raise MediaError(ref, f"object is {total} bytes, over the limit {self.max_bytes} "
                                   f"({knob('limits.max_media_bytes')})")
+        identity = s3_identity(bucket, key, first.meta)  # later ranges are pinned to this ETag
         if total <= len(first.data):
             self.counters.add(fetches=1)
-            yield first.data
+            yield first.data, identity
             return
         if not spool or total <= self.spool_bytes:
             parts = [first.data, *self._s3_rest(ref, bucket, key, first.etag, total, len(first.data))]
             self.counters.add(fetches=1)
-            yield b"".join(parts)
+            yield b"".join(parts), identity
             return
         with tempfile.NamedTemporaryFile(prefix="rerankq-media-", suffix=Path(key).suffix) as spooled:
             spooled.write(first.data)
@@ -150,7 +176,7 @@ class MediaStore:
                 spooled.write(part)
             spooled.flush()
             self.counters.add(fetches=1, spooled=1)
-            yield Path(spooled.name)
+            yield Path(spooled.name), identity
 
     def _s3_rest(self, ref: str, bucket: str, key: str, etag: str | None, total: int, start: int) -> Iterator[bytes]:
         while start < total:

@@ -39,6 +39,7 @@ GPU_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "l4": 
 SIZES = {"2b": (2.82, 2.42, 28 * 2048), "8b": (13.9, 3.29, 36 * 4096)}
 PROMPT_TOKENS = 60  # system prompt and chat markup around the two sides
 CRASH_MARKER = "fake:crash-the-worker"
+FAKE_SCORING_VERSION = 1  # bump when a pair's fake score changes (what ``prepare`` digests)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ class FakeModel:
         if self.seconds_per_gflop:
             time.sleep(self.modelled_seconds(pairs))
         return [int.from_bytes(p.digest[:8], "big") / 2**64 for p in pairs]
+
+    def cache_identity(self) -> str:
+        """The SPEC's scores are digests of content: only the scheme and ``max_length`` (what fits) move them."""
+        return f"fake-v{FAKE_SCORING_VERSION}|max_length={self.max_length}"
 
     def modelled_seconds(self, pairs: Sequence[FakePair]) -> float:
         """The FLOP-model time of one left-padded forward pass over ``pairs``."""

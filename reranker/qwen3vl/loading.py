@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from reranker.fingerprint import checkpoint_fingerprint, local_checkpoint
 from reranker.options import LoadOptions, resolve_attention, resolve_dtype
 from reranker.qwen3vl.architectures import ARCHITECTURES, build_config
 from reranker.qwen3vl.model import Scorer
@@ -35,7 +36,8 @@ def from_pretrained(path: str, name: str, opts: LoadOptions) -> Scorer:
     head = _head_row(lm.lm_head.weight.data, tokenizer)
     backbone = lm.model.to(opts.device)
     del lm  # drops the vocabulary head (untied models) — only the one row is kept
-    return Scorer(backbone, head.to(opts.device), tokenizer, name, opts.max_length, opts.share_prefix)
+    return Scorer(backbone, head.to(opts.device), tokenizer, name, opts.max_length, opts.share_prefix,
+                  weights=lambda: checkpoint_fingerprint(local_checkpoint(path), opts.cache_dir))
 
 
 def random_weights(size: str, opts: LoadOptions) -> Scorer:
@@ -56,5 +58,9 @@ def random_weights(size: str, opts: LoadOptions) -> Scorer:
     head = _head_row(lm.lm_head.weight.data, tokenizer)
     backbone = lm.model
     del lm
+    # Random weights are a function of the seed, the device's generator and the library versions that draw them.
+    import transformers
+
+    weights = f"random:{size}|seed={opts.seed}|torch={torch.__version__}|transformers={transformers.__version__}"
     return Scorer(backbone, head, tokenizer, f"random:{size} ({ARCHITECTURES[size]['name']} architecture)",
-                  opts.max_length, opts.share_prefix)
+                  opts.max_length, opts.share_prefix, weights=lambda: weights)

@@ -7,8 +7,10 @@ never computed (and dropped from memory after the row is taken).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 from media.sides import ResolvedSide
 from reranker.batching import sharing_pays
 from reranker.contract import prepare_each
+from reranker.qwen3vl import SCORING_VERSION
 from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer, PreparedPair
 from reranker.qwen3vl.prefix import can_share, forward_suffixes
 from reranker.qwen3vl.sharing import JobPrefix, SharingStats, attach_prefix, release, suffix_rows
@@ -74,7 +77,7 @@ class Scorer:
     """
 
     def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str,
-                 max_length: int = 10240, share_prefix: bool = True) -> None:
+                 max_length: int = 10240, share_prefix: bool = True, weights: Callable[[], str] | None = None) -> None:
         self.backbone = backbone.eval()
         self.head = head.detach().to(torch.float32)  # (hidden,) the yes − no row
         self.tokenizer = tokenizer
@@ -86,6 +89,20 @@ class Scorer:
         self.preprocessor = QwenVision()
         self.share = share_prefix and can_share(self.backbone)
         self.sharing = SharingStats()
+        # What the weights are (checkpoint content hash, random SPEC and seed): asked for by cache_identity only.
+        self._weights = weights or (lambda: f"unidentified:{uuid.uuid4()}")  # unknown weights never share scores
+        self._identity: str | None = None
+
+    def cache_identity(self) -> str:
+        """Weights, dtype, attention, device type, ``SCORING_VERSION`` and ``max_length`` (``RerankModel``)."""
+        if self._identity is None:
+            self._identity = json.dumps({
+                "implementation": "qwen3vl", "scoring_version": SCORING_VERSION, "weights": self._weights(),
+                "dtype": str(self.dtype).removeprefix("torch."), "device": self.torch_device.type,
+                "attn": str(getattr(getattr(self.backbone, "config", None), "_attn_implementation", "")),
+                "max_length": self.preparer.max_length,
+            }, sort_keys=True)
+        return self._identity
 
     def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> PreparedPair:
         """The exact prompt, vision pads expanded, truncated as the official script does."""

@@ -13,6 +13,7 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}:job:{id}`` | hash | the job record (``rerankq.jobs``) |
 | ``{prefix}:job:{id}:done`` | list | one token once the job is terminal; waiters ``BLPOP`` it |
 | ``{prefix}:dlq`` | list | queue entries that were not rerank messages (``rerankq dlq list``) |
+| ``rerankq:score:{digest}`` | string, TTL | a cached score, in the score cache's own Redis (``workers.scorecache``) |
 | ``unacked`` / ``unacked_index`` | hash / zset | Celery's messages held by workers, by lease expiry (kombu) |
 | ``celery-task-meta-{task id}`` | string | Celery's result protocol: ``AsyncResult(id).get()`` from any client |
 """
@@ -137,3 +138,9 @@ def result_backend_config(settings: Settings) -> dict[str, Any]:
     options = {"master_name": settings.redis_master_name} if settings.redis_url.startswith("sentinel://") else {}
     return {"result_backend": settings.redis_url, "result_backend_transport_options": options,
             "result_expires": settings.results.ttl_s}
+
+
+def score_key(digest: str) -> str:
+    """A cached score, by the content digest of its pair (``workers.cachekeys``), in ``cache.redis_url``. Not
+    under the queue prefix on purpose: a content key means the same score in every deployment that reaches it."""
+    return f"rerankq:score:{digest}"

@@ -16,7 +16,7 @@ UNKNOWN_TTL_S = 60.0  # how long a bucket whose existence could not be checked i
 
 
 def build_result(job_id: str, top_n: int | None, model: str, scores: list[float | None], errors: dict[int, str],
-                 usage: dict[str, int], timings: dict[str, float]) -> dict[str, Any]:
+                 usage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
     """Assemble the result of one job: the only place a result is built. Ties keep input order (stable sort)."""
     scored = [(i, s) for i, s in enumerate(scores) if s is not None]
     ranked = [i for i, _ in sorted(scored, key=lambda item: -item[1])]

@@ -108,6 +108,7 @@ class RerankJob(BaseModel):
     expires_at: float | None = None
     model: str | None = Field(None, min_length=1, max_length=256)
     max_tokens_per_doc: int | None = Field(None, ge=1)
+    cache: bool | None = Field(None, strict=True)  # None = true: scores may come from and go to the score cache
 
     @field_validator("expires_at", mode="before")
     @classmethod

@@ -97,6 +97,35 @@ class MediaSettings(BaseModel):
                                        "doubles each time.")
 
 
+class CacheSettings(BaseModel):
+    """The score cache: a (model, preprocessing, query, document) content key → its score, in a Redis of its
+    own, so a pair scored once is never run through the model again while its entry lives."""
+
+    enabled: bool = Field(True, description="Look scores up in, and write them to, the score cache (only with "
+                          "redis_url set). A job's \"cache\": false opts that job out.")
+    redis_url: str = Field("", description="The cache's own Redis (redis://, rediss:// or unix://), never the "
+                           "broker's: a worker refuses a URL that reaches the same server. Give it maxmemory and "
+                           "maxmemory-policy allkeys-lru, so it stays bounded by evicting old scores. Empty = no "
+                           "cache.")
+    ttl_s: int = Field(30 * 24 * 3600, ge=1, description="Seconds a cached score lives (a hit does not extend it).")
+    timeout_s: float = Field(0.5, gt=0, description="Socket timeout (s) of each cache command; past it the round "
+                             "goes on without the cache.")
+    retry_s: float = Field(30.0, ge=0, description="After a cache failure (its Redis down or slow), how long (s) "
+                           "workers score without it before they try it again.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"RERANKQ_CACHE__REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+    @property
+    def active(self) -> bool:
+        """Whether workers use the cache: enabled and given a Redis."""
+        return self.enabled and bool(self.redis_url)
+
+
 class GatewaySettings(BaseModel):
     """The HTTP gateway (``rerankq gateway``): compatible rerank endpoints, async jobs, uploads, the console."""
 
@@ -176,6 +205,7 @@ class Settings(BaseSettings):
     results: ResultSettings = Field(default_factory=ResultSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod

@@ -96,6 +96,14 @@ class Metrics:
                                "of jobs", _TIME_BUCKETS)
         self.retries = counter("rerankq_job_retries", "Jobs put back after a transient failure (media, S3, Redis)")
         self.leases_renewed = counter("rerankq_leases_renewed", "Held messages whose lease this worker renewed")
+        # the score cache (workers.caching): a hit is a pair whose forward pass (and, looked up before its media,
+        # fetch and decode) was saved; a miss a pair of a job using the cache that the model had to score
+        self.cache_hits = counter("rerankq_cache_hits", "Pairs whose score came from the score cache")
+        self.cache_misses = counter("rerankq_cache_misses", "Pairs of jobs using the score cache that were scored")
+        self.cache_pairs_saved = counter("rerankq_cache_pairs_saved", "Pairs not run through the model thanks to "
+                                         "the score cache")
+        self.cache_errors = counter("rerankq_cache_errors", "Score cache calls that failed (the round went on "
+                                    "without it)")
 
     def job_ended(self, state: str) -> None:
         self._jobs.labels(self.model, state).inc()

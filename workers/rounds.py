@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -49,6 +49,8 @@ class JobRun:
     scoring_s: float = 0.0
     started_at: float = 0.0
     media_retries: int = 0
+    cached: dict[int, float] = field(default_factory=dict)  # document index → score from the score cache
+    keys: dict[int, str] = field(default_factory=dict)  # document index → its score cache key (workers.caching)
     finished: bool = False
     final: dict[str, Any] | None = None  # once written: the result (or its S3 pointer), or {"error": …}
 
@@ -67,13 +69,16 @@ class JobRun:
 
     def result(self, model: str) -> dict[str, Any]:
         queued = (self.started_at - self.created_at) if self.created_at else 0.0
-        usage = {"pairs": len(self.scores) - len(self.errors), "tokens": self.tokens}
+        # tokens: only pairs this attempt ran through the model; cached pairs are counted apart, by index
+        usage = {"pairs": len(self.scores) - len(self.errors), "tokens": self.tokens,
+                 "cached_pairs": len(self.cached), "cached_indices": sorted(self.cached)}
         timings = {"queued_s": max(queued, 0.0), "media_s": self.media_s, "scoring_s": self.scoring_s}
         return build_result(self.job_id, self.job.top_n, model, self.scores, self.errors, usage, timings)
 
     def reset(self) -> None:
         """Forget what an attempt gathered (before the job is tried again after a transient failure)."""
         self.scores, self.errors, self.error, self.pending, self.tokens = [], {}, None, 0, 0
+        self.cached, self.keys = {}, {}
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Unit:
     run: JobRun
     index: int
     pair: Prepared
+    key: str | None = None  # where its score goes in the score cache
 
 
 @dataclass
@@ -92,29 +98,36 @@ class Round:
     batches: list[list[int]]
 
 
-def _side(data: Any) -> Side:
+def side_of(data: Any) -> Side:
+    """A job's query or document (``rerankq.schema.SideSpec``) as the media layer takes it."""
     return Side.from_dict(data.model_dump(exclude_none=True))
 
 
-def resolve_media(runs: list[JobRun], resolver: MediaResolver, limits: LimitSettings
-                  ) -> list[list[ResolvedSide | MediaError]]:
-    """Resolve the query and documents of every job: one concurrent call per distinct vision budget."""
+def _needed(run: JobRun) -> list[int]:
+    """Which sides of a job to resolve (0 the query, i + 1 document i): not the documents scored from the
+    cache, nor the query when every document was."""
+    docs = [i + 1 for i in range(len(run.job.documents)) if i not in run.cached]
+    return [0, *docs] if docs else []
+
+
+def resolve_media(runs: list[JobRun], resolver: MediaResolver, limits: LimitSettings,
+                  known: Mapping[str, str | None] | None = None) -> list[list[ResolvedSide | MediaError | None]]:
+    """Resolve the query and documents of every job: one concurrent call per distinct vision budget. Sides
+    not needed (``_needed``) are None; ``known`` are media identities just found (``MediaResolver.identify``)."""
     by_budget: dict[VisionBudget, list[int]] = {}
     for i, run in enumerate(runs):
         by_budget.setdefault(run.budget(limits), []).append(i)
-    out: list[list[ResolvedSide | MediaError]] = [[] for _ in runs]
+    out: list[list[ResolvedSide | MediaError | None]] = [[None] * (1 + len(run.job.documents)) for run in runs]
     for budget, members in by_budget.items():
-        sides = [_side(s) for i in members for s in (runs[i].job.query, *runs[i].job.documents)]
-        resolved = resolver.resolve_sides(sides, budget)
-        pos = 0
-        for i in members:
-            n = 1 + len(runs[i].job.documents)
-            out[i] = list(resolved[pos:pos + n])
-            pos += n
+        wanted = [(i, j) for i in members for j in _needed(runs[i])]
+        specs = [runs[i].job.query if j == 0 else runs[i].job.documents[j - 1] for i, j in wanted]
+        resolved = resolver.resolve_sides([side_of(s) for s in specs], budget, known)
+        for (i, j), side in zip(wanted, resolved, strict=True):
+            out[i][j] = side
     return out
 
 
-def transient_failure(sides: list[ResolvedSide | MediaError]) -> MediaError | None:
+def transient_failure(sides: Sequence[ResolvedSide | MediaError | None]) -> MediaError | None:
     """The first medium of a job that failed only transiently (outlived the fetch retries), if any."""
     for side in sides:
         if isinstance(side, MediaError) and isinstance(side.__cause__, TransientError):
@@ -122,19 +135,22 @@ def transient_failure(sides: list[ResolvedSide | MediaError]) -> MediaError | No
     return None
 
 
-def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], model: RerankModel[Any],
+def prepare_units(run: JobRun, sides: Sequence[ResolvedSide | MediaError | None], model: RerankModel[Any],
                   instruction: str) -> list[Unit]:
-    """The job's pairs, prepared; a document that cannot be read or prepared gets an error entry.
+    """The job's pairs, prepared; a document that cannot be read or prepared gets an error entry, one scored
+    from the cache (``run.cached``) gets its score and no pair.
 
     Sets ``run.error`` when the query cannot be read or no document is usable. Any exception the model raises
     for one document is that document's error; one raised for the whole job is the job's: never the round's.
     """
     query, documents = sides[0], sides[1:]
-    run.scores = [None] * len(documents)
+    run.scores = [run.cached.get(i) for i in range(len(documents))]
     if isinstance(query, MediaError):
         run.error = f"query: {query}"
         return []
-    usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide)]
+    if query is None:  # every document came from the cache: nothing to prepare
+        return []
+    usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide) and i not in run.cached]
     if run.job.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: each document's texts cut first
         usable = [(i, model.cap_texts(d, run.job.max_tokens_per_doc)) for i, d in usable]
     for i, doc in enumerate(documents):
@@ -146,18 +162,24 @@ def prepare_units(run: JobRun, sides: list[ResolvedSide | MediaError], model: Re
         logger.exception("preparing job %s failed", run.job_id)
         run.error = f"could not prepare the job: {type(exc).__name__}: {exc}"
         return []
+    units = _units(run, [i for i, _ in usable], prepared)
+    if not units and not run.cached:
+        run.error = "every document failed: " + "; ".join(run.errors[i] for i in sorted(run.errors)[:3])
+    run.pending = len(units)
+    run.tokens = sum(u.pair.length for u in units)
+    return units
+
+
+def _units(run: JobRun, indices: list[int], prepared: Sequence[Prepared | Exception]) -> list[Unit]:
+    """The prepared pairs of documents ``indices``; a pair that could not be prepared is its document's error."""
     units: list[Unit] = []
-    for (i, _), pair in zip(usable, prepared, strict=True):
+    for i, pair in zip(indices, prepared, strict=True):
         if isinstance(pair, PairTooLong):
             run.errors[i] = f"documents[{i}]: {pair} ({knob('scoring.max_length')})"
         elif isinstance(pair, Exception):
             run.errors[i] = f"documents[{i}]: {pair}"
         else:
-            units.append(Unit(run, i, pair))
-    if not units:
-        run.error = "every document failed: " + "; ".join(run.errors[i] for i in sorted(run.errors)[:3])
-    run.pending = len(units)
-    run.tokens = sum(u.pair.length for u in units)
+            units.append(Unit(run, i, pair, run.keys.get(i)))
     return units
 
 

@@ -41,6 +41,7 @@ from rerankq import s3
 from rerankq.jobs import JobState, JobStore
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings
+from workers.caching import RoundCache
 from workers.finishing import Finisher
 from workers.metrics import Metrics
 from workers.rounds import (
@@ -71,6 +72,7 @@ class Runtime:
         self.metrics.watch_sharing(model)
         self.store = store or JobStore(settings)
         self.finisher = Finisher(model.name, settings, self.store, self.metrics)
+        self.cache = RoundCache(settings, model, self.resolver, self.metrics, self.store.redis)
         self.on_open: Callable[[], None] = lambda: None  # set by the intake gate: wakes the consumer
         self._inbox: queue.Queue[JobRun] = queue.Queue()
         self._solo: deque[JobRun] = deque()
@@ -207,9 +209,11 @@ class Runtime:
         self._check_result_buckets(runs)
         live = [run for run in runs if not run.error]
         t0 = time.perf_counter()
-        sides = resolve_media(live, self.resolver, self.settings.limits)
+        known = self.cache.before_media(live)  # pairs found in the score cache are neither fetched nor scored
+        sides = resolve_media(live, self.resolver, self.settings.limits, known)
         media_s = time.perf_counter() - t0
         self.metrics.media.observe(media_s)
+        self.cache.after_media(live, sides)
         kept = [run for run in runs if run.error]  # failed fast: they end with this round, unscored
         units: list[Unit] = []
         for run, job_sides in zip(live, sides, strict=True):
@@ -218,8 +222,9 @@ class Runtime:
                 continue
             kept.append(run)
             units += prepare_units(run, job_sides, self.model, self.settings.instruction)
-        # Documents that failed already are done too: progress reaches pairs_total when the job ends.
-        self.store.add_progress({r.attempt: len(r.errors) for r in kept if r.errors and not r.error})
+        # Documents that failed already, or came from the cache, are done too: progress reaches pairs_total.
+        self.store.add_progress({r.attempt: len(r.errors) + len(r.cached) for r in kept
+                                 if (r.errors or r.cached) and not r.error})
         b = self.settings.batch
         pairs = [u.pair for u in units]  # a job's pairs may share a prefix (prepare_job): planned as suffixes
         return Round(kept, units, plan_with_prefixes([p.length for p in pairs], prefix_marks(pairs), b.max_tokens,
@@ -292,6 +297,7 @@ class Runtime:
             for run in round_.runs:
                 run.error = run.error or f"worker error while scoring: {type(exc).__name__}: {exc}"
         self._scorer_busy_until = 0.0
+        self.cache.write_back(round_.units)  # the round's fresh scores, one round trip; never raises
         try:
             self.finisher.finish(round_.runs)
         finally:

@@ -58,11 +58,13 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0, group: bool
 
 @dataclass
 class RedisServer:
-    """A private ``redis-server`` (no persistence) on a free port. ``url`` is its ``redis://`` URL."""
+    """A private ``redis-server`` (no persistence) on a free port. ``url`` is its ``redis://`` URL; ``args`` are
+    more ``redis-server`` options (``CACHE_ARGS`` makes it a score cache: bounded, evicting least recently used)."""
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     workdir: str | None = None
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -76,7 +78,7 @@ class RedisServer:
         self.workdir = tempfile.mkdtemp(prefix="rerankq-redis-")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.workdir, "--loglevel", "warning"],
+             "--dir", self.workdir, "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_for_port(self.port, 10, "redis-server", self.proc)
         return self
@@ -92,6 +94,9 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+CACHE_ARGS = ("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")
 
 
 @dataclass

@@ -39,3 +39,15 @@ def test_bench_json_and_plot(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert report["lone_p95_latency_s"] >= report["lone_p50_latency_s"] > 0
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size[0] > 500
+
+
+def test_cache_bench_runs_the_workload_cold_then_warm() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shell.cache_bench", "--model", "fake:hash", "--workload", "6x3:image",
+         "--repeats", "1", "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (w,) = json.loads(done.stdout.strip().splitlines()[-1])["workloads"]
+    assert w["warm_scores_identical"] and w["pairs"] == 18
+    assert w["off"]["hit_ratio"] is None and w["off"]["cached_pairs"] == 0
+    assert w["cold"]["hit_ratio"] == 0 and w["cold"]["cached_pairs"] == 0
+    assert w["warm"]["hit_ratio"] == 1 and w["warm"]["cached_pairs"] == 18 and w["warm"]["tokens_scored"] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from rerankq.results import build_result, result_location
@@ -45,3 +47,42 @@ def test_ties_keep_input_order() -> None:
 def test_result_location() -> None:
     assert result_location("s3://results/rerank/", "abc") == "s3://results/rerank/abc.json"
     assert result_location("s3://results", "abc") == "s3://results/abc.json"
+
+
+def _run(documents: int) -> Any:
+    from concurrent.futures import Future
+
+    from rerankq.schema import parse_job
+    from workers.rounds import JobRun
+
+    return JobRun(parse_job({"job_id": "j", "query": "q", "documents": [f"d{i}" for i in range(documents)]}),
+                  Future())
+
+
+def test_documents_from_the_score_cache_get_their_score_and_no_pair() -> None:
+    from media.sides import ResolvedSide
+    from reranker.fake import load_fake
+    from reranker.options import LoadOptions
+    from rerankq.errors import MediaError
+    from workers.rounds import prepare_units
+
+    model = load_fake("fake:hash", LoadOptions())
+    run = _run(4)
+    run.cached, run.keys = {1: 0.75}, {0: "k0", 1: "k1"}
+    sides = [ResolvedSide(texts=["q"]), ResolvedSide(texts=["d0"]), None, MediaError("s3://b/k", "no such key"),
+             ResolvedSide(texts=["d3"])]
+    units = prepare_units(run, sides, model, "inst")
+    assert [(u.index, u.key) for u in units] == [(0, "k0"), (3, None)] and run.pending == 2
+    assert run.scores == [None, 0.75, None, None] and list(run.errors) == [2] and run.error is None
+
+    everything = _run(3)
+    everything.cached = {0: 0.1, 1: 0.3, 2: 0.2}
+    assert prepare_units(everything, [None] * 4, model, "inst") == [] and everything.error is None
+    result = everything.result("m")
+    assert [r["index"] for r in result["results"]] == [1, 2, 0]  # ranked from scores, however they came
+    assert result["usage"] == {"pairs": 3, "tokens": 0, "cached_pairs": 3, "cached_indices": [0, 1, 2]}
+
+    rest_failed = _run(2)
+    rest_failed.cached = {0: 0.5}
+    prepare_units(rest_failed, [ResolvedSide(texts=["q"]), None, MediaError("s3://b/k", "gone")], model, "i")
+    assert rest_failed.error is None and rest_failed.scores == [0.5, None]  # one usable document: not failed

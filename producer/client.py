@@ -94,7 +94,7 @@ class RerankClient:
                                  "result_uri")
 
     def _enqueue(self, jobs: list[dict[str, Any]]) -> None:
-        created = self.jobs.create_many(jobs)
+        created = self.jobs.create_many(jobs, sent=True)
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
             return
@@ -107,8 +107,7 @@ class RerankClient:
             # Publishing failed, wholly or part-way: drop the new records so that a retry with the same job_id
             # publishes again instead of finding a record no message will complete. A message that did go
             # out finds no record and is skipped by the worker; the retried one does the work.
-            for job in fresh:
-                self.jobs.delete(job["job_id"])
+            self.jobs.forget(fresh)
             raise
 
     # reading -------------------------------------------------------------------------------------

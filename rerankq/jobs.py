@@ -145,7 +145,7 @@ def _flatten(fields: dict[str, Any]) -> list[Any]:
 # Shared Lua: KEYS[1] record, KEYS[2] done list. ``finish_with`` writes a terminal state and wakes waiters.
 _LIB = """
 local function finish_with(state, ttl, ...)
-  redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error')
+  redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error', 'wire')
   redis.call('HSET', KEYS[1], 'state', state, ...)
   redis.call('HINCRBY', KEYS[1], 'ends', 1)
   redis.call('EXPIRE', KEYS[1], ttl)
@@ -309,27 +309,43 @@ class JobStore:
         return list(out)
 
     # producer side -------------------------------------------------------------------------------
-    def create_many(self, jobs: list[dict[str, Any]], now: float | None = None,
-                    task_id: str | None = None) -> list[bool]:
+    def create_many(self, jobs: list[dict[str, Any]], now: float | None = None, task_id: str | None = None,
+                    sent: bool = False) -> list[bool]:
         """Create a queued record per job in one round trip; False where the ``job_id`` already exists.
-        ``task_id``: the Celery message that creates it, when that is not the SDK's (see ``creator``)."""
+        ``task_id``: the Celery message that creates it, when that is not the SDK's (see ``creator``).
+        ``sent``: the caller publishes each new job's message next (the SDK): the record keeps the job's JSON
+        and its id joins its queue's pending set, so that a message lost on its way (the producer dies before
+        publishing, a worker dies as it takes it) is sent again (``workers.reaper``)."""
         now = time.time() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
                       "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
-                      "deadline_at": deadline_of(job, now), "task_id": task_id}
+                      "deadline_at": deadline_of(job, now), "task_id": task_id,
+                      "wire": json.dumps(job, separators=(",", ":")) if sent else None}
             self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
                                                                *_flatten(fields)], client=pipe)
+            if sent:
+                pipe.zadd(keys.pending_key(keys.job_queue(self.settings, job)), {job["job_id"]: now}, nx=True)
 
         def undo(out: list[Any]) -> None:
             # Not acknowledged: the caller publishes nothing and will retry with the same ids, which must find
             # no record (a record without a message would stay queued for good).
-            created = [self.key(job["job_id"]) for job, new in zip(jobs, out, strict=True) if new]
-            if created:
-                self.redis.delete(*created)
+            created = [job for job, new in zip(jobs, out[::2] if sent else out, strict=True) if new]
+            self.forget(created)
 
-        return [bool(x) for x in self._execute(pipe, undo)]
+        out = self._execute(pipe, undo)
+        return [bool(x) for x in (out[::2] if sent else out)]
+
+    def forget(self, jobs: list[dict[str, Any]]) -> None:
+        """Delete new records whose messages were not published (and their pending entries)."""
+        if not jobs:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.delete(*self._keys(job["job_id"]))
+            pipe.zrem(keys.pending_key(keys.job_queue(self.settings, job)), job["job_id"])
+        pipe.execute()
 
     def creator(self, job_id: str) -> str | None:
         """The Celery task id of the message that created the record (None: the SDK did, or no record)."""

@@ -68,6 +68,7 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     from workers.app import make_app
     from workers.leases import LeaseKeeper
     from workers.metrics import Metrics
+    from workers.reaper import Reaper
     from workers.runtime import Runtime
 
     device = device or settings.device
@@ -88,9 +89,15 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
 
     beat = RegistryBeat(settings, store.redis, hostname, spec, str(device), scored)
     beat()  # listed before it consumes: the gateway's /v1/models sees it at once
-    leases = LeaseKeeper(settings, store.redis, metrics, on_beat=[beat], interval=registry.HEARTBEAT_S).start()
     tasks.install(runtime)
     app = make_app(settings, queues)
+
+    def send(job: dict[str, Any], task_id: str, queue: str) -> None:
+        app.send_task(keys.TASK_NAME, args=[job], task_id=task_id, queue=queue)
+
+    reaper = Reaper(settings, store.redis, queues, metrics, send)
+    leases = LeaseKeeper(settings, store.redis, metrics, on_beat=[beat, reaper],
+                         interval=registry.HEARTBEAT_S).start()
     worker = app.Worker(hostname=hostname, queues=queues, loglevel=loglevel,
                         without_mingle=True, without_gossip=True)
     try:

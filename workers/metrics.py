@@ -96,6 +96,8 @@ class Metrics:
                                "of jobs", _TIME_BUCKETS)
         self.retries = counter("rerankq_job_retries", "Jobs put back after a transient failure (media, S3, Redis)")
         self.leases_renewed = counter("rerankq_leases_renewed", "Held messages whose lease this worker renewed")
+        self.messages_resent = counter("rerankq_messages_resent", "Messages lost on their way to a worker (a "
+                                       "producer or worker died) and sent again by this worker's reaper")
 
     def job_ended(self, state: str) -> None:
         self._jobs.labels(self.model, state).inc()

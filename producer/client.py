@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from celery import Celery
 
 from rerankq import keys, s3
+from rerankq.batches import BatchRecord, BatchStore
 from rerankq.connections import redis_client
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
 from rerankq.jobs import TERMINAL, JobRecord, JobState, JobStore
@@ -110,6 +111,42 @@ class RerankClient:
             self.jobs.forget(fresh)
             raise
 
+    def enqueue(self, jobs: list[dict[str, Any]]) -> None:
+        """Enqueue jobs already validated (``parse_job(...).wire()`` with a ``job_id`` each); an id that has a
+        record is not sent again."""
+        for start in range(0, len(jobs), CHUNK):
+            self._enqueue(jobs[start:start + CHUNK])
+
+    # batches -------------------------------------------------------------------------------------------
+    def submit_batch(self, input: str, output: str, batch_id: str | None = None, priority: str = "low",
+                     model: str | None = None, completion_window_s: float | None = None,
+                     callback_url: str | None = None) -> BatchRecord:
+        """Run a JSONL file of jobs server-side (``s3://…`` or a local file, uploaded first) into
+        ``output`` (``s3://bucket/prefix/``); returns the batch record. The id is ``batch_id`` or derived from
+        the input's URI and ETag: submitting it again adds nothing (``producer.batches.submit``)."""
+        from producer.batches.submit import submit_batch
+
+        return submit_batch(self, input, output, batch_id, priority, model, completion_window_s, callback_url)
+
+    def batch(self, batch_id: str) -> BatchRecord:
+        """A batch's record (state, counts, timestamps); ``NoSuchJob`` for an unknown id."""
+        return BatchStore(self.settings, self.redis).get(batch_id)
+
+    def batches(self, limit: int = 20) -> list[BatchRecord]:
+        """The newest batches first."""
+        return BatchStore(self.settings, self.redis).list(limit)
+
+    def cancel_batch(self, batch_id: str) -> str:
+        """Cancel a batch: jobs in flight are cancelled, finished results are kept; returns its state before."""
+        return BatchStore(self.settings, self.redis).cancel(batch_id)
+
+    def wait_batch(self, batch_id: str, timeout: float | None = None,
+                   progress: Callable[[BatchRecord], None] | None = None) -> BatchRecord:
+        """Wait until a batch ends; ``progress(record)`` is called after every read (about once a second)."""
+        from producer.batches.submit import wait_batch
+
+        return wait_batch(self, batch_id, timeout, progress)
+
     # reading -------------------------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:
         """``{"job_id", "state", "progress", "created_at", "started_at", "finished_at", "worker", "error"}``;
@@ -127,11 +164,13 @@ class RerankClient:
         failed or cancelled job, ``NoSuchJob`` for an unknown id."""
         record = self.jobs.record(job_id)
         if record.state not in TERMINAL and timeout != 0:
-            self._wait([job_id], timeout)
+            self.wait_any([job_id], timeout)
             record = self.jobs.record(job_id)
-        return self._result_of(record)
+        return self.result_of(record)
 
-    def _result_of(self, record: JobRecord) -> dict[str, Any]:
+    def result_of(self, record: JobRecord) -> dict[str, Any]:
+        """The result of a record read already (``JobFailed`` unless it succeeded; ``TimeoutError`` while it
+        runs)."""
         if record.state not in TERMINAL:
             raise TimeoutError(f"job {record.job_id} is still {record.state}")
         if record.state != JobState.SUCCEEDED:
@@ -141,7 +180,7 @@ class RerankClient:
         result: dict[str, Any] = json.loads(record.result or "{}")
         return result
 
-    def _wait(self, job_ids: list[str], timeout: float | None) -> str | None:
+    def wait_any(self, job_ids: list[str], timeout: float | None) -> str | None:
         """Block until one of ``job_ids`` is terminal; returns its id (None on timeout).
 
         Blocks on the jobs' done tokens in slices shorter than the Redis client's socket timeout. The token
@@ -188,7 +227,7 @@ class RerankClient:
                 raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout} s")
             # Wake on any token among the first keys (BLPOP over thousands of keys is slow to set up).
             wait = 1.0 if len(pending) > 256 else left
-            self._wait(pending[:256], wait if left is None or wait is None else min(wait, left))
+            self.wait_any(pending[:256], wait if left is None or wait is None else min(wait, left))
 
     def _settle(self, job_id: str) -> dict[str, Any] | Exception:
         try:

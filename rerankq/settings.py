@@ -97,6 +97,19 @@ class MediaSettings(BaseModel):
                                        "doubles each time.")
 
 
+class BatchJobSettings(BaseModel):
+    """``RERANKQ_BATCHES__*``: JSONL batches (``rerankq batch``)."""
+
+    max_in_flight: int = Field(1000, ge=1, description="Jobs of one batch queued or running at once; more keep the "
+                               "queue deeper (throughput) but delay other work and hold more Redis memory.")
+    part_lines: int = Field(10000, ge=1, description="Most lines per output part file.")
+    part_interval_s: float = Field(10.0, gt=0, description="Finished lines are written out at least this often "
+                                   "(s): how fresh the partial results of a running batch are.")
+    retention_s: int = Field(30 * 86400, ge=60, description="How long (s) batch records and their jobs' records "
+                             "are kept; the output files stay in S3.")
+    chunk: int = Field(200, ge=1, description="Input lines read, validated and enqueued per round trip.")
+
+
 class GatewaySettings(BaseModel):
     """The HTTP gateway (``rerankq gateway``): compatible rerank endpoints, async jobs, uploads, the console."""
 
@@ -176,6 +189,7 @@ class Settings(BaseSettings):
     results: ResultSettings = Field(default_factory=ResultSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    batches: BatchJobSettings = Field(default_factory=BatchJobSettings)
 
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod

@@ -47,11 +47,20 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from producer.batches.task import register
     from rerankq.settings import Settings
     from workers.main import run_worker
 
     return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
-                      loglevel="DEBUG" if args.verbose else "INFO")
+                      loglevel="DEBUG" if args.verbose else "INFO", control=register)
+
+
+def _batcher(args: argparse.Namespace) -> int:
+    from producer.batches.task import register
+    from rerankq.settings import Settings
+    from workers.main import run_batcher
+
+    return run_batcher(Settings(), register, hostname=args.hostname, loglevel="DEBUG" if args.verbose else "INFO")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -89,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
     worker.set_defaults(func=_worker)
+    batcher = sub.add_parser("batcher", help="a process that runs batches only (workers run them too): no model")
+    batcher.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-batcher-PID@host)")
+    batcher.set_defaults(func=_batcher)
     from shell.flower import add_arguments as add_flower_arguments
 
     add_flower_arguments(sub.add_parser("flower", help="Flower, the Celery monitor, on this deployment's broker"))

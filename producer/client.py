@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 
+from producer.progress import Progress
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchStore
 from rerankq.connections import redis_client
@@ -208,17 +209,35 @@ class RerankClient:
         job already finished keeps its state."""
         return self.jobs.cancel(job_id)
 
-    def as_completed(self, job_ids: Iterable[str], timeout: float | None = None
+    def as_completed(self, job_ids: Iterable[str], timeout: float | None = None,
+                     progress: bool | Callable[[int, int], None] = False
                      ) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
         """Yield ``(job_id, result)`` as jobs finish; for a failed, cancelled or unknown job the second
-        item is the exception (``JobFailed`` / ``NoSuchJob``) instead. ``TimeoutError`` after ``timeout``."""
+        item is the exception (``JobFailed`` / ``NoSuchJob``) instead. ``TimeoutError`` after ``timeout``.
+        ``progress``: ``True`` shows a progress bar on stderr; a callable is called with ``(done, total)``
+        after each job."""
         pending = list(dict.fromkeys(job_ids))
+        total = len(pending)
+        bar = Progress(total, "jobs", enabled=True) if progress is True else None
+        report = progress if callable(progress) else (lambda d, t: bar.set(d) if bar else None)
+        try:
+            yield from self._completed(pending, timeout, lambda n: report(n, total))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _completed(self, pending: list[str], timeout: float | None, report: Callable[[int], None]
+                   ) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        done = 0
         while pending:
             states = self.jobs.states(pending)
             finished = [j for j, s in zip(pending, states, strict=True) if s is None or s in TERMINAL]
             for job_id in finished:
-                yield job_id, self._settle(job_id)
+                outcome = self._settle(job_id)
+                done += 1
+                report(done)
+                yield job_id, outcome
             pending = [j for j in pending if j not in set(finished)]
             if not pending:
                 return

@@ -89,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_tiny_model)
 
     from producer import dlq
+    from producer.batches.cli import add_commands as add_batch_commands
     from producer.cli import add_commands
 
     add_commands(sub)
+    add_batch_commands(sub)
     dlq.add_commands(sub)
     worker = sub.add_parser("worker", help="one Celery worker process pinned to one device and one model")
     worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")

@@ -95,8 +95,8 @@ class RerankClient:
             raise InvalidRequest(f"bucket {bucket!r} does not exist (create it, or leave result_uri out)",
                                  "result_uri")
 
-    def _enqueue(self, jobs: list[dict[str, Any]]) -> None:
-        created = self.jobs.create_many(jobs, sent=True)
+    def _enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None:
+        created = self.jobs.create_many(jobs, sent=True, notify=notify)
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
             return
@@ -112,11 +112,11 @@ class RerankClient:
             self.jobs.forget(fresh)
             raise
 
-    def enqueue(self, jobs: list[dict[str, Any]]) -> None:
+    def enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None:
         """Enqueue jobs already validated (``parse_job(...).wire()`` with a ``job_id`` each); an id that has a
-        record is not sent again."""
+        record is not sent again. ``notify``: a Redis list each job's record key is pushed onto as it ends."""
         for start in range(0, len(jobs), CHUNK):
-            self._enqueue(jobs[start:start + CHUNK])
+            self._enqueue(jobs[start:start + CHUNK], notify)
 
     # batches -------------------------------------------------------------------------------------------
     def submit_batch(self, input: str, output: str, batch_id: str | None = None, priority: str = "low",
@@ -142,11 +142,11 @@ class RerankClient:
         return BatchStore(self.settings, self.redis).cancel(batch_id)
 
     def wait_batch(self, batch_id: str, timeout: float | None = None,
-                   progress: Callable[[BatchRecord], None] | None = None) -> BatchRecord:
-        """Wait until a batch ends; ``progress(record)`` is called after every read (about once a second)."""
+                   progress: Callable[[BatchRecord], None] | None = None, interval: float = 1.0) -> BatchRecord:
+        """Wait until a batch ends; ``progress(record)`` is called after every read (every ``interval`` s)."""
         from producer.batches.submit import wait_batch
 
-        return wait_batch(self, batch_id, timeout, progress)
+        return wait_batch(self, batch_id, timeout, progress, interval)
 
     # reading -------------------------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:

@@ -17,7 +17,8 @@ id PENDING; we say "no such job"). Each transition is one Lua script, atomic and
   alone, and its ``solo`` count is what ``max_deliveries`` caps (poison jobs end ``failed``, innocents that
   shared a round with one are not charged).
 - Terminal states push one token on ``done_key`` so that waiters ``BLPOP`` instead of polling, and count
-  themselves in the record's ``ends`` field: exactly 1 for every ended job (the chaos tests read it).
+  themselves in the record's ``ends`` field: exactly 1 for every ended job (the chaos tests read it). A record
+  with a ``notify`` list also gets ``STATE RECORD-KEY`` pushed there (a batch runner's one list for all its jobs).
 
 Lifetimes: ``results.ttl_s`` after success or cancel, ``results.failure_ttl_s`` after failure or expiry and
 while the job is live (longer than any queue wait).
@@ -152,6 +153,8 @@ local function finish_with(state, ttl, ...)
   redis.call('DEL', KEYS[2])
   redis.call('RPUSH', KEYS[2], '1')
   redis.call('EXPIRE', KEYS[2], ttl)
+  local notify = redis.call('HGET', KEYS[1], 'notify')
+  if notify then redis.call('RPUSH', notify, state .. ' ' .. KEYS[1]) end
 end
 local function expire_if_due(state, now, ttl)
   if state ~= 'queued' then return false end
@@ -310,19 +313,20 @@ class JobStore:
 
     # producer side -------------------------------------------------------------------------------
     def create_many(self, jobs: list[dict[str, Any]], now: float | None = None, task_id: str | None = None,
-                    sent: bool = False) -> list[bool]:
+                    sent: bool = False, notify: str | None = None) -> list[bool]:
         """Create a queued record per job in one round trip; False where the ``job_id`` already exists.
         ``task_id``: the Celery message that creates it, when that is not the SDK's (see ``creator``).
         ``sent``: the caller publishes each new job's message next (the SDK): the record keeps the job's JSON
         and its id joins its queue's pending set, so that a message lost on its way (the producer dies before
-        publishing, a worker dies as it takes it) is sent again (``workers.reaper``)."""
+        publishing, a worker dies as it takes it) is sent again (``workers.reaper``). ``notify``: a list each
+        job's final state and record key are pushed onto when it ends (a batch runner watches its jobs so)."""
         now = time.time() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
                       "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
                       "deadline_at": deadline_of(job, now), "task_id": task_id,
-                      "wire": json.dumps(job, separators=(",", ":")) if sent else None}
+                      "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify}
             self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
                                                                *_flatten(fields)], client=pipe)
             if sent:

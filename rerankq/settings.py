@@ -105,8 +105,8 @@ class BatchJobSettings(BaseModel):
     part_lines: int = Field(10000, ge=1, description="Most lines per output part file.")
     part_interval_s: float = Field(10.0, gt=0, description="Finished lines are written out at least this often "
                                    "(s): how fresh the partial results of a running batch are.")
-    retention_s: int = Field(30 * 86400, ge=60, description="How long (s) batch records and their jobs' records "
-                             "are kept; the output files stay in S3.")
+    retention_s: int = Field(86400, ge=60, description="How long (s) batch records and their jobs' records are "
+                             "kept (Redis memory: about a result per line); the output files stay in S3.")
     chunk: int = Field(200, ge=1, description="Input lines read, validated and enqueued per round trip.")
 
 

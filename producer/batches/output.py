@@ -145,6 +145,8 @@ class Output:
     def finalize(self, state: BatchState) -> BatchState:
         """Write what is left and the manifest; the batch takes its final state; working keys go."""
         runner = self.runner
+        if state == BatchState.COMPLETED:
+            runner.store.move(runner.batch_id, (BatchState.IN_PROGRESS,), BatchState.FINALIZING)
         self.flush(force=True)
         self.count(0, 0)
         parts = [json.loads(p) for p in runner.redis.lrange(runner.key("parts"), 0, -1)]
@@ -157,7 +159,7 @@ class Output:
         self._put(f"{self.prefix}manifest.json", json.dumps(manifest, indent=1))
         runner.store.move(runner.batch_id, tuple(s for s in BatchState if not s.terminal), state,
                           finished_at=manifest["finished_at"], manifest_uri=f"{self.prefix}manifest.json")
-        runner.redis.delete(*(runner.key(p) for p in ("inflight", "errors", "cids", "parts")))
+        runner.redis.delete(*(runner.key(p) for p in ("inflight", "errors", "cids", "parts", "ended")))
         return state
 
 

@@ -32,9 +32,10 @@ from producer.client import RerankClient
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchState, BatchStore
 from rerankq.errors import PermanentError
-from rerankq.jobs import TERMINAL, JobState
+from rerankq.jobs import TERMINAL, JobState, as_state
 
 logger = logging.getLogger(__name__)
+SWEEP_S = 2.0  # every job in flight is read this often (counts; announcements lost with a dead runner)
 
 # KEYS: lock. ARGV: token, ttl ms. 1 while this runner holds it.
 _RENEW = """
@@ -68,6 +69,8 @@ class BatchRunner:
         self.entries: dict[int, dict[str, Any]] = {}  # line → {"job_id", "custom_id"}: in flight or ended
         self.inflight: set[int] = set()  # lines whose job has not ended
         self.ended: dict[int, JobState | None] = {}  # lines whose job ended, not yet written out
+        self.by_key: dict[str, int] = {}  # job record key → line, for the ``ended`` announcements
+        self._next_sweep = 0.0
         self.errors: set[int] = set()  # lines whose error line waits in Redis
         self.cursor, self.offset, self.input_done = 0, 0, False
         self._reader: Iterator[tuple[bytes, int]] | None = None
@@ -136,7 +139,8 @@ class BatchRunner:
         self.cursor, self.offset = int(data.get("cursor", 0)), int(data.get("offset", 0))
         self.input_done = data.get("input_done") == "1"
         self.entries = {int(k): json.loads(v) for k, v in self.redis.hgetall(self.key("inflight")).items()}
-        self.inflight = set(self.entries)  # those that ended are found again by the first ``_collect``
+        self.inflight = set(self.entries)  # those that ended are found again by the first ``_sweep``
+        self.by_key = {keys.job_key(self.settings, e["job_id"]): n for n, e in self.entries.items()}
         self.errors = {int(k) for k in self.redis.hkeys(self.key("errors"))}
 
     def _loop(self) -> BatchState:
@@ -201,12 +205,13 @@ class BatchRunner:
     def _enqueue(self, lines: list[Line]) -> None:
         jobs = [line.job for line in lines if line.job is not None]
         if jobs:
-            self.client.enqueue(jobs)
+            self.client.enqueue(jobs, notify=self.key("ended"))
         pipe = self.redis.pipeline(transaction=True)
         for line in lines:
             if line.job is not None:
                 entry = {"job_id": line.job["job_id"], "custom_id": line.custom_id}
                 self.entries[line.number] = entry
+                self.by_key[keys.job_key(self.settings, entry["job_id"])] = line.number
                 self.inflight.add(line.number)
                 pipe.hset(self.key("inflight"), str(line.number), json.dumps(entry))
             else:
@@ -215,7 +220,7 @@ class BatchRunner:
                     line.custom_id, line.number, None, line.state, line.code, line.error)))
         pipe.hset(keys.batch_key(self.settings, self.batch_id),
                   mapping={"cursor": self.cursor, "offset": self.offset, "input_done": int(self.input_done)})
-        for part in ("inflight", "errors", "cids"):
+        for part in ("inflight", "errors", "cids", "ended"):
             pipe.expire(self.key(part), self.settings.batches.retention_s)
         pipe.execute()
 
@@ -224,24 +229,40 @@ class BatchRunner:
 
     def forget(self, number: int) -> None:
         """A line written out."""
-        self.entries.pop(number, None)
+        entry = self.entries.pop(number, None)
+        if entry is not None:
+            self.by_key.pop(keys.job_key(self.settings, entry["job_id"]), None)
         self.ended.pop(number, None)
 
     # watching jobs ----------------------------------------------------------------------------------
     def _collect(self, wait: bool) -> None:
-        """Move the jobs that ended from ``inflight`` to ``ended``; count queued and running ones."""
+        """Move the jobs that ended from ``inflight`` to ``ended``: as their records announce it on the batch's
+        ``ended`` list (``JobStore.create_many(notify=)``), and by reading every job in flight now and then (the
+        queued / running counts; announcements a dead runner had taken)."""
+        if time.monotonic() >= self._next_sweep:
+            self._sweep()
+        found = self.redis.lpop(self.key("ended"), 1000) or []
+        if not found and wait and self.inflight:
+            popped = self.redis.blpop([self.key("ended")], timeout=0.5)
+            found = [popped[1]] if popped else []
+        for item in found:
+            state, _, key = _text(item).partition(" ")
+            number = self.by_key.get(key)
+            if number is not None and number in self.inflight:
+                self.inflight.discard(number)
+                self.ended[number] = as_state(state)
+
+    def _sweep(self) -> None:
         lines = sorted(self.inflight)
         states = self.client.jobs.states([self.entries[n]["job_id"] for n in lines]) if lines else []
         for number, state in zip(lines, states, strict=True):
             if state is None or state in TERMINAL:
                 self.ended[number] = state
                 self.inflight.discard(number)
-        live = [s for s in states if s not in TERMINAL and s is not None]
         assert self.out is not None
-        self.out.count(queued=sum(s == JobState.QUEUED for s in live), running=sum(s == JobState.RUNNING for s in live))
-        if wait and len(live) == len(states) and self.inflight:
-            ids = [self.entries[n]["job_id"] for n in islice(self.inflight, 256)]
-            self.client.wait_any(ids, timeout=0.5)
+        self.out.count(queued=sum(s == JobState.QUEUED for s in states),
+                       running=sum(s == JobState.RUNNING for s in states))
+        self._next_sweep = time.monotonic() + SWEEP_S
 
     def _end(self, state: BatchState) -> BatchState:
         """Cancel or expire: stop reading, let the jobs in flight end (cancelled ones at once), give every

@@ -176,3 +176,23 @@ def test_a_completion_window_expires_what_did_not_run(cluster: Cluster, s3: Any,
     again = client.submit_batch(str(local), f"s3://{BUCKET}/out/window/")  # same file: same id, nothing added
     assert again.batch_id == record.batch_id and again.state == BatchState.EXPIRED
     assert time.time() - final.finished_at < 120  # type: ignore[operator]
+
+
+def test_a_worker_stopped_with_sigterm_hands_its_batch_on(cluster: Cluster, s3: Any) -> None:
+    a, b = cluster.start(2, SLOW)
+    n = 500
+    uri = put_lines(s3, "in/term.jsonl", [json.dumps(job_line(i, 3)) for i in range(1, n + 1)])
+    client = cluster.client()
+    client.submit_batch(uri, f"s3://{BUCKET}/out/term/", batch_id="term")
+    wait_until(lambda: client.batch("term").done >= 30, 60, "30 lines done")
+    runner, other = (a, b) if "batch term: running" in a.log.read_text() else (b, a)
+    t0 = time.monotonic()
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(timeout=60) == 0
+    stopped = time.monotonic() - t0
+    final = client.wait_batch("term", timeout=240)
+    assert final.state == BatchState.COMPLETED
+    results, errors = output(s3, "out/term/")
+    check_every_line_once(results, errors, n)
+    assert not errors and "batch term: running" in other.log.read_text()
+    print(f"[batch] SIGTERM: the runner's worker exited in {stopped:.1f} s; the other worker finished the batch")

@@ -104,3 +104,22 @@ def _job_of(data: dict[str, Any]) -> dict[str, Any]:
     if set(data) != {"body"}:
         raise InvalidRequest("unknown field", sorted(set(data) - {"body"})[0] if set(data) - {"body"} else "body")
     return to_job(data["body"], _no_data_uris)
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def custom_id_of(raw: bytes) -> str | None:
+    try:
+        value = json.loads(raw).get("custom_id")
+    except (ValueError, AttributeError):
+        return None
+    return None if value is None else str(value)
+
+
+def error_line(custom_id: str | None, number: int, job_id: str | None, state: str, code: str,
+               message: str | None) -> dict[str, Any]:
+    """An ``errors/`` part line."""
+    return {"custom_id": custom_id, "line": number, "job_id": job_id, "state": state,
+            "error": {"code": code, "message": message or state}}

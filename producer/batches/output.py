@@ -12,6 +12,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from producer.batches.lines import error_line
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchState
 from rerankq.errors import JobFailed, PermanentError
@@ -95,8 +96,6 @@ class Output:
         return results, failures, tally, pairs
 
     def _line(self, number: int, entry: dict[str, Any], record: JobRecord | None) -> dict[str, Any]:
-        from producer.batches.runner import error_line
-
         custom_id, job_id = entry.get("custom_id"), entry["job_id"]
         if record is None:
             return error_line(custom_id, number, job_id, "failed", "record_missing", "the job's record is gone")

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
-from producer.batches.lines import Line, parse_line, read_lines
+from producer.batches.lines import Line, custom_id_of, error_line, parse_line, read_lines, text
 from producer.batches.output import Output
 from producer.client import RerankClient
 from rerankq import keys, s3
@@ -135,7 +135,7 @@ class BatchRunner:
 
     def _resume(self) -> None:
         raw = self.redis.hgetall(keys.batch_key(self.settings, self.batch_id))
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = {text(k): text(v) for k, v in raw.items()}
         self.cursor, self.offset = int(data.get("cursor", 0)), int(data.get("offset", 0))
         self.input_done = data.get("input_done") == "1"
         self.entries = {int(k): json.loads(v) for k, v in self.redis.hgetall(self.key("inflight")).items()}
@@ -246,7 +246,7 @@ class BatchRunner:
             popped = self.redis.blpop([self.key("ended")], timeout=0.5)
             found = [popped[1]] if popped else []
         for item in found:
-            state, _, key = _text(item).partition(" ")
+            state, _, key = text(item).partition(" ")
             number = self.by_key.get(key)
             if number is not None and number in self.inflight:
                 self.inflight.discard(number)
@@ -296,22 +296,3 @@ class BatchRunner:
             lines.append(Line(self.cursor, custom_id_of(raw), error=f"the batch was {code} before this line ran",
                               state=code, code=code))
         self._enqueue(lines)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def custom_id_of(raw: bytes) -> str | None:
-    try:
-        value = json.loads(raw).get("custom_id")
-    except (ValueError, AttributeError):
-        return None
-    return None if value is None else str(value)
-
-
-def error_line(custom_id: str | None, number: int, job_id: str | None, state: str, code: str,
-               message: str | None) -> dict[str, Any]:
-    """An ``errors/`` part line."""
-    return {"custom_id": custom_id, "line": number, "job_id": job_id, "state": state,
-            "error": {"code": code, "message": message or state}}

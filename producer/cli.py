@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from producer.progress import Progress
 from rerankq.errors import InvalidRequest, NoSuchJob
 
 if TYPE_CHECKING:
@@ -68,8 +69,9 @@ def _wait_all(client: Any, ids: list[str], timeout: float | None) -> int:
     """One JSON line per job as it finishes: its result, or its status when it did not succeed. When
     ``timeout`` (for the whole list) ends first, the status line of every unfinished job, and exit 3."""
     pending, failed = dict.fromkeys(ids), 0
+    bar = Progress(len(ids), "jobs")  # stderr, on a terminal only: stdout stays one JSON line per job
     try:
-        for job_id, outcome in client.as_completed(ids, timeout=timeout):
+        for job_id, outcome in client.as_completed(ids, timeout=timeout, progress=lambda done, _: bar.update()):
             del pending[job_id]
             if isinstance(outcome, NoSuchJob):
                 _line({"job_id": job_id, "state": None, "error": str(outcome)})
@@ -79,12 +81,14 @@ def _wait_all(client: Any, ids: list[str], timeout: float | None) -> int:
                 _line(outcome)
             failed += isinstance(outcome, Exception)
     except TimeoutError:
+        bar.close()
         for status in client.statuses(list(pending)):
             if status is not None:
                 _line(status)
         print(f"timed out after {timeout:g} s (--timeout): {len(pending)} of {len(ids)} jobs unfinished",
               file=sys.stderr)
         return 3
+    bar.close()
     if failed:
         print(f"{failed} of {len(ids)} jobs did not succeed", file=sys.stderr)
         return 1

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from celery import Celery
 
+from producer.progress import Progress
 from rerankq import keys, s3
+from rerankq.batches import BatchRecord, BatchStore
 from rerankq.connections import redis_client
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
 from rerankq.jobs import TERMINAL, JobRecord, JobState, JobStore
@@ -93,8 +95,8 @@ class RerankClient:
             raise InvalidRequest(f"bucket {bucket!r} does not exist (create it, or leave result_uri out)",
                                  "result_uri")
 
-    def _enqueue(self, jobs: list[dict[str, Any]]) -> None:
-        created = self.jobs.create_many(jobs)
+    def _enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None:
+        created = self.jobs.create_many(jobs, sent=True, notify=notify)
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
             return
@@ -107,9 +109,44 @@ class RerankClient:
             # Publishing failed, wholly or part-way: drop the new records so that a retry with the same job_id
             # publishes again instead of finding a record no message will complete. A message that did go
             # out finds no record and is skipped by the worker; the retried one does the work.
-            for job in fresh:
-                self.jobs.delete(job["job_id"])
+            self.jobs.forget(fresh)
             raise
+
+    def enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None:
+        """Enqueue jobs already validated (``parse_job(...).wire()`` with a ``job_id`` each); an id that has a
+        record is not sent again. ``notify``: a Redis list each job's record key is pushed onto as it ends."""
+        for start in range(0, len(jobs), CHUNK):
+            self._enqueue(jobs[start:start + CHUNK], notify)
+
+    # batches -------------------------------------------------------------------------------------------
+    def submit_batch(self, input: str, output: str, batch_id: str | None = None, priority: str = "low",
+                     model: str | None = None, completion_window_s: float | None = None,
+                     callback_url: str | None = None) -> BatchRecord:
+        """Run a JSONL file of jobs server-side (``s3://…`` or a local file, uploaded first) into
+        ``output`` (``s3://bucket/prefix/``); returns the batch record. The id is ``batch_id`` or derived from
+        the input's URI and ETag: submitting it again adds nothing (``producer.batches.submit``)."""
+        from producer.batches.submit import submit_batch
+
+        return submit_batch(self, input, output, batch_id, priority, model, completion_window_s, callback_url)
+
+    def batch(self, batch_id: str) -> BatchRecord:
+        """A batch's record (state, counts, timestamps); ``NoSuchJob`` for an unknown id."""
+        return BatchStore(self.settings, self.redis).get(batch_id)
+
+    def batches(self, limit: int = 20) -> list[BatchRecord]:
+        """The newest batches first."""
+        return BatchStore(self.settings, self.redis).list(limit)
+
+    def cancel_batch(self, batch_id: str) -> str:
+        """Cancel a batch: jobs in flight are cancelled, finished results are kept; returns its state before."""
+        return BatchStore(self.settings, self.redis).cancel(batch_id)
+
+    def wait_batch(self, batch_id: str, timeout: float | None = None,
+                   progress: Callable[[BatchRecord], None] | None = None, interval: float = 1.0) -> BatchRecord:
+        """Wait until a batch ends; ``progress(record)`` is called after every read (every ``interval`` s)."""
+        from producer.batches.submit import wait_batch
+
+        return wait_batch(self, batch_id, timeout, progress, interval)
 
     # reading -------------------------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:
@@ -128,11 +165,13 @@ class RerankClient:
         failed or cancelled job, ``NoSuchJob`` for an unknown id."""
         record = self.jobs.record(job_id)
         if record.state not in TERMINAL and timeout != 0:
-            self._wait([job_id], timeout)
+            self.wait_any([job_id], timeout)
             record = self.jobs.record(job_id)
-        return self._result_of(record)
+        return self.result_of(record)
 
-    def _result_of(self, record: JobRecord) -> dict[str, Any]:
+    def result_of(self, record: JobRecord) -> dict[str, Any]:
+        """The result of a record read already (``JobFailed`` unless it succeeded; ``TimeoutError`` while it
+        runs)."""
         if record.state not in TERMINAL:
             raise TimeoutError(f"job {record.job_id} is still {record.state}")
         if record.state != JobState.SUCCEEDED:
@@ -142,7 +181,7 @@ class RerankClient:
         result: dict[str, Any] = json.loads(record.result or "{}")
         return result
 
-    def _wait(self, job_ids: list[str], timeout: float | None) -> str | None:
+    def wait_any(self, job_ids: list[str], timeout: float | None) -> str | None:
         """Block until one of ``job_ids`` is terminal; returns its id (None on timeout).
 
         Blocks on the jobs' done tokens in slices shorter than the Redis client's socket timeout. The token
@@ -170,17 +209,35 @@ class RerankClient:
         job already finished keeps its state."""
         return self.jobs.cancel(job_id)
 
-    def as_completed(self, job_ids: Iterable[str], timeout: float | None = None
+    def as_completed(self, job_ids: Iterable[str], timeout: float | None = None,
+                     progress: bool | Callable[[int, int], None] = False
                      ) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
         """Yield ``(job_id, result)`` as jobs finish; for a failed, cancelled or unknown job the second
-        item is the exception (``JobFailed`` / ``NoSuchJob``) instead. ``TimeoutError`` after ``timeout``."""
+        item is the exception (``JobFailed`` / ``NoSuchJob``) instead. ``TimeoutError`` after ``timeout``.
+        ``progress``: ``True`` shows a progress bar on stderr; a callable is called with ``(done, total)``
+        after each job."""
         pending = list(dict.fromkeys(job_ids))
+        total = len(pending)
+        bar = Progress(total, "jobs", enabled=True) if progress is True else None
+        report = progress if callable(progress) else (lambda d, t: bar.set(d) if bar else None)
+        try:
+            yield from self._completed(pending, timeout, lambda n: report(n, total))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _completed(self, pending: list[str], timeout: float | None, report: Callable[[int], None]
+                   ) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        done = 0
         while pending:
             states = self.jobs.states(pending)
             finished = [j for j, s in zip(pending, states, strict=True) if s is None or s in TERMINAL]
             for job_id in finished:
-                yield job_id, self._settle(job_id)
+                outcome = self._settle(job_id)
+                done += 1
+                report(done)
+                yield job_id, outcome
             pending = [j for j in pending if j not in set(finished)]
             if not pending:
                 return
@@ -189,7 +246,7 @@ class RerankClient:
                 raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout} s")
             # Wake on any token among the first keys (BLPOP over thousands of keys is slow to set up).
             wait = 1.0 if len(pending) > 256 else left
-            self._wait(pending[:256], wait if left is None or wait is None else min(wait, left))
+            self.wait_any(pending[:256], wait if left is None or wait is None else min(wait, left))
 
     def _settle(self, job_id: str) -> dict[str, Any] | Exception:
         try:

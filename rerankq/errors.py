@@ -64,8 +64,8 @@ class TransientMediaError(RefError, TransientError):
 class NoSuchJob(PermanentError):
     """The job id is not known (never submitted, or its record expired)."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no such job: {job_id}")
+    def __init__(self, job_id: str, what: str = "job") -> None:
+        super().__init__(f"no such {what}: {job_id}")
         self.job_id = job_id
 
 

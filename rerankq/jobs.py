@@ -17,7 +17,8 @@ id PENDING; we say "no such job"). Each transition is one Lua script, atomic and
   alone, and its ``solo`` count is what ``max_deliveries`` caps (poison jobs end ``failed``, innocents that
   shared a round with one are not charged).
 - Terminal states push one token on ``done_key`` so that waiters ``BLPOP`` instead of polling, and count
-  themselves in the record's ``ends`` field: exactly 1 for every ended job (the chaos tests read it).
+  themselves in the record's ``ends`` field: exactly 1 for every ended job (the chaos tests read it). A record
+  with a ``notify`` list also gets ``STATE RECORD-KEY`` pushed there (a batch runner's one list for all its jobs).
 
 Lifetimes: ``results.ttl_s`` after success or cancel, ``results.failure_ttl_s`` after failure or expiry and
 while the job is live (longer than any queue wait).
@@ -145,13 +146,15 @@ def _flatten(fields: dict[str, Any]) -> list[Any]:
 # Shared Lua: KEYS[1] record, KEYS[2] done list. ``finish_with`` writes a terminal state and wakes waiters.
 _LIB = """
 local function finish_with(state, ttl, ...)
-  redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error')
+  redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error', 'wire')
   redis.call('HSET', KEYS[1], 'state', state, ...)
   redis.call('HINCRBY', KEYS[1], 'ends', 1)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('DEL', KEYS[2])
   redis.call('RPUSH', KEYS[2], '1')
   redis.call('EXPIRE', KEYS[2], ttl)
+  local notify = redis.call('HGET', KEYS[1], 'notify')
+  if notify then redis.call('RPUSH', notify, state .. ' ' .. KEYS[1]) end
 end
 local function expire_if_due(state, now, ttl)
   if state ~= 'queued' then return false end
@@ -309,27 +312,44 @@ class JobStore:
         return list(out)
 
     # producer side -------------------------------------------------------------------------------
-    def create_many(self, jobs: list[dict[str, Any]], now: float | None = None,
-                    task_id: str | None = None) -> list[bool]:
+    def create_many(self, jobs: list[dict[str, Any]], now: float | None = None, task_id: str | None = None,
+                    sent: bool = False, notify: str | None = None) -> list[bool]:
         """Create a queued record per job in one round trip; False where the ``job_id`` already exists.
-        ``task_id``: the Celery message that creates it, when that is not the SDK's (see ``creator``)."""
+        ``task_id``: the Celery message that creates it, when that is not the SDK's (see ``creator``).
+        ``sent``: the caller publishes each new job's message next (the SDK): the record keeps the job's JSON
+        and its id joins its queue's pending set, so that a message lost on its way (the producer dies before
+        publishing, a worker dies as it takes it) is sent again (``workers.reaper``). ``notify``: a list each
+        job's final state and record key are pushed onto when it ends (a batch runner watches its jobs so)."""
         now = time.time() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
                       "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
-                      "deadline_at": deadline_of(job, now), "task_id": task_id}
+                      "deadline_at": deadline_of(job, now), "task_id": task_id,
+                      "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify}
             self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
                                                                *_flatten(fields)], client=pipe)
+            if sent:
+                pipe.zadd(keys.pending_key(keys.job_queue(self.settings, job)), {job["job_id"]: now}, nx=True)
 
         def undo(out: list[Any]) -> None:
             # Not acknowledged: the caller publishes nothing and will retry with the same ids, which must find
             # no record (a record without a message would stay queued for good).
-            created = [self.key(job["job_id"]) for job, new in zip(jobs, out, strict=True) if new]
-            if created:
-                self.redis.delete(*created)
+            created = [job for job, new in zip(jobs, out[::2] if sent else out, strict=True) if new]
+            self.forget(created)
 
-        return [bool(x) for x in self._execute(pipe, undo)]
+        out = self._execute(pipe, undo)
+        return [bool(x) for x in (out[::2] if sent else out)]
+
+    def forget(self, jobs: list[dict[str, Any]]) -> None:
+        """Delete new records whose messages were not published (and their pending entries)."""
+        if not jobs:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.delete(*self._keys(job["job_id"]))
+            pipe.zrem(keys.pending_key(keys.job_queue(self.settings, job)), job["job_id"])
+        pipe.execute()
 
     def creator(self, job_id: str) -> str | None:
         """The Celery task id of the message that created the record (None: the SDK did, or no record)."""

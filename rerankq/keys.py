@@ -12,9 +12,15 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}:gateway:recent`` | list | the last job ids submitted through the HTTP gateway |
 | ``{prefix}:job:{id}`` | hash | the job record (``rerankq.jobs``) |
 | ``{prefix}:job:{id}:done`` | list | one token once the job is terminal; waiters ``BLPOP`` it |
+| ``{prefix}.control`` | list (Celery queue) | batch runs (``rerankq.batch`` tasks): workers and batchers consume it |
+| ``{prefix}:batch:{id}`` | hash | a batch record (``rerankq.batches``) |
+| ``{prefix}:batch:{id}:{part}`` | various | a batch runner's keys: lines written, error lines, custom ids, lock |
+| ``{prefix}:batches`` | zset | batch ids by creation time (``rerankq batch list``) |
 | ``{prefix}:dlq`` | list | queue entries that were not rerank messages (``rerankq dlq list``) |
 | ``rerankq:score:{digest}`` | string, TTL | a cached score, in the score cache's own Redis (``workers.scorecache``) |
 | ``unacked`` / ``unacked_index`` | hash / zset | Celery's messages held by workers, by lease expiry (kombu) |
+| ``{queue}:pending`` | zset | task ids sent to a queue and not yet taken by a worker (``workers.reaper``) |
+| ``{queue}:pending:msg`` | hash | task id → message, for messages put back in a queue (``workers.reaper``) |
 | ``celery-task-meta-{task id}`` | string | Celery's result protocol: ``AsyncResult(id).get()`` from any client |
 """
 
@@ -27,6 +33,7 @@ from typing import Any
 from rerankq.settings import Settings
 
 TASK_NAME = "rerankq.rerank"
+BATCH_TASK_NAME = "rerankq.batch"
 UNACKED_INDEX = "unacked_index"  # kombu's index of held messages by lease start (its default name)
 PRIORITIES = ("high", "normal", "low")  # the order workers drain them in
 
@@ -72,6 +79,16 @@ def job_queue(settings: Settings, job: dict[str, Any]) -> str:
     return model_queue_names(settings, job.get("model"))[PRIORITIES.index(job.get("priority", "normal"))]
 
 
+def pending_key(queue: str) -> str:
+    """Task ids sent to ``queue`` and not yet taken, by the time they were sent (negative: suspected lost)."""
+    return f"{queue}:pending"
+
+
+def pending_msg_key(queue: str) -> str:
+    """The messages of ``queue`` that were put back (redelivered), by task id, until a worker takes them."""
+    return f"{queue}:pending:msg"
+
+
 def worker_key(settings: Settings, name: str) -> str:
     return f"{settings.queue_prefix}:worker:{name}"
 
@@ -90,6 +107,20 @@ def job_key(settings: Settings, job_id: str) -> str:
 
 def done_key(settings: Settings, job_id: str) -> str:
     return f"{settings.queue_prefix}:job:{job_id}:done"
+
+
+def control_queue(settings: Settings) -> str:
+    """The Celery queue of batch runs."""
+    return f"{settings.queue_prefix}.control"
+
+
+def batch_key(settings: Settings, batch_id: str, part: str = "") -> str:
+    """A batch's record, or one of its working keys (``emitted``, ``errors``, ``cids``, ``lock``)."""
+    return f"{settings.queue_prefix}:batch:{batch_id}" + (f":{part}" if part else "")
+
+
+def batches_key(settings: Settings) -> str:
+    return f"{settings.queue_prefix}:batches"
 
 
 def dlq_key(settings: Settings) -> str:

@@ -97,6 +97,19 @@ class MediaSettings(BaseModel):
                                        "doubles each time.")
 
 
+class BatchJobSettings(BaseModel):
+    """``RERANKQ_BATCHES__*``: JSONL batches (``rerankq batch``)."""
+
+    max_in_flight: int = Field(1000, ge=1, description="Jobs of one batch queued or running at once; more keep the "
+                               "queue deeper (throughput) but delay other work and hold more Redis memory.")
+    part_lines: int = Field(10000, ge=1, description="Most lines per output part file.")
+    part_interval_s: float = Field(10.0, gt=0, description="Finished lines are written out at least this often "
+                                   "(s): how fresh the partial results of a running batch are.")
+    retention_s: int = Field(86400, ge=60, description="How long (s) batch records and their jobs' records are "
+                             "kept (Redis memory: about a result per line); the output files stay in S3.")
+    chunk: int = Field(200, ge=1, description="Input lines read, validated and enqueued per round trip.")
+
+
 class CacheSettings(BaseModel):
     """The score cache: a (model, preprocessing, query, document) content key → its score, in a Redis of its
     own, so a pair scored once is never run through the model again while its entry lives."""
@@ -205,6 +218,7 @@ class Settings(BaseSettings):
     results: ResultSettings = Field(default_factory=ResultSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    batches: BatchJobSettings = Field(default_factory=BatchJobSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("http_allowed_hosts", mode="before")

@@ -47,11 +47,20 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from producer.batches.task import register
     from rerankq.settings import Settings
     from workers.main import run_worker
 
     return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
-                      loglevel="DEBUG" if args.verbose else "INFO")
+                      loglevel="DEBUG" if args.verbose else "INFO", control=register)
+
+
+def _batcher(args: argparse.Namespace) -> int:
+    from producer.batches.task import register
+    from rerankq.settings import Settings
+    from workers.main import run_batcher
+
+    return run_batcher(Settings(), register, hostname=args.hostname, loglevel="DEBUG" if args.verbose else "INFO")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -80,15 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_tiny_model)
 
     from producer import dlq
+    from producer.batches.cli import add_commands as add_batch_commands
     from producer.cli import add_commands
 
     add_commands(sub)
+    add_batch_commands(sub)
     dlq.add_commands(sub)
     worker = sub.add_parser("worker", help="one Celery worker process pinned to one device and one model")
     worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
     worker.set_defaults(func=_worker)
+    batcher = sub.add_parser("batcher", help="a process that runs batches only (workers run them too): no model")
+    batcher.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-batcher-PID@host)")
+    batcher.set_defaults(func=_batcher)
     from shell.flower import add_arguments as add_flower_arguments
 
     add_flower_arguments(sub.add_parser("flower", help="Flower, the Celery monitor, on this deployment's broker"))

@@ -1,7 +1,7 @@
 """The worker's Celery app: JSON only, late acknowledgement, task events for Flower, one queue per priority.
 
 Reservations are bounded by the runtime, not by prefetch: the consumer fetches only while a round is being
-formed (``workers.leases.IntakeGate``). The threads pool has room for two rounds' task threads (one being
+formed (``workers.intake.IntakeGate``). The threads pool has room for two rounds' task threads (one being
 scored, one being formed) plus jobs waiting out a media retry; they only wait on the runtime (one model).
 Unknown or undecodable queue entries go to the dead-letter list (``workers.transport``).
 """
@@ -44,7 +44,7 @@ def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[s
 
 def make_app(settings: Settings, queues: list[str] | None = None) -> Celery:
     """A worker app with the rerank task and the intake gate registered."""
-    from workers.leases import IntakeGate
+    from workers.intake import IntakeGate
     from workers.tasks import register
 
     app = Celery("rerankq-worker", set_as_current=False, events="workers.events:WorkerEvents")

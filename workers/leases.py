@@ -1,4 +1,4 @@
-"""Leases and intake: what keeps a worker's jobs its own while it lives, and its reservations small.
+"""Leases: what keeps a worker's jobs its own while it lives, and returns them when it dies.
 
 Leases (the SQS ``ChangeMessageVisibility`` pattern on kombu's Redis transport). A message a worker takes
 sits in kombu's ``unacked`` hash, indexed by time in ``unacked_index``; every worker sweeps that index every
@@ -9,26 +9,18 @@ worker's jobs are back in their queue about one lease after its last renewal. Re
 that still exist (``ZADD XX``): a worker that wakes after its jobs were put back cannot reclaim them, and
 ``rerankq.jobs``' fencing refuses whatever it then tries to write.
 
-Intake (bounded reservations). ``IntakeGate`` is a consumer bootstep that lets the Celery consumer fetch a
-message only while the runtime is forming a round and has room (``Runtime.accepting``), and wakes the
-consumer's event loop when a round opens. A worker thus holds one round being scored and one being formed,
-never a backlog: a ``high`` job waits for no ``low`` job that is merely reserved, and a worker started into
-a busy cluster finds the queue, not other workers' buffers.
+What leases cannot cover (a message lost between kombu's ``BRPOP`` and its write to ``unacked``, or never
+published) is ``workers.reaper``'s; what a worker may take is ``workers.intake``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from types import MethodType
-from typing import Any
 
 import redis
-from celery import bootsteps
 
 from rerankq import keys
 from rerankq.settings import Settings
@@ -89,46 +81,3 @@ class LeaseKeeper:
                     beat()
             except Exception as exc:  # Redis blinked: renew on the next beat (a third of a lease later)
                 logger.warning("lease renewal failed: %s", exc)
-
-
-class IntakeGate(bootsteps.StartStopStep):
-    """Consumer bootstep: fetch only while ``runtime.accepting()``; wake the loop when a round opens."""
-
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._pipe: tuple[int, int] | None = None
-
-    def start(self, c: Any) -> None:
-        from workers.tasks import current_runtime
-
-        runtime = current_runtime()
-        if runtime is None or c.task_consumer is None:
-            return
-        qos = c.task_consumer.channel.qos
-        original = qos.can_consume
-
-        def can_consume(self: Any) -> bool:
-            return bool(runtime.accepting() and original())
-
-        qos.can_consume = MethodType(can_consume, qos)
-        if c.hub is not None:
-            if self._pipe is None:
-                self._pipe = os.pipe()
-                os.set_blocking(self._pipe[0], False)
-                os.set_blocking(self._pipe[1], False)
-            read_fd, write_fd = self._pipe
-            c.hub.add_reader(read_fd, self._drain, read_fd)
-            runtime.on_open = lambda: self._wake(write_fd)
-
-    @staticmethod
-    def _drain(fd: int) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(fd, 512):
-                pass
-
-    @staticmethod
-    def _wake(fd: int) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
-            os.write(fd, b"x")

@@ -20,6 +20,7 @@ from media.sides import ResolvedSide
 from reranker.contract import RerankModel
 from reranker.loading import LoadOptions, load_model
 from rerankq import keys, registry
+from rerankq.connections import redis_client
 from rerankq.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,15 +60,20 @@ class RegistryBeat:
             registry.unregister(self.client, self.settings, self.name)
 
 
+Control = Callable[[Any, Settings], None]  # registers the control queue's tasks on a worker app (batch runs)
+
+
 def run_worker(settings: Settings, model: str | None = None, device: str | None = None,
-               hostname: str | None = None, loglevel: str = "INFO") -> int:
+               hostname: str | None = None, loglevel: str = "INFO", control: Control | None = None) -> int:
     """Load the model, start the runtime, leases and metrics, then consume until shut down (Ctrl-C /
-    SIGTERM drain the jobs in hand). Returns the worker's exit code."""
+    SIGTERM drain the jobs in hand). With ``control``, also run the control queue's tasks (batch runs,
+    registered by the shell: workers know nothing of them). Returns the worker's exit code."""
     from rerankq.jobs import JobStore
     from workers import tasks
     from workers.app import make_app
     from workers.leases import LeaseKeeper
     from workers.metrics import Metrics
+    from workers.reaper import Reaper
     from workers.runtime import Runtime
 
     device = device or settings.device
@@ -88,10 +94,19 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
 
     beat = RegistryBeat(settings, store.redis, hostname, spec, str(device), scored)
     beat()  # listed before it consumes: the gateway's /v1/models sees it at once
-    leases = LeaseKeeper(settings, store.redis, metrics, on_beat=[beat], interval=registry.HEARTBEAT_S).start()
     tasks.install(runtime)
-    app = make_app(settings, queues)
-    worker = app.Worker(hostname=hostname, queues=queues, loglevel=loglevel,
+    consumed = ([keys.control_queue(settings)] if control else []) + queues
+    app = make_app(settings, consumed)
+    if control:
+        control(app, settings)
+
+    def send(job: dict[str, Any], task_id: str, queue: str) -> None:
+        app.send_task(keys.TASK_NAME, args=[job], task_id=task_id, queue=queue)
+
+    reaper = Reaper(settings, store.redis, queues, metrics, send)
+    leases = LeaseKeeper(settings, store.redis, metrics, on_beat=[beat, reaper],
+                         interval=registry.HEARTBEAT_S).start()
+    worker = app.Worker(hostname=hostname, queues=consumed, loglevel=loglevel,
                         without_mingle=True, without_gossip=True)
     try:
         worker.start()
@@ -103,3 +118,24 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     if code:
         logger.error("worker stopped with exit code %d", code)
     return code
+
+
+def run_batcher(settings: Settings, control: Control, hostname: str | None = None, loglevel: str = "INFO") -> int:
+    """A process that runs the control queue's tasks only (batch runs): no model, no runtime."""
+    from workers.app import make_app
+    from workers.leases import LeaseKeeper
+    from workers.metrics import Metrics
+
+    hostname = hostname or f"rerankq-batcher-{os.getpid()}@{socket.gethostname()}"
+    queue = keys.control_queue(settings)
+    client = redis_client(settings)
+    leases = LeaseKeeper(settings, client, Metrics("batcher")).start()  # long runs keep their messages
+    app = make_app(settings, [queue])
+    control(app, settings)
+    worker = app.Worker(hostname=hostname, queues=[queue], loglevel=loglevel, without_mingle=True,
+                        without_gossip=True)
+    try:
+        worker.start()
+    finally:
+        leases.stop()
+    return int(getattr(worker, "exitcode", 0) or 0)

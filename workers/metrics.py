@@ -96,6 +96,8 @@ class Metrics:
                                "of jobs", _TIME_BUCKETS)
         self.retries = counter("rerankq_job_retries", "Jobs put back after a transient failure (media, S3, Redis)")
         self.leases_renewed = counter("rerankq_leases_renewed", "Held messages whose lease this worker renewed")
+        self.messages_resent = counter("rerankq_messages_resent", "Messages lost on their way to a worker (a "
+                                       "producer or worker died) and sent again by this worker's reaper")
         # the score cache (workers.caching): a hit is a pair whose forward pass (and, looked up before its media,
         # fetch and decode) was saved; a miss a pair of a job using the cache that the model had to score
         self.cache_hits = counter("rerankq_cache_hits", "Pairs whose score came from the score cache")

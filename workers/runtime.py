@@ -5,7 +5,7 @@ future, so the message is acknowledged only after the job's record is final (``a
 sees each job's real runtime. Meanwhile:
 
 - the *preparing* thread forms a round: it opens the intake (the Celery consumer fetches only while it is
-  open, see ``workers.leases.IntakeGate``), takes what arrives within ``batch.flush_interval_ms``, and for as
+  open, see ``workers.intake.IntakeGate``), takes what arrives within ``batch.flush_interval_ms``, and for as
   long after that as the scorer is still busy with more than its last batch (at most ``batch.max_jobs``:
   under load rounds fill up, an idle worker answers a lone job at once), marks those jobs running, resolves
   their media, prepares their pairs and plans
@@ -39,10 +39,12 @@ from reranker.batching import padding_ratio, plan_with_prefixes
 from reranker.contract import RerankModel, own_lengths, prefix_marks
 from rerankq import s3
 from rerankq.jobs import JobState, JobStore
+from rerankq.keys import PRIORITIES
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings
 from workers.caching import RoundCache
 from workers.finishing import Finisher
+from workers.intake import Transit
 from workers.metrics import Metrics
 from workers.rounds import (
     JobRun,
@@ -57,6 +59,7 @@ from workers.rounds import (
 )
 
 logger = logging.getLogger(__name__)
+GATHER_S = 1.0  # longest a closing round waits for messages taken but not yet submitted
 
 
 class Runtime:
@@ -75,6 +78,8 @@ class Runtime:
         self.cache = RoundCache(settings, model, self.resolver, self.metrics, self.store.redis)
         self.on_open: Callable[[], None] = lambda: None  # set by the intake gate: wakes the consumer
         self._inbox: queue.Queue[JobRun] = queue.Queue()
+        self.transit = Transit()  # taken by the consumer, not yet submitted (``workers.intake``)
+        self._carry: list[JobRun] = []  # taken for a round that had no room left: first in the next one
         self._solo: deque[JobRun] = deque()
         self._delayed: list[tuple[float, int, JobRun]] = []  # (due, tie-break, run): media retries
         self._delayed_lock = threading.Lock()
@@ -99,17 +104,19 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
 
-    def submit(self, job: RerankJob, redelivered: bool = False) -> JobRun:
+    def submit(self, job: RerankJob, redelivered: bool = False, task_id: str | None = None) -> JobRun:
         """Queue a job; its ``future`` resolves once its record is final (see ``JobRun``). A redelivered job
-        whose record says it is still running lost its worker: it runs alone."""
+        whose record says it is still running lost its worker: it runs alone. ``task_id``: its message's."""
         solo = redelivered and self.store.peek(job.id) == JobState.RUNNING
         run = JobRun(job=job, future=Future(), solo=solo)
         self._inbox.put(run)
+        if task_id is not None:
+            self.transit.arrived(task_id)
         return run
 
     def accepting(self) -> bool:
         """Whether the consumer may fetch another message now: only while a round is being formed and it has
-        room. Called by the Celery consumer's thread (``workers.leases.IntakeGate``)."""
+        room. Called by the Celery consumer's thread (``workers.intake.IntakeGate``)."""
         return self._open.is_set() and self._inbox.qsize() < self.settings.batch.max_jobs
 
     def _loop(self, step: Callable[[], None]) -> None:
@@ -129,7 +136,7 @@ class Runtime:
         if not self._open.is_set():
             self._open.set()
             self.on_open()
-        runs = self._due()
+        runs, self._carry = self._carry + self._due(), []
         if not runs:
             try:
                 runs = [self._inbox.get(timeout=0.2)]
@@ -156,11 +163,24 @@ class Runtime:
             with contextlib.suppress(queue.Empty):
                 runs.append(self._inbox.get(timeout=wait))
         self._open.clear()
-        while len(runs) < self.settings.batch.max_jobs:  # fetched while the intake was closing
-            try:
-                runs.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+        self._gather(runs)
+        # Highest priority first: a job taken as the round closed goes in ahead of lower ones, which wait.
+        runs.sort(key=lambda run: PRIORITIES.index(run.job.priority))
+        self._carry = runs[self.settings.batch.max_jobs:]
+        del runs[self.settings.batch.max_jobs:]
+
+    def _gather(self, runs: list[JobRun]) -> None:
+        """Add what the consumer took before the intake closed: arrived, or still on its way through Celery
+        (``transit``; a second at most, if Celery has no free task thread)."""
+        deadline = time.monotonic() + GATHER_S
+        while True:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    runs.append(self._inbox.get_nowait())
+            if not self.transit.waiting() or time.monotonic() > deadline:
+                return
+            with contextlib.suppress(queue.Empty):
+                runs.append(self._inbox.get(timeout=0.002))
 
     def _round_ready(self, jobs: int) -> bool:
         """The flush policy, once the flush interval has passed: close the round when preparing it would take

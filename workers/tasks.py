@@ -53,8 +53,13 @@ def register(app: Celery, settings: Settings) -> None:
     def rerank(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if _runtime is None:
             raise RuntimeError("no runtime installed: start workers with `rerankq worker`")
-        job = _accept(self, _runtime, settings, args, kwargs)
-        run = _runtime.submit(job, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))
+        try:
+            job = _accept(self, _runtime, settings, args, kwargs)
+        except BaseException:
+            _runtime.transit.arrived(str(self.request.id))  # it will not reach the runtime
+            raise
+        run = _runtime.submit(job, redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
+                              task_id=str(self.request.id))
         try:
             state = run.future.result()
         except TransientError as exc:

@@ -1,7 +1,13 @@
-"""The worker's Redis transport: kombu's, except that a queue entry which is not a Celery message (not JSON,
-not an object, no ``properties``) is moved to the dead-letter list instead of killing the worker (kombu
-would raise in its poller and Celery would stop with "Unrecoverable error") or being reported as a lost
-broker connection (and every job in flight restored and scored twice).
+"""The worker's Redis transport: kombu's, with two changes.
+
+- A queue entry which is not a Celery message (not JSON, not an object, no ``properties``) is moved to the
+  dead-letter list instead of killing the worker (kombu would raise in its poller and Celery would stop with
+  "Unrecoverable error") or being reported as a lost broker connection (and every job in flight restored and
+  scored twice).
+- Taking a message removes its task id from its queue's pending set (``rerankq.keys.pending_key``) in the
+  same round trip that records it as held (``unacked``), and putting one back adds it again, with the
+  message: the pending set is what ``workers.reaper`` reads to find messages lost between kombu's ``BRPOP``
+  and that write.
 
 Selected with Celery's ``broker_transport`` (``workers.app.worker_config``); the URL stays ``redis://`` or
 ``sentinel://``. Producers keep kombu's own transport: they only publish.
@@ -16,8 +22,11 @@ import time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.uuid import uuid
+
+from rerankq import keys
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +57,34 @@ def dead_letter(client: Any, key: str, queue: str, reason: str, raw: str, kind: 
     client.rpush(key, json.dumps(entry))
 
 
+def task_id_of(message: dict[str, Any]) -> str | None:
+    """The Celery task id of a raw message (protocol 2 headers, or protocol 1 body)."""
+    headers = message.get("headers")
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return None if task_id is None else str(task_id)
+
+
+class PendingQoS(kombu_redis.QoS):
+    """kombu's acknowledgement emulation; taking a message also clears its pending entry (module doc)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        exchange, queue = delivery["exchange"], delivery["routing_key"]
+        task_id = task_id_of(message._raw)
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, json.dumps([message._raw, exchange, queue]))
+            if task_id is not None:
+                pipe.zrem(keys.pending_key(queue), task_id)
+                pipe.hdel(keys.pending_msg_key(queue), task_id)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+
 class DeadLetterChannel(kombu_redis.Channel):
-    """kombu's Redis channel with malformed entries dead-lettered (see the module doc)."""
+    """kombu's Redis channel with malformed entries dead-lettered and pending sets kept (see the module doc)."""
+
+    QoS = PendingQoS
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -82,6 +117,10 @@ class DeadLetterChannel(kombu_redis.Channel):
         with contextlib.suppress(KeyError, TypeError):
             payload["properties"]["delivery_tag"] = uuid()
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        task_id = task_id_of(payload)
+        if task_id is not None:
+            pipe.zadd(keys.pending_key(routing_key), {task_id: time.time()})
+            pipe.hset(keys.pending_msg_key(routing_key), task_id, json.dumps(payload))
 
     def _dead_letter(self, queue: str, reason: str, item: bytes | str) -> None:
         key = self.connection.client.transport_options.get(DLQ_KEY_OPTION, "rerankq:dlq")

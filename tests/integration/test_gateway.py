@@ -173,6 +173,31 @@ def test_async_job_and_events(http: httpx.Client, gateway: GatewayProcess) -> No
     assert http.delete(f"/v1/jobs/{job_id}").json()["cancelled"] is False  # finished jobs stay as they are
 
 
+def test_batches_over_http(http: httpx.Client, s3: Any, sdk: RerankClient) -> None:
+    s3.create_bucket(Bucket="gw-batches")
+    lines = [{"custom_id": f"g{i}", "method": "POST", "url": "/v2/rerank",
+              "body": {"query": "red", "documents": [f"red thing {i}", "blue"]}} for i in range(8)]
+    body = "".join(json.dumps(line) + "\n" for line in lines) + '{"custom_id": "bad"}\n'
+    s3.put_object(Bucket="gw-batches", Key="in.jsonl", Body=body.encode())
+    created = http.post("/v1/batches", json={"input": "s3://gw-batches/in.jsonl", "output": "s3://gw-batches/out/",
+                                             "batch_id": "gw-1", "completion_window": "1h"})
+    assert created.status_code == 202 and created.headers["location"] == "/v1/batches/gw-1"
+    assert created.json()["state"] == "validating" and created.json()["expires_at"] is not None
+    record = sdk.wait_batch("gw-1", timeout=120)
+    got = http.get("/v1/batches/gw-1").json()
+    assert got["state"] == record.state.value == "completed"
+    assert got["counts"]["succeeded"] == 8 and got["counts"]["failed"] == 1 and got["counts"]["total"] == 9
+    assert [b["batch_id"] for b in http.get("/v1/batches").json()["data"]][:1] == ["gw-1"]
+    cancelled = http.post("/v1/batches/gw-1/cancel").json()
+    assert cancelled["state_before"] == "completed" and cancelled["state"] == "completed"
+    assert http.get("/v1/batches/nope").json()["message"] == "no such batch: nope"
+    refused = http.post("/v1/batches", json={"input": "in.jsonl", "output": "s3://gw-batches/out/"})
+    assert refused.status_code == 400 and refused.json()["field"] == "input"
+    refused = http.post("/v1/batches", json={"input": "s3://gw-batches/in.jsonl", "output": "s3://gw-batches/o/",
+                                             "completion_window": "soon"})
+    assert refused.status_code == 400 and refused.json()["field"] == "completion_window"
+
+
 def test_upload_then_rerank(http: httpx.Client, s3: Any, sdk: RerankClient, media: dict[str, str]) -> None:
     png = s3.get_object(Bucket="media", Key="q/cat.png")["Body"].read()
     first = http.post("/v1/media", files={"file": ("notes.txt", png, "text/plain")}).json()

@@ -1,0 +1,1 @@
+"""JSONL batches: a file of rerank jobs in S3, a file of results back (``rerankq batch``)."""

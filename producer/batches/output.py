@@ -1,0 +1,167 @@
+"""A batch's output: parts written as lines end, counts, and the manifest once it ends.
+
+``PREFIX/results/part-NNNNN.jsonl``: one line per input line whose job succeeded, ``{"custom_id", "line",
+**the job's result}``. ``PREFIX/errors/part-NNNNN.jsonl``: one line per input line that did not,
+``{"custom_id", "line", "job_id", "state", "error": {"code", "message"}}``. ``PREFIX/manifest.json``: the
+parts and the counts, once the batch has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from producer.batches.lines import error_line
+from rerankq import keys, s3
+from rerankq.batches import BatchRecord, BatchState
+from rerankq.errors import JobFailed, PermanentError
+from rerankq.jobs import TERMINAL, JobRecord, JobState
+
+if TYPE_CHECKING:
+    from producer.batches.runner import BatchRunner
+
+ENDED = ("succeeded", "failed", "cancelled", "expired")
+
+
+class Output:
+    """Writes a runner's ended lines out (``flush``) and closes the batch (``finalize``)."""
+
+    def __init__(self, runner: BatchRunner, record: BatchRecord) -> None:
+        self.runner = runner
+        self.record = record
+        self.prefix = record.output_uri if record.output_uri.endswith("/") else record.output_uri + "/"
+        self.last = time.monotonic()
+        self.live = {"queued": 0, "running": 0}
+
+    def count(self, queued: int, running: int) -> None:
+        """Publish the counts: written lines (authoritative) plus ended lines not yet written."""
+        self.live = {"queued": queued, "running": running}
+        pending = dict.fromkeys(ENDED, 0)
+        for state in self.runner.ended.values():
+            pending[_outcome(state)] += 1
+        pending["failed"] += len(self.runner.errors)  # invalid lines; cancelled / expired ones are few
+        key = keys.batch_key(self.runner.settings, self.runner.batch_id)
+        written = self.runner.redis.hmget(key, [f"e_{s}" for s in ENDED])
+        counts = {s: int(w or 0) + pending[s] for s, w in zip(ENDED, written, strict=True)}
+        self.runner.store.set_counts(self.runner.batch_id, {**counts, **self.live})
+
+    def flush(self, force: bool) -> None:
+        """Write out ended lines: when a part is full, ``part_interval_s`` has passed, or ``force``."""
+        settings = self.runner.settings.batches
+        while True:
+            waiting = len(self.runner.ended) + len(self.runner.errors)
+            due = force or waiting >= settings.part_lines or time.monotonic() - self.last >= settings.part_interval_s
+            if not waiting or not due:
+                return
+            self._write_part(settings.part_lines)
+            self.last = time.monotonic()
+
+    def _write_part(self, size: int) -> None:
+        runner = self.runner
+        ended = sorted(runner.ended)[:size]
+        errors = sorted(runner.errors)[:max(size - len(ended), 0)]
+        results, failures, tally, pairs = self._lines(ended)
+        for raw in runner.redis.hmget(runner.key("errors"), [str(n) for n in errors]) if errors else []:
+            line = json.loads(raw or "{}")
+            failures.append(line)
+            tally[line["state"]] += 1
+        failures.sort(key=lambda line: line["line"])
+        parts = {"results": results, "errors": failures}
+        numbers = dict(zip(("results", "errors"), runner.redis.hmget(
+            keys.batch_key(runner.settings, runner.batch_id), ["parts_results", "parts_errors"]), strict=True))
+        runner.check_lock()
+        written = []
+        for kind, lines in parts.items():
+            if lines:
+                number = int(numbers[kind] or 0)
+                uri = f"{self.prefix}{kind}/part-{number:05d}.jsonl"
+                self._put(uri, "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+                written.append({"kind": kind, "part": number, "lines": len(lines), "uri": uri})
+        self._commit(ended, errors, written, tally, pairs)
+
+    def _lines(self, ended: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int], int]:
+        runner = self.runner
+        entries = [runner.inflight_entry(n) for n in ended]
+        records = runner.client.jobs.records([e["job_id"] for e in entries])
+        results, failures, tally, pairs = [], [], dict.fromkeys(ENDED, 0), 0
+        for number, entry, record in zip(ended, entries, records, strict=True):
+            line = self._line(number, entry, record)
+            tally[line["state"] if "error" in line else "succeeded"] += 1
+            if "error" in line:
+                failures.append(line)
+            else:
+                pairs += int(line.get("usage", {}).get("pairs", 0))
+                results.append(line)
+        return results, failures, tally, pairs
+
+    def _line(self, number: int, entry: dict[str, Any], record: JobRecord | None) -> dict[str, Any]:
+        custom_id, job_id = entry.get("custom_id"), entry["job_id"]
+        if record is None:
+            return error_line(custom_id, number, job_id, "failed", "record_missing", "the job's record is gone")
+        if record.state == JobState.SUCCEEDED:
+            try:
+                return {"custom_id": custom_id, "line": number, **self.runner.client.result_of(record)}
+            except (JobFailed, PermanentError) as exc:
+                return error_line(custom_id, number, job_id, "failed", "result_unreadable", str(exc))
+        if record.state not in TERMINAL:  # a job that outlived the batch's end (``BatchRunner._end``)
+            return error_line(custom_id, number, job_id, "failed", "not_finished",
+                              f"still {record.state} when the batch ended")
+        state = _outcome(record.state)
+        return error_line(custom_id, number, job_id, state, state, record.error)
+
+    def _put(self, uri: str, body: str) -> None:
+        bucket, key = s3.split_uri(uri)
+        with s3.translate_errors(uri):
+            self.runner.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), ContentType="application/x-ndjson")
+
+    def _commit(self, ended: list[int], errors: list[int], written: list[dict[str, Any]], tally: dict[str, int],
+                pairs: int) -> None:
+        """After the parts are in S3: their lines leave the working keys and are counted, in one transaction."""
+        runner = self.runner
+        key = keys.batch_key(runner.settings, runner.batch_id)
+        pipe = runner.redis.pipeline(transaction=True)
+        if ended:
+            pipe.hdel(runner.key("inflight"), *[str(n) for n in ended])
+        if errors:
+            pipe.hdel(runner.key("errors"), *[str(n) for n in errors])
+        for state, n in tally.items():
+            if n:
+                pipe.hincrby(key, f"e_{state}", n)
+        pipe.hincrby(key, "pairs_done", pairs)
+        for part in written:
+            pipe.hincrby(key, f"parts_{part['kind']}", 1)
+            pipe.rpush(runner.key("parts"), json.dumps(part))
+        pipe.expire(runner.key("parts"), runner.settings.batches.retention_s)
+        for n in ended:  # the jobs' records live as long as the batch's
+            pipe.expire(keys.job_key(runner.settings, runner.inflight_entry(n)["job_id"]),
+                        runner.settings.batches.retention_s)
+        pipe.execute()
+        for n in ended:
+            runner.forget(n)
+        runner.errors.difference_update(errors)
+
+    def finalize(self, state: BatchState) -> BatchState:
+        """Write what is left and the manifest; the batch takes its final state; working keys go."""
+        runner = self.runner
+        if state == BatchState.COMPLETED:
+            runner.store.move(runner.batch_id, (BatchState.IN_PROGRESS,), BatchState.FINALIZING)
+        self.flush(force=True)
+        self.count(0, 0)
+        parts = [json.loads(p) for p in runner.redis.lrange(runner.key("parts"), 0, -1)]
+        record = runner.store.get(runner.batch_id)
+        manifest = {"batch_id": runner.batch_id, "state": state.value, "input_uri": record.input_uri,
+                    "output_uri": self.prefix, "counts": record.counts, "created_at": record.created_at,
+                    "finished_at": time.time(),
+                    "parts": {kind: [p for p in parts if p["kind"] == kind] for kind in ("results", "errors")}}
+        runner.check_lock()
+        self._put(f"{self.prefix}manifest.json", json.dumps(manifest, indent=1))
+        runner.store.move(runner.batch_id, tuple(s for s in BatchState if not s.terminal), state,
+                          finished_at=manifest["finished_at"], manifest_uri=f"{self.prefix}manifest.json")
+        runner.redis.delete(*(runner.key(p) for p in ("inflight", "errors", "cids", "parts", "ended")))
+        return state
+
+
+def _outcome(state: JobState | None) -> str:
+    """The count an ended job's line goes to (a vanished record counts as failed)."""
+    return state.value if state in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.EXPIRED) and state else "failed"

@@ -1,0 +1,101 @@
+"""The reaper: messages lost on their way to a worker are sent again.
+
+Leases cover a message a worker holds (``workers.leases``). Two moments are not covered by them: between the
+SDK creating a job's record and publishing its message (the producer dies, or a failover loses the publish),
+and between kombu's ``BRPOP`` taking a message off its queue and its write to ``unacked`` (the worker dies
+in that instant: the message is nowhere). Both leave a record ``queued`` with no message anywhere.
+
+So every queue has a pending set (``rerankq.keys.pending_key``): the SDK adds a job's id when it creates the
+record, taking a message removes it in the same round trip that marks it held, putting one back adds it again
+(``workers.transport``). An id in the pending set of a queue that is *empty* is in no queue and held by no
+worker: its message is lost. The reaper, run on the lease beat of every worker for its own queues, marks
+such ids on one beat and sends those still there on a later one (a worker that was taking the message then
+has long since written it held), from the message itself when it was put back, or from the job JSON the record
+keeps until it ends. A queue that is never empty is not reaped: a lost message there waits until it drains.
+Whatever it sends twice in a race the job record's fencing runs once (``rerankq.jobs``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+from kombu.utils.uuid import uuid
+
+from rerankq import keys
+from rerankq.jobs import TERMINAL, as_state
+from rerankq.settings import Settings
+from workers.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's lists for messages with a priority
+
+# KEYS: pending set, then the queue's lists. ARGV: now, grace (s), confirm (s). Returns the ids found lost:
+# old entries of an empty queue are marked (score -now) on one call and returned on a later one, their entry
+# renewed as if just sent (a reaper that dies before resending leaves them to the next one).
+_REAP = """
+for i = 2, #KEYS do
+  if redis.call('LLEN', KEYS[i]) > 0 then return {} end
+end
+local now, grace, confirm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - grace, 'WITHSCORES', 'LIMIT', 0, 500)
+local lost = {}
+for i = 1, #old, 2 do
+  local id, score = old[i], tonumber(old[i + 1])
+  if score >= 0 then
+    redis.call('ZADD', KEYS[1], -now, id)
+  elseif now + score >= confirm then
+    redis.call('ZADD', KEYS[1], now, id)
+    table.insert(lost, id)
+  end
+end
+return lost
+"""
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Reaper:
+    """Finds and resends lost messages of ``queues``; call it on every lease beat (``__call__``)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, queues: list[str], metrics: Metrics,
+                 send: Any) -> None:
+        self.settings = settings
+        self.redis = client
+        self.queues = queues
+        self.metrics = metrics
+        self.send = send  # send(job JSON, task id, queue): publish a rerankq.rerank message (the Celery app's)
+        self._reap = client.register_script(_REAP)
+        self.grace_s = float(settings.lease_s)
+        self.confirm_s = max(settings.lease_s / 6, 1.0)
+
+    def __call__(self) -> None:
+        for queue in self.queues:
+            lists = [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]
+            lost = self._reap(keys=[keys.pending_key(queue), *lists], args=[time.time(), self.grace_s,
+                                                                            self.confirm_s])
+            for task_id in lost:
+                self.resend(queue, task_id.decode() if isinstance(task_id, bytes) else str(task_id))
+
+    def resend(self, queue: str, task_id: str) -> bool:
+        """Send one lost message again; False when there is nothing to send (the job ended, or is gone)."""
+        stored = self.redis.hget(keys.pending_msg_key(queue), task_id)
+        if stored is not None:
+            payload = json.loads(stored)
+            payload.setdefault("properties", {})["delivery_tag"] = uuid()
+            self.redis.rpush(queue, json.dumps(payload))  # the front of the queue: it was next when it was lost
+        else:
+            state, wire = self.redis.hmget(keys.job_key(self.settings, task_id), ["state", "wire"])
+            if as_state(_text(state)) in TERMINAL or not wire:  # ended, gone, or not the SDK's
+                self.redis.zrem(keys.pending_key(queue), task_id)  # nothing left to do for it
+                return False
+            self.send(json.loads(wire), task_id, queue)
+        self.metrics.messages_resent.inc()
+        logger.warning("queue %s: message %s was lost on its way to a worker (a producer or worker died); sent "
+                       "it again", queue, task_id)
+        return True

@@ -247,11 +247,18 @@ class Outbox:
         now = time.time() if now is None else now
         hidden = now + self.settings.callbacks.visibility_s
         found = self._claim(keys=[self.due, self.events], args=[now, hidden, limit])
-        return [self._event(_text(stored), int(n), _text(err) or None) for _, stored, n, err in found]
+        events = []
+        for event_id, stored, n, err in found:
+            try:
+                events.append(self._event(_text(stored), int(n), _text(err) or None))
+            except (ValueError, KeyError, TypeError) as exc:  # written by something else: never deliverable
+                unreadable = CallbackEvent(_text(event_id), "", "unknown", now, {}, int(n))
+                self.drop(unreadable, f"unreadable event ({type(exc).__name__}: {exc}): {_text(stored)[:200]}")
+        return events
 
     def _event(self, text: str, attempts: int, last_error: str | None) -> CallbackEvent:
         stored = json.loads(text)
-        data = job_data(stored, self._job_prefix) if "job" in stored else stored.get("data") or {}
+        data = job_data(stored, self._job_prefix) if "job" in stored else stored["data"]
         return CallbackEvent(str(stored["id"]), str(stored["url"]), str(stored["type"]),
                              float(stored["created_at"]), data, attempts, last_error)
 

@@ -16,7 +16,6 @@ after the visibility timeout: delivery is at least once, and receivers dedupe on
 from __future__ import annotations
 
 import argparse
-import http.client
 import logging
 import queue
 import random
@@ -28,7 +27,7 @@ import redis
 
 from rerankq import callbacks
 from rerankq.callbacks import CallbackEvent, Outbox, check_target
-from rerankq.errors import CallbackRefused, TransientError
+from rerankq.errors import CallbackRefused
 from rerankq.netguard import pinned_connection
 from rerankq.settings import Settings
 from workers.metrics import CallbackMetrics
@@ -120,7 +119,7 @@ class Deliverer:
         except CallbackRefused as exc:
             self._drop(event, f"refused: {exc}", "refused")
             return
-        except (TransientError, OSError, http.client.HTTPException) as exc:
+        except Exception as exc:  # timeouts, resets, TLS, DNS, a URL http.client rejects: a failed attempt
             self._failed(event, _describe(exc))
             return
         if not 200 <= status < 300:

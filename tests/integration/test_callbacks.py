@@ -29,6 +29,7 @@ from shell.cluster import RedisServer, S3Server, stop_process
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker, wait_for
 from tests.servers import serving
 from workers.callbacks import Deliverer
+from workers.metrics import Metrics
 
 SECRET = "whsec_integration"
 OPEN = CallbackSettings(secret=SECRET, allow_http=True, allow_private=True)  # the receiver is on loopback
@@ -209,8 +210,6 @@ def test_refused_targets_at_delivery_are_dropped_not_retried(redis_server: Redis
     event_id = Outbox(submitted, client).enqueue(client, url, "job.succeeded", {"job_id": "j"})
     strict = Settings(redis_url=redis_server.url, queue_prefix=prefix,
                       callbacks=CallbackSettings(secret=SECRET, allow_http=True, poll_interval_s=0.05))
-    from workers.metrics import Metrics
-
     metrics = Metrics("-")
     deliverer = Deliverer(strict, client, metrics.callbacks).start()
     try:
@@ -222,6 +221,34 @@ def test_refused_targets_at_delivery_are_dropped_not_retried(redis_server: Redis
         assert outbox.depth() == 0 and receiver.deliveries == []
         assert metrics.registry.get_sample_value("rerankq_callbacks_dropped_total",
                                                  {"model": "-", "reason": "refused"}) == 1
+    finally:
+        deliverer.stop()
+        client.close()
+
+
+def test_an_event_is_dropped_with_its_last_error_when_attempts_run_out(redis_server: RedisServer,
+                                                                       receiver: Receiver) -> None:
+    receiver.statuses = [500] * 10
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = Settings(redis_url=redis_server.url, queue_prefix=prefix, callbacks=CallbackSettings(
+        secret=SECRET, allow_http=True, allow_private=True, max_attempts=2, backoff_s=0.05, poll_interval_s=0.05))
+    client = redis.Redis.from_url(redis_server.url)
+    metrics = Metrics("-")
+    deliverer = Deliverer(settings, client, metrics.callbacks)
+    outbox = deliverer.outbox
+    event_id = outbox.enqueue(client, receiver.url, "batch.completed", {"batch_id": "b1"})
+    client.hset(outbox.events, "evt_garbage", b"{not json")  # written by something else: dropped, not looped on
+    client.zadd(outbox.due, {"evt_garbage": 0})
+    deliverer.start()
+    try:
+        wait_for(lambda: len(outbox.dropped()) == 2, 10, "both events to be dropped")
+        reasons = {d["id"]: d["last_error"] for d in outbox.dropped()}
+        assert reasons[event_id] == "gave up after 2 attempts: HTTP 500"
+        assert reasons["evt_garbage"].startswith("unreadable event")
+        assert [verified(d)["data"] for d in receiver.deliveries] == [{"batch_id": "b1"}] * 2
+        assert outbox.depth() == 0
+        assert metrics.registry.get_sample_value("rerankq_callbacks_dropped_total",
+                                                 {"model": "-", "reason": "attempts"}) == 1
     finally:
         deliverer.stop()
         client.close()

@@ -47,7 +47,7 @@ class Deliverer:
         self._secret = self.policy.secret.get_secret_value()
         self._work: queue.Queue[CallbackEvent] = queue.Queue()
         self._busy = 0  # claimed and not yet settled
-        self._lock = threading.Lock()
+        self._slots = threading.Condition()  # guards _busy; notified when a delivery thread frees up
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._claim_loop, name="rerankq-callbacks", daemon=True)]
         self._threads += [threading.Thread(target=self._deliver_loop, name=f"rerankq-callback-{i}", daemon=True)
@@ -74,6 +74,8 @@ class Deliverer:
     # claiming ------------------------------------------------------------------------------------
     def _claim_loop(self) -> None:
         while not self._stop.is_set():
+            with self._slots:  # all threads busy: claim again as soon as one is free, not a poll later
+                self._slots.wait_for(lambda: self._busy < self.policy.concurrency, self.policy.poll_interval_s)
             try:
                 claimed = self.claim()
             except Exception as exc:  # Redis blinked: look again after the poll interval
@@ -84,12 +86,12 @@ class Deliverer:
 
     def claim(self) -> int:
         """Claim as many due events as there are free delivery threads; returns how many."""
-        with self._lock:
+        with self._slots:
             free = self.policy.concurrency - self._busy
         if free <= 0:
             return 0
         events = self.outbox.claim(free)
-        with self._lock:
+        with self._slots:
             self._busy += len(events)
         for event in events:
             self._work.put(event)
@@ -108,8 +110,9 @@ class Deliverer:
             except Exception:  # a bug must not kill the thread; the claim comes back after its visibility
                 logger.exception("delivering callback %s failed", event.id)
             finally:
-                with self._lock:
+                with self._slots:
                     self._busy -= 1
+                    self._slots.notify()
 
     # delivering ----------------------------------------------------------------------------------
     def deliver(self, event: CallbackEvent) -> None:

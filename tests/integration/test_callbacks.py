@@ -168,9 +168,10 @@ def test_cancel_and_expiry_produce_callbacks(cb_worker: WorkerProcess, receiver:
         assert client.cancel(cancelled) == "queued"
         time.sleep(0.3)
         assert client.status(expiring)["state"] == "expired"  # expired on read: the read writes the event
-        events = [verified(d) for d in receiver.wait(2)]
+        late = client.submit({**idle, "model": None, "expires_at": time.time() - 1})  # the worker expires it
+        events = [verified(d) for d in receiver.wait(3)]
     assert sorted((e["data"]["job_id"], e["type"]) for e in events) == sorted(
-        [(cancelled, "job.cancelled"), (expiring, "job.expired")])
+        [(cancelled, "job.cancelled"), (expiring, "job.expired"), (late, "job.expired")])
     expired = next(e for e in events if e["type"] == "job.expired")["data"]
     assert expired["state"] == "expired" and expired["error"] == "deadline passed before it started"
 

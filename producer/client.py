@@ -64,7 +64,7 @@ class RerankClient:
         """Validate and enqueue one job; returns its id (the given ``job_id`` or a new one)."""
         job = self._prepare(request)
         self._check_result_uri(job)
-        self._check_callback(job)
+        self.check_callback_url(job.get("callback_url"))
         self._enqueue([job])
         return str(job["job_id"])
 
@@ -77,7 +77,7 @@ class RerankClient:
             try:
                 job = self._prepare(request)
                 self._check_result_uri(job)
-                self._check_callback(job)
+                self.check_callback_url(job.get("callback_url"))
             except InvalidRequest as exc:
                 raise exc.at(f"[{i}]") from None
             jobs.append(job)
@@ -100,10 +100,10 @@ class RerankClient:
             raise InvalidRequest(f"bucket {bucket!r} does not exist (create it, or leave result_uri out)",
                                  "result_uri")
 
-    def _check_callback(self, job: dict[str, Any]) -> None:
-        """Refuse a ``callback_url`` whose host does not resolve or resolves to a refused address (the schema
-        checked the rest). A failed lookup lets it pass: every delivery checks the host again."""
-        url = job.get("callback_url")
+    def check_callback_url(self, url: str | None) -> None:
+        """Refuse a callback URL that ``callbacks.*`` refuses: scheme, host allow-list, and every address the host
+        resolves to (``InvalidRequest`` naming ``callback_url``; a name that does not resolve too). A failed lookup
+        lets it pass: every delivery checks the host again."""
         if not url or time.monotonic() - self._callbacks_checked.get(url, -CALLBACK_CHECK_S) < CALLBACK_CHECK_S:
             return
         try:

@@ -100,7 +100,7 @@ def receiver() -> Iterator[Receiver]:
 def cb_worker(redis_server: RedisServer, s3_server: S3Server,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     worker = start_worker("fake:hash", redis_server.url, s3_server.url, tmp_path_factory.mktemp("cb-worker"),
-                          **CALLBACK_ENV)
+                          RERANKQ_BATCHES__PART_INTERVAL_S="0.5", **CALLBACK_ENV)
     yield worker
     stop_worker(worker)
 
@@ -188,6 +188,23 @@ def test_scoring_continues_while_the_receiver_hangs(cb_worker: WorkerProcess, re
     receiver.release.set()
     events = [verified(d) for d in receiver.wait(12)]
     assert sorted(e["data"]["job_id"] for e in events) == sorted(ids)
+
+
+def test_a_batch_callback_arrives_when_the_batch_ends(cb_worker: WorkerProcess, receiver: Receiver, s3: Any,
+                                                       media: dict[str, str]) -> None:
+    lines = [{"custom_id": f"c{i}", "query": "q", "documents": ["a", "b"]} for i in range(3)]
+    s3.put_object(Bucket="results", Key="cb-batch/in.jsonl", Body="\n".join(map(json.dumps, lines)).encode())
+    with client_for(cb_worker.settings) as client:
+        with pytest.raises(InvalidRequest, match="^callback_url: .*must be an https:// URL"):
+            client.submit_batch("s3://results/cb-batch/in.jsonl", "s3://results/cb-batch/out/",
+                                callback_url="ftp://example.com/x")
+        record = client.submit_batch("s3://results/cb-batch/in.jsonl", "s3://results/cb-batch/out/",
+                                     callback_url=receiver.url)
+        [delivery] = receiver.wait(1, timeout=60)
+    event = verified(delivery)
+    assert event["type"] == "batch.completed" and event["data"]["batch_id"] == record.batch_id
+    assert event["data"]["counts"]["succeeded"] == 3
+    assert event["data"]["manifest_uri"] == "s3://results/cb-batch/out/manifest.json"
 
 
 def test_refused_targets_at_submit(cb_worker: WorkerProcess, receiver: Receiver) -> None:

@@ -167,7 +167,6 @@ class Output:
         runner.redis.delete(*(runner.key(p) for p in ("inflight", "errors", "cids", "parts", "ended")))
         return state
 
-
     def _callback(self, record: BatchRecord, state: BatchState, manifest: dict[str, Any]) -> None:
         """The batch's completion event, written just before the batch takes its final state: a runner that dies
         in between writes it again when the batch resumes, under the same event id (receivers dedupe on it)."""

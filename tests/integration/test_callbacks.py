@@ -195,7 +195,7 @@ def test_a_batch_callback_arrives_when_the_batch_ends(cb_worker: WorkerProcess, 
     lines = [{"custom_id": f"c{i}", "query": "q", "documents": ["a", "b"]} for i in range(3)]
     s3.put_object(Bucket="results", Key="cb-batch/in.jsonl", Body="\n".join(map(json.dumps, lines)).encode())
     with client_for(cb_worker.settings) as client:
-        with pytest.raises(InvalidRequest, match="^callback_url: .*must be an https:// URL"):
+        with pytest.raises(InvalidRequest, match=r"^callback_url: .*must be an https:// URL"):
             client.submit_batch("s3://results/cb-batch/in.jsonl", "s3://results/cb-batch/out/",
                                 callback_url="ftp://example.com/x")
         record = client.submit_batch("s3://results/cb-batch/in.jsonl", "s3://results/cb-batch/out/",

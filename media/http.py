@@ -6,7 +6,8 @@ link-local, multicast, reserved, shared (CGNAT) and cloud-metadata addresses are
 embedded in IPv6 (``::ffff:10.0.0.1``, 6to4, NAT64). The check runs on the first request and on every
 redirect (followed here, by hand, at most ``MAX_REDIRECTS``), and the connection goes to the address that was
 checked, with TLS verified against the host name, so a DNS answer that changes between check and connect
-(rebinding) cannot redirect it. Bodies are capped in bytes (``limits.max_media_bytes``) and the whole fetch,
+(rebinding) cannot redirect it (the address rules and the pinned connection live in ``rerankq.netguard``,
+shared with completion callbacks). Bodies are capped in bytes (``limits.max_media_bytes``) and the whole fetch,
 redirects included, in time (``media.timeout_s``).
 
 Failures are translated here: refusals, 4xx and certificate errors → ``MediaError``; timeouts, resets,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import http.client
-import ipaddress
 import socket
 import ssl
 import time
@@ -26,52 +26,13 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from rerankq.errors import MediaError, TransientMediaError
+from rerankq.netguard import Resolve, address_refusal, host_allowed, pinned_connection, system_resolve
 from rerankq.settings import knob
 
 MAX_REDIRECTS = 5
 CHUNK = 256 * 1024
 REDIRECTS = {301, 302, 303, 307, 308}
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-# Well-known instance-metadata endpoints; the private/link-local rules catch most, these make it explicit.
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16"))
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_ADDRESS_RULES = (("is_loopback", "loopback"), ("is_link_local", "link-local"), ("is_multicast", "multicast"),
-                  ("is_unspecified", "unspecified"), ("is_reserved", "reserved"), ("is_private", "private"))
-
-Resolve = Callable[[str, int], list[str]]
-
-
-def system_resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (A and AAAA)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    if addr.sixtofour is not None:
-        return addr.sixtofour
-    if addr.teredo is not None:
-        return addr.teredo[1]
-    if addr in _NAT64:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    return None
-
-
-def address_refusal(ip: str) -> str | None:
-    """Why ``ip`` may not be fetched from (``"private address 10.0.0.1"``), or None for a public unicast one."""
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and (inner := _embedded_ipv4(addr)) is not None:
-        reason = address_refusal(str(inner))
-        return f"{reason} (embedded in {addr})" if reason else None
-    if addr in METADATA_ADDRESSES:
-        return f"cloud metadata address {addr}"
-    for attribute, label in _ADDRESS_RULES:
-        if getattr(addr, attribute):
-            return f"{label} address {addr}"
-    return None if addr.is_global else f"non-public address {addr}"
 
 
 @dataclass(frozen=True)
@@ -90,9 +51,7 @@ class HttpPolicy:
     ssl_context: ssl.SSLContext = field(default_factory=ssl.create_default_context)
 
     def host_allowed(self, host: str) -> bool:
-        host = host.lower().rstrip(".")
-        return any(host == entry or (entry.startswith("*.") and host.endswith(entry[1:]))
-                   for entry in self.allowed_hosts)
+        return host_allowed(host, self.allowed_hosts)
 
 
 @dataclass(frozen=True)
@@ -187,19 +146,7 @@ class HttpFetcher:
 
     def _connection(self, target: _Target, deadline: float) -> http.client.HTTPConnection:
         timeout = max(0.001, deadline - time.monotonic())
-        conn: http.client.HTTPConnection
-        if target.scheme == "https":
-            conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
-                                               context=self.policy.ssl_context)
-        else:
-            conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
-
-        # Connect to the address that was checked (not a fresh DNS answer); TLS still verifies the host name.
-        def pinned(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
-            return socket.create_connection((target.ip, address[1]), *args, **kwargs)  # type: ignore[arg-type]
-
-        conn._create_connection = pinned  # type: ignore[attr-defined]
-        return conn
+        return pinned_connection(target.scheme, target.host, target.port, target.ip, timeout, self.policy.ssl_context)
 
     def _read(self, ref: str, conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
               deadline: float) -> bytes:

@@ -23,8 +23,9 @@ from celery import Celery
 from producer.progress import Progress
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchStore
+from rerankq.callbacks import check_target
 from rerankq.connections import redis_client
-from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
+from rerankq.errors import CallbackRefused, InvalidRequest, JobFailed, NoSuchJob, TransientError
 from rerankq.jobs import TERMINAL, JobRecord, JobState, JobStore
 from rerankq.results import ResultStore
 from rerankq.schema import RerankJob, parse_job
@@ -32,6 +33,7 @@ from rerankq.settings import Settings
 
 CHUNK = 500  # jobs per pipelined round trip in submit_many
 WAIT_SLICE_S = 2.0  # a blocking wait is re-issued this often (redis-py's default socket timeout is 5 s)
+CALLBACK_CHECK_S = 60.0  # a callback URL found acceptable is not looked up again for this long
 
 
 class RerankClient:
@@ -45,6 +47,7 @@ class RerankClient:
         self.results = ResultStore(self.settings.s3_endpoint_url)
         self.celery = Celery("rerankq-producer", set_as_current=False)
         self.celery.conf.update(keys.celery_config(self.settings))
+        self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
 
     def close(self) -> None:
         self.celery.close()
@@ -61,6 +64,7 @@ class RerankClient:
         """Validate and enqueue one job; returns its id (the given ``job_id`` or a new one)."""
         job = self._prepare(request)
         self._check_result_uri(job)
+        self.check_callback_url(job.get("callback_url"))
         self._enqueue([job])
         return str(job["job_id"])
 
@@ -73,6 +77,7 @@ class RerankClient:
             try:
                 job = self._prepare(request)
                 self._check_result_uri(job)
+                self.check_callback_url(job.get("callback_url"))
             except InvalidRequest as exc:
                 raise exc.at(f"[{i}]") from None
             jobs.append(job)
@@ -94,6 +99,20 @@ class RerankClient:
         if self.results.bucket_exists(bucket) is False:
             raise InvalidRequest(f"bucket {bucket!r} does not exist (create it, or leave result_uri out)",
                                  "result_uri")
+
+    def check_callback_url(self, url: str | None) -> None:
+        """Refuse a callback URL that ``callbacks.*`` refuses: scheme, host allow-list, and every address the host
+        resolves to (``InvalidRequest`` naming ``callback_url``; a name that does not resolve too). A failed lookup
+        lets it pass: every delivery checks the host again."""
+        if not url or time.monotonic() - self._callbacks_checked.get(url, -CALLBACK_CHECK_S) < CALLBACK_CHECK_S:
+            return
+        try:
+            check_target(url, self.settings.callbacks, unresolved_refused=True)
+        except CallbackRefused as exc:
+            raise InvalidRequest(str(exc), "callback_url") from None
+        except TransientError:
+            return
+        self._callbacks_checked[url] = time.monotonic()
 
     def _enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None:
         created = self.jobs.create_many(jobs, sent=True, notify=notify)

@@ -90,3 +90,12 @@ class PairTooLong(MediaError):
     def __init__(self, reason: str) -> None:
         PermanentError.__init__(self, reason)  # the message is the reason alone: there is no reference to name
         self.ref, self.reason = "", reason
+
+
+class CallbackRefused(PermanentError):
+    """A callback URL that may not be called: its scheme, host or addresses break the callback policy
+    (``callbacks.*`` settings). Refused at submit time where it can be told, and at every delivery."""
+
+
+class SignatureError(PermanentError):
+    """A callback's ``Rerankq-Signature`` header does not verify (``verify_signature``): the reason says why."""

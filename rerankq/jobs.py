@@ -19,6 +19,8 @@ id PENDING; we say "no such job"). Each transition is one Lua script, atomic and
 - Terminal states push one token on ``done_key`` so that waiters ``BLPOP`` instead of polling, and count
   themselves in the record's ``ends`` field: exactly 1 for every ended job (the chaos tests read it). A record
   with a ``notify`` list also gets ``STATE RECORD-KEY`` pushed there (a batch runner's one list for all its jobs).
+- A job with a ``callback_url`` gets its completion event in the callback outbox from the same script that ends
+  it, whichever that is (finish, cancel, expiry, poison): no ended job lacks its event (``rerankq.callbacks``).
 
 Lifetimes: ``results.ttl_s`` after success or cancel, ``results.failure_ttl_s`` after failure or expiry and
 while the job is live (longer than any queue wait).
@@ -143,12 +145,26 @@ def _flatten(fields: dict[str, Any]) -> list[Any]:
     return [x for k, v in fields.items() if v is not None for x in (k, v)]
 
 
-# Shared Lua: KEYS[1] record, KEYS[2] done list. ``finish_with`` writes a terminal state and wakes waiters.
+# Shared Lua: KEYS[1] record, KEYS[2] done list, KEYS[3] and KEYS[4] the callback outbox's due zset and events
+# hash. ``finish_with`` writes a terminal state, wakes waiters and, for a job with a ``callback_url``, writes its
+# event to the outbox in the same script (``rerankq.callbacks`` reads it: a snapshot of the ended record).
 _LIB = """
+local function job_event(state)
+  local url = redis.call('HGET', KEYS[1], 'callback_url')
+  if not url then return end
+  local flat, record = redis.call('HGETALL', KEYS[1]), {}
+  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  local at = record['finished_at'] or '0'
+  local id = 'evt_' .. string.sub(redis.sha1hex(KEYS[1] .. '|' .. (record['created_at'] or '') .. '|' .. at), 1, 32)
+  redis.call('HSET', KEYS[4], id, cjson.encode({id = id, url = url, type = 'job.' .. state, created_at = at,
+                                                key = KEYS[1], job = record}))
+  redis.call('ZADD', KEYS[3], tonumber(at), id)
+end
 local function finish_with(state, ttl, ...)
   redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error', 'wire')
   redis.call('HSET', KEYS[1], 'state', state, ...)
   redis.call('HINCRBY', KEYS[1], 'ends', 1)
+  job_event(state)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('DEL', KEYS[2])
   redis.call('RPUSH', KEYS[2], '1')
@@ -290,6 +306,10 @@ class JobStore:
     def _keys(self, job_id: str) -> list[str]:
         return [self.key(job_id), self.done(job_id)]
 
+    def _script_keys(self, job_id: str) -> list[str]:
+        """The keys of the scripts that may end a job (``_LIB``): its own, then the callback outbox's."""
+        return [*self._keys(job_id), *keys.callback_keys(self.settings)[:2]]
+
     def _ttl(self, state: JobState) -> int:
         results = self.settings.results
         return results.ttl_s if state in (JobState.SUCCEEDED, JobState.CANCELLED) else results.failure_ttl_s
@@ -326,7 +346,8 @@ class JobStore:
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
                       "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
                       "deadline_at": deadline_of(job, now), "task_id": task_id,
-                      "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify}
+                      "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify,
+                      "callback_url": job.get("callback_url")}
             self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
                                                                *_flatten(fields)], client=pipe)
             if sent:
@@ -372,7 +393,7 @@ class JobStore:
     def cancel(self, job_id: str) -> str:
         """Cancel a queued or running job; returns the state it had. Terminal and finishing jobs are left as
         they are (a finishing job is writing its result: it reads as running and ends succeeded)."""
-        state = self._cancel(keys=self._keys(job_id), args=[time.time(), self.settings.results.ttl_s])
+        state = self._cancel(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.ttl_s])
         if state is None:
             raise NoSuchJob(job_id)
         text = _text(state)
@@ -385,7 +406,8 @@ class JobStore:
     def record(self, job_id: str) -> JobRecord:
         """The record (a queued job past its deadline is expired first); ``NoSuchJob`` if unknown."""
         pipe = self.redis.pipeline(transaction=False)
-        self._observe(keys=self._keys(job_id), args=[time.time(), self.settings.results.failure_ttl_s], client=pipe)
+        self._observe(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.failure_ttl_s],
+                      client=pipe)
         pipe.hgetall(self.key(job_id))
         raw = pipe.execute()[1]
         if not raw:
@@ -401,7 +423,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         now, ttl = time.time(), self.settings.results.failure_ttl_s
         for job_id in job_ids:
-            self._observe(keys=self._keys(job_id), args=[now, ttl], client=pipe)
+            self._observe(keys=self._script_keys(job_id), args=[now, ttl], client=pipe)
             pipe.hgetall(self.key(job_id))
         raws = pipe.execute()[1::2]
         return [JobRecord.from_hash(j, raw) if raw else None for j, raw in zip(job_ids, raws, strict=True)]
@@ -411,7 +433,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         now, ttl = time.time(), self.settings.results.failure_ttl_s
         for job_id in job_ids:
-            self._observe(keys=self._keys(job_id), args=[now, ttl], client=pipe)
+            self._observe(keys=self._script_keys(job_id), args=[now, ttl], client=pipe)
         return [_public(s) for s in pipe.execute()]
 
     # worker side ---------------------------------------------------------------------------------
@@ -420,8 +442,8 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         now, ttl = time.time(), self.settings.results.failure_ttl_s
         for job_id, total, solo in starts:
-            self._start(keys=self._keys(job_id), args=[worker, now, total, ttl, self.settings.max_deliveries,
-                                                       int(solo)], client=pipe)
+            self._start(keys=self._script_keys(job_id), args=[worker, now, total, ttl,
+                                                              self.settings.max_deliveries, int(solo)], client=pipe)
         out: list[Started] = []
         for found in pipe.execute():
             if not found:
@@ -456,7 +478,7 @@ class JobStore:
         now = time.time()
         for o in outcomes:
             payload = {"finished_at": now, **o.fields}
-            self._finish(keys=self._keys(o.job_id), args=[o.fence, o.state.value, self._ttl(o.state),
+            self._finish(keys=self._script_keys(o.job_id), args=[o.fence, o.state.value, self._ttl(o.state),
                                                           *_flatten(payload)], client=pipe)
         return [None if s is None else _text(s) for s in self._execute(pipe)]
 

@@ -18,6 +18,9 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}:batches`` | zset | batch ids by creation time (``rerankq batch list``) |
 | ``{prefix}:dlq`` | list | queue entries that were not rerank messages (``rerankq dlq list``) |
 | ``rerankq:score:{digest}`` | string, TTL | a cached score, in the score cache's own Redis (``workers.scorecache``) |
+| ``{prefix}:callbacks:due`` | zset | callback events by due time; claiming pushes it forward (``rerankq.callbacks``) |
+| ``{prefix}:callbacks:events`` | hash | event id → the event; ``{id}#n`` its attempts, ``{id}#err`` its last error |
+| ``{prefix}:callbacks:dropped`` | list | the last 1000 events given up on, with their last error |
 | ``unacked`` / ``unacked_index`` | hash / zset | Celery's messages held by workers, by lease expiry (kombu) |
 | ``{queue}:pending`` | zset | task ids sent to a queue and not yet taken by a worker (``workers.reaper``) |
 | ``{queue}:pending:msg`` | hash | task id → message, for messages put back in a queue (``workers.reaper``) |
@@ -125,6 +128,11 @@ def batches_key(settings: Settings) -> str:
 
 def dlq_key(settings: Settings) -> str:
     return f"{settings.queue_prefix}:dlq"
+
+
+def callback_keys(settings: Settings) -> list[str]:
+    """The callback outbox: ``[due, events, dropped]`` (``rerankq.callbacks``)."""
+    return [f"{settings.queue_prefix}:callbacks:{name}" for name in ("due", "events", "dropped")]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from rerankq.errors import InvalidRequest
-from rerankq.settings import LimitSettings, Settings, get_settings, knob
+from rerankq.callbacks import check_url
+from rerankq.errors import CallbackRefused, InvalidRequest
+from rerankq.settings import CallbackSettings, LimitSettings, Settings, get_settings, knob
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _SCHEMES = ("s3://", "https://", "file://")
@@ -109,6 +110,7 @@ class RerankJob(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=256)
     max_tokens_per_doc: int | None = Field(None, ge=1)
     cache: bool | None = Field(None, strict=True)  # None = true: scores may come from and go to the score cache
+    callback_url: str | None = None
 
     @field_validator("expires_at", mode="before")
     @classmethod
@@ -173,6 +175,19 @@ class RerankJob(BaseModel):
             raise ValueError(f"{value!r} must be an s3://bucket/prefix/ URI")
         return value
 
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Static checks only (scheme, allow-list, literal addresses): the producer also resolves the host, and
+        every delivery checks it again (DNS may change)."""
+        if value is not None:
+            policy = (info.context or {}).get("callbacks") or CallbackSettings()
+            try:
+                check_url(value, policy)
+            except CallbackRefused as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @property
     def id(self) -> str:
         """The job id (set by the client or the worker before the job is enqueued or run)."""
@@ -222,13 +237,13 @@ def _message(error: Any, path: str) -> str:
 
 def parse_job(data: Any, settings: Settings | None = None) -> RerankJob:
     """Validate one request (a dict or a ``RerankJob``) against the schema and ``settings.limits``."""
-    limits = (settings or get_settings()).limits
+    settings = settings or get_settings()
     if isinstance(data, RerankJob):
         data = data.model_dump(mode="json", exclude_none=True)
     if not isinstance(data, dict):
         raise InvalidRequest(f"a job is a JSON object, got {type(data).__name__}")
     try:
-        return RerankJob.model_validate(data, context={"limits": limits})
+        return RerankJob.model_validate(data, context={"limits": settings.limits, "callbacks": settings.callbacks})
     except ValidationError as exc:
         # One problem per field: a union (``image``: a string or a list) reports each of its branches.
         errors: dict[str, Any] = {}

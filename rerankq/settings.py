@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
@@ -172,6 +172,41 @@ class GatewaySettings(BaseModel):
         return value
 
 
+class CallbackSettings(BaseModel):
+    """Completion callbacks (a job's ``callback_url``): signing, allowed targets, retries (README: Callbacks)."""
+
+    secret: SecretStr = Field(SecretStr(""), description="HMAC-SHA256 key that signs every callback (the "
+                              "Rerankq-Signature header). Deliverers send nothing while it is empty: events wait in "
+                              "the outbox.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated hosts callbacks may go to (exact, or *.domain); empty = "
+        "any host with public addresses.")
+    allow_http: bool = Field(False, description="Accept http:// callback URLs (tests, development); off = https:// "
+                             "only.")
+    allow_private: bool = Field(False, description="Let callbacks reach loopback, private and link-local "
+                                "addresses (tests, development, receivers inside your network).")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout of one delivery attempt (s).")
+    max_attempts: int = Field(20, ge=1, description="Attempts per event before it is dropped (last error kept).")
+    backoff_s: float = Field(1.0, ge=0, description="Delay (s) before the first retry; doubles each attempt, plus "
+                             "up to 25 % jitter.")
+    max_backoff_s: float = Field(3600.0, ge=0, description="Longest delay (s) between two attempts.")
+    max_age_s: float = Field(24 * 3600.0, gt=0, description="An event still undelivered this long (s) after its "
+                             "job ended is dropped at its next failure.")
+    visibility_s: float = Field(60.0, gt=0, description="How long (s) a claimed event stays hidden from other "
+                                "deliverers; a deliverer that dies mid-delivery gives it back after this.")
+    concurrency: int = Field(4, ge=1, description="Deliveries in flight per deliverer (threads).")
+    poll_interval_s: float = Field(0.5, gt=0, description="How often (s) an idle deliverer looks for due events.")
+    deliver: bool = Field(True, description="Run a deliverer thread in every worker (off: run `python -m "
+                          "workers.callbacks` instead).")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+
 class Settings(BaseSettings):
     """rerankq's settings. Build with ``Settings()`` (environment) or ``Settings(redis_url=...)``."""
 
@@ -220,6 +255,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     batches: BatchJobSettings = Field(default_factory=BatchJobSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
 
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod

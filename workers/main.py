@@ -71,6 +71,7 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     from rerankq.jobs import JobStore
     from workers import tasks
     from workers.app import make_app
+    from workers.callbacks import Deliverer
     from workers.leases import LeaseKeeper
     from workers.metrics import Metrics
     from workers.reaper import Reaper
@@ -106,11 +107,17 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     reaper = Reaper(settings, store.redis, queues, metrics, send)
     leases = LeaseKeeper(settings, store.redis, metrics, on_beat=[beat, reaper],
                          interval=registry.HEARTBEAT_S).start()
+    metrics.watch_callbacks(store.redis, keys.callback_keys(settings)[0])
+    deliverer = Deliverer(settings, store.redis, metrics.callbacks) if settings.callbacks.deliver else None
+    if deliverer:
+        deliverer.start()
     worker = app.Worker(hostname=hostname, queues=consumed, loglevel=loglevel,
                         without_mingle=True, without_gossip=True)
     try:
         worker.start()
     finally:
+        if deliverer:
+            deliverer.stop()
         leases.stop()
         runtime.stop()
         beat.leave()

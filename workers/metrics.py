@@ -1,8 +1,9 @@
 """The worker's Prometheus metrics (SPEC §7), served on ``settings.metrics_port`` (0 = off).
 
 Per-batch numbers live here rather than in logs: pairs and distinct jobs per forward pass, padding,
-scoring and media time, queue wait; plus each queue's and the dead-letter list's length, read from Redis at
-scrape time. Every series carries the ``model`` the worker serves (a fake scorer's reads ``fake:…``).
+scoring and media time, queue wait; completion callbacks delivered, failed and dropped; plus each queue's and
+the dead-letter list's length and the callback outbox's depth, read from Redis at scrape time. Every series
+carries the ``model`` the worker serves (a fake scorer's reads ``fake:…``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,37 @@ class PrefixSharing(Collector):
             yield counter
 
 
+class OutboxDepth(Collector):
+    """``rerankq_callback_outbox_depth``: callback events not yet delivered or dropped (ZCARD at scrape time)."""
+
+    def __init__(self, redis_client: redis.Redis, due_key: str) -> None:
+        self.redis, self.due_key = redis_client, due_key
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("rerankq_callback_outbox_depth", "Callback events waiting to be delivered")
+        try:
+            depth.add_metric([], float(self.redis.zcard(self.due_key)))
+        except Exception as exc:  # a scrape must not break because Redis blinked
+            logger.warning("callback outbox scrape failed: %s", exc)
+        yield depth
+
+
+class CallbackMetrics:
+    """Completion callbacks delivered by this process (``workers.callbacks``)."""
+
+    def __init__(self, registry: CollectorRegistry, model: str) -> None:
+        self.model = model
+        self.delivered = Counter("rerankq_callbacks_delivered", "Callback events delivered (2xx)", ["model"],
+                                 registry=registry).labels(model)
+        self.failed = Counter("rerankq_callback_attempts_failed", "Callback attempts that failed (error status, "
+                              "timeout, connection)", ["model"], registry=registry).labels(model)
+        self._dropped = Counter("rerankq_callbacks_dropped", "Callback events given up on, by reason (refused, "
+                                "attempts, age)", ["model", "reason"], registry=registry)
+
+    def dropped(self, reason: str) -> None:
+        self._dropped.labels(self.model, reason).inc()
+
+
 class Metrics:
     """All worker metrics, on their own registry (several runtimes can live in one test process)."""
 
@@ -106,12 +138,16 @@ class Metrics:
                                          "the score cache")
         self.cache_errors = counter("rerankq_cache_errors", "Score cache calls that failed (the round went on "
                                     "without it)")
+        self.callbacks = CallbackMetrics(r, model)
 
     def job_ended(self, state: str) -> None:
         self._jobs.labels(self.model, state).inc()
 
     def watch_queues(self, redis_client: redis.Redis, queues: list[str], dlq: str) -> None:
         self.registry.register(ListLengths(redis_client, queues, dlq))
+
+    def watch_callbacks(self, redis_client: redis.Redis, due_key: str) -> None:
+        self.registry.register(OutboxDepth(redis_client, due_key))
 
     def watch_sharing(self, model: object) -> None:
         self.registry.register(PrefixSharing(model, self.model))

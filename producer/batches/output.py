@@ -3,25 +3,30 @@
 ``PREFIX/results/part-NNNNN.jsonl``: one line per input line whose job succeeded, ``{"custom_id", "line",
 **the job's result}``. ``PREFIX/errors/part-NNNNN.jsonl``: one line per input line that did not,
 ``{"custom_id", "line", "job_id", "state", "error": {"code", "message"}}``. ``PREFIX/manifest.json``: the
-parts and the counts, once the batch has ended.
+parts and the counts, once the batch has ended. A batch with a ``callback_url`` then gets its completion event
+(``batch.<state>``, ``rerankq.callbacks``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from producer.batches.lines import error_line
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchState
-from rerankq.errors import JobFailed, PermanentError
+from rerankq.callbacks import Outbox
+from rerankq.errors import CallbackRefused, JobFailed, PermanentError
 from rerankq.jobs import TERMINAL, JobRecord, JobState
 
 if TYPE_CHECKING:
     from producer.batches.runner import BatchRunner
 
 ENDED = ("succeeded", "failed", "cancelled", "expired")
+logger = logging.getLogger(__name__)
 
 
 class Output:
@@ -156,10 +161,27 @@ class Output:
                     "parts": {kind: [p for p in parts if p["kind"] == kind] for kind in ("results", "errors")}}
         runner.check_lock()
         self._put(f"{self.prefix}manifest.json", json.dumps(manifest, indent=1))
+        self._callback(record, state, manifest)
         runner.store.move(runner.batch_id, tuple(s for s in BatchState if not s.terminal), state,
                           finished_at=manifest["finished_at"], manifest_uri=f"{self.prefix}manifest.json")
         runner.redis.delete(*(runner.key(p) for p in ("inflight", "errors", "cids", "parts", "ended")))
         return state
+
+    def _callback(self, record: BatchRecord, state: BatchState, manifest: dict[str, Any]) -> None:
+        """The batch's completion event, written just before the batch takes its final state: a runner that dies
+        in between writes it again when the batch resumes, under the same event id (receivers dedupe on it)."""
+        if not record.callback_url:
+            return
+        runner = self.runner
+        data = {**record.to_dict(), "state": state.value, "finished_at": manifest["finished_at"],
+                "manifest_uri": f"{self.prefix}manifest.json"}
+        seed = f"{keys.batch_key(runner.settings, runner.batch_id)}|{record.created_at}"
+        event_id = "evt_" + hashlib.sha1(seed.encode()).hexdigest()[:32]
+        try:
+            Outbox(runner.settings, runner.redis).enqueue(runner.redis, record.callback_url, f"batch.{state.value}",
+                                                          data, event_id=event_id)
+        except CallbackRefused as exc:  # checked at submit; settings changed since: the batch ends all the same
+            logger.warning("batch %s: callback not sent: %s", runner.batch_id, exc)
 
 
 def _outcome(state: JobState | None) -> str:

@@ -59,6 +59,7 @@ def submit_batch(client: RerankClient, input: str, output: str, batch_id: str | 
     """Create a batch from ``input`` (``s3://…`` or a local JSONL file, uploaded first) writing to ``output``
     (``s3://bucket/prefix/``); returns its record (the existing one when the id exists)."""
     output = _check(client, output, priority, batch_id, completion_window_s)
+    client.check_callback_url(callback_url)
     input_uri = input if input.startswith("s3://") else upload_input(client, input, output)
     batch_id = batch_id or derived_id(client, input_uri)
     now = time.time()

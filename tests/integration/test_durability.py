@@ -26,11 +26,12 @@ def big_image(s3: Any) -> str:
 def test_a_killed_workers_job_is_redelivered_and_finished(tiny_model_dir: Path, redis_server: RedisServer,
                                                           s3_server: S3Server, media: dict[str, str],
                                                           big_image: str, tmp_path: Path) -> None:
-    env = {"RERANKQ_LEASE_S": "2", "RERANKQ_BATCH__MAX_TOKENS": "4096"}
+    env = {"RERANKQ_LEASE_S": "2", "RERANKQ_BATCH__MAX_TOKENS": "2048"}
     first = start_worker(tiny_model_dir, redis_server.url, s3_server.url, tmp_path, **env)
     client = RerankClient(first.settings.model_copy(update={"lease_s": 2}))
-    # ~60 image pairs at ~1800 visual tokens each, two per pass: several seconds of work on the tiny model.
-    request = {"query": {"text": "a noisy square"}, "documents": [{"image": big_image}] * 60, "job_id": "durable-1"}
+    # 150 image pairs at ~1800 visual tokens each, one per pass: several seconds of work on the tiny model, so
+    # that the kill lands mid-job however fast this machine is today.
+    request = {"query": {"text": "a noisy square"}, "documents": [{"image": big_image}] * 150, "job_id": "durable-1"}
     try:
         job_id = client.submit(request)
         wait_for(lambda: client.status(job_id)["progress"]["pairs_done"] > 0, 60, "the first worker to score")
@@ -51,5 +52,5 @@ def test_a_killed_workers_job_is_redelivered_and_finished(tiny_model_dir: Path, 
         client.close()
     assert status["state"] == "succeeded"
     assert killed and status["worker"] and status["worker"] != killed  # finished by the second worker
-    assert len(result["scores"]) == 60 and None not in result["scores"] and not result["errors"]
-    assert status["progress"]["pairs_done"] == status["progress"]["pairs_total"] == 60
+    assert len(result["scores"]) == 150 and None not in result["scores"] and not result["errors"]
+    assert status["progress"]["pairs_done"] == status["progress"]["pairs_total"] == 150

@@ -26,7 +26,8 @@ from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
 from rerankq.connections import redis_client
 from rerankq.errors import CallbackRefused, InvalidRequest, JobFailed, NoSuchJob, TransientError
-from rerankq.jobs import TERMINAL, JobRecord, JobState, JobStore
+from rerankq.jobs import TERMINAL, JobRecord, JobState
+from rerankq.jobstore import JobStore
 from rerankq.results import ResultStore
 from rerankq.schema import RerankJob, parse_job
 from rerankq.settings import Settings

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from rerankq.callbacks import Outbox
-from rerankq.jobs import JobStore
+from rerankq.jobstore import JobStore
 from rerankq.settings import CallbackSettings, Settings
 from shell.cluster import RedisServer
 from workers.callbacks import Deliverer

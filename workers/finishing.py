@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from rerankq.errors import PermanentError, RetryLater, TransientError
-from rerankq.jobs import JobState, JobStore, Outcome, as_state, result_fields
+from rerankq.jobs import JobState, Outcome, as_state, result_fields
+from rerankq.jobstore import JobStore
 from rerankq.results import ResultStore, result_location
 from rerankq.settings import Settings
 from workers.metrics import Metrics

@@ -68,7 +68,7 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     """Load the model, start the runtime, leases and metrics, then consume until shut down (Ctrl-C /
     SIGTERM drain the jobs in hand). With ``control``, also run the control queue's tasks (batch runs,
     registered by the shell: workers know nothing of them). Returns the worker's exit code."""
-    from rerankq.jobs import JobStore
+    from rerankq.jobstore import JobStore
     from workers import tasks
     from workers.app import make_app
     from workers.callbacks import Deliverer

@@ -38,7 +38,8 @@ from media.resolver import MediaResolver
 from reranker.batching import padding_ratio, plan_with_prefixes
 from reranker.contract import RerankModel, own_lengths, prefix_marks
 from rerankq import s3
-from rerankq.jobs import JobState, JobStore
+from rerankq.jobs import JobState
+from rerankq.jobstore import JobStore
 from rerankq.keys import PRIORITIES
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from rerankq.errors import NoSuchJob
-from rerankq.jobs import JobState, JobStore, Outcome, result_fields
+from rerankq.jobs import JobState, Outcome, result_fields
+from rerankq.jobstore import JobStore
 from rerankq.settings import ResultSettings, Settings
 
 

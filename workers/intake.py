@@ -6,25 +6,37 @@ opens. A worker thus holds one round being scored and one being formed, never a 
 for no ``low`` job that is merely reserved, and a worker started into a busy cluster finds the queue, not
 other workers' buffers.
 
-``Transit`` counts the messages the consumer took that have not reached the runtime yet (Celery hands each to
-a task thread, which validates it and submits its job): a round that closes waits for them, so that a
-``high`` job taken as the round closed is scored in it, not after the ``low`` jobs beside it.
+``Intake`` holds what the worker took until a round runs it, and forms rounds: the first job to arrive and
+what follows within the flush interval (and for as long as the scorer is busy), at most ``batch.max_jobs``,
+highest priority first. ``Transit`` counts the messages the consumer took that have not reached the runtime
+yet (Celery hands each to a task thread, which validates it and submits its job): a round that closes waits
+for them, so that a ``high`` job taken as the round closed is scored in it, not after the ``low`` jobs beside
+it; when that leaves more than ``max_jobs``, the lowest wait for the next round.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
+import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
 from celery import bootsteps
 
 from rerankq import keys
+from rerankq.keys import PRIORITIES
+from rerankq.settings import Settings
+from workers.rounds import JobRun
 
 STALE_S = 5.0  # a taken message that never reached a task (revoked, an unknown task name) stops counting
+GATHER_S = 1.0  # longest a closing round waits for messages taken but not yet submitted
 
 
 class Transit:
@@ -48,6 +60,101 @@ class Transit:
             for task_id in [t for t, at in self._taken.items() if now - at > STALE_S]:
                 del self._taken[task_id]
             return len(self._taken)
+
+
+class Intake:
+    """The jobs a worker holds before they run, and how a round is formed from them: the inbox task threads
+    submit to, jobs carried over from a full round, media retries waiting their turn, lone runs of jobs whose
+    last holder died. ``ready(jobs)`` is the flush policy (``Runtime._round_ready``)."""
+
+    def __init__(self, settings: Settings, ready: Callable[[int], bool]) -> None:
+        self.settings = settings
+        self.ready = ready
+        self.transit = Transit()
+        self.on_open: Callable[[], None] = lambda: None  # set by the intake gate: wakes the consumer
+        self._inbox: queue.Queue[JobRun] = queue.Queue()
+        self._carry: list[JobRun] = []  # taken for a round that had no room left: first in the next one
+        self._solo: deque[JobRun] = deque()
+        self._delayed: list[tuple[float, int, JobRun]] = []  # (due, tie-break, run): media retries
+        self._delayed_lock = threading.Lock()
+        self._tie = itertools.count()
+        self._open = threading.Event()
+
+    def submit(self, run: JobRun, task_id: str | None) -> None:
+        self._inbox.put(run)
+        if task_id is not None:
+            self.transit.arrived(task_id)
+
+    def accepting(self) -> bool:
+        return self._open.is_set() and self._inbox.qsize() < self.settings.batch.max_jobs
+
+    def delay(self, run: JobRun, seconds: float) -> None:
+        """Hold a job back (a media retry) until ``seconds`` from now; it leads a later round."""
+        with self._delayed_lock:
+            heapq.heappush(self._delayed, (time.monotonic() + seconds, next(self._tie), run))
+
+    def take(self) -> list[JobRun]:
+        """The next round's jobs: a lone job whose last holder died; retries that are due; else the first
+        job to arrive and what follows (``_fill``). The intake is open from the moment the previous round
+        was handed over until this one is formed."""
+        if self._solo:
+            return [self._solo.popleft()]
+        if not self._open.is_set():
+            self._open.set()
+            self.on_open()
+        runs, self._carry = self._carry + self._due(), []
+        if not runs:
+            try:
+                runs = [self._inbox.get(timeout=0.2)]
+            except queue.Empty:
+                return []  # still open: the consumer may fetch while nothing waits
+        self._fill(runs)
+        alone = [r for r in runs if r.solo]
+        if len(alone) == len(runs):
+            self._solo.extend(alone[1:])
+            return alone[:1]
+        self._solo.extend(alone)
+        return [r for r in runs if not r.solo]
+
+    def _fill(self, runs: list[JobRun]) -> None:
+        """Add what arrives within the flush interval, and after it for as long as the scorer has more than
+        its last batch to run (a fuller round then costs no latency); at most ``max_jobs``."""
+        deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
+        while len(runs) < self.settings.batch.max_jobs:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                if self.ready(len(runs)):
+                    break
+                wait = 0.005
+            with contextlib.suppress(queue.Empty):
+                runs.append(self._inbox.get(timeout=wait))
+        self._open.clear()
+        self._gather(runs)
+        # Highest priority first: a job taken as the round closed goes in ahead of lower ones, which wait.
+        runs.sort(key=lambda run: PRIORITIES.index(run.job.priority))
+        self._carry = runs[self.settings.batch.max_jobs:]
+        del runs[self.settings.batch.max_jobs:]
+
+    def _gather(self, runs: list[JobRun]) -> None:
+        """Add what the consumer took before the intake closed: arrived, or still on its way through Celery
+        (``transit``; a second at most, if Celery has no free task thread)."""
+        deadline = time.monotonic() + GATHER_S
+        while True:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    runs.append(self._inbox.get_nowait())
+            if not self.transit.waiting() or time.monotonic() > deadline:
+                return
+            with contextlib.suppress(queue.Empty):
+                runs.append(self._inbox.get(timeout=0.002))
+
+    def _due(self) -> list[JobRun]:
+        now = time.monotonic()
+        with self._delayed_lock:
+            due: list[JobRun] = []
+            while self._delayed and self._delayed[0][0] <= now and len(due) < self.settings.batch.max_jobs:
+                due.append(heapq.heappop(self._delayed)[2])
+        return due
 
 
 class IntakeGate(bootsteps.StartStopStep):
@@ -89,7 +196,7 @@ class IntakeGate(bootsteps.StartStopStep):
                 os.set_blocking(self._pipe[1], False)
             read_fd, write_fd = self._pipe
             c.hub.add_reader(read_fd, self._drain, read_fd)
-            runtime.on_open = lambda: self._wake(write_fd)
+            runtime.intake.on_open = lambda: self._wake(write_fd)
 
     @staticmethod
     def _drain(fd: int) -> None:

@@ -4,8 +4,8 @@ Celery hands each job to ``Runtime.submit`` from a task thread and that thread w
 future, so the message is acknowledged only after the job's record is final (``acks_late``) and Flower
 sees each job's real runtime. Meanwhile:
 
-- the *preparing* thread forms a round: it opens the intake (the Celery consumer fetches only while it is
-  open, see ``workers.intake.IntakeGate``), takes what arrives within ``batch.flush_interval_ms``, and for as
+- the *preparing* thread forms a round (``workers.intake.Intake``): it opens the intake (the Celery consumer
+  fetches only while it is open, see ``workers.intake.IntakeGate``), takes what arrives within ``batch.flush_interval_ms``, and for as
   long after that as the scorer is still busy with more than its last batch (at most ``batch.max_jobs``:
   under load rounds fill up, an idle worker answers a lone job at once), marks those jobs running, resolves
   their media, prepares their pairs and plans
@@ -22,14 +22,10 @@ and is tried again before the failure becomes a per-document error. Every failur
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -40,12 +36,11 @@ from reranker.contract import RerankModel, own_lengths, prefix_marks
 from rerankq import s3
 from rerankq.jobs import JobState
 from rerankq.jobstore import JobStore
-from rerankq.keys import PRIORITIES
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings
 from workers.caching import RoundCache
 from workers.finishing import Finisher
-from workers.intake import Transit
+from workers.intake import Intake
 from workers.metrics import Metrics
 from workers.rounds import (
     JobRun,
@@ -60,7 +55,6 @@ from workers.rounds import (
 )
 
 logger = logging.getLogger(__name__)
-GATHER_S = 1.0  # longest a closing round waits for messages taken but not yet submitted
 
 
 class Runtime:
@@ -77,16 +71,9 @@ class Runtime:
         self.store = store or JobStore(settings)
         self.finisher = Finisher(model.name, settings, self.store, self.metrics)
         self.cache = RoundCache(settings, model, self.resolver, self.metrics, self.store.redis)
-        self.on_open: Callable[[], None] = lambda: None  # set by the intake gate: wakes the consumer
-        self._inbox: queue.Queue[JobRun] = queue.Queue()
-        self.transit = Transit()  # taken by the consumer, not yet submitted (``workers.intake``)
-        self._carry: list[JobRun] = []  # taken for a round that had no room left: first in the next one
-        self._solo: deque[JobRun] = deque()
-        self._delayed: list[tuple[float, int, JobRun]] = []  # (due, tie-break, run): media retries
-        self._delayed_lock = threading.Lock()
-        self._tie = itertools.count()
+        self.intake = Intake(settings, self._round_ready)  # what this worker holds before it runs
+        self.transit = self.intake.transit  # taken by the consumer, not yet submitted (``workers.intake``)
         self._handoff: queue.Queue[Round] = queue.Queue(maxsize=1)
-        self._open = threading.Event()
         self._scorer_busy_until = 0.0  # monotonic time the scorer should finish its round (0: idle)
         self._batch_s = 0.0  # moving average of a forward pass, seconds
         self._prepare_s_per_job = 0.0  # moving average of preparing a job, seconds
@@ -110,15 +97,13 @@ class Runtime:
         whose record says it is still running lost its worker: it runs alone. ``task_id``: its message's."""
         solo = redelivered and self.store.peek(job.id) == JobState.RUNNING
         run = JobRun(job=job, future=Future(), solo=solo)
-        self._inbox.put(run)
-        if task_id is not None:
-            self.transit.arrived(task_id)
+        self.intake.submit(run, task_id)
         return run
 
     def accepting(self) -> bool:
         """Whether the consumer may fetch another message now: only while a round is being formed and it has
         room. Called by the Celery consumer's thread (``workers.intake.IntakeGate``)."""
-        return self._open.is_set() and self._inbox.qsize() < self.settings.batch.max_jobs
+        return self.intake.accepting()
 
     def _loop(self, step: Callable[[], None]) -> None:
         while not self._stop.is_set():
@@ -127,79 +112,15 @@ class Runtime:
             except Exception:  # a bug must not kill the thread: the jobs in hand are failed by ``step``
                 logger.exception("runtime step failed")
 
-    # forming a round -----------------------------------------------------------------------------
-    def _take(self) -> list[JobRun]:
-        """The next round's jobs: a lone job whose last holder died; retries that are due; else the first
-        job to arrive and what follows (``_fill``). The intake is open from the moment the previous round
-        was handed over until this one is formed."""
-        if self._solo:
-            return [self._solo.popleft()]
-        if not self._open.is_set():
-            self._open.set()
-            self.on_open()
-        runs, self._carry = self._carry + self._due(), []
-        if not runs:
-            try:
-                runs = [self._inbox.get(timeout=0.2)]
-            except queue.Empty:
-                return []  # still open: the consumer may fetch while nothing waits
-        self._fill(runs)
-        alone = [r for r in runs if r.solo]
-        if len(alone) == len(runs):
-            self._solo.extend(alone[1:])
-            return alone[:1]
-        self._solo.extend(alone)
-        return [r for r in runs if not r.solo]
-
-    def _fill(self, runs: list[JobRun]) -> None:
-        """Add what arrives within the flush interval, and after it for as long as the scorer has more than
-        its last batch to run (a fuller round then costs no latency); at most ``max_jobs``."""
-        deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
-        while len(runs) < self.settings.batch.max_jobs:
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                if self._round_ready(len(runs)):
-                    break
-                wait = 0.005
-            with contextlib.suppress(queue.Empty):
-                runs.append(self._inbox.get(timeout=wait))
-        self._open.clear()
-        self._gather(runs)
-        # Highest priority first: a job taken as the round closed goes in ahead of lower ones, which wait.
-        runs.sort(key=lambda run: PRIORITIES.index(run.job.priority))
-        self._carry = runs[self.settings.batch.max_jobs:]
-        del runs[self.settings.batch.max_jobs:]
-
-    def _gather(self, runs: list[JobRun]) -> None:
-        """Add what the consumer took before the intake closed: arrived, or still on its way through Celery
-        (``transit``; a second at most, if Celery has no free task thread)."""
-        deadline = time.monotonic() + GATHER_S
-        while True:
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    runs.append(self._inbox.get_nowait())
-            if not self.transit.waiting() or time.monotonic() > deadline:
-                return
-            with contextlib.suppress(queue.Empty):
-                runs.append(self._inbox.get(timeout=0.002))
-
     def _round_ready(self, jobs: int) -> bool:
         """The flush policy, once the flush interval has passed: close the round when preparing it would take
         about as long as the scorer still needs for its own (both estimated from recent rounds), so the next
         round is ready when the scorer is; an idle scorer gets it at once."""
         return time.monotonic() + self._prepare_s_per_job * jobs >= self._scorer_busy_until
 
-    def _due(self) -> list[JobRun]:
-        now = time.monotonic()
-        with self._delayed_lock:
-            due: list[JobRun] = []
-            while self._delayed and self._delayed[0][0] <= now and len(due) < self.settings.batch.max_jobs:
-                due.append(heapq.heappop(self._delayed)[2])
-        return due
-
     def _prepare_next(self) -> None:
         self._handoff.join()  # the scorer has taken the last round: form the next one now, not earlier
-        runs = self._take()
+        runs = self.intake.take()
         if not runs:
             return
         alone = len(runs) == 1 and runs[0].solo
@@ -266,8 +187,7 @@ class Runtime:
         logger.info("job %s: %s; retrying in %.1f s", run.job_id, failure, delay)
         self.metrics.retries.inc()
         run.reset()
-        with self._delayed_lock:
-            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._tie), run))
+        self.intake.delay(run, delay)
         return True
 
     def _check_result_buckets(self, runs: list[JobRun]) -> None:

@@ -4,12 +4,12 @@ Celery hands each job to ``Runtime.submit`` from a task thread and that thread w
 future, so the message is acknowledged only after the job's record is final (``acks_late``) and Flower
 sees each job's real runtime. Meanwhile:
 
-- the *preparing* thread forms a round (``workers.intake.Intake``): it opens the intake (the Celery consumer
-  fetches only while it is open, see ``workers.intake.IntakeGate``), takes what arrives within ``batch.flush_interval_ms``, and for as
-  long after that as the scorer is still busy with more than its last batch (at most ``batch.max_jobs``:
-  under load rounds fill up, an idle worker answers a lone job at once), marks those jobs running, resolves
-  their media, prepares their pairs and plans
-  token-budgeted batches over all of them. It forms the next round only once the scorer has taken the last
+- the *preparing* thread forms a round (``workers.intake.Intake``): it opens the intake (the Celery
+  consumer fetches only while it is open, see ``workers.intake.IntakeGate``), takes what arrives within
+  ``batch.flush_interval_ms``, and for as long after that as the scorer is still busy with more than its last
+  batch (at most ``batch.max_jobs``: under load rounds fill up, an idle worker answers a lone job at once),
+  marks those jobs running, resolves their media, prepares their pairs and plans token-budgeted batches over
+  all of them. It forms the next round only once the scorer has taken the last
   one, so a worker never holds more than one round in the scorer and one being formed: a ``high`` job
   submitted now is in the next round some worker forms, ahead of every waiting ``normal`` or ``low`` one;
 - the *scoring* thread runs the forward passes of one round, scatters scores back to their jobs, and ends

@@ -14,6 +14,7 @@ Counts are by outcome of the input lines: ``total`` (lines in the input, known o
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -49,6 +50,20 @@ class BatchState(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (BatchState.COMPLETED, BatchState.CANCELLED, BatchState.EXPIRED, BatchState.FAILED)
+
+
+BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$"  # its jobs are {batch_id}-{line}: job ids
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_window(text: str | float) -> float:
+    """A completion window: seconds, or ``90s``, ``30m``, ``24h``, ``2d`` → seconds (``ValueError`` if not)."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (e.g. 3600, 90m, 24h)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 COUNTS = ("total", "queued", "running", "succeeded", "failed", "cancelled", "expired")

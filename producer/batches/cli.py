@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from typing import Any
 
 from producer.progress import Progress
-from rerankq.batches import BatchRecord, BatchState
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from rerankq.batches import BatchRecord, BatchState, parse_window
 
 
 def duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``24h``, ``2d`` → seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 90m, 24h)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    """``90``, ``90s``, ``30m``, ``24h``, ``2d`` → seconds (an argparse type)."""
+    try:
+        return parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _client() -> Any:

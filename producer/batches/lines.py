@@ -2,7 +2,7 @@
 
 A line is the job JSON of the README plus an optional ``custom_id``, or the OpenAI / ``vllm run-batch`` line
 ``{"custom_id", "method": "POST", "url": "/v1/rerank", "body": {…}}`` whose body is a Cohere or vLLM rerank
-request (``producer.gateway.compat``). The batch gives every job its id (``{batch_id}-{line}``; a line with a
+request (``producer.compat``). The batch gives every job its id (``{batch_id}-{line}``; a line with a
 ``job_id`` is an error line), its priority and model (over the line's), and its completion window, which caps
 the line's own deadline.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from producer.gateway.compat import to_job
+from producer.compat import to_job
 from rerankq import s3
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import deadline_of
@@ -23,7 +23,6 @@ from rerankq.schema import parse_job
 from rerankq.settings import Settings
 
 BATCH_URLS = ("/v1/rerank", "/v2/rerank", "/rerank")
-BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$"
 
 
 @dataclass

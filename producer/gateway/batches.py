@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from producer.batches.cli import duration
 from producer.gateway.routes import gateway_of, read_json
+from rerankq.batches import parse_window
 from rerankq.errors import InvalidRequest
 
 router = APIRouter()
@@ -25,8 +24,8 @@ def _window(value: Any) -> float | None:
     if value is None:
         return None
     try:
-        return float(value) if isinstance(value, int | float) else duration(str(value))
-    except argparse.ArgumentTypeError as exc:
+        return parse_window(value if isinstance(value, int | float) else str(value))
+    except ValueError as exc:
         raise InvalidRequest(str(exc), "completion_window") from None
 
 

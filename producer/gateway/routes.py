@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from producer.gateway import compat
+from producer import compat
 from producer.gateway.state import Gateway
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import TERMINAL

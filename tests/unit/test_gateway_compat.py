@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from producer.gateway.compat import job_sides, to_job, to_response
+from producer.compat import job_sides, to_job, to_response
 from producer.gateway.media import decode_data_uri, sniff
 from producer.gateway.metrics import route_label
 from rerankq import keys

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from producer.batches.lines import BATCH_ID_PATTERN
 from rerankq import keys, s3
-from rerankq.batches import BatchRecord, BatchState, BatchStore
+from rerankq.batches import BATCH_ID_PATTERN, BatchRecord, BatchState, BatchStore
 from rerankq.errors import InvalidRequest
 from rerankq.keys import PRIORITIES
 

@@ -182,3 +182,14 @@ def start_gateway(env: dict[str, str], log_dir: Path, **settings: str) -> Gatewa
             time.sleep(0.1)
     stop_process(proc)
     raise RuntimeError(f"gateway not ready within 60 s:\n{gateway.tail()}")
+
+
+@pytest.fixture()
+def private_redis() -> Iterator[Any]:
+    """A redis-server of the test's own (``tests.chaos_kit.Redis``: AOF on, the chaos tests restart it),
+    stopped after the test."""
+    from tests.chaos_kit import Redis  # chaos_kit imports this module
+
+    server = Redis().start()
+    yield server
+    server.stop()

@@ -27,14 +27,12 @@ BUCKET = "batch-cli"
 
 
 @pytest.fixture()
-def cluster(s3_server: S3Server, s3: Any, tmp_path: Path) -> Iterator[Cluster]:
-    server = Redis().start()
+def cluster(private_redis: Redis, s3_server: S3Server, s3: Any, tmp_path: Path) -> Iterator[Cluster]:
     s3.create_bucket(Bucket=BUCKET)
-    c = Cluster(server.url, s3_server.url, tmp_path, RERANKQ_BATCHES__PART_INTERVAL_S="0.5")
+    c = Cluster(private_redis.url, s3_server.url, tmp_path, RERANKQ_BATCHES__PART_INTERVAL_S="0.5")
     c.start(1)
     yield c
     c.close()
-    server.stop()
 
 
 def rerankq(c: Cluster, *argv: str, tty: bool = False, stdin: str | None = None) -> tuple[int, str, str]:

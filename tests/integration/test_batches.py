@@ -25,13 +25,6 @@ BUCKET = "batches"
 
 
 @pytest.fixture()
-def private_redis() -> Iterator[Redis]:
-    server = Redis().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
 def cluster(private_redis: Redis, s3_server: S3Server, s3: Any, tmp_path: Path) -> Iterator[Cluster]:
     s3.create_bucket(Bucket=BUCKET)
     c = Cluster(private_redis.url, s3_server.url, tmp_path, RERANKQ_BATCHES__PART_INTERVAL_S="0.5",
@@ -59,6 +52,18 @@ def output(s3: Any, prefix: str) -> tuple[list[dict[str, Any]], list[dict[str, A
             body = s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read().decode()
             found[kind] += [json.loads(line) for line in body.splitlines() if line]
     return found["results"], found["errors"]
+
+
+def running_batch(cluster: Cluster, s3: Any, name: str, n: int, done: int) -> tuple[Any, str, Any, Any]:
+    """Two slow workers, a batch of ``n`` lines named ``name`` with ``done`` of them ended: (client, input URI,
+    the worker running the batch, the other one)."""
+    a, b = cluster.start(2, SLOW)
+    uri = put_lines(s3, f"in/{name}.jsonl", [json.dumps(job_line(i, 3)) for i in range(1, n + 1)])
+    client = cluster.client()
+    client.submit_batch(uri, f"s3://{BUCKET}/out/{name}/", batch_id=name)
+    wait_until(lambda: client.batch(name).done >= done, 60, f"{done} lines done")
+    runner, other = (a, b) if f"batch {name}: running" in a.log.read_text() else (b, a)
+    return client, uri, runner, other
 
 
 def check_every_line_once(results: list[dict[str, Any]], errors: list[dict[str, Any]], n: int) -> None:
@@ -123,13 +128,8 @@ def test_a_batch_of_thousands_of_lines_ends_with_one_line_per_input_line(cluster
 
 def test_the_runner_killed_mid_batch_and_the_batch_resubmitted_still_gives_n_lines(cluster: Cluster,
                                                                                  s3: Any) -> None:
-    a, b = cluster.start(2, SLOW)
     n = 600
-    uri = put_lines(s3, "in/kill.jsonl", [json.dumps(job_line(i, 3)) for i in range(1, n + 1)])
-    client = cluster.client()
-    client.submit_batch(uri, f"s3://{BUCKET}/out/kill/", batch_id="kill")
-    wait_until(lambda: client.batch("kill").done >= 50, 60, "50 lines done")
-    runner = next(w for w in (a, b) if "batch kill: running" in w.log.read_text())
+    client, uri, runner, _ = running_batch(cluster, s3, "kill", n, 50)
     runner.proc.send_signal(signal.SIGKILL)
     runner.proc.wait()
     done_at_kill = client.batch("kill").done
@@ -179,13 +179,8 @@ def test_a_completion_window_expires_what_did_not_run(cluster: Cluster, s3: Any,
 
 
 def test_a_worker_stopped_with_sigterm_hands_its_batch_on(cluster: Cluster, s3: Any) -> None:
-    a, b = cluster.start(2, SLOW)
     n = 500
-    uri = put_lines(s3, "in/term.jsonl", [json.dumps(job_line(i, 3)) for i in range(1, n + 1)])
-    client = cluster.client()
-    client.submit_batch(uri, f"s3://{BUCKET}/out/term/", batch_id="term")
-    wait_until(lambda: client.batch("term").done >= 30, 60, "30 lines done")
-    runner, other = (a, b) if "batch term: running" in a.log.read_text() else (b, a)
+    client, _, runner, other = running_batch(cluster, s3, "term", n, 30)
     t0 = time.monotonic()
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.proc.wait(timeout=60) == 0

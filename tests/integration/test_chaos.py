@@ -43,13 +43,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def private_redis() -> Iterator[Redis]:
-    server = Redis().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
 def chaos(private_redis: Redis, s3_server: S3Server, tmp_path: Path) -> Iterator[Cluster]:
     # Rounds gather jobs for 300 ms: a worker holds rounds of many jobs and several forward passes.
     c = Cluster(private_redis.url, s3_server.url, tmp_path, RERANKQ_BATCH__FLUSH_INTERVAL_MS="300")

@@ -26,13 +26,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def private_redis() -> Iterator[Redis]:
-    server = Redis().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
 def chaos(private_redis: Redis, s3_server: S3Server, tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(private_redis.url, s3_server.url, tmp_path)
     yield c

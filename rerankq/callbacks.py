@@ -106,7 +106,10 @@ def check_url(url: str, policy: CallbackSettings) -> Target:
     host = (parts.hostname or "").lower().rstrip(".")
     if not host:
         raise CallbackRefused(f"no host in {url!r}")
-    if policy.allowed_hosts and not host_allowed(host, policy.allowed_hosts):
+    if not policy.allowed_hosts:
+        raise CallbackRefused(f"no callback hosts are allowed: list them in {knob('callbacks.allowed_hosts')} "
+                              "(or * for any public host)")
+    if not host_allowed(host, policy.allowed_hosts):
         raise CallbackRefused(f"host {host!r} is not on the allow-list ({knob('callbacks.allowed_hosts')})")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)

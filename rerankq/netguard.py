@@ -59,9 +59,11 @@ def address_refusal(ip: str) -> str | None:
 
 
 def host_allowed(host: str, entries: frozenset[str] | list[str]) -> bool:
-    """Whether ``host`` is on an allow-list of exact names and ``*.domain`` entries (subdomains of domain)."""
+    """Whether ``host`` is on an allow-list of exact names, ``*.domain`` entries (subdomains of domain) and ``*``
+    (any host: an explicit choice; the address checks still apply). An empty list allows nothing."""
     host = host.lower().rstrip(".")
-    return any(host == entry or (entry.startswith("*.") and host.endswith(entry[1:])) for entry in entries)
+    return any(host == entry or entry == "*" or (entry.startswith("*.") and host.endswith(entry[1:]))
+               for entry in entries)
 
 
 def literal_address(host: str) -> str | None:

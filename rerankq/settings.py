@@ -179,8 +179,8 @@ class CallbackSettings(BaseModel):
                               "Rerankq-Signature header). Deliverers send nothing while it is empty: events wait in "
                               "the outbox.")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated hosts callbacks may go to (exact, or *.domain); empty = "
-        "any host with public addresses.")
+        default_factory=list, description="Comma-separated hosts callbacks may go to (exact, *.domain, or * for "
+        "any host with public addresses); empty = callbacks refused.")
     allow_http: bool = Field(False, description="Accept http:// callback URLs (tests, development); off = https:// "
                              "only.")
     allow_private: bool = Field(False, description="Let callbacks reach loopback, private and link-local "

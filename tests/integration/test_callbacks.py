@@ -32,8 +32,10 @@ from workers.callbacks import Deliverer
 from workers.metrics import Metrics
 
 SECRET = "whsec_integration"
-OPEN = CallbackSettings(secret=SECRET, allow_http=True, allow_private=True)  # the receiver is on loopback
+ANY = ["*"]
+OPEN = CallbackSettings(secret=SECRET, allow_http=True, allow_private=True, allowed_hosts=ANY)  # receiver: loopback
 CALLBACK_ENV = {"RERANKQ_CALLBACKS__SECRET": SECRET, "RERANKQ_CALLBACKS__ALLOW_HTTP": "true",
+                "RERANKQ_CALLBACKS__ALLOWED_HOSTS": "*",
                 "RERANKQ_CALLBACKS__ALLOW_PRIVATE": "true", "RERANKQ_CALLBACKS__BACKOFF_S": "0.2",
                 "RERANKQ_CALLBACKS__POLL_INTERVAL_S": "0.05", "RERANKQ_CALLBACKS__TIMEOUT_S": "20"}
 
@@ -208,7 +210,7 @@ def test_a_batch_callback_arrives_when_the_batch_ends(cb_worker: WorkerProcess, 
 
 
 def test_refused_targets_at_submit(cb_worker: WorkerProcess, receiver: Receiver) -> None:
-    strict = CallbackSettings(secret=SECRET, allow_http=True)  # loopback not allowed
+    strict = CallbackSettings(secret=SECRET, allow_http=True, allowed_hosts=ANY)  # loopback not allowed
     port = receiver.server.server_port
     with client_for(cb_worker.settings, strict) as client:
         with pytest.raises(InvalidRequest, match=r"^callback_url: loopback address 127.0.0.1: refused"):
@@ -227,7 +229,8 @@ def test_refused_targets_at_delivery_are_dropped_not_retried(redis_server: Redis
     url = f"http://localhost:{receiver.server.server_port}/x"
     event_id = Outbox(submitted, client).enqueue(client, url, "job.succeeded", {"job_id": "j"})
     strict = Settings(redis_url=redis_server.url, queue_prefix=prefix,
-                      callbacks=CallbackSettings(secret=SECRET, allow_http=True, poll_interval_s=0.05))
+                      callbacks=CallbackSettings(secret=SECRET, allow_http=True, poll_interval_s=0.05,
+                                                 allowed_hosts=ANY))
     metrics = Metrics("-")
     deliverer = Deliverer(strict, client, metrics.callbacks).start()
     try:
@@ -249,7 +252,8 @@ def test_an_event_is_dropped_with_its_last_error_when_attempts_run_out(redis_ser
     receiver.statuses = [500] * 10
     prefix = f"t{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_server.url, queue_prefix=prefix, callbacks=CallbackSettings(
-        secret=SECRET, allow_http=True, allow_private=True, max_attempts=2, backoff_s=0.05, poll_interval_s=0.05))
+        secret=SECRET, allow_http=True, allow_private=True, max_attempts=2, backoff_s=0.05, poll_interval_s=0.05,
+        allowed_hosts=ANY))
     client = redis.Redis.from_url(redis_server.url)
     metrics = Metrics("-")
     deliverer = Deliverer(settings, client, metrics.callbacks)

@@ -85,15 +85,20 @@ def job(url: str) -> dict[str, object]:
     ("https://hooks.example.com:99999/x", "bad port"),
 ])
 def test_a_refused_callback_url_is_an_error_naming_the_field(url: str, reason: str) -> None:
+    any_host = Settings(callbacks=CallbackSettings(allowed_hosts=["*"]))  # the address checks still apply
     with pytest.raises(InvalidRequest, match=r"^callback_url: ") as info:
-        parse_job(job(url))
+        parse_job(job(url), any_host)
     assert info.value.field == "callback_url"
     assert reason in str(info.value)
 
 
 def test_callback_urls_that_pass_and_the_settings_that_open_more() -> None:
-    assert parse_job(job("https://hooks.example.com/rerank?x=1")).callback_url == "https://hooks.example.com/rerank?x=1"
-    open_ = Settings(callbacks=CallbackSettings(allow_http=True, allow_private=True))
+    with pytest.raises(InvalidRequest, match=r"no callback hosts are allowed: list them in .*ALLOWED_HOSTS"):
+        parse_job(job("https://hooks.example.com/rerank"))  # the default: allow-listed hosts only, none listed
+    any_host = Settings(callbacks=CallbackSettings(allowed_hosts=["*"]))
+    assert parse_job(job("https://hooks.example.com/rerank?x=1"), any_host).callback_url == \
+        "https://hooks.example.com/rerank?x=1"
+    open_ = Settings(callbacks=CallbackSettings(allow_http=True, allow_private=True, allowed_hosts=["*"]))
     assert parse_job(job("http://127.0.0.1:8080/x"), open_).wire()["callback_url"] == "http://127.0.0.1:8080/x"
 
 
@@ -113,11 +118,12 @@ def test_every_address_of_the_host_is_checked() -> None:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return dns[host]
 
-    policy = CallbackSettings()
+    policy = CallbackSettings(allowed_hosts=["*"])
     assert check_target("https://public.example/h", policy, resolve).ip == "93.184.216.34"
     with pytest.raises(CallbackRefused, match=r"'mixed\.example' resolves to a private address 10\.0\.0\.7"):
         check_target("https://mixed.example/h", policy, resolve)
-    assert check_target("https://mixed.example/h", CallbackSettings(allow_private=True), resolve).ip
+    assert check_target("https://mixed.example/h", CallbackSettings(allow_private=True, allowed_hosts=["*"]),
+                        resolve).ip
     with pytest.raises(CallbackRefused, match="does not resolve"):  # at submit: a typo is an error
         check_target("https://nxdomain.example/h", policy, resolve, unresolved_refused=True)
     with pytest.raises(TransientError, match="DNS lookup"):  # at delivery: DNS may come back
@@ -125,7 +131,7 @@ def test_every_address_of_the_host_is_checked() -> None:
 
 
 def test_the_static_check_keeps_path_and_query() -> None:
-    target = check_url("https://h.example:8443/a/b?c=d", CallbackSettings())
+    target = check_url("https://h.example:8443/a/b?c=d", CallbackSettings(allowed_hosts=["h.example"]))
     assert (target.scheme, target.host, target.port, target.path, target.ip) == ("https", "h.example", 8443,
                                                                                "/a/b?c=d", None)
 

@@ -24,6 +24,7 @@ import redis
 
 from rerankq import keys
 from rerankq.errors import NoSuchJob
+from rerankq.jobs import text_of
 from rerankq.settings import Settings
 
 
@@ -92,7 +93,7 @@ class BatchRecord:
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[Any, Any]) -> BatchRecord:
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = {text_of(k): text_of(v) for k, v in raw.items()}
 
         def num(name: str) -> float | None:
             return float(data[name]) if data.get(name) else None
@@ -114,10 +115,6 @@ class BatchRecord:
         out = asdict(self)
         out["state"] = self.state.value
         return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # ARGV: ttl, then field/value pairs. 1 when created, 0 when the id exists (a resubmit adds nothing).
@@ -181,7 +178,7 @@ class BatchStore:
 
     def list(self, limit: int = 20) -> list[BatchRecord]:
         """The newest batches first (expired records are dropped from the index as they are met)."""
-        ids = [_text(i) for i in self.redis.zrevrange(keys.batches_key(self.settings), 0, limit - 1)]
+        ids = [text_of(i) for i in self.redis.zrevrange(keys.batches_key(self.settings), 0, limit - 1)]
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in ids:
             pipe.hgetall(self.key(batch_id))
@@ -196,13 +193,13 @@ class BatchStore:
         state = self._cancel(keys=[self.key(batch_id)], args=[time.time()])
         if state is None:
             raise NoSuchJob(batch_id, what="batch")
-        return _text(state)
+        return text_of(state)
 
     def move(self, batch_id: str, expected: tuple[BatchState, ...], state: BatchState, **fields: Any) -> str | None:
         """Move to ``state`` if the batch is in one of ``expected``; returns the state it was in."""
         args = [x for k, v in fields.items() if v is not None for x in (k, v)]
         before = self._move(keys=[self.key(batch_id)], args=[",".join(expected), state.value, *args])
-        return None if before is None else _text(before)
+        return None if before is None else text_of(before)
 
     def set_counts(self, batch_id: str, counts: dict[str, int], pipe: Any = None, **fields: Any) -> None:
         """Write counts (and other fields) of a batch; in ``pipe`` when given."""

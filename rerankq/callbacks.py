@@ -32,7 +32,7 @@ import redis
 
 from rerankq import keys
 from rerankq.errors import CallbackRefused, SignatureError, TransientError
-from rerankq.jobs import JobRecord
+from rerankq.jobs import JobRecord, text_of
 from rerankq.netguard import Resolve, address_refusal, host_allowed, literal_address, system_resolve
 from rerankq.settings import CallbackSettings, Settings, knob
 
@@ -253,10 +253,10 @@ class Outbox:
         events = []
         for event_id, stored, n, err in found:
             try:
-                events.append(self._event(_text(stored), int(n), _text(err) or None))
+                events.append(self._event(text_of(stored), int(n), text_of(err) or None))
             except (ValueError, KeyError, TypeError) as exc:  # written by something else: never deliverable
-                unreadable = CallbackEvent(_text(event_id), "", "unknown", now, {}, int(n))
-                self.drop(unreadable, f"unreadable event ({type(exc).__name__}: {exc}): {_text(stored)[:200]}")
+                unreadable = CallbackEvent(text_of(event_id), "", "unknown", now, {}, int(n))
+                self.drop(unreadable, f"unreadable event ({type(exc).__name__}: {exc}): {text_of(stored)[:200]}")
         return events
 
     def _event(self, text: str, attempts: int, last_error: str | None) -> CallbackEvent:
@@ -288,8 +288,4 @@ class Outbox:
 
     def dropped(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recently dropped events, newest first, each with its ``last_error``."""
-        return [json.loads(_text(x)) for x in self.redis.lrange(self.dropped_key, 0, limit - 1)]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return [json.loads(text_of(x)) for x in self.redis.lrange(self.dropped_key, 0, limit - 1)]

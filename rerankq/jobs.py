@@ -130,8 +130,9 @@ class Started:
     ended_now: bool = False  # this start ended the job (expired, or failed as poison)
 
 
-def text_of(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def text_of(value: Any) -> str:
+    """A Redis reply (bytes) or a value as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def flatten_fields(fields: dict[str, Any]) -> list[Any]:

@@ -18,6 +18,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 
 
+def comma_list(value: object, lower: bool = False) -> object:
+    """A comma-separated environment value → its items, stripped (lower-cased for host names)."""
+    if isinstance(value, str):
+        return [(item.strip().lower() if lower else item.strip()) for item in value.split(",") if item.strip()]
+    return value
+
+
 class BatchSettings(BaseModel):
     """How a worker packs pairs into forward passes."""
 
@@ -164,12 +171,7 @@ class GatewaySettings(BaseModel):
                                 "(refused otherwise).")
     recent_jobs: int = Field(50, ge=0, description="Jobs shown in the console's recent list.")
 
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [o.strip() for o in value.split(",") if o.strip()]
-        return value
+    _split_origins = field_validator("cors_origins", mode="before")(lambda value: comma_list(value))
 
 
 class CallbackSettings(BaseModel):
@@ -199,12 +201,7 @@ class CallbackSettings(BaseModel):
     deliver: bool = Field(True, description="Run a deliverer thread in every worker (off: run `python -m "
                           "workers.callbacks` instead).")
 
-    @field_validator("allowed_hosts", mode="before")
-    @classmethod
-    def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [h.strip().lower() for h in value.split(",") if h.strip()]
-        return value
+    _split_hosts = field_validator("allowed_hosts", mode="before")(lambda value: comma_list(value, lower=True))
 
 
 class Settings(BaseSettings):
@@ -257,19 +254,8 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
 
-    @field_validator("http_allowed_hosts", mode="before")
-    @classmethod
-    def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [h.strip().lower() for h in value.split(",") if h.strip()]
-        return value
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
+    _split_hosts = field_validator("http_allowed_hosts", mode="before")(lambda value: comma_list(value, lower=True))
+    _split_keys = field_validator("api_keys", mode="before")(lambda value: comma_list(value))
     @model_validator(mode="after")
     def _old_lease_name(self) -> Settings:
         if self.visibility_timeout_s is not None and "lease_s" not in self.model_fields_set:

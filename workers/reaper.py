@@ -26,7 +26,7 @@ import redis
 from kombu.utils.uuid import uuid
 
 from rerankq import keys
-from rerankq.jobs import TERMINAL, as_state
+from rerankq.jobs import TERMINAL, as_state, text_of
 from rerankq.settings import Settings
 from workers.metrics import Metrics
 
@@ -56,10 +56,6 @@ return lost
 """
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Reaper:
     """Finds and resends lost messages of ``queues``; call it on every lease beat (``__call__``)."""
 
@@ -80,7 +76,7 @@ class Reaper:
             lost = self._reap(keys=[keys.pending_key(queue), *lists], args=[time.time(), self.grace_s,
                                                                             self.confirm_s])
             for task_id in lost:
-                self.resend(queue, task_id.decode() if isinstance(task_id, bytes) else str(task_id))
+                self.resend(queue, text_of(task_id))
 
     def resend(self, queue: str, task_id: str) -> bool:
         """Send one lost message again; False when there is nothing to send (the job ended, or is gone)."""
@@ -91,7 +87,7 @@ class Reaper:
             self.redis.rpush(queue, json.dumps(payload))  # the front of the queue: it was next when it was lost
         else:
             state, wire = self.redis.hmget(keys.job_key(self.settings, task_id), ["state", "wire"])
-            if as_state(_text(state)) in TERMINAL or not wire:  # ended, gone, or not the SDK's
+            if as_state(None if state is None else text_of(state)) in TERMINAL or not wire:  # ended, gone, not SDK's
                 self.redis.zrem(keys.pending_key(queue), task_id)  # nothing left to do for it
                 return False
             self.send(json.loads(wire), task_id, queue)

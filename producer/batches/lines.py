@@ -105,10 +105,6 @@ def _job_of(data: dict[str, Any]) -> dict[str, Any]:
     return to_job(data["body"], _no_data_uris)
 
 
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def custom_id_of(raw: bytes) -> str | None:
     try:
         value = json.loads(raw).get("custom_id")

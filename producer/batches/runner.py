@@ -26,13 +26,13 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
-from producer.batches.lines import Line, custom_id_of, error_line, parse_line, read_lines, text
+from producer.batches.lines import Line, custom_id_of, error_line, parse_line, read_lines
 from producer.batches.output import Output
 from producer.client import RerankClient
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchState, BatchStore
 from rerankq.errors import PermanentError
-from rerankq.jobs import TERMINAL, JobState, as_state
+from rerankq.jobs import TERMINAL, JobState, as_state, text_of
 
 logger = logging.getLogger(__name__)
 SWEEP_S = 2.0  # every job in flight is read this often (counts; announcements lost with a dead runner)
@@ -135,7 +135,7 @@ class BatchRunner:
 
     def _resume(self) -> None:
         raw = self.redis.hgetall(keys.batch_key(self.settings, self.batch_id))
-        data = {text(k): text(v) for k, v in raw.items()}
+        data = {text_of(k): text_of(v) for k, v in raw.items()}
         self.cursor, self.offset = int(data.get("cursor", 0)), int(data.get("offset", 0))
         self.input_done = data.get("input_done") == "1"
         self.entries = {int(k): json.loads(v) for k, v in self.redis.hgetall(self.key("inflight")).items()}
@@ -246,7 +246,7 @@ class BatchRunner:
             popped = self.redis.blpop([self.key("ended")], timeout=0.5)
             found = [popped[1]] if popped else []
         for item in found:
-            state, _, key = text(item).partition(" ")
+            state, _, key = text_of(item).partition(" ")
             number = self.by_key.get(key)
             if number is not None and number in self.inflight:
                 self.inflight.discard(number)

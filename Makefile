@@ -40,13 +40,13 @@ demo: setup
 	$(BIN)/rerankq demo $(ARGS)
 
 test: setup
-	$(BIN)/python -m ruff check rerankq media reranker workers producer shell tests
-	$(BIN)/python -m mypy
+	$(BIN)/python -m ruff check rerankq media reranker workers producer cli bench tests
+	$(BIN)/python -m tests.typecheck
 	$(BIN)/python -m pytest
 
 lint:
-	$(BIN)/python -m ruff check rerankq media reranker workers producer shell tests
-	$(BIN)/python -m mypy
+	$(BIN)/python -m ruff check rerankq media reranker workers producer cli bench tests
+	$(BIN)/python -m tests.typecheck
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from media.decode import sample_frame_list
-from media.sides import Side, VisionBudget
+from rerankq.media.decode import sample_frame_list
+from rerankq.media.sides import Side, VisionBudget
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _CHUNK = 2**20

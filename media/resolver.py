@@ -1,7 +1,7 @@
 """Sides with media references → sides with model-ready vision inputs (``ResolvedSide``).
 
 The media layer fetches and decodes; what a decoded image or video *becomes* is the model's business, given
-to the resolver as a ``Preprocessor`` (the Qwen3-VL one lives in ``reranker.qwen3vl.vision``).
+to the resolver as a ``Preprocessor`` (the Qwen3-VL one lives in ``rerankq.models.qwen3vl.vision``).
 
 ``MediaResolver.resolve_sides`` takes the sides of a whole batch (the queries and documents of many jobs),
 finds the distinct media among them, and fetches + decodes each once, concurrently, on a pool of
@@ -24,12 +24,12 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
+from rerankq.media.cache import DecodedCache
+from rerankq.media.decode import decode_image, decode_video, flatten, orient, sample_frame_list
+from rerankq.media.identity import frames_identity, tagged
+from rerankq.media.sides import ResolvedSide, Side, VisionBudget, VisionError
+from rerankq.media.store import MediaStore
 
-from media.cache import DecodedCache
-from media.decode import decode_image, decode_video, flatten, orient, sample_frame_list
-from media.identity import frames_identity, tagged
-from media.sides import ResolvedSide, Side, VisionBudget, VisionError
-from media.store import MediaStore
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings, knob
 
@@ -79,7 +79,7 @@ class MediaStats:
 
 @dataclass(frozen=True)
 class _Identified:
-    """A built vision input and what it was built from (``media.identity``; None when unknown)."""
+    """A built vision input and what it was built from (``rerankq.media.identity``; None when unknown)."""
 
     value: Any
     identity: str | None
@@ -111,7 +111,7 @@ class MediaResolver:
         self.counters = self.store.counters
         self.cache: DecodedCache[_Identified] = DecodedCache(settings.media.cache_bytes, self.counters,
                                                              size_of=lambda item: preprocessor.nbytes(item.value))
-        self.identifies = settings.cache.active  # what each medium is, for the score cache (media.identity)
+        self.identifies = settings.cache.active  # what each medium is, for the score cache (rerankq.media.identity)
         threads = settings.media.fetch_threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rerankq-media")
         # Frames of a frame list are fetched on their own pool: a frame-list task waits for them, and waiting

@@ -7,7 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from media.cache import Counters
+from rerankq.media.cache import Counters
+
 from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings, knob
@@ -18,7 +19,7 @@ _IDENTITY_FIELDS = ("ETag", "VersionId", "ServerSideEncryption", "SSECustomerAlg
 @dataclass
 class Part:
     """The bytes of one ranged GET and the object's ETag (to pin later ranges to the same version), with what
-    ``media.identity.s3_identity`` reads of the response."""
+    ``rerankq.media.identity.s3_identity`` reads of the response."""
 
     data: bytes
     etag: str | None
@@ -66,7 +67,7 @@ class S3Reader:
         return Part(data[start:start + self.range_bytes], response.get("ETag"), meta), len(data)
 
     def head(self, ref: str, bucket: str, key: str) -> dict[str, Any]:
-        """What ``media.identity.s3_identity`` reads of the object (ETag, version, encryption): one HEAD."""
+        """What ``rerankq.media.identity.s3_identity`` reads of the object (ETag, version, encryption): one HEAD."""
         self.counters.add(requests=1, heads=1)
         with s3.translate_errors(ref, MediaError, TransientMediaError):
             response = self.client.head_object(Bucket=bucket, Key=key)

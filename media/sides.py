@@ -2,7 +2,7 @@
 
 - ``Side``: the query or one document as a job gives it (texts, image references, videos).
 - ``ResolvedSide``: the same side once its media are fetched, decoded and turned into model inputs by the
-  model's ``Preprocessor`` (see ``media.resolver``); the media layer never looks inside those inputs.
+  model's ``Preprocessor`` (see ``rerankq.media.resolver``); the media layer never looks inside those inputs.
 - ``VisionBudget``: the per-request limits that change what a medium becomes (token bounds, frame sampling).
 """
 
@@ -62,7 +62,7 @@ class Side:
 class ResolvedSide:
     """A side whose media are decoded: texts, and the model's vision inputs in prompt order (videos, then
     images). The inputs are whatever the model's preprocessor built; they are shared, never modified.
-    ``media`` says what each input was decoded from (``media.identity``, tagged with its kind; None when
+    ``media`` says what each input was decoded from (``rerankq.media.identity``, tagged with its kind; None when
     unknown), in the same order: what a score cache keys on. Empty when nobody asked."""
 
     texts: list[str] = field(default_factory=list)

@@ -5,7 +5,7 @@
   GETs of ``RANGE_BYTES``: the first range tells the size, so an object over ``limits.max_media_bytes`` is
   refused after one small request, a failed range is retried alone, and objects over ``SPOOL_BYTES`` go to a
   temporary file instead of memory (see ``MediaStore.open``).
-- ``https://`` only for allowed hosts and public addresses (``media.http``).
+- ``https://`` only for allowed hosts and public addresses (``rerankq.media.http``).
 - ``file://`` and bare local paths only when ``allow_file_urls`` is on.
 - anything else is refused with the reason.
 
@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from media.cache import Counters
-from media.http import HttpFetcher, HttpPolicy
-from media.identity import bytes_identity, local_identity, s3_identity
-from media.s3 import S3Reader
+from rerankq.media.cache import Counters
+from rerankq.media.http import HttpFetcher, HttpPolicy
+from rerankq.media.identity import bytes_identity, local_identity, s3_identity
+from rerankq.media.s3 import S3Reader
+
 from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings, knob
@@ -82,7 +83,7 @@ class MediaStore:
     @contextmanager
     def open_identified(self, ref: str, spool: bool = True,
                         identify: bool = True) -> Iterator[tuple[Source, str | None]]:
-        """``open``, with what the content is (``media.identity``): the ETag of the very GET that read an S3
+        """``open``, with what the content is (``rerankq.media.identity``): the ETag of the very GET that read an S3
         object, the digest of the bytes fetched or of the local file (None when ``identify`` is off)."""
         kind = self._scheme(ref)
         started = time.perf_counter()
@@ -102,7 +103,7 @@ class MediaStore:
             yield source, identity
 
     def identify(self, ref: str) -> str | None:
-        """What ``ref`` holds now, without fetching it (``media.identity``): an S3 object by one HEAD (no
+        """What ``ref`` holds now, without fetching it (``rerankq.media.identity``): an S3 object by one HEAD (no
         retries), a local file by its digest. None for https:// (only its bytes can say) and whenever it cannot
         be told (no such object, the endpoint down): the medium is then fetched as usual and reports its own
         error. Never raises."""

@@ -1,6 +1,7 @@
 """producer: the client side of rerankq (SDK and CLI). Never imports torch, transformers or worker code."""
 
-from producer.client import RerankClient
+from rerankq.client.client import RerankClient
+
 from rerankq.callbacks import verify_signature
 from rerankq.errors import SignatureError
 

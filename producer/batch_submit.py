@@ -22,7 +22,7 @@ from rerankq.errors import InvalidRequest
 from rerankq.keys import PRIORITIES
 
 if TYPE_CHECKING:
-    from producer.client import RerankClient
+    from rerankq.client.client import RerankClient
 
 PART_BYTES = 8 * 2**20
 

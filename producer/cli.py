@@ -1,6 +1,6 @@
 """Producer commands of ``rerankq``: submit, status, result, cancel. No torch needed.
 
-Exit codes (the table is in ``shell.cli``, which turns errors into them): 0 done; 1 a job failed, was
+Exit codes (the table is in ``rerankq.cli``, which turns errors into them): 0 done; 1 a job failed, was
 cancelled or is unknown; 2 bad request; 3 timed out waiting; 4 Redis unreachable.
 
 One job prints its result (or status) as indented JSON; several print one JSON line per job, so the output
@@ -15,15 +15,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from producer.progress import Progress
+from rerankq.client.progress import Progress
+
 from rerankq.errors import InvalidRequest, NoSuchJob
 
 if TYPE_CHECKING:
-    from producer.client import RerankClient
+    from rerankq.client.client import RerankClient
 
 
 def _client() -> RerankClient:
-    from producer.client import RerankClient
+    from rerankq.client.client import RerankClient
 
     return RerankClient()
 

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from celery import Celery
+from rerankq.client.progress import Progress
 
-from producer.progress import Progress
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
@@ -144,8 +144,8 @@ class RerankClient:
                      callback_url: str | None = None) -> BatchRecord:
         """Run a JSONL file of jobs server-side (``s3://…`` or a local file, uploaded first) into
         ``output`` (``s3://bucket/prefix/``); returns the batch record. The id is ``batch_id`` or derived from
-        the input's URI and ETag: submitting it again adds nothing (``producer.batch_submit``)."""
-        from producer.batch_submit import submit_batch
+        the input's URI and ETag: submitting it again adds nothing (``rerankq.client.batch_submit``)."""
+        from rerankq.client.batch_submit import submit_batch
 
         return submit_batch(self, input, output, batch_id, priority, model, completion_window_s, callback_url)
 
@@ -164,7 +164,7 @@ class RerankClient:
     def wait_batch(self, batch_id: str, timeout: float | None = None,
                    progress: Callable[[BatchRecord], None] | None = None, interval: float = 1.0) -> BatchRecord:
         """Wait until a batch ends; ``progress(record)`` is called after every read (every ``interval`` s)."""
-        from producer.batch_submit import wait_batch
+        from rerankq.client.batch_submit import wait_batch
 
         return wait_batch(self, batch_id, timeout, progress, interval)
 

@@ -1,6 +1,6 @@
 """rerankq's model side: prompt, vision preprocessing, media, batch planning and the scorer.
 
-Never imports celery or redis. ``from reranker import Qwen3VLReranker`` gives the seed-compatible
+Never imports celery or redis. ``from rerankq.models import Qwen3VLReranker`` gives the seed-compatible
 in-process API (the official script's ``process()``), loaded lazily so that importing the package is cheap.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reranker.compat import DocumentsFailed, Qwen3VLReranker
+    from rerankq.models.compat import DocumentsFailed, Qwen3VLReranker
 
 __all__ = ["DocumentsFailed", "Qwen3VLReranker"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("Qwen3VLReranker", "DocumentsFailed"):
-        from reranker import compat
+        from rerankq.models import compat
 
         return getattr(compat, name)
     raise AttributeError(f"module 'reranker' has no attribute {name!r}")

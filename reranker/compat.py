@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import Side, VisionBudget
+from rerankq.models.batching import score_all
+from rerankq.models.contract import prefix_marks
+from rerankq.models.loading import LoadOptions, load_model
 
-from media.resolver import MediaResolver
-from media.sides import Side, VisionBudget
-from reranker.batching import score_all
-from reranker.contract import prefix_marks
-from reranker.loading import LoadOptions, load_model
 from rerankq.errors import MediaError, PermanentError
 from rerankq.settings import DEFAULT_INSTRUCTION, Settings
 

@@ -1,23 +1,23 @@
-"""The model contract: everything the engine (``workers``, ``reranker.compat``, the benchmarks) needs from a
-reranking model, and nothing more. Qwen3-VL-Reranker (``reranker.qwen3vl``) is one implementation and the
-deterministic fake (``reranker.fake``) another; ``reranker.loading`` picks one from the model SPEC or the
+"""The model contract: everything the engine (``workers``, ``rerankq.models.compat``, the benchmarks) needs from a
+reranking model, and nothing more. Qwen3-VL-Reranker (``rerankq.models.qwen3vl``) is one implementation and the
+deterministic fake (``rerankq.models.fake``) another; ``rerankq.models.loading`` picks one from the model SPEC or the
 checkpoint's ``config.json``.
 
 The life of a pair, in the order the engine calls it (as LitServe's ``setup → decode → predict → encode``):
 
 1. ``model.preprocessor`` turns decoded media into the model's inputs; the media layer
-   (``media.resolver.MediaResolver``) calls it while it fetches, and caches what it returns.
+   (``rerankq.media.resolver.MediaResolver``) calls it while it fetches, and caches what it returns.
 2. ``model.prepare(instruction, query, document)`` builds one pair from resolved sides: CPU work, run on
    several threads while the previous batch is on the device. It raises ``PairTooLong`` (or any
    ``PermanentError``) for a pair that cannot be scored; the engine reports that document alone.
-3. ``model.forward(pairs)`` scores one batch the planner (``reranker.batching``) formed under a token budget
+3. ``model.forward(pairs)`` scores one batch the planner (``rerankq.models.batching``) formed under a token budget
    from each pair's ``length``, and returns exactly one float in [0, 1] per pair, in order. It never drops,
    reorders or merges pairs. One caller at a time (the scoring thread).
 
 Shared-prefix scoring (the pairs of one job start with the same tokens: system prompt, instruction, query):
 ``prepare_job`` prepares a job's pairs together and may give them one ``prefix`` (``Prepared.prefix``). The
 planner then budgets each such pair as a suffix of that prefix (``prefix_marks``,
-``reranker.batching.plan_with_prefixes``: suffixes of one prefix in consecutive passes, the prefix's keys
+``rerankq.models.batching.plan_with_prefixes``: suffixes of one prefix in consecutive passes, the prefix's keys
 and values counted while held), and ``forward`` computes each prefix once, in the first pass that needs it,
 and lets it go after the pass that scores its last pair. Scores do not change.
 """
@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from media.resolver import Preprocessor
-from media.sides import ResolvedSide
+from rerankq.media.resolver import Preprocessor
+from rerankq.media.sides import ResolvedSide
 
 
 class SharedPrefix(Protocol):
@@ -65,7 +65,7 @@ class RerankModel(Protocol[P]):
 
     @property
     def preprocessor(self) -> Preprocessor:
-        """How decoded images and videos become this model's inputs (see ``media.resolver.Preprocessor``)."""
+        """How decoded images and videos become this model's inputs (see ``rerankq.media.resolver.Preprocessor``)."""
 
     def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> P:
         """One (query, document) pair, ready for ``forward``. Raises ``PairTooLong`` when it cannot fit."""

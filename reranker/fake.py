@@ -26,10 +26,10 @@ from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
+from rerankq.media.sides import ResolvedSide, VisionBudget, VisionError
+from rerankq.models.contract import prepare_each
+from rerankq.models.options import LoadOptions
 
-from media.sides import ResolvedSide, VisionBudget, VisionError
-from reranker.contract import prepare_each
-from reranker.options import LoadOptions
 from rerankq.errors import ModelLoadError, PairTooLong
 
 # Dense bf16 TFLOP/s of the GPUs a capacity run may model.

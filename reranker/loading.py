@@ -1,8 +1,8 @@
-"""Model SPEC → a loaded ``reranker.contract.RerankModel``.
+"""Model SPEC → a loaded ``rerankq.models.contract.RerankModel``.
 
 A SPEC is a local directory, a Hugging Face id (``org/name``), ``s3://bucket/prefix/`` (downloaded once into
 a cache), ``random:SIZE`` (a released architecture with random weights, for benchmarks) or ``fake:MODE``
-(the deterministic fake of ``reranker.fake``). A checkpoint's implementation is picked from the
+(the deterministic fake of ``rerankq.models.fake``). A checkpoint's implementation is picked from the
 ``model_type`` of its ``config.json`` (as infinity's ``select_model``); a new model family is one entry in
 ``IMPLEMENTATIONS`` and a folder of its own.
 """
@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reranker.contract import RerankModel
-from reranker.options import LoadOptions
+from rerankq.models.contract import RerankModel
+from rerankq.models.options import LoadOptions
+
 from rerankq import s3
 from rerankq.errors import ModelLoadError
 
@@ -31,9 +32,9 @@ __all__ = ["IMPLEMENTATIONS", "LoadOptions", "load_model"]
 
 # config.json ``model_type`` → "module:function(path, name, opts)" that loads it. Imported only when used.
 IMPLEMENTATIONS = {
-    "qwen3_vl": "reranker.qwen3vl.loading:from_pretrained",
+    "qwen3_vl": "rerankq.models.qwen3vl.loading:from_pretrained",
 }
-RANDOM = "reranker.qwen3vl.loading:random_weights"  # random:SIZE builds Qwen3-VL-Reranker architectures
+RANDOM = "rerankq.models.qwen3vl.loading:random_weights"  # random:SIZE builds Qwen3-VL-Reranker architectures
 
 
 def _entry(target: str) -> Callable[..., RerankModel[Any]]:
@@ -59,7 +60,7 @@ def _checkpoint(path: str, name: str, opts: LoadOptions) -> RerankModel[Any]:
     model_type = _model_type(path)
     if model_type not in IMPLEMENTATIONS:
         raise ModelLoadError(f"{path!r} is a {model_type or 'unknown'} checkpoint; rerankq serves "
-                             f"{', '.join(IMPLEMENTATIONS)} (reranker.loading.IMPLEMENTATIONS)")
+                             f"{', '.join(IMPLEMENTATIONS)} (rerankq.models.loading.IMPLEMENTATIONS)")
     return _entry(IMPLEMENTATIONS[model_type])(path, name, opts)
 
 
@@ -121,7 +122,7 @@ def load_model(spec: str, opts: LoadOptions | None = None) -> RerankModel[Any]:
     """Resolve a model SPEC (see module doc) and load it."""
     opts = opts or LoadOptions()
     if spec.startswith("fake:"):
-        from reranker.fake import load_fake
+        from rerankq.models.fake import load_fake
 
         return load_fake(spec, opts)
     check_device(opts.device)

@@ -1,4 +1,4 @@
-"""The batch record: a JSONL file of rerank jobs in, JSONL parts out (``producer.batches`` runs it).
+"""The batch record: a JSONL file of rerank jobs in, JSONL parts out (``rerankq.client.batches`` runs it).
 
 One Redis hash per batch (``rerankq.keys.batch_key``), listed by creation time in ``batches_key``:
 

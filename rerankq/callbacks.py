@@ -3,7 +3,7 @@
 When a job with a ``callback_url`` ends (succeeded, failed, cancelled, expired: whoever ends it), the Lua
 script that writes its terminal state also writes its event to the outbox (``rerankq.jobs``), so no ended job
 lacks its event, even if the process that ended it dies the next instant. Other producers of events (a batch
-that ends) call ``Outbox.enqueue`` inside their own transaction. Deliverers (``workers.callbacks``, a thread in
+that ends) call ``Outbox.enqueue`` inside their own transaction. Deliverers (``rerankq.worker.callbacks``, a thread in
 every worker) claim due events with a lease, POST them, and retry with exponential backoff: at least once.
 
 Outbox (keys in ``rerankq.keys.callback_keys``): a zset of event ids by due time, a hash of events (JSON; the

@@ -79,7 +79,7 @@ class JobStore:
         ``task_id``: the Celery message that creates it, when that is not the SDK's (see ``creator``).
         ``sent``: the caller publishes each new job's message next (the SDK): the record keeps the job's JSON
         and its id joins its queue's pending set, so that a message lost on its way (the producer dies before
-        publishing, a worker dies as it takes it) is sent again (``workers.reaper``). ``notify``: a list each
+        publishing, a worker dies as it takes it) is sent again (``rerankq.worker.reaper``). ``notify``: a list each
         job's final state and record key are pushed onto when it ends (a batch runner watches its jobs so)."""
         now = time.time() if now is None else now
         pipe = self.redis.pipeline(transaction=False)

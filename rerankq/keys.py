@@ -17,13 +17,13 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}:batch:{id}:{part}`` | various | a batch runner's keys: lines written, error lines, custom ids, lock |
 | ``{prefix}:batches`` | zset | batch ids by creation time (``rerankq batch list``) |
 | ``{prefix}:dlq`` | list | queue entries that were not rerank messages (``rerankq dlq list``) |
-| ``rerankq:score:{digest}`` | string, TTL | a cached score, in the score cache's own Redis (``workers.scorecache``) |
+| ``rerankq:score:{digest}`` | string, TTL | a cached score, in the score cache's own Redis |
 | ``{prefix}:callbacks:due`` | zset | callback events by due time; claiming pushes it forward (``rerankq.callbacks``) |
 | ``{prefix}:callbacks:events`` | hash | event id → the event; ``{id}#n`` its attempts, ``{id}#err`` its last error |
 | ``{prefix}:callbacks:dropped`` | list | the last 1000 events given up on, with their last error |
 | ``unacked`` / ``unacked_index`` | hash / zset | Celery's messages held by workers, by lease expiry (kombu) |
-| ``{queue}:pending`` | zset | task ids sent to a queue and not yet taken by a worker (``workers.reaper``) |
-| ``{queue}:pending:msg`` | hash | task id → message, for messages put back in a queue (``workers.reaper``) |
+| ``{queue}:pending`` | zset | task ids sent to a queue and not yet taken by a worker (``rerankq.worker.reaper``) |
+| ``{queue}:pending:msg`` | hash | task id → message, for messages put back in a queue (``rerankq.worker.reaper``) |
 | ``celery-task-meta-{task id}`` | string | Celery's result protocol: ``AsyncResult(id).get()`` from any client |
 """
 
@@ -142,7 +142,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
       backend (a backend would subscribe to every job they send); workers also store each job's outcome in
       Celery's result backend (``result_backend_config``), so any Celery client can ``AsyncResult(id).get()``.
     - Leases: kombu's visibility timeout is ``settings.lease_s``; workers renew the messages they hold every
-      ``lease_s / 3`` (``workers.leases``), and every worker sweeps for expired ones every ``lease_s / 4``
+      ``lease_s / 3`` (``rerankq.worker.leases``), and every worker sweeps for expired ones every ``lease_s / 4``
       (``unacked_restore_interval``, scanning each time): a dead worker's jobs are back within about one lease,
       a live worker's are never redelivered.
     - ``queue_order_strategy=priority``: a worker drains ``high`` before ``normal`` before ``low``
@@ -180,6 +180,6 @@ def result_backend_config(settings: Settings) -> dict[str, Any]:
 
 
 def score_key(digest: str) -> str:
-    """A cached score, by the content digest of its pair (``workers.cachekeys``), in ``cache.redis_url``. Not
+    """A cached score, by the content digest of its pair (``rerankq.worker.cachekeys``), in ``cache.redis_url``. Not
     under the queue prefix on purpose: a content key means the same score in every deployment that reaches it."""
     return f"rerankq:score:{digest}"

@@ -1,5 +1,5 @@
 """Which network addresses rerankq may send a request to: the SSRF guard shared by ``https://`` media
-(``media.http``) and completion callbacks (``rerankq.callbacks``, ``workers.callbacks``).
+(``rerankq.media.http``) and completion callbacks (``rerankq.callbacks``, ``rerankq.worker.callbacks``).
 
 An address is acceptable only when it is a public unicast address: loopback, private, link-local, multicast,
 reserved, shared (CGNAT) and cloud-metadata addresses are refused, also when embedded in IPv6

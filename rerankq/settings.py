@@ -199,7 +199,7 @@ class CallbackSettings(BaseModel):
     concurrency: int = Field(4, ge=1, description="Deliveries in flight per deliverer (threads).")
     poll_interval_s: float = Field(0.5, gt=0, description="How often (s) an idle deliverer looks for due events.")
     deliver: bool = Field(True, description="Run a deliverer thread in every worker (off: run `python -m "
-                          "workers.callbacks` instead).")
+                          "rerankq.worker.callbacks` instead).")
 
     _split_hosts = field_validator("allowed_hosts", mode="before")(lambda value: comma_list(value, lower=True))
 

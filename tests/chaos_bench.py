@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.typecheck import link_tree
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -69,8 +71,8 @@ def commands(tree: Path, model: str, jobs: int, docs: int) -> None:
     sys.path.insert(0, str(tree))
     import redis
     from moto.server import ThreadedMotoServer
+    from rerankq.client import RerankClient
 
-    from producer import RerankClient
     from rerankq.settings import Settings
 
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -85,7 +87,10 @@ def commands(tree: Path, model: str, jobs: int, docs: int) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     env = {**os.environ, "RERANKQ_REDIS_URL": url, "RERANKQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
            "RERANKQ_QUEUE_PREFIX": "bench", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
-    cli = "shell.cli" if (tree / "shell" / "cli.py").exists() else "rerankq.cli"
+    cli = "shell.cli"  # a tree from before the one-package layout
+    if not (tree / "shell" / "cli.py").exists():  # one package: its folders linked under their import names
+        env["PYTHONPATH"] = str(link_tree(Path(workdir) / "pkg", tree).parent)
+        cli = "rerankq.cli"
     log = open(Path(workdir) / "worker.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "-m", cli, "worker", "--model", model, "--device", "cpu"], cwd=tree,
                               env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -140,7 +145,8 @@ def commands(tree: Path, model: str, jobs: int, docs: int) -> None:
 def kill(lease: int, jobs: int) -> None:
     """Two workers, ``jobs`` jobs; SIGKILL the one scoring a round; time until its stranded jobs are finished."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from shell.cluster import S3Server
+    from rerankq.cli.cluster import S3Server
+
     from tests.chaos_kit import SLOW, Audit, Cluster, Redis, hostname_of, records, settle, text_job, wait_until
 
     server = Redis().start()
@@ -180,7 +186,8 @@ def kill_loop(kills: int, jobs: int) -> None:
     end. kombu's Redis transport pops a message (BRPOP) before it records it as held (``unacked``): a kill
     between the two loses the message, and the job's record stays ``queued`` with nothing to run it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from shell.cluster import S3Server
+    from rerankq.cli.cluster import S3Server
+
     from tests.chaos_kit import Audit, Cluster, Redis, settle, text_job
     from tests.integration.conftest import _wait_ready
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from rerankq.cli.cluster import free_port, stop_process, wait_for_port
 
 from rerankq.jobs import TERMINAL, JobState
 from rerankq.settings import Settings
-from shell.cluster import free_port, stop_process, wait_for_port
 from tests.integration.conftest import WorkerProcess, _wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ SLOW = "fake:l4-8b"  # a modelled L4 running the 8B model: ~16 ms per short text
 
 
 def hostname_of(worker: WorkerProcess) -> str:
-    """The Celery node name a worker gives itself by default (``workers.main.run_worker``)."""
+    """The Celery node name a worker gives itself by default (``rerankq.worker.main.run_worker``)."""
     return f"rerankq-cpu-{worker.proc.pid}@{socket.gethostname()}"
 
 
@@ -103,7 +103,7 @@ class Cluster:
         port = free_port()
         full = {**os.environ, **self.env, "RERANKQ_METRICS_PORT": str(port), **env}
         log = self.log_dir / f"worker-{self.prefix}-{len(self.workers)}.log"
-        argv = argv or [sys.executable, "-m", "shell.cli", "worker", "--model", model, "--device", "cpu"]
+        argv = argv or [sys.executable, "-m", "rerankq.cli", "worker", "--model", model, "--device", "cpu"]
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, env=full, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         worker = WorkerProcess(proc, full, self.settings, port, log)
@@ -118,7 +118,7 @@ class Cluster:
         return workers
 
     def client(self, **overrides: Any) -> Any:
-        from producer import RerankClient
+        from rerankq.client import RerankClient
 
         client = RerankClient(self.settings.model_copy(update=overrides))
         self.clients.append(client)
@@ -183,18 +183,19 @@ class Reference:
     hash of the content, so any worker must give exactly these)."""
 
     def __init__(self, s3_url: str | None = None) -> None:
-        from reranker.fake import load_fake
-        from reranker.options import LoadOptions
+        from rerankq.models.fake import load_fake
+        from rerankq.models.options import LoadOptions
 
         self.model = load_fake("fake:hash", LoadOptions())
         self.settings = Settings(_env_file=None, s3_endpoint_url=s3_url, allow_file_urls=True)  # type: ignore[call-arg]
         self._resolver: Any = None
 
     def scores(self, job: dict[str, Any]) -> list[float]:
-        from media.resolver import MediaResolver
-        from media.sides import Side
+        from rerankq.media.resolver import MediaResolver
+        from rerankq.media.sides import Side
+        from rerankq.worker.rounds import JobRun
+
         from rerankq.schema import parse_job
-        from workers.rounds import JobRun
 
         parsed = parse_job(dict(job, job_id=job.get("job_id") or "ref"), self.settings)
         if self._resolver is None:

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from shell.cluster import RedisServer, S3Server
+from rerankq.cli.cluster import RedisServer, S3Server
 
 ROOT = Path(__file__).parent
 
@@ -26,7 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen3-VL-Reranker checkpoint, written once per test session."""
-    from reranker.qwen3vl.tiny import write_tiny_model
+    from rerankq.models.qwen3vl.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -34,7 +33,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny checkpoint loaded through the same path as a real one (fp32, CPU)."""
-    from reranker.loading import load_model
+    from rerankq.models.loading import load_model
 
     return load_model(str(tiny_model_dir))
 

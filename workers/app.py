@@ -1,9 +1,9 @@
 """The worker's Celery app: JSON only, late acknowledgement, task events for Flower, one queue per priority.
 
 Reservations are bounded by the runtime, not by prefetch: the consumer fetches only while a round is being
-formed (``workers.intake.IntakeGate``). The threads pool has room for two rounds' task threads (one being
+formed (``rerankq.worker.intake.IntakeGate``). The threads pool has room for two rounds' task threads (one being
 scored, one being formed) plus jobs waiting out a media retry; they only wait on the runtime (one model).
-Unknown or undecodable queue entries go to the dead-letter list (``workers.transport``).
+Unknown or undecodable queue entries go to the dead-letter list (``rerankq.worker.transport``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 from celery import Celery
 from kombu import Queue
+from rerankq.worker.transport import DLQ_KEY_OPTION
 
 from rerankq import keys
 from rerankq.settings import Settings
-from workers.transport import DLQ_KEY_OPTION
 
 
 def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[s
     return {
         **shared,
         **keys.result_backend_config(settings),
-        "broker_transport": f"workers.transport:{'SentinelTransport' if sentinel else 'Transport'}",
+        "broker_transport": f"rerankq.worker.transport:{'SentinelTransport' if sentinel else 'Transport'}",
         "broker_transport_options": transport,
         "task_queues": [Queue(name, routing_key=name) for name in queues or keys.queue_names(settings)],
         "task_acks_late": True,  # acknowledge after the outcome is written: a crash redelivers the job
@@ -44,10 +44,10 @@ def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[s
 
 def make_app(settings: Settings, queues: list[str] | None = None) -> Celery:
     """A worker app with the rerank task and the intake gate registered."""
-    from workers.intake import IntakeGate
-    from workers.tasks import register
+    from rerankq.worker.intake import IntakeGate
+    from rerankq.worker.tasks import register
 
-    app = Celery("rerankq-worker", set_as_current=False, events="workers.events:WorkerEvents")
+    app = Celery("rerankq-worker", set_as_current=False, events="rerankq.worker.events:WorkerEvents")
     app.conf.update(worker_config(settings, queues))
     app.steps["consumer"].add(IntakeGate)
     register(app, settings)

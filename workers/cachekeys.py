@@ -8,7 +8,7 @@ A key is sha256 (160 bits kept) over a format version and
   ``max_tokens_per_doc``, and, for a pair that holds an image or a video, the vision budget (fps, max_frames,
   image token bounds, video token budget) and ``media.exif_transpose``: a text-only pair keeps its key when
   only video sampling changes;
-- the query's and the document's content: texts, and media by what they are (``media.identity``, in
+- the query's and the document's content: texts, and media by what they are (``rerankq.media.identity``, in
   prompt order), never by where they are.
 
 The same content gives the same key whether it is computed before a fetch (``from_side``: texts, S3 ETags by
@@ -22,8 +22,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from media.identity import side_media
-from media.sides import ResolvedSide, Side, VisionBudget
+from rerankq.media.identity import side_media
+from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 
 KEY_VERSION = 1  # bump when what goes into a key changes
 

@@ -1,4 +1,4 @@
-"""The score cache in a worker's rounds (``workers.runtime``): which pairs need no forward pass, and where their
+"""The score cache in a worker's rounds (``rerankq.worker.runtime``): which pairs need no forward pass, and where their
 scores go once computed. A hit only fills ``JobRun.cached``; results are built from per-document scores as
 always (``rerankq.results.build_result``), so ranking cannot tell a cached score from a fresh one.
 
@@ -22,17 +22,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from rerankq.media.identity import side_refs
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import ResolvedSide
+from rerankq.models.contract import RerankModel
+from rerankq.worker.cachekeys import JobContext, JobKeys, from_resolved, from_side
+from rerankq.worker.metrics import Metrics
+from rerankq.worker.rounds import JobRun, Unit, side_of
+from rerankq.worker.scorecache import ScoreCache
 
-from media.identity import side_refs
-from media.resolver import MediaResolver
-from media.sides import ResolvedSide
-from reranker.contract import RerankModel
 from rerankq.errors import MediaError
 from rerankq.settings import Settings
-from workers.cachekeys import JobContext, JobKeys, from_resolved, from_side
-from workers.metrics import Metrics
-from workers.rounds import JobRun, Unit, side_of
-from workers.scorecache import ScoreCache
 
 logger = logging.getLogger(__name__)
 

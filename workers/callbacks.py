@@ -1,5 +1,5 @@
 """Delivering completion callbacks: ``Deliverer`` runs in every worker (daemon threads, never in the way of
-scoring), and on its own with ``python -m workers.callbacks``.
+scoring), and on its own with ``python -m rerankq.worker.callbacks``.
 
 One thread claims due events from the outbox (``rerankq.callbacks.Outbox``: each claim hides the event for
 ``callbacks.visibility_s``) as long as one of ``callbacks.concurrency`` delivery threads is free, so a receiver
@@ -24,13 +24,13 @@ import threading
 import time
 
 import redis
+from rerankq.worker.metrics import CallbackMetrics
 
 from rerankq import callbacks
 from rerankq.callbacks import CallbackEvent, Outbox, check_target
 from rerankq.errors import CallbackRefused
 from rerankq.netguard import pinned_connection
 from rerankq.settings import Settings
-from workers.metrics import CallbackMetrics
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024  # of a receiver's answer, read and discarded
@@ -185,14 +185,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m workers.callbacks``: a deliverer on its own (settings from ``RERANKQ_*``), until SIGTERM or
+    """``python -m rerankq.worker.callbacks``: a deliverer on its own (settings from ``RERANKQ_*``), until SIGTERM or
     Ctrl-C. Serves its metrics on ``RERANKQ_METRICS_PORT`` when set."""
     from prometheus_client import CollectorRegistry, start_http_server
+    from rerankq.worker.metrics import OutboxDepth
 
     from rerankq.connections import redis_client
-    from workers.metrics import OutboxDepth
 
-    argparse.ArgumentParser(prog="python -m workers.callbacks", description=main.__doc__).parse_args(argv)
+    argparse.ArgumentParser(prog="python -m rerankq.worker.callbacks", description=main.__doc__).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     if not settings.callbacks.secret.get_secret_value():

@@ -36,4 +36,4 @@ class DrainingDispatcher(EventDispatcher):
 class WorkerEvents(Events):
     """The worker app's events, with the draining dispatcher."""
 
-    dispatcher_cls: Any = "workers.events:DrainingDispatcher"
+    dispatcher_cls: Any = "rerankq.worker.events:DrainingDispatcher"

@@ -13,13 +13,14 @@ import logging
 import time
 from typing import Any
 
+from rerankq.worker.metrics import Metrics
+from rerankq.worker.rounds import JobRun
+
 from rerankq.errors import PermanentError, RetryLater, TransientError
 from rerankq.jobs import JobState, Outcome, as_state, result_fields
 from rerankq.jobstore import JobStore
 from rerankq.results import ResultStore, result_location
 from rerankq.settings import Settings
-from workers.metrics import Metrics
-from workers.rounds import JobRun
 
 logger = logging.getLogger(__name__)
 

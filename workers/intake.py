@@ -29,11 +29,11 @@ from types import MethodType
 from typing import Any
 
 from celery import bootsteps
+from rerankq.worker.rounds import JobRun
 
 from rerankq import keys
 from rerankq.keys import PRIORITIES
 from rerankq.settings import Settings
-from workers.rounds import JobRun
 
 STALE_S = 5.0  # a taken message that never reached a task (revoked, an unknown task name) stops counting
 GATHER_S = 1.0  # longest a closing round waits for messages taken but not yet submitted
@@ -168,7 +168,7 @@ class IntakeGate(bootsteps.StartStopStep):
         self._pipe: tuple[int, int] | None = None
 
     def start(self, c: Any) -> None:
-        from workers.tasks import current_runtime
+        from rerankq.worker.tasks import current_runtime
 
         runtime = current_runtime()
         if runtime is None or c.task_consumer is None:

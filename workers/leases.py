@@ -10,7 +10,7 @@ that still exist (``ZADD XX``): a worker that wakes after its jobs were put back
 ``rerankq.jobs``' fencing refuses whatever it then tries to write.
 
 What leases cannot cover (a message lost between kombu's ``BRPOP`` and its write to ``unacked``, or never
-published) is ``workers.reaper``'s; what a worker may take is ``workers.intake``'s.
+published) is ``rerankq.worker.reaper``'s; what a worker may take is ``rerankq.worker.intake``'s.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 
 import redis
+from rerankq.worker.metrics import Metrics
 
 from rerankq import keys
 from rerankq.settings import Settings
-from workers.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

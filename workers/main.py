@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rerankq.media.sides import ResolvedSide
+from rerankq.models.contract import RerankModel
+from rerankq.models.loading import LoadOptions, load_model
 
-from media.sides import ResolvedSide
-from reranker.contract import RerankModel
-from reranker.loading import LoadOptions, load_model
 from rerankq import keys, registry
 from rerankq.connections import redis_client
 from rerankq.settings import Settings
@@ -68,14 +68,15 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     """Load the model, start the runtime, leases and metrics, then consume until shut down (Ctrl-C /
     SIGTERM drain the jobs in hand). With ``control``, also run the control queue's tasks (batch runs,
     registered by the shell: workers know nothing of them). Returns the worker's exit code."""
+    from rerankq.worker import tasks
+    from rerankq.worker.app import make_app
+    from rerankq.worker.callbacks import Deliverer
+    from rerankq.worker.leases import LeaseKeeper
+    from rerankq.worker.metrics import Metrics
+    from rerankq.worker.reaper import Reaper
+    from rerankq.worker.runtime import Runtime
+
     from rerankq.jobstore import JobStore
-    from workers import tasks
-    from workers.app import make_app
-    from workers.callbacks import Deliverer
-    from workers.leases import LeaseKeeper
-    from workers.metrics import Metrics
-    from workers.reaper import Reaper
-    from workers.runtime import Runtime
 
     device = device or settings.device
     hostname = hostname or f"rerankq-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
@@ -129,9 +130,9 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
 
 def run_batcher(settings: Settings, control: Control, hostname: str | None = None, loglevel: str = "INFO") -> int:
     """A process that runs the control queue's tasks only (batch runs): no model, no runtime."""
-    from workers.app import make_app
-    from workers.leases import LeaseKeeper
-    from workers.metrics import Metrics
+    from rerankq.worker.app import make_app
+    from rerankq.worker.leases import LeaseKeeper
+    from rerankq.worker.metrics import Metrics
 
     hostname = hostname or f"rerankq-batcher-{os.getpid()}@{socket.gethostname()}"
     queue = keys.control_queue(settings)

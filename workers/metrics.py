@@ -86,7 +86,7 @@ class OutboxDepth(Collector):
 
 
 class CallbackMetrics:
-    """Completion callbacks delivered by this process (``workers.callbacks``)."""
+    """Completion callbacks delivered by this process (``rerankq.worker.callbacks``)."""
 
     def __init__(self, registry: CollectorRegistry, model: str) -> None:
         self.model = model
@@ -130,7 +130,7 @@ class Metrics:
         self.leases_renewed = counter("rerankq_leases_renewed", "Held messages whose lease this worker renewed")
         self.messages_resent = counter("rerankq_messages_resent", "Messages lost on their way to a worker (a "
                                        "producer or worker died) and sent again by this worker's reaper")
-        # the score cache (workers.caching): a hit is a pair whose forward pass (and, looked up before its media,
+        # the score cache (rerankq.worker.caching): a hit is a pair whose forward pass (and, looked up before its media,
         # fetch and decode) was saved; a miss a pair of a job using the cache that the model had to score
         self.cache_hits = counter("rerankq_cache_hits", "Pairs whose score came from the score cache")
         self.cache_misses = counter("rerankq_cache_misses", "Pairs of jobs using the score cache that were scored")

@@ -1,13 +1,13 @@
 """The reaper: messages lost on their way to a worker are sent again.
 
-Leases cover a message a worker holds (``workers.leases``). Two moments are not covered by them: between the
+Leases cover a message a worker holds (``rerankq.worker.leases``). Two moments are not covered by them: between the
 SDK creating a job's record and publishing its message (the producer dies, or a failover loses the publish),
 and between kombu's ``BRPOP`` taking a message off its queue and its write to ``unacked`` (the worker dies
 in that instant: the message is nowhere). Both leave a record ``queued`` with no message anywhere.
 
 So every queue has a pending set (``rerankq.keys.pending_key``): the SDK adds a job's id when it creates the
 record, taking a message removes it in the same round trip that marks it held, putting one back adds it again
-(``workers.transport``). An id in the pending set of a queue that is *empty* is in no queue and held by no
+(``rerankq.worker.transport``). An id in the pending set of a queue that is *empty* is in no queue and held by no
 worker: its message is lost. The reaper, run on the lease beat of every worker for its own queues, marks
 such ids on one beat and sends those still there on a later one (a worker that was taking the message then
 has long since written it held), from the message itself when it was put back, or from the job JSON the record
@@ -24,11 +24,11 @@ from typing import Any
 
 import redis
 from kombu.utils.uuid import uuid
+from rerankq.worker.metrics import Metrics
 
 from rerankq import keys
 from rerankq.jobs import TERMINAL, as_state, text_of
 from rerankq.settings import Settings
-from workers.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's lists for messages with a priority

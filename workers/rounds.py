@@ -1,7 +1,7 @@
 """One *round*: the jobs a worker took from its buffer together, their pairs, and the batch plan over all
 of them. Built on the preparing thread (media → prepared pairs → plan), consumed by the scoring thread
 (forward passes → scores scattered back to each job → results). Nothing here knows which model runs: the
-model is a ``reranker.contract.RerankModel``.
+model is a ``rerankq.models.contract.RerankModel``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from media.resolver import MediaResolver
-from media.sides import ResolvedSide, Side, VisionBudget
-from reranker.contract import Prepared, RerankModel
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import ResolvedSide, Side, VisionBudget
+from rerankq.models.contract import Prepared, RerankModel
+
 from rerankq.errors import MediaError, PairTooLong, TransientError
 from rerankq.jobs import JobState
 from rerankq.results import build_result
@@ -50,7 +51,7 @@ class JobRun:
     started_at: float = 0.0
     media_retries: int = 0
     cached: dict[int, float] = field(default_factory=dict)  # document index → score from the score cache
-    keys: dict[int, str] = field(default_factory=dict)  # document index → its score cache key (workers.caching)
+    keys: dict[int, str] = field(default_factory=dict)  # document index → its score cache key (rerankq.worker.caching)
     finished: bool = False
     final: dict[str, Any] | None = None  # once written: the result (or its S3 pointer), or {"error": …}
 
@@ -196,7 +197,7 @@ def score_isolating(forward: Callable[[list[T]], list[float]], items: list[T]
         return score_isolating(forward, items[:mid]) + score_isolating(forward, items[mid:])
     if len(scores) != len(items):
         raise RuntimeError(f"forward returned {len(scores)} scores for {len(items)} pairs: a model must return "
-                           "exactly one score per pair, in order (reranker.contract.RerankModel.forward)")
+                           "exactly one score per pair, in order (rerankq.models.contract.RerankModel.forward)")
     return list(zip(items, scores, strict=True))
 
 

@@ -4,8 +4,8 @@ Celery hands each job to ``Runtime.submit`` from a task thread and that thread w
 future, so the message is acknowledged only after the job's record is final (``acks_late``) and Flower
 sees each job's real runtime. Meanwhile:
 
-- the *preparing* thread forms a round (``workers.intake.Intake``): it opens the intake (the Celery
-  consumer fetches only while it is open, see ``workers.intake.IntakeGate``), takes what arrives within
+- the *preparing* thread forms a round (``rerankq.worker.intake.Intake``): it opens the intake (the Celery
+  consumer fetches only while it is open, see ``rerankq.worker.intake.IntakeGate``), takes what arrives within
   ``batch.flush_interval_ms``, and for as long after that as the scorer is still busy with more than its last
   batch (at most ``batch.max_jobs``: under load rounds fill up, an idle worker answers a lone job at once),
   marks those jobs running, resolves their media, prepares their pairs and plans token-budgeted batches over
@@ -30,19 +30,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from media.resolver import MediaResolver
-from reranker.batching import padding_ratio, plan_with_prefixes
-from reranker.contract import RerankModel, own_lengths, prefix_marks
-from rerankq import s3
-from rerankq.jobs import JobState
-from rerankq.jobstore import JobStore
-from rerankq.schema import RerankJob
-from rerankq.settings import Settings
-from workers.caching import RoundCache
-from workers.finishing import Finisher
-from workers.intake import Intake
-from workers.metrics import Metrics
-from workers.rounds import (
+from rerankq.media.resolver import MediaResolver
+from rerankq.models.batching import padding_ratio, plan_with_prefixes
+from rerankq.models.contract import RerankModel, own_lengths, prefix_marks
+from rerankq.worker.caching import RoundCache
+from rerankq.worker.finishing import Finisher
+from rerankq.worker.intake import Intake
+from rerankq.worker.metrics import Metrics
+from rerankq.worker.rounds import (
     JobRun,
     Round,
     Unit,
@@ -53,6 +48,12 @@ from workers.rounds import (
     score_isolating,
     transient_failure,
 )
+
+from rerankq import s3
+from rerankq.jobs import JobState
+from rerankq.jobstore import JobStore
+from rerankq.schema import RerankJob
+from rerankq.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Runtime:
         self.finisher = Finisher(model.name, settings, self.store, self.metrics)
         self.cache = RoundCache(settings, model, self.resolver, self.metrics, self.store.redis)
         self.intake = Intake(settings, self._round_ready)  # what this worker holds before it runs
-        self.transit = self.intake.transit  # taken by the consumer, not yet submitted (``workers.intake``)
+        self.transit = self.intake.transit  # taken by the consumer, not yet submitted (``rerankq.worker.intake``)
         self._handoff: queue.Queue[Round] = queue.Queue(maxsize=1)
         self._scorer_busy_until = 0.0  # monotonic time the scorer should finish its round (0: idle)
         self._batch_s = 0.0  # moving average of a forward pass, seconds
@@ -102,7 +103,7 @@ class Runtime:
 
     def accepting(self) -> bool:
         """Whether the consumer may fetch another message now: only while a round is being formed and it has
-        room. Called by the Celery consumer's thread (``workers.intake.IntakeGate``)."""
+        room. Called by the Celery consumer's thread (``rerankq.worker.intake.IntakeGate``)."""
         return self.intake.accepting()
 
     def _loop(self, step: Callable[[], None]) -> None:

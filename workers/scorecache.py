@@ -1,4 +1,4 @@
-"""The score cache's store: scores by content key (``workers.cachekeys``) in a Redis of its own.
+"""The score cache's store: scores by content key (``rerankq.worker.cachekeys``) in a Redis of its own.
 
 Bounded by that Redis, never by the broker's: ``cache.redis_url`` must reach another server (a worker refuses
 one that is the broker, compared by ``run_id``), and that server should run with ``maxmemory`` and
@@ -21,10 +21,10 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from rerankq.worker.metrics import Metrics
 
 from rerankq import keys
 from rerankq.settings import Settings
-from workers.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The Celery task ``rerankq.rerank``: checks one message, hands its job to this process's runtime, waits.
 
-The task body is thin on purpose: batching across jobs happens in ``workers.runtime``; the task thread
+The task body is thin on purpose: batching across jobs happens in ``rerankq.worker.runtime``; the task thread
 blocks until its job's record is final, so ``acks_late`` acknowledges only finished work and Flower shows
 each job's real runtime and a truthful outcome:
 
@@ -25,14 +25,14 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
+from rerankq.worker.runtime import Runtime
+from rerankq.worker.transport import dead_letter
 
 from rerankq import keys
 from rerankq.errors import InvalidRequest, JobFailed, RetryLater, TransientError
 from rerankq.jobs import JobState
 from rerankq.schema import JOB_ID_PATTERN, RerankJob, parse_job
 from rerankq.settings import Settings
-from workers.runtime import Runtime
-from workers.transport import dead_letter
 
 logger = logging.getLogger(__name__)
 _runtime: Runtime | None = None

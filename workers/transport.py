@@ -6,10 +6,10 @@
   scored twice).
 - Taking a message removes its task id from its queue's pending set (``rerankq.keys.pending_key``) in the
   same round trip that records it as held (``unacked``), and putting one back adds it again, with the
-  message: the pending set is what ``workers.reaper`` reads to find messages lost between kombu's ``BRPOP``
+  message: the pending set is what ``rerankq.worker.reaper`` reads to find messages lost between kombu's ``BRPOP``
   and that write.
 
-Selected with Celery's ``broker_transport`` (``workers.app.worker_config``); the URL stays ``redis://`` or
+Selected with Celery's ``broker_transport`` (``rerankq.worker.app.worker_config``); the URL stays ``redis://`` or
 ``sentinel://``. Producers keep kombu's own transport: they only publish.
 """
 

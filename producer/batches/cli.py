@@ -1,6 +1,6 @@
 """``rerankq batch submit | status | wait | cancel | list``.
 
-Exit codes as for jobs (``shell.cli``): 0 the batch completed (or the command did its work); 1 it ended
+Exit codes as for jobs (``rerankq.cli``): 0 the batch completed (or the command did its work); 1 it ended
 ``failed``, ``cancelled`` or ``expired``, or is unknown; 2 bad request; 3 timed out waiting.
 """
 
@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any
 
-from producer.progress import Progress
+from rerankq.client.progress import Progress
+
 from rerankq.batches import BatchRecord, BatchState, parse_window
 
 
@@ -25,7 +26,7 @@ def duration(text: str) -> float:
 
 
 def _client() -> Any:
-    from producer.client import RerankClient
+    from rerankq.client.client import RerankClient
 
     return RerankClient()
 

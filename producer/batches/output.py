@@ -15,7 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from producer.batches.lines import error_line
+from rerankq.client.batches.lines import error_line
+
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchState
 from rerankq.callbacks import Outbox
@@ -23,7 +24,7 @@ from rerankq.errors import CallbackRefused, JobFailed, PermanentError
 from rerankq.jobs import TERMINAL, JobRecord, JobState
 
 if TYPE_CHECKING:
-    from producer.batches.runner import BatchRunner
+    from rerankq.client.batches.runner import BatchRunner
 
 ENDED = ("succeeded", "failed", "cancelled", "expired")
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The ``rerankq.batch`` Celery task: run one batch (``BatchRunner``) on the control queue.
 
-Every ``rerankq worker`` consumes the control queue beside its model's (``shell.cli`` registers this task on
+Every ``rerankq worker`` consumes the control queue beside its model's (``rerankq.cli`` registers this task on
 it), and so does ``rerankq batcher``, a process that runs batches only. The task holds its message for as long
 as the batch runs; the lease keeper renews it, so a live runner is never redelivered and a dead one's batch
 resumes on another process within a lease. On shutdown the runner stops between steps and the message goes
@@ -30,8 +30,8 @@ def _shutting_down(**_: Any) -> None:
 
 def register(app: Celery, settings: Settings) -> None:
     """Register ``rerankq.batch`` on a worker app (its queue: ``keys.control_queue``)."""
-    from producer.batches.runner import BatchRunner, Interrupted, LostLock
-    from producer.client import RerankClient
+    from rerankq.client.batches.runner import BatchRunner, Interrupted, LostLock
+    from rerankq.client.client import RerankClient
 
     signals.worker_shutting_down.connect(_shutting_down, weak=False)
     clients: list[RerankClient] = []

@@ -1,4 +1,4 @@
-"""``/v1/batches``: JSONL batches over HTTP, the same as ``rerankq batch`` (``producer.batches``).
+"""``/v1/batches``: JSONL batches over HTTP, the same as ``rerankq batch`` (``rerankq.client.batches``).
 
 ``POST /v1/batches`` ``{"input": "s3://…", "output": "s3://bucket/prefix/", "batch_id"?, "priority"?, "model"?,
 "completion_window"? (seconds, or "24h"), "callback_url"?}`` → 202 and the batch record; ``GET
@@ -11,8 +11,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from rerankq.client.gateway.routes import gateway_of, read_json
 
-from producer.gateway.routes import gateway_of, read_json
 from rerankq.batches import parse_window
 from rerankq.errors import InvalidRequest
 

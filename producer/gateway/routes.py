@@ -1,7 +1,7 @@
 """The gateway's API: compatible synchronous rerank, asynchronous jobs with server-sent events, media upload.
 
 Every call is a rerankq job (an id, batched with everything else, in Flower and the metrics). Errors are JSON
-``{"message", "field"?, "job_id"?}`` with the status a client expects (see ``producer.gateway.app``).
+``{"message", "field"?, "job_id"?}`` with the status a client expects (see ``rerankq.client.gateway.app``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from rerankq.client import compat
+from rerankq.client.gateway.state import Gateway
 
-from producer import compat
-from producer.gateway.state import Gateway
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import TERMINAL
 from rerankq.schema import parse_job

@@ -32,8 +32,7 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 def run_gateway(settings: Settings, host: str, port: int, log_level: str = "info") -> None:
     import uvicorn
-
-    from producer.gateway.app import create_app
+    from rerankq.client.gateway.app import create_app
 
     check_exposure(settings, host)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,

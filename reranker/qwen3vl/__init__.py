@@ -1,4 +1,4 @@
-"""Qwen3-VL-Reranker: one implementation of the model contract (``reranker.contract``)."""
+"""Qwen3-VL-Reranker: one implementation of the model contract (``rerankq.models.contract``)."""
 
 # The version of "what score a given input gets" from this implementation. Bump it with every change that
 # moves a score for some input (prompt, preprocessing, truncation, head): whatever caches scores keys on it.

@@ -1,4 +1,4 @@
-"""Qwen3-VL-Reranker as a ``reranker.contract.RerankModel``: one model instance, many pairs per forward pass.
+"""Qwen3-VL-Reranker as a ``rerankq.models.contract.RerankModel``: one model instance, many pairs per forward pass.
 
 score = sigmoid(h_last · (w_yes − w_no)), h_last the backbone's final hidden state at the last position of
 a left-padded sequence. Only the backbone is kept, plus that one-row head: the vocabulary-wide LM head is
@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from media.sides import ResolvedSide
-from reranker.batching import sharing_pays
-from reranker.contract import prepare_each
-from reranker.qwen3vl import SCORING_VERSION
-from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer, PreparedPair
-from reranker.qwen3vl.prefix import can_share, forward_suffixes
-from reranker.qwen3vl.sharing import JobPrefix, SharingStats, attach_prefix, release, suffix_rows
-from reranker.qwen3vl.vision import QwenVision, normalize
+from rerankq.media.sides import ResolvedSide
+from rerankq.models.batching import sharing_pays
+from rerankq.models.contract import prepare_each
+from rerankq.models.qwen3vl import SCORING_VERSION
+from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.prefix import can_share, forward_suffixes
+from rerankq.models.qwen3vl.sharing import JobPrefix, SharingStats, attach_prefix, release, suffix_rows
+from rerankq.models.qwen3vl.vision import QwenVision, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def collate(pairs: Sequence[PreparedPair], device: torch.device | str = "cpu") -
 class Scorer:
     """Qwen3-VL-Reranker loaded on one device: ``prepare`` pairs, ``forward`` batches of them.
 
-    Build with ``reranker.loading.load_model(spec, ...)``. Thread-compatible, not thread-safe: one caller
+    Build with ``rerankq.models.loading.load_model(spec, ...)``. Thread-compatible, not thread-safe: one caller
     runs forward passes; other threads may prepare pairs meanwhile.
     """
 

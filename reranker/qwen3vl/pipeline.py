@@ -1,6 +1,6 @@
 """Preparing a pair: prompt → token ids with vision tokens expanded → official truncation.
 
-Preparation is CPU work separate from the forward pass (``reranker.qwen3vl.model.Scorer.score``), so a worker can
+Preparation is CPU work separate from the forward pass (``rerankq.models.qwen3vl.model.Scorer.score``), so a worker can
 prepare the next batch while the current one runs. A prepared pair holds references to its query's vision
 tensors; the query of a job is resolved once and shared by all its pairs.
 """
@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from media.sides import ResolvedSide
-from reranker.qwen3vl.prompt import Piece, prompt_pieces
-from reranker.qwen3vl.vision import MERGE, VisionInput
+from rerankq.media.sides import ResolvedSide
+from rerankq.models.qwen3vl.prompt import Piece, prompt_pieces
+from rerankq.models.qwen3vl.vision import MERGE, VisionInput
+
 from rerankq.errors import PairTooLong
 
 if TYPE_CHECKING:
-    from reranker.qwen3vl.sharing import JobPrefix
+    from rerankq.models.qwen3vl.sharing import JobPrefix
 
 IMAGE_PAD_ID = 151655
 VIDEO_PAD_ID = 151656

@@ -1,7 +1,7 @@
 """Exact shared-prefix forward passes on the Qwen3-VL backbone: a job's common prefix (system prompt,
 instruction, query — its images and videos included) runs once; every document then runs as a *suffix*
 against the prefix's keys and values. Scores equal one-pair-per-pass scores (fp32: ≤ 1e-5 in logit).
-Where the prefix ends is ``reranker.qwen3vl.sharing``'s business; this module runs the passes.
+Where the prefix ends is ``rerankq.models.qwen3vl.sharing``'s business; this module runs the passes.
 
 What makes it exact, each point a trap measured on transformers 5.23:
 
@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID
+from rerankq.models.qwen3vl.vision import VisionInput, normalize
 from transformers.masking_utils import create_causal_mask
-
-from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID
-from reranker.qwen3vl.vision import VisionInput, normalize
 
 PAD_ID = 151643
 

@@ -1,5 +1,6 @@
 """Sharing a job's prefix: where its pairs stop being the same, the handle its pairs carry, and the
-bookkeeping around the passes of ``reranker.qwen3vl.prefix`` (which prefix to compute, when to free it, what it saved).
+bookkeeping around the passes of ``rerankq.models.qwen3vl.prefix`` (which prefix to compute, when to free
+it, what it saved).
 
 The boundary is the longest common prefix of the job's pairs' *token ids* (after vision expansion and
 truncation), never a string boundary (Qwen's pre-tokenizer joins punctuation with the letters after it, so
@@ -14,10 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-
-from reranker.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
-from reranker.qwen3vl.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefixes
-from reranker.qwen3vl.vision import VisionInput
+from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
+from rerankq.models.qwen3vl.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefixes
+from rerankq.models.qwen3vl.vision import VisionInput
 
 _PADS = (IMAGE_PAD_ID, VIDEO_PAD_ID)
 
@@ -110,7 +110,7 @@ class JobPrefix:
 
 def attach_prefix(pairs: Sequence[PreparedPair], pays: Callable[[int, list[int]], bool]) -> JobPrefix | None:
     """Give the pairs of one job their shared prefix when ``pays(prefix_tokens, pair_lengths)`` says it is
-    worth it (``reranker.batching.sharing_pays``); returns the handle, or None (the pairs then run whole)."""
+    worth it (``rerankq.models.batching.sharing_pays``); returns the handle, or None (the pairs then run whole)."""
     if len(pairs) < 2:
         return None
     split = shared_prefix(pairs)

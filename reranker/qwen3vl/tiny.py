@@ -1,6 +1,6 @@
 """``rerankq tiny-model DIR``: a tiny random-weight Qwen3-VL-Reranker checkpoint, built offline.
 
-The real architecture at toy size (``reranker.qwen3vl.architectures`` "tiny"), the *real* Qwen tokenizer (special
+The real architecture at toy size (``rerankq.models.qwen3vl.architectures`` "tiny"), the *real* Qwen tokenizer (special
 tokens at their real ids) and a Qwen3-VL processor with its chat template, saved with ``save_pretrained``
 so it loads through exactly the same path as a released checkpoint. Deterministic for a given seed,
 torch and transformers version. Its scores are meaningless; its shapes and code paths are the real ones.
@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import torch
-
-from reranker.qwen3vl.architectures import build_config
-from reranker.qwen3vl.prompt import CHAT_TEMPLATE
-from reranker.qwen3vl.tokenizer import cached_qwen_tokenizer
+from rerankq.models.qwen3vl.architectures import build_config
+from rerankq.models.qwen3vl.prompt import CHAT_TEMPLATE
+from rerankq.models.qwen3vl.tokenizer import cached_qwen_tokenizer
 
 # Wider than the default 0.02 so that the tiny model's scores spread out (easier to tell pairs apart).
 TINY_INIT_STD = 0.3

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-
-from media.decode import FRAME_FACTOR, resize_frames, to_rgb
-from media.sides import VisionBudget, VisionError
+from rerankq.media.decode import FRAME_FACTOR, resize_frames, to_rgb
+from rerankq.media.sides import VisionBudget, VisionError
 
 PATCH = 16
 MERGE = 2

@@ -14,8 +14,8 @@ py=${PYTHON:-.venv/bin/python}
   | tee "$out/device.txt"
 "$py" -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tee "$out/pytest.txt"
 for size in 2b 8b; do
-  "$py" -m shell.scorer_bench --model "random:$size" --device cuda --kinds text,image --pairs 64 \
+  "$py" -m bench.scorer --model "random:$size" --device cuda --kinds text,image --pairs 64 \
     --text-tokens 512 2>&1 | tee "$out/pairs-$size.txt"
-  "$py" -m shell.scorer_bench --model "random:$size" --device cuda --jobs image-query:32,text-query:32 \
+  "$py" -m bench.scorer --model "random:$size" --device cuda --jobs image-query:32,text-query:32 \
     --repeats 3 2>&1 | tee "$out/sharing-$size.txt"
 done

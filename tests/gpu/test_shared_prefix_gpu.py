@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from rerankq.media.sides import ResolvedSide
+from rerankq.models.qwen3vl.pipeline import PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.prefix import uses_varlen
 
-from media.sides import ResolvedSide
-from reranker.qwen3vl.pipeline import PairPreparer, PreparedPair
-from reranker.qwen3vl.prefix import uses_varlen
 from tests.integration.test_shared_prefix import INSTRUCTION, build_sides, documents
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -29,7 +29,7 @@ def sides() -> dict[str, ResolvedSide]:
 
 
 def load(model_dir: Path, dtype: str, attn: str):  # type: ignore[no-untyped-def]
-    from reranker.loading import LoadOptions, load_model
+    from rerankq.models.loading import LoadOptions, load_model
 
     return load_model(str(model_dir), LoadOptions(device="cuda", dtype=dtype, attn_implementation=attn))
 

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from media import decode
-from media.decode import decode_video
-from media.sides import VisionBudget
-from reranker.qwen3vl import vision
-from shell.samples import mp4_bytes, noise_image
+from rerankq.cli.samples import mp4_bytes, noise_image
+from rerankq.media import decode
+from rerankq.media.decode import decode_video
+from rerankq.media.sides import VisionBudget
+from rerankq.models.qwen3vl import vision
 
 BUDGET = VisionBudget()
 
@@ -62,8 +61,7 @@ def test_image_matches_qwen_vl_utils() -> None:
 def test_exif_tagged_jpeg_is_read_as_stored_like_qwen_vl_utils(tmp_path: Path) -> None:
     qvu = pytest.importorskip("qwen_vl_utils.vision_process")
     from PIL import Image
-
-    from media.decode import decode_image
+    from rerankq.media.decode import decode_image
 
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90°: qwen-vl-utils does not rotate, nor do we by default
@@ -104,8 +102,9 @@ def test_frame_list_matches_qwen_vl_utils() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_scores_equal_cpu_scores(tiny_model_dir: Path, tiny_scorer) -> None:  # type: ignore
-    from reranker.loading import LoadOptions, load_model
-    from reranker.qwen3vl.pipeline import PairPreparer
+    from rerankq.models.loading import LoadOptions, load_model
+    from rerankq.models.qwen3vl.pipeline import PairPreparer
+
     from tests.integration.test_scorer import mixed_pairs
 
     pairs = mixed_pairs(PairPreparer(tiny_scorer.tokenizer))

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rerankq.cli.cluster import RedisServer, S3Server, free_port, stop_process
 
 from rerankq.settings import Settings
-from shell.cluster import RedisServer, S3Server, free_port, stop_process
 
 MEDIA_BUCKET = "media"
 RESULTS_BUCKET = "results"
@@ -88,7 +88,7 @@ def start_worker(model_dir: Path | str, redis_url: str, s3_url: str, log_dir: Pa
                 "RERANKQ_QUEUE_PREFIX": prefix, "OMP_NUM_THREADS": "1", **env}
     log = log_dir / f"worker-{prefix}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "worker", "--model", str(model_dir),
+        proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", str(model_dir),
                                  "--device", "cpu"], env=full_env, stdout=out, stderr=subprocess.STDOUT)
     settings = Settings(redis_url=redis_url, s3_endpoint_url=s3_url, queue_prefix=prefix)
     worker = WorkerProcess(proc, full_env, settings, port, log)
@@ -119,7 +119,7 @@ def queue_worker(tiny_model_dir: Path, redis_server: RedisServer, s3_server: S3S
 @pytest.fixture(scope="session")
 def media(s3: Any) -> dict[str, str]:
     """Sample media in S3: two images, an mp4, four frames. Returns name → s3:// reference."""
-    from shell.samples import image_bytes, mp4_bytes, noise_image
+    from rerankq.cli.samples import image_bytes, mp4_bytes, noise_image
 
     for bucket in (MEDIA_BUCKET, RESULTS_BUCKET):
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
@@ -139,7 +139,7 @@ def media(s3: Any) -> dict[str, str]:
 def reference(tiny_model_dir: Path, s3_server: S3Server):  # type: ignore[no-untyped-def]
     """In-process scores of a request (leave out documents that should fail) from the seed-compatible
     ``Qwen3VLReranker.process``, run the official way: one pair per forward pass, no shared prefix."""
-    from reranker import Qwen3VLReranker
+    from rerankq.models import Qwen3VLReranker
 
     model = Qwen3VLReranker(str(tiny_model_dir), device="cpu", torch_dtype="float32",
                             s3_endpoint_url=s3_server.url, share_prefix=False, batch_max_pairs=1)
@@ -166,7 +166,7 @@ def start_gateway(env: dict[str, str], log_dir: Path, **settings: str) -> Gatewa
     full_env = {**env, "RERANKQ_GATEWAY__UPLOADS_URI": "s3://uploads/u/", **settings}
     log = log_dir / f"gateway-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "gateway", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "gateway", "--port", str(port)],
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT)
     gateway = GatewayProcess(proc, f"http://127.0.0.1:{port}", Settings(
         redis_url=full_env["RERANKQ_REDIS_URL"], s3_endpoint_url=full_env.get("RERANKQ_S3_ENDPOINT_URL"),

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rerankq.cli.cluster import S3Server
 
-from shell.cluster import S3Server
 from tests.chaos_kit import Cluster, Redis
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def cluster(private_redis: Redis, s3_server: S3Server, s3: Any, tmp_path: Path) 
 
 def rerankq(c: Cluster, *argv: str, tty: bool = False, stdin: str | None = None) -> tuple[int, str, str]:
     """Run ``rerankq ARGV``; with ``tty``, its stderr is a pseudo-terminal. Returns (code, stdout, stderr)."""
-    cmd = [sys.executable, "-m", "shell.cli", *argv]
+    cmd = [sys.executable, "-m", "rerankq.cli", *argv]
     env = {**os.environ, **c.env}
     if not tty:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, input=stdin, timeout=120)

@@ -16,7 +16,7 @@ SPEC_KEYS = {"e2e_pairs_per_s", "scorer_pairs_per_s", "jobs_per_s", "p50_latency
 def test_bench_json_and_plot(tmp_path: Path, tiny_model_dir: Path) -> None:
     plot = tmp_path / "bench.png"
     done = subprocess.run(
-        [sys.executable, "-m", "shell.cli", "bench", "--model", str(tiny_model_dir), "--workload", "24x4:text",
+        [sys.executable, "-m", "rerankq.cli", "bench", "--model", str(tiny_model_dir), "--workload", "24x4:text",
          "--workload", "6x2:image", "--workload", "4x3:image-query", "--workload", "2x2:video-query",
          "--repeats", "2", "--lone", "3", "--json", "--plot", str(plot)],
         capture_output=True, text=True, timeout=280, check=False)
@@ -43,7 +43,7 @@ def test_bench_json_and_plot(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_cache_bench_runs_the_workload_cold_then_warm() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "shell.cache_bench", "--model", "fake:hash", "--workload", "6x3:image",
+        [sys.executable, "-m", "bench.cache", "--model", "fake:hash", "--workload", "6x3:image",
          "--repeats", "1", "--json"], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     (w,) = json.loads(done.stdout.strip().splitlines()[-1])["workloads"]

@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 import redis
+from rerankq.cli.cluster import RedisServer, S3Server, stop_process
+from rerankq.client import RerankClient, SignatureError, verify_signature
+from rerankq.worker.callbacks import Deliverer
+from rerankq.worker.metrics import Metrics
 
-from producer import RerankClient, SignatureError, verify_signature
 from rerankq.callbacks import Outbox
 from rerankq.errors import InvalidRequest
 from rerankq.settings import CallbackSettings, Settings
-from shell.cluster import RedisServer, S3Server, stop_process
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker, wait_for
 from tests.servers import serving
-from workers.callbacks import Deliverer
-from workers.metrics import Metrics
 
 SECRET = "whsec_integration"
 ANY = ["*"]
@@ -295,7 +295,7 @@ def test_a_delivery_survives_a_crash_of_its_deliverer(redis_server: RedisServer,
         stop_worker(worker)
     receiver.hold.clear()
     log = (tmp_path / "deliverer.log").open("wb")
-    deliverer = subprocess.Popen([sys.executable, "-m", "workers.callbacks"], env=worker.env, stdout=log,
+    deliverer = subprocess.Popen([sys.executable, "-m", "rerankq.worker.callbacks"], env=worker.env, stdout=log,
                                  stderr=subprocess.STDOUT)
     try:
         first, again = receiver.wait(2, timeout=30)

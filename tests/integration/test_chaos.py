@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rerankq.cli.cluster import S3Server
 
-from shell.cluster import S3Server
 from tests.chaos_kit import (
     SLOW,
     Audit,
@@ -290,7 +290,7 @@ def test_sentinel_failover_mid_run_and_a_submit_a_paused_replica_did_not_take(s3
 
 # --- S3 going away ---------------------------------------------------------------------------------------------------
 def test_s3_down_for_10_s_media_jobs_wait_and_result_writes_requeue(private_redis: Redis, tmp_path: Path) -> None:
-    from shell.samples import image_bytes, noise_image
+    from rerankq.cli.samples import image_bytes, noise_image
 
     s3 = S3Server().start()
     try:
@@ -341,7 +341,7 @@ def test_s3_down_for_10_s_media_jobs_wait_and_result_writes_requeue(private_redi
 
 # --- poison, priorities, scaling out -------------------------------------------------------------------------------
 def test_a_poison_job_is_capped_and_its_round_mates_are_spared(chaos: Cluster, ref: Reference) -> None:
-    from reranker.fake import CRASH_MARKER
+    from rerankq.models.fake import CRASH_MARKER
 
     chaos.start(3)  # and the supervisor below replaces each one that dies
     client, r = chaos.client(), chaos.redis()

@@ -1,5 +1,5 @@
 """The first five minutes: operational failures of the real ``rerankq`` command are one line on stderr that
-says what to do, with the exit code of ``shell.cli``'s table, and no traceback unless ``--debug``."""
+says what to do, with the exit code of ``rerankq.cli``'s table, and no traceback unless ``--debug``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from shell.cluster import free_port
+from rerankq.cli.cluster import free_port
 
 RERANKQ = str(Path(sys.executable).parent / "rerankq")
 JOB = {"query": "a cat", "documents": ["a dog", "a cat"]}

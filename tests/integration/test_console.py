@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from rerankq.cli.cluster import stop_process
 
-from shell.cluster import stop_process
 from tests.integration.conftest import GatewayProcess, WorkerProcess, start_gateway
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def until(check: Callable[[], Any], timeout: float = 60, what: str = "condition"
 
 
 def cat_png(tmp_path: Path) -> Path:
-    from shell.samples import image_bytes, noise_image
+    from rerankq.cli.samples import image_bytes, noise_image
 
     path = tmp_path / "striped-cat.png"
     path.write_bytes(image_bytes(noise_image(96, 64, seed=7)))

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
               pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")]
 
-DEMO = [sys.executable, "-m", "shell.cli", "demo"]
+DEMO = [sys.executable, "-m", "rerankq.cli", "demo"]
 
 
 def _live(proc: Path) -> bool:
@@ -136,5 +136,5 @@ def test_sigterm_stops_everything_too() -> None:
 def test_without_redis_server_it_says_how_to_install_it(tmp_path: Path) -> None:
     env = {**demo_env(uuid.uuid4().hex), "PATH": str(tmp_path)}  # no redis-server on this PATH
     run = subprocess.run(DEMO, env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 4  # cannot run (shell.cli's exit codes)
+    assert run.returncode == 4  # cannot run (rerankq.cli's exit codes)
     assert "redis-server is not on PATH: install it" in run.stderr

@@ -9,8 +9,8 @@ import uuid
 
 import httpx
 import pytest
+from rerankq.cli.cluster import free_port
 
-from shell.cluster import free_port
 from tests.integration.test_demo import demo_env, finish, no_process_left, redis_port
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_serve_keeps_the_cluster_and_console_up_until_ctrl_c() -> None:
     tag, port = uuid.uuid4().hex, free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "demo", "--serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "demo", "--serve", "--port", str(port)],
                             env=demo_env(tag), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines = []

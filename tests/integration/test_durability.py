@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rerankq.cli.cluster import RedisServer, S3Server
+from rerankq.client import RerankClient
 
-from producer import RerankClient
-from shell.cluster import RedisServer, S3Server
 from tests.integration.conftest import MEDIA_BUCKET, start_worker, stop_worker, wait_for
 
 
 @pytest.fixture()
 def big_image(s3: Any) -> str:
-    from shell.samples import image_bytes, noise_image
+    from rerankq.cli.samples import image_bytes, noise_image
 
     s3.put_object(Bucket=MEDIA_BUCKET, Key="durability/big.png", Body=image_bytes(noise_image(1400, 1400, seed=9)))
     return f"s3://{MEDIA_BUCKET}/durability/big.png"

@@ -10,16 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rerankq.cli.cluster import RedisServer, S3Server
+from rerankq.client import RerankClient
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import Side, VisionBudget
+from rerankq.models.batching import score_all
+from rerankq.models.fake import load_fake
+from rerankq.models.options import LoadOptions
 
-from media.resolver import MediaResolver
-from media.sides import Side, VisionBudget
-from producer import RerankClient
-from reranker.batching import score_all
-from reranker.fake import load_fake
-from reranker.options import LoadOptions
 from rerankq import keys
 from rerankq.settings import Settings
-from shell.cluster import RedisServer, S3Server
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
 
 
@@ -67,20 +67,21 @@ def test_malformed_queue_entries_go_to_the_dead_letter_list(fake_worker: WorkerP
         job_id = client.submit({"query": {"text": "still"}, "documents": [{"text": "served"}]})
         assert client.result(job_id, timeout=30)["model"] == "fake:hash"  # the worker survived both
     env = {**fake_worker.env}
-    listed = subprocess.run([sys.executable, "-m", "shell.cli", "dlq", "list", "--json"], env=env,
+    listed = subprocess.run([sys.executable, "-m", "rerankq.cli", "dlq", "list", "--json"], env=env,
                             capture_output=True, text=True, timeout=60, check=True)
     entries = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [e["reason"].split(" (")[0] for e in entries] == ["not JSON", "not a Celery message"]
     assert {e["queue"] for e in entries} == {queue} and entries[0]["raw"] == "{not json"
     assert fake_worker.metric("rerankq_dlq_length") == 2
-    purged = subprocess.run([sys.executable, "-m", "shell.cli", "dlq", "purge"], env=env, capture_output=True,
+    purged = subprocess.run([sys.executable, "-m", "rerankq.cli", "dlq", "purge"], env=env, capture_output=True,
                             text=True, timeout=60, check=True)
     assert purged.stdout.strip() == "2 entries dropped"
     assert fake_worker.proc.poll() is None
 
 
 def test_the_fake_is_only_reached_by_its_spec() -> None:
-    from reranker.loading import load_model
+    from rerankq.models.loading import load_model
+
     from rerankq.errors import ModelLoadError
 
     assert load_model("fake:h100-2b").name == "fake:h100-2b"

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+from rerankq.cli.samples import image_bytes, noise_image
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import Side, VisionBudget
+from rerankq.models.qwen3vl.vision import QwenVision
 
-from media.resolver import MediaResolver
-from media.sides import Side, VisionBudget
-from reranker.qwen3vl.vision import QwenVision
 from rerankq.settings import Settings
-from shell.samples import image_bytes, noise_image
 from tests.integration.conftest import MEDIA_BUCKET
 
 ORIENTATION = 0x0112

@@ -18,13 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
+from rerankq.cli.cluster import stop_process
+from rerankq.client import RerankClient
+from rerankq.client.gateway.state import DEPTH_FRESH_S
 
-from producer import RerankClient
-from producer.gateway.state import DEPTH_FRESH_S
 from rerankq.errors import InvalidRequest
 from rerankq.schema import parse_job
 from rerankq.settings import LimitSettings, Settings
-from shell.cluster import stop_process
 from tests.integration.conftest import GatewayProcess, WorkerProcess, start_gateway
 
 KEY = "test-key-1"
@@ -322,7 +322,8 @@ def test_five_hundred_waiting_calls_share_one_waiter(idle_gateway: GatewayProces
 def two_models(tiny_model_dir: Path, redis_server: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[tuple[GatewayProcess, Settings, Path]]:
     """Two workers with different checkpoints on one Redis and queue prefix; the first serves the default model."""
-    from reranker.qwen3vl.tiny import write_tiny_model
+    from rerankq.models.qwen3vl.tiny import write_tiny_model
+
     from tests.integration.conftest import start_worker, stop_worker
 
     other = Path(write_tiny_model(tmp_path_factory.mktemp("other-model") / "tiny-b", seed=1))
@@ -379,7 +380,7 @@ def test_refuses_to_listen_beyond_loopback_without_keys(queue_worker: WorkerProc
     import sys
 
     env = {k: v for k, v in queue_worker.env.items() if k != "RERANKQ_API_KEYS"}
-    run = subprocess.run([sys.executable, "-m", "shell.cli", "gateway", "--host", "0.0.0.0", "--port", "1"],
+    run = subprocess.run([sys.executable, "-m", "rerankq.cli", "gateway", "--host", "0.0.0.0", "--port", "1"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
     assert "refusing to listen on 0.0.0.0 without API keys" in run.stderr

@@ -1,4 +1,4 @@
-"""Messages lost on their way to a worker are sent again (``workers.reaper``), with real processes: a private
+"""Messages lost on their way to a worker are sent again (``rerankq.worker.reaper``), with real processes: a private
 ``redis-server``, ``rerankq worker`` processes with the fake scorer and a 3 s lease.
 
 The two moments leases cannot cover are reproduced exactly: a worker that died between kombu's ``BRPOP`` and
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from rerankq.cli.cluster import S3Server
+from rerankq.worker.transport import Transport
 
 from rerankq import keys
-from shell.cluster import S3Server
 from tests.chaos_kit import Audit, Cluster, Redis, Reference, check_scores, settle, text_job
-from workers.transport import Transport
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +63,8 @@ def test_a_queue_that_is_not_empty_is_not_reaped(chaos: Cluster) -> None:
     ids = client.submit_many([text_job(i, 1, "wait", priority="low") for i in range(3)])
     low = keys.queue_name(chaos.settings, "low")
     r.zadd(keys.pending_key(low), dict.fromkeys(ids, time.time() - 3600))  # "sent an hour ago"
-    from workers.metrics import Metrics
-    from workers.reaper import Reaper
+    from rerankq.worker.metrics import Metrics
+    from rerankq.worker.reaper import Reaper
 
     sent: list[str] = []
     reaper = Reaper(chaos.settings, r, [low], Metrics("test"), lambda job, task_id, q: sent.append(task_id))

@@ -18,15 +18,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from rerankq.cli.cluster import S3Server
+from rerankq.cli.samples import photo_bytes
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import Side, VisionBudget
+from rerankq.media.store import MediaStore
+from rerankq.models.qwen3vl.vision import QwenVision
 
-from media.resolver import MediaResolver
-from media.sides import Side, VisionBudget
-from media.store import MediaStore
-from reranker.qwen3vl.vision import QwenVision
 from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
-from shell.cluster import S3Server
-from shell.samples import photo_bytes
 from tests.servers import serving
 
 BUCKET = "media-faults"

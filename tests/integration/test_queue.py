@@ -8,10 +8,10 @@ import uuid
 from typing import Any
 
 import pytest
+from rerankq.cli.cluster import free_port
+from rerankq.client import RerankClient
 
-from producer import RerankClient
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
-from shell.cluster import free_port
 from tests.integration.conftest import MEDIA_BUCKET, RESULTS_BUCKET, WorkerProcess
 
 TOL = 1e-5

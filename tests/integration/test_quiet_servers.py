@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 SCRIPT = """
-from shell.cluster import S3Server
+from rerankq.cli.cluster import S3Server
 with S3Server() as server:
     client = server.client()
     client.create_bucket(Bucket="quiet")

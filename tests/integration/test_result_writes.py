@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from producer import RerankClient
+from rerankq.cli.cluster import RedisServer, S3Server
+from rerankq.client import RerankClient
+
 from rerankq.errors import JobFailed
-from shell.cluster import RedisServer, S3Server
 from tests.integration.conftest import start_worker, stop_worker, wait_for
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import redis
+from rerankq.cli.cluster import CACHE_ARGS, RedisServer, S3Server, free_port
+from rerankq.cli.samples import image_bytes, noise_image
+from rerankq.client import RerankClient
 
-from producer import RerankClient
-from shell.cluster import CACHE_ARGS, RedisServer, S3Server, free_port
-from shell.samples import image_bytes, noise_image
 from tests.integration.conftest import MEDIA_BUCKET, WorkerProcess, start_worker, stop_worker
 
 TOL = 2.5e-6  # 1e-5 in logit is at most 2.5e-6 in score (the sigmoid's slope is <= 1/4)
@@ -160,9 +160,10 @@ def test_a_cache_that_goes_down_fails_no_job(tmp_path_factory: pytest.TempPathFa
 
 
 def test_the_store_refuses_the_brokers_redis_and_survives_a_dead_port(redis_url: str) -> None:
+    from rerankq.worker.metrics import Metrics
+    from rerankq.worker.scorecache import ScoreCache
+
     from rerankq.settings import Settings
-    from workers.metrics import Metrics
-    from workers.scorecache import ScoreCache
 
     broker = redis.Redis.from_url(redis_url)
     same = ScoreCache(Settings(redis_url=redis_url, cache={"redis_url": redis_url}), Metrics(), broker)
@@ -179,7 +180,7 @@ def test_the_store_refuses_the_brokers_redis_and_survives_a_dead_port(redis_url:
 
 
 def test_model_identity_changes_with_max_length_and_seed(tiny_model_dir: Path) -> None:
-    from reranker.loading import LoadOptions, load_model
+    from rerankq.models.loading import LoadOptions, load_model
 
     tiny = load_model(str(tiny_model_dir), LoadOptions(max_length=1024))
     again = load_model(str(tiny_model_dir), LoadOptions(max_length=1024))
@@ -193,15 +194,16 @@ def test_model_identity_changes_with_max_length_and_seed(tiny_model_dir: Path) -
 
 class InProcess:
     """One worker's preparing and scoring steps, in this process (the fake model): a round's cache look-ups,
-    media, pairs, forward pass and write-back, as ``workers.runtime`` runs them."""
+    media, pairs, forward pass and write-back, as ``rerankq.worker.runtime`` runs them."""
 
     def __init__(self, redis_url: str, s3_url: str, cache_url: str) -> None:
-        from media.resolver import MediaResolver
-        from reranker.fake import load_fake
-        from reranker.options import LoadOptions
+        from rerankq.media.resolver import MediaResolver
+        from rerankq.models.fake import load_fake
+        from rerankq.models.options import LoadOptions
+        from rerankq.worker.caching import RoundCache
+        from rerankq.worker.metrics import Metrics
+
         from rerankq.settings import Settings
-        from workers.caching import RoundCache
-        from workers.metrics import Metrics
 
         self.settings = Settings(redis_url=redis_url, s3_endpoint_url=s3_url, cache={"redis_url": cache_url})
         self.model = load_fake("fake:hash", LoadOptions())
@@ -212,8 +214,9 @@ class InProcess:
     def round(self, job: dict[str, Any]) -> Any:
         from concurrent.futures import Future
 
+        from rerankq.worker.rounds import JobRun, prepare_units, resolve_media
+
         from rerankq.schema import parse_job
-        from workers.rounds import JobRun, prepare_units, resolve_media
 
         run = JobRun(parse_job({**job, "job_id": uuid.uuid4().hex}, self.settings), Future())
         known = self.cache.before_media([run])

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from media.decode import decode_video
-from media.sides import ResolvedSide, VisionBudget
-from reranker.batching import score_all
-from reranker.loading import LoadOptions, load_model
-from reranker.qwen3vl.pipeline import PairPreparer, PreparedPair
-from reranker.qwen3vl.vision import frame_list_input, image_input, video_input
-from shell.samples import mp4_bytes, noise_image
+from rerankq.cli.samples import mp4_bytes, noise_image
+from rerankq.media.decode import decode_video
+from rerankq.media.sides import ResolvedSide, VisionBudget
+from rerankq.models.batching import score_all
+from rerankq.models.loading import LoadOptions, load_model
+from rerankq.models.qwen3vl.pipeline import PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.vision import frame_list_input, image_input, video_input
 
 BUDGET = VisionBudget()
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."

@@ -9,13 +9,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
-from media.decode import decode_video
-from media.sides import ResolvedSide, VisionBudget
-from reranker.qwen3vl.pipeline import PairPreparer, PreparedPair
-from reranker.qwen3vl.sharing import JobPrefix, SharingStats, shared_prefix
-from reranker.qwen3vl.vision import frame_list_input, image_input, video_input
-from shell.samples import mp4_bytes, noise_image
+from rerankq.cli.samples import mp4_bytes, noise_image
+from rerankq.media.decode import decode_video
+from rerankq.media.sides import ResolvedSide, VisionBudget
+from rerankq.models.qwen3vl.pipeline import PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.sharing import JobPrefix, SharingStats, shared_prefix
+from rerankq.models.qwen3vl.vision import frame_list_input, image_input, video_input
 
 BUDGET = VisionBudget()
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
@@ -172,7 +171,7 @@ def test_stored_rope_deltas_do_not_matter(tiny_scorer, sides) -> None:  # type: 
 
 
 def test_eager_attention_takes_the_same_path(tiny_model_dir, sides) -> None:  # type: ignore[no-untyped-def]
-    from reranker.loading import LoadOptions, load_model
+    from rerankq.models.loading import LoadOptions, load_model
 
     scorer = load_model(str(tiny_model_dir), LoadOptions(attn_implementation="eager"))
     make = prepare(PairPreparer(scorer.tokenizer), sides["video"], documents(sides)[:4])

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rerankq.cli.cluster import RedisServer, S3Server
+from rerankq.client import RerankClient
 
-from producer import RerankClient
-from shell.cluster import RedisServer, S3Server
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
 
 MAX_LENGTH = 1024  # the long document below is cut to fit
@@ -41,7 +41,7 @@ def requests(media: dict[str, str]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def official(tiny_model_dir: Path, s3_server: S3Server):  # type: ignore[no-untyped-def]
     """The official way: one pair per forward pass, no shared prefix, same length budget as the workers."""
-    from reranker import Qwen3VLReranker
+    from rerankq.models import Qwen3VLReranker
 
     return Qwen3VLReranker(str(tiny_model_dir), device="cpu", torch_dtype="float32", s3_endpoint_url=s3_server.url,
                            max_length=MAX_LENGTH, share_prefix=False, batch_max_pairs=1)
@@ -100,7 +100,7 @@ def test_with_sharing_off_nothing_is_shared(plain_worker: WorkerProcess, media: 
 
 def test_process_shares_the_prefix(tiny_model_dir: Path, s3_server: S3Server, media: dict[str, str],
                                    official: Any) -> None:
-    from reranker import Qwen3VLReranker
+    from rerankq.models import Qwen3VLReranker
 
     model = Qwen3VLReranker(str(tiny_model_dir), device="cpu", torch_dtype="float32", s3_endpoint_url=s3_server.url,
                             max_length=MAX_LENGTH)

@@ -7,15 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rerankq.models.loading import load_model
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
-
-from reranker.loading import load_model
 
 
 def test_cli_writes_a_loadable_deterministic_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "tiny"
-    done = subprocess.run([sys.executable, "-m", "shell.cli", "tiny-model", str(out)],
+    done = subprocess.run([sys.executable, "-m", "rerankq.cli", "tiny-model", str(out)],
                           capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr
     assert "wrote a tiny random-weight" in done.stdout

@@ -1,4 +1,4 @@
-"""Batch input lines → jobs or errors (``producer.batches.lines``), and the duration parser of the CLI."""
+"""Batch input lines → jobs or errors (``rerankq.client.batches.lines``), and the duration parser of the CLI."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 import time
 
 import pytest
+from rerankq.client.batches.cli import duration
+from rerankq.client.batches.lines import parse_line
 
-from producer.batches.cli import duration
-from producer.batches.lines import parse_line
 from rerankq.settings import Settings
 
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]

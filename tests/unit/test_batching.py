@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from reranker.batching import (
+from rerankq.models.batching import (
     padding_ratio,
     plan_batches,
     plan_shared_batches,

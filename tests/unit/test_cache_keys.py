@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rerankq.media.identity import file_identity, frames_identity, s3_identity, side_media, side_refs, tagged
+from rerankq.media.sides import ResolvedSide, Side, VisionBudget
+from rerankq.models.fingerprint import checkpoint_fingerprint
+from rerankq.worker.cachekeys import Content, JobContext, JobKeys, from_resolved, from_side
 
-from media.identity import file_identity, frames_identity, s3_identity, side_media, side_refs, tagged
-from media.sides import ResolvedSide, Side, VisionBudget
-from reranker.fingerprint import checkpoint_fingerprint
 from rerankq.errors import InvalidRequest
 from rerankq.schema import parse_job
 from rerankq.settings import Settings
-from workers.cachekeys import Content, JobContext, JobKeys, from_resolved, from_side
 
 MD5 = "0123456789abcdef0123456789abcdef"
 BASE = JobContext(model='{"weights": "sha256:aa"}', instruction="Find it.", max_tokens_per_doc=None,
@@ -113,7 +113,7 @@ def test_a_local_file_is_its_digest_and_a_rewrite_is_a_new_medium(tmp_path: Path
 
 
 def test_a_checkpoint_fingerprint_follows_its_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from reranker import fingerprint
+    from rerankq.models import fingerprint
 
     ckpt, cache = tmp_path / "ckpt", tmp_path / "cache"
     ckpt.mkdir()
@@ -142,8 +142,8 @@ def test_a_hub_snapshot_is_its_commit(tmp_path: Path) -> None:
 
 
 def test_the_fake_model_identity_follows_max_length() -> None:
-    from reranker.fake import load_fake
-    from reranker.options import LoadOptions
+    from rerankq.models.fake import load_fake
+    from rerankq.models.options import LoadOptions
 
     assert load_fake("fake:hash", LoadOptions()).cache_identity() == \
         load_fake("fake:h100-2b", LoadOptions()).cache_identity()  # same scores, modelled time apart

@@ -80,9 +80,9 @@ def container(kind: str, name: str) -> dict[str, Any]:
 
 
 def worker_metrics() -> dict[str, str]:
-    """Metric name -> type, as the worker exports them (``workers.metrics``; SPEC §7 until it exists)."""
+    """Metric name -> type, as the worker exports them (``rerankq.worker.metrics``; SPEC §7 until it exists)."""
     try:
-        from workers.metrics import ListLengths, Metrics
+        from rerankq.worker.metrics import ListLengths, Metrics
     except ImportError:
         return dict(SPEC_METRICS)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 
 import pytest
+from rerankq.client.compat import job_sides, to_job, to_response
+from rerankq.client.gateway.media import decode_data_uri, sniff
+from rerankq.client.gateway.metrics import route_label
 
-from producer.compat import job_sides, to_job, to_response
-from producer.gateway.media import decode_data_uri, sniff
-from producer.gateway.metrics import route_label
 from rerankq import keys
 from rerankq.errors import InvalidRequest
 from rerankq.settings import Settings

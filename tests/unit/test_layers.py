@@ -1,5 +1,6 @@
-"""The layer rules: the producer side works without torch, transformers or worker code; the folders read
-bottom-up (shared contract -> media and model -> workers and producer -> shell)."""
+"""The layer rules: the producer side works without torch, transformers or worker code; the subpackages read
+bottom-up (shared contract -> media -> models -> worker and client -> cli); and no two files import each
+other, directly or round a loop, late imports inside functions included."""
 
 from __future__ import annotations
 
@@ -8,63 +9,124 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.typecheck import ROOT, package_dirs
+
+LAYERS = {"rerankq": 0, "rerankq.media": 1, "rerankq.models": 2, "rerankq.worker": 3, "rerankq.client": 3,
+          "rerankq.cli": 4}
+
 
 def test_producer_and_cli_import_without_torch_or_workers() -> None:
-    code = ("import sys; import producer, producer.cli, shell.cli; shell.cli.build_parser(); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'workers', 'reranker')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = ("import sys; import rerankq.client, rerankq.client.cli, rerankq.cli.main as m; m.build_parser(); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') "
+            "or m.startswith(('rerankq.worker', 'rerankq.models'))]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-ROOT = Path(__file__).resolve().parents[2]
-LAYERS = {"rerankq": 0, "media": 1, "reranker": 2, "workers": 3, "producer": 3, "shell": 4}
-
-
-def imports_of(package: str) -> dict[str, set[str]]:
-    """Every module a package's files import (absolute imports, at any depth of the file), by file."""
-    out: dict[str, set[str]] = {}
-    for path in (ROOT / package).rglob("*.py"):
-        found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module)
-        out[str(path.relative_to(ROOT))] = found
+def modules() -> dict[str, Path]:
+    """Every module of the installed package, by import name, and its file."""
+    out: dict[str, Path] = {}
+    for name, folder in package_dirs().items():
+        base = ROOT / folder
+        paths = base.glob("*.py") if name == "rerankq" else base.rglob("*.py")
+        for path in paths:
+            parts = [*name.split("."), *path.relative_to(base).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
     return out
 
 
-def test_workers_import_nothing_of_a_model_implementation() -> None:
-    """The engine meets models through reranker.contract: no Qwen module, no torch, no transformers."""
-    offending = {f: sorted(m for m in mods if m.startswith(("reranker.qwen3vl", "torch", "transformers")))
-                 for f, mods in imports_of("workers").items()}
-    assert {f: m for f, m in offending.items() if m} == {}
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports (absolute imports, at any depth of the file)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # ``from pkg import module``
+    return found
+
+
+def layer_of(module: str) -> str:
+    return max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
 
 
 def test_layers_read_bottom_up() -> None:
-    """The shared contract imports nothing above it; media and model know nothing of workers, producer or
-    the shell; the producer knows no model; only the shell imports everything."""
+    """The shared contract imports nothing above it; media and models know nothing of the worker, the client
+    or the cli; the client knows no model; only the cli imports everything."""
     upward = []
-    for package, level in LAYERS.items():
-        for path, modules in imports_of(package).items():
-            for module in modules:
-                top = module.split(".")[0]
-                if top in LAYERS and top != package and LAYERS[top] >= level:
-                    upward.append(f"{path} imports {module}")
+    for module, path in modules().items():
+        mine = layer_of(module)
+        for target in imports_of(path):
+            if target.split(".")[0] == "rerankq":
+                theirs = layer_of(target)
+                if theirs != mine and LAYERS[theirs] >= LAYERS[mine]:
+                    upward.append(f"{path.relative_to(ROOT)} imports {target}")
     assert upward == []
 
 
+def file_cycles() -> list[str]:
+    """The import cycles between the package's files, each as ``a -> b -> a``."""
+    mods = modules()
+    graph = {m: sorted({t for t in imports_of(p) if t in mods and t != m} - {m}) for m, p in mods.items()}
+    # a package's __init__ importing its own modules is how a package exports them, not a cycle
+    graph = {m: [t for t in ts if not t.startswith(m + ".")] for m, ts in graph.items()}
+    cycles: list[list[str]] = []
+    colour: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        colour[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if colour.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt):], nxt])
+            elif not colour.get(nxt):
+                visit(nxt)
+        stack.pop()
+        colour[node] = 2
+
+    for node in sorted(graph):
+        if not colour.get(node):
+            visit(node)
+    return [" -> ".join(c) for c in cycles]
+
+
+def test_no_file_imports_itself_round_a_loop() -> None:
+    """Zero cycles between files, inside folders as across them: a late import does not hide one."""
+    assert file_cycles() == []
+
+
+def test_workers_import_nothing_of_a_model_implementation() -> None:
+    """The worker meets models through rerankq.models.contract: no Qwen module, no torch, no transformers."""
+    offending = {m: sorted(t for t in imports_of(p) if t.startswith(("rerankq.models.qwen3vl", "torch",
+                                                                      "transformers")))
+                 for m, p in modules().items() if m.startswith("rerankq.worker")}
+    assert {m: t for m, t in offending.items() if t} == {}
+
+
 def test_media_knows_nothing_of_the_model_side() -> None:
-    mods = {m for found in imports_of("media").values() for m in found}
-    assert not {m for m in mods if m.split(".")[0] in ("reranker", "workers", "producer", "shell", "transformers")}
+    found = {t for m, p in modules().items() if m.startswith("rerankq.media") for t in imports_of(p)}
+    assert not {t for t in found if t.startswith(("rerankq.models", "rerankq.worker", "rerankq.client",
+                                                  "rerankq.cli", "transformers"))}
+
+
+def test_one_installed_package_lists_every_folder() -> None:
+    """pyproject's ``packages`` names every package folder, so ``pip install .`` installs them all."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {m for m, p in modules().items() if p.name == "__init__.py"} | {"rerankq"}
+    assert found == listed
 
 
 def test_runtime_is_typed_with_the_model_contract() -> None:
     from typing import get_type_hints
 
-    from reranker.contract import RerankModel
-    from workers.runtime import Runtime
+    from rerankq.models.contract import RerankModel
+    from rerankq.worker.runtime import Runtime
 
     hint = get_type_hints(Runtime.__init__)["model"]
     assert getattr(hint, "__origin__", hint) is RerankModel

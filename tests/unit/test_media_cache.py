@@ -6,8 +6,7 @@ import threading
 import time
 
 import pytest
-
-from media.cache import Counters, DecodedCache
+from rerankq.media.cache import Counters, DecodedCache
 
 
 def _cache(capacity: int) -> tuple[DecodedCache[bytes], Counters]:

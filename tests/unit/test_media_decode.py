@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from media.decode import decode_image, decode_video, flatten
-from media.sides import VisionBudget, VisionError
-from reranker.qwen3vl import vision
-from shell.samples import clip_bytes, photo_bytes, png_header_only
+from rerankq.cli.samples import clip_bytes, photo_bytes, png_header_only
+from rerankq.media.decode import decode_image, decode_video, flatten
+from rerankq.media.sides import VisionBudget, VisionError
+from rerankq.models.qwen3vl import vision
 
 
 def _save(image: Image.Image, fmt: str, **kwargs: object) -> bytes:

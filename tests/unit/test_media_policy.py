@@ -7,9 +7,9 @@ before a connection is opened.
 from __future__ import annotations
 
 import pytest
+from rerankq.media.http import HttpFetcher, HttpPolicy, address_refusal
+from rerankq.media.store import MediaStore
 
-from media.http import HttpFetcher, HttpPolicy, address_refusal
-from media.store import MediaStore
 from rerankq.errors import MediaError
 from rerankq.settings import Settings
 

@@ -1,4 +1,4 @@
-"""``shell.plot.plot_bench``: the PNG behind ``rerankq bench --plot``."""
+"""``bench.plot.plot_bench``: the PNG behind ``rerankq bench --plot``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shell.plot import plot_bench, throughput_series
+from bench.plot import plot_bench, throughput_series
 
 
 def run_samples(jobs: int = 200, pairs_per_job: int = 8) -> list[dict[str, float | None]]:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import jinja2
-
-from reranker.qwen3vl.prompt import CHAT_TEMPLATE, Side, chat_messages, render_prompt
+from rerankq.models.qwen3vl.prompt import CHAT_TEMPLATE, Side, chat_messages, render_prompt
 
 SYSTEM = ('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '
           'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n')

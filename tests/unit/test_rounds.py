@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from rerankq.worker.rounds import score_isolating
 
 from rerankq.results import build_result, result_location
-from workers.rounds import score_isolating
 
 
 def test_a_failing_pair_is_isolated_and_the_rest_are_scored() -> None:
@@ -52,19 +52,21 @@ def test_result_location() -> None:
 def _run(documents: int) -> Any:
     from concurrent.futures import Future
 
+    from rerankq.worker.rounds import JobRun
+
     from rerankq.schema import parse_job
-    from workers.rounds import JobRun
 
     return JobRun(parse_job({"job_id": "j", "query": "q", "documents": [f"d{i}" for i in range(documents)]}),
                   Future())
 
 
 def test_documents_from_the_score_cache_get_their_score_and_no_pair() -> None:
-    from media.sides import ResolvedSide
-    from reranker.fake import load_fake
-    from reranker.options import LoadOptions
+    from rerankq.media.sides import ResolvedSide
+    from rerankq.models.fake import load_fake
+    from rerankq.models.options import LoadOptions
+    from rerankq.worker.rounds import prepare_units
+
     from rerankq.errors import MediaError
-    from workers.rounds import prepare_units
 
     model = load_fake("fake:hash", LoadOptions())
     run = _run(4)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from reranker.qwen3vl.tokenizer import cached_qwen_tokenizer
+from rerankq.models.qwen3vl.tokenizer import cached_qwen_tokenizer
 
 
 @pytest.fixture(scope="module")

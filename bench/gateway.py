@@ -1,4 +1,4 @@
-"""``python -m shell.gateway_bench``: what the HTTP gateway costs, measured against the SDK in the same run.
+"""``python -m bench.gateway``: what the HTTP gateway costs, measured against the SDK in the same run.
 
 Starts a private cluster (redis-server, moto's S3 server, one tiny-model worker, one ``rerankq gateway``), then:
 
@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shell.bench import _start_cluster, percentile
-from shell.demo import _model_spec
+from rerankq.cli.demo import _model_spec
+
+from bench.throughput import _start_cluster, percentile
 
 
 def _job(i: int, docs: int) -> dict[str, Any]:
@@ -105,12 +106,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _start_gateway(stack: contextlib.ExitStack, settings: Any) -> tuple[str, int]:
-    from shell.cluster import free_port, stop_process, wait_for_port
+    from rerankq.cli.cluster import free_port, stop_process, wait_for_port
 
     port = free_port()
     env = {**os.environ, "RERANKQ_REDIS_URL": settings.redis_url, "RERANKQ_S3_ENDPOINT_URL": settings.s3_endpoint_url}
     log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="rerankq-bench-gateway-", suffix=".log"))  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "gateway", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "gateway", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, proc, 10.0)
     try:
@@ -121,7 +122,7 @@ def _start_gateway(stack: contextlib.ExitStack, settings: Any) -> tuple[str, int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shell.gateway_bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=100, help="sequential calls per side for the overhead")
     parser.add_argument("--docs", type=int, default=2, help="documents per call (tiny jobs)")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight for the throughput")
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model SPEC (default: the tiny model)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    from producer.client import RerankClient
+    from rerankq.client.client import RerankClient
 
     with contextlib.ExitStack() as stack:
         record = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerankq-gw-bench-"))) / "passes.jsonl"

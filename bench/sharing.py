@@ -1,4 +1,4 @@
-"""Shared-prefix scoring, measured (``python -m shell.scorer_bench --jobs ...``): each job shape scored three
+"""Shared-prefix scoring, measured (``python -m bench.scorer --jobs ...``): each job shape scored three
 ways on the same pairs in the same run, after a warm-up of each:
 
 - **shared**: the job's prefix computed once (when the planner says it pays), suffixes batched;
@@ -22,14 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from media.sides import ResolvedSide, VisionBudget
-from reranker.batching import plan_with_prefixes
-from reranker.contract import prefix_marks
-from reranker.qwen3vl.model import Scorer
-from reranker.qwen3vl.pipeline import PreparedPair
-from reranker.qwen3vl.sharing import attach_prefix
-from reranker.qwen3vl.vision import image_input, video_input
+from rerankq.media.sides import ResolvedSide, VisionBudget
+from rerankq.models.batching import plan_with_prefixes
+from rerankq.models.contract import prefix_marks
+from rerankq.models.qwen3vl.model import Scorer
+from rerankq.models.qwen3vl.pipeline import PreparedPair
+from rerankq.models.qwen3vl.sharing import attach_prefix
+from rerankq.models.qwen3vl.vision import image_input, video_input
 
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 SHAPES = {
@@ -42,7 +41,7 @@ SHAPES = {
 
 def job_sides(shape: str, docs: int, words: Callable[[int, int], str]) -> tuple[ResolvedSide, list[ResolvedSide]]:
     """The query and documents of one job of ``shape`` (see ``SHAPES``)."""
-    from shell.samples import mp4_bytes, noise_image
+    from rerankq.cli.samples import mp4_bytes, noise_image
 
     budget = VisionBudget()
     text_docs = [ResolvedSide(texts=[words(95, i)]) for i in range(docs)]
@@ -55,7 +54,7 @@ def job_sides(shape: str, docs: int, words: Callable[[int, int], str]) -> tuple[
         return ResolvedSide(texts=["red shoes"]), [ResolvedSide(vision=[image_input(noise_image(960, 960, seed=i),
                                                                                     budget)]) for i in range(docs)]
     if shape == "video-query":
-        from media.decode import decode_video
+        from rerankq.media.decode import decode_video
 
         clip = decode_video(mp4_bytes(seconds=8.0, fps=10, width=320, height=240), budget.fps, budget.max_frames)
         video = video_input(clip.frames, clip.indices, clip.fps, budget)

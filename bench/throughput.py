@@ -9,7 +9,7 @@ JOBSxDOCS:KIND`` is submitted at once with ``submit_many``; KIND is ``text`` (te
 query, text documents).
 
 The scorer-alone figure is a ceiling: the private worker records its forward passes (``batch.record_path``)
-and the bench replays exactly those batches on the same pairs (``shell.replay``), after each end-to-end run,
+and the bench replays exactly those batches on the same pairs (``bench.replay``), after each end-to-end run,
 never during one; each figure is the best of ``--repeats`` alternating runs. A ratio above 1 is flagged as
 noise. Against a running deployment there is no record: the replay then uses the planner's batches.
 ``--lone N`` measures the latency of N lone jobs, one at a time, on the idle worker.
@@ -26,13 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from rerankq.cli.cluster import metric_values
+
+from bench.replay import BatchLog, Replay, wait_quiet
 from rerankq.settings import Settings
-from shell.replay import BatchLog, Replay, wait_quiet
 
 BUCKET = "rerankq-bench"
 KINDS = ("text", "image", "image-query", "video-query")
@@ -90,7 +91,7 @@ def make_requests(jobs: int, docs: int, kind: str, media: dict[str, list[str]], 
 
 def upload_media(s3: Any, kinds: set[str], count: int = 16) -> dict[str, list[str]]:
     """Sample images (and clips, for video queries) in the bench bucket: kind → s3:// references."""
-    from shell.samples import image_bytes, mp4_bytes, noise_image
+    from rerankq.cli.samples import image_bytes, mp4_bytes, noise_image
 
     with contextlib.suppress(Exception):  # exists already (a running deployment)
         s3.create_bucket(Bucket=BUCKET)
@@ -129,20 +130,6 @@ class Scrape:
             out[key] = round(total / count, 4) if count else None
         out["forward_passes"] = after.get("rerankq_batch_pairs_count", 0) - before.get("rerankq_batch_pairs_count", 0)
         return out
-
-
-def metric_values(url: str, wanted: set[str] | None = None) -> dict[str, float]:
-    """A worker's /metrics as {sample name: value}, summed over label sets (``model``, ``state``, ...)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if wanted is None or sample.name in wanted:
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -218,7 +205,7 @@ def lone_latency(client: Any, n: int) -> dict[str, float]:
 
 def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str, record: Path
                    ) -> tuple[Settings, str, int]:
-    from shell.cluster import RedisServer, S3Server, free_port, stop_process
+    from rerankq.cli.cluster import RedisServer, S3Server, free_port, stop_process
 
     redis_server = stack.enter_context(RedisServer())
     s3_server = stack.enter_context(S3Server())
@@ -227,7 +214,7 @@ def _start_cluster(stack: ExitStack, args: argparse.Namespace, model: str, recor
            "RERANKQ_METRICS_PORT": str(port), "RERANKQ_ALLOW_FILE_URLS": "true",
            "RERANKQ_BATCH__RECORD_PATH": str(record)}
     log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="rerankq-bench-worker-", suffix=".log"))  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "worker", "--model", model,
+    proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", model,
                              "--device", args.device], env=env, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, proc, 30.0)
     _wait_ready(proc, Path(log.name))
@@ -247,13 +234,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) 
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from producer.client import RerankClient
-    from shell.cluster import default_tiny_model_dir
-    from workers.main import load
+    from rerankq.cli.cluster import default_tiny_model_dir
+    from rerankq.client.client import RerankClient
+    from rerankq.worker.main import load
 
     model = args.model
     if model is None:
-        from reranker.qwen3vl.tiny import write_tiny_model
+        from rerankq.models.qwen3vl.tiny import write_tiny_model
 
         model = str(default_tiny_model_dir())
         if not (Path(model) / "config.json").exists():
@@ -292,7 +279,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def _plot(report: dict[str, Any], path: str) -> None:
     """Workloads one after another on one time axis (each job's latency is submit-to-result), each marked,
     with its scorer-alone ceiling; the best end-to-end run of each."""
-    from shell.plot import plot_bench
+    from bench.plot import plot_bench
 
     samples: list[dict[str, float]] = []
     marks: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """Scorer-alone benchmark: one pair per forward pass (the official script's way) versus batched passes.
 
-    python -m shell.scorer_bench --model /path/to/tiny --kinds text,image,video
-    python -m shell.scorer_bench --model random:8b --device cuda --kinds text,image --pairs 64
+    python -m bench.scorer --model /path/to/tiny --kinds text,image,video
+    python -m bench.scorer --model random:8b --device cuda --kinds text,image --pairs 64
 
 Prints, per pair kind, pairs/s and ms per pair for both ways and the largest |Δ| between their scores.
 ``--json`` prints one JSON object instead. Preparation (tokenising, vision preprocessing) is timed apart.
@@ -17,15 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from media.decode import decode_video
-from media.sides import ResolvedSide, VisionBudget
-from reranker.batching import score_all
-from reranker.loading import LoadOptions, load_model
-from reranker.qwen3vl.model import Scorer
-from reranker.qwen3vl.pipeline import PreparedPair
-from reranker.qwen3vl.vision import image_input, video_input
-from shell.samples import mp4_bytes, noise_image
+from rerankq.cli.samples import mp4_bytes, noise_image
+from rerankq.media.decode import decode_video
+from rerankq.media.sides import ResolvedSide, VisionBudget
+from rerankq.models.batching import score_all
+from rerankq.models.loading import LoadOptions, load_model
+from rerankq.models.qwen3vl.model import Scorer
+from rerankq.models.qwen3vl.pipeline import PreparedPair
+from rerankq.models.qwen3vl.vision import image_input, video_input
 
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 WORDS = ("lightweight", "trail", "backpack", "nylon", "side", "bottle", "pocket", "padded", "straps", "rain",

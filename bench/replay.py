@@ -45,8 +45,8 @@ class Replay:
     """A workload's pairs, prepared afresh for each replay (a shared prefix is freed after its last pair)."""
 
     def __init__(self, model: Any, settings: Settings, requests: Sequence[dict[str, Any]]) -> None:
-        from media.resolver import MediaResolver
-        from media.sides import Side, VisionBudget
+        from rerankq.media.resolver import MediaResolver
+        from rerankq.media.sides import Side, VisionBudget
 
         self.model, self.settings = model, settings
         with MediaResolver(settings, model.preprocessor) as resolver:
@@ -65,8 +65,8 @@ class Replay:
 
     def planned(self) -> list[list[Key]]:
         """Without a record (a remote deployment): the batches the planner would form over the whole workload."""
-        from reranker.batching import plan_with_prefixes
-        from reranker.contract import prefix_marks
+        from rerankq.models.batching import plan_with_prefixes
+        from rerankq.models.contract import prefix_marks
 
         pairs = self.prepare()
         keys = list(pairs)

@@ -1,4 +1,4 @@
-"""What Redis's fsync policy costs a producer: ``python -m shell.fsync_bench``.
+"""What Redis's fsync policy costs a producer: ``python -m bench.fsync``.
 
 Starts a private ``redis-server`` with ``appendonly yes`` for each policy (``everysec``, ``always``),
 alternating them in one run, and times one ``submit`` and a ``submit_many`` of 1000 jobs through the SDK.
@@ -13,8 +13,8 @@ import subprocess
 import tempfile
 import time
 
-from producer import RerankClient
-from shell.cluster import free_port, stop_process, wait_for_port
+from rerankq.cli.cluster import free_port, stop_process, wait_for_port
+from rerankq.client import RerankClient
 
 JOB = {"query": {"text": "q"}, "documents": [{"text": "d"}]}
 

@@ -19,9 +19,12 @@ traceback too. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import ModuleType
 
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob, RerankqError
 
@@ -39,7 +42,7 @@ QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from reranker.qwen3vl.tiny import write_tiny_model
+    from rerankq.models.qwen3vl.tiny import write_tiny_model
 
     out = write_tiny_model(args.dir, seed=args.seed)
     print(f"wrote a tiny random-weight Qwen3-VL-Reranker checkpoint to {out}")
@@ -47,26 +50,43 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from producer.batches.task import register
+    from rerankq.client.batches.task import register
+    from rerankq.worker.main import run_worker
+
     from rerankq.settings import Settings
-    from workers.main import run_worker
 
     return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
                       loglevel="DEBUG" if args.verbose else "INFO", control=register)
 
 
 def _batcher(args: argparse.Namespace) -> int:
-    from producer.batches.task import register
+    from rerankq.client.batches.task import register
+    from rerankq.worker.main import run_batcher
+
     from rerankq.settings import Settings
-    from workers.main import run_batcher
 
     return run_batcher(Settings(), register, hostname=args.hostname, loglevel="DEBUG" if args.verbose else "INFO")
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from shell.bench import run_bench
+def _bench_module() -> ModuleType | None:
+    """``bench.throughput``, the module behind ``rerankq bench``. The benchmarks are not installed: they live in
+    the source checkout's ``bench/`` beside the package's folders, found here when the install is editable."""
+    try:
+        return importlib.import_module("bench.throughput")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("bench", "bench.throughput"):
+            raise
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "throughput.py").is_file():
+        return None
+    sys.path.append(str(root))
+    return importlib.import_module("bench.throughput")
 
-    return run_bench(args)
+
+def _no_bench(args: argparse.Namespace) -> int:
+    print("rerankq bench runs from a source checkout (the benchmarks are not installed): clone the repository, "
+          "run `make setup`, then `.venv/bin/rerankq bench`", file=sys.stderr)
+    return EXIT_UNAVAILABLE
 
 
 def _version() -> str:
@@ -88,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny_model)
 
-    from producer import dlq
-    from producer.batches.cli import add_commands as add_batch_commands
-    from producer.cli import add_commands
+    from rerankq.client import dlq
+    from rerankq.client.batches.cli import add_commands as add_batch_commands
+    from rerankq.client.cli import add_commands
 
     add_commands(sub)
     add_batch_commands(sub)
@@ -103,17 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     batcher = sub.add_parser("batcher", help="a process that runs batches only (workers run them too): no model")
     batcher.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-batcher-PID@host)")
     batcher.set_defaults(func=_batcher)
-    from shell.flower import add_arguments as add_flower_arguments
+    from rerankq.cli.flower import add_arguments as add_flower_arguments
 
     add_flower_arguments(sub.add_parser("flower", help="Flower, the Celery monitor, on this deployment's broker"))
-    from producer.gateway.server import add_arguments as add_gateway_arguments
+    from rerankq.client.gateway.server import add_arguments as add_gateway_arguments
 
     add_gateway_arguments(sub.add_parser("gateway", help="the HTTP gateway: Cohere/vLLM-compatible rerank, async "
                                          "jobs, media upload, web console at /"))
-    from shell.bench import add_arguments
-
-    add_arguments(sub.add_parser("bench", help="throughput end to end and of the scorer alone (SPEC §7)"))
-    from shell.demo import add_arguments as add_demo_arguments
+    bench = sub.add_parser("bench", help="throughput end to end and of the scorer alone (a source checkout's bench/)")
+    module = _bench_module()
+    if module is None:
+        bench.add_argument("rest", nargs=argparse.REMAINDER)
+        bench.set_defaults(func=_no_bench)
+    else:
+        module.add_arguments(bench)
+    from rerankq.cli.demo import add_arguments as add_demo_arguments
 
     add_demo_arguments(sub.add_parser("demo", help="the embedded default: private Redis + S3 endpoint + worker + "
                                       "sample jobs, progress, ranked results"))

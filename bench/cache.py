@@ -1,6 +1,6 @@
 """Score cache benchmark: the same workload twice, cold then warm, and what the cache saved.
 
-``python -m shell.cache_bench [--model SPEC] [--workload 100x8:text] [--json]`` starts a private cluster
+``python -m bench.cache [--model SPEC] [--workload 100x8:text] [--json]`` starts a private cluster
 (redis-server for the broker, a second one for the cache with ``maxmemory`` and ``allkeys-lru``, moto's S3
 server, one ``rerankq worker`` with ``RERANKQ_CACHE__REDIS_URL``), then for each ``--workload JOBSxDOCS:KIND``
 (the kinds of ``rerankq bench``) submits the jobs at once with ``"cache": false`` and waits (off: what the
@@ -26,16 +26,16 @@ from typing import Any
 
 import redis
 
+from bench.throughput import KINDS, make_requests, metric_values, parse_workload, percentile, upload_media
+from bench.throughput import _wait_ready as wait_ready
 from rerankq.settings import Settings
-from shell.bench import KINDS, make_requests, metric_values, parse_workload, percentile, upload_media
-from shell.bench import _wait_ready as wait_ready
 
 CACHE_METRICS = {f"rerankq_cache_{n}_total" for n in ("hits", "misses", "pairs_saved", "errors")}
 
 
 def start_cluster(stack: ExitStack, model: str, device: str) -> tuple[Settings, str, str]:
     """Broker, cache and S3 servers and one worker; returns its settings, metrics URL and the cache's URL."""
-    from shell.cluster import CACHE_ARGS, RedisServer, S3Server, free_port, stop_process
+    from rerankq.cli.cluster import CACHE_ARGS, RedisServer, S3Server, free_port, stop_process
 
     broker = stack.enter_context(RedisServer())
     cache = stack.enter_context(RedisServer(args=CACHE_ARGS))
@@ -44,7 +44,7 @@ def start_cluster(stack: ExitStack, model: str, device: str) -> tuple[Settings, 
     env = {**os.environ, "RERANKQ_REDIS_URL": broker.url, "RERANKQ_S3_ENDPOINT_URL": s3_server.url,
            "RERANKQ_METRICS_PORT": str(port), "RERANKQ_CACHE__REDIS_URL": cache.url}
     log = stack.enter_context(tempfile.NamedTemporaryFile(prefix="rerankq-cache-bench-", suffix=".log"))  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "shell.cli", "worker", "--model", model, "--device", device],
+    proc = subprocess.Popen([sys.executable, "-m", "rerankq.cli", "worker", "--model", model, "--device", device],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, proc, 30.0)
     wait_ready(proc, Path(log.name))
@@ -117,10 +117,10 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from producer.client import RerankClient
-    from shell.cluster import default_tiny_model_dir
+    from rerankq.cli.cluster import default_tiny_model_dir
+    from rerankq.client.client import RerankClient
 
-    p = argparse.ArgumentParser(prog="python -m shell.cache_bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.cache", description=__doc__.split("\n")[0])
     p.add_argument("--workload", action="append", default=None, metavar="JOBSxDOCS:KIND",
                    help=f"KIND: {', '.join(KINDS)} (repeatable; default 100x8:text and 30x8:image)")
     p.add_argument("--model", default=None, help="model SPEC (default: the tiny model, built on first use)")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = args.model
     if model is None:
-        from reranker.qwen3vl.tiny import write_tiny_model
+        from rerankq.models.qwen3vl.tiny import write_tiny_model
 
         model = str(default_tiny_model_dir())
         if not (Path(model) / "config.json").exists():

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -148,3 +149,17 @@ class S3Server:
 def default_tiny_model_dir() -> Path:
     """Where the embedded default keeps its tiny checkpoint (built on first use)."""
     return Path.home() / ".cache" / "rerankq" / "tiny-model"
+
+
+def metric_values(url: str, wanted: set[str] | None = None) -> dict[str, float]:
+    """A worker's /metrics as {sample name: value}, summed over label sets (``model``, ``state``, ...)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if wanted is None or sample.name in wanted:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out

@@ -1,4 +1,4 @@
-"""``python -m shell.batch_bench``: what batches cost, measured in one run on a private cluster.
+"""``python -m bench.batch``: what batches cost, measured in one run on a private cluster.
 
 1. *throughput*: the same ``--jobs`` jobs, once with ``submit_many`` + ``as_completed`` and once as a JSONL batch
    (``submit_batch`` + ``wait_batch``, outputs written to S3); prints jobs/s of each and their ratio;
@@ -23,12 +23,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from shell.bench import _start_cluster
+from bench.throughput import _start_cluster
 
 BUCKET = "batch-bench"
 _SUBMITTER = """
 import resource, sys
-from producer.client import RerankClient
+from rerankq.client.client import RerankClient
 client = RerankClient(redis_url=sys.argv[1], s3_endpoint_url=sys.argv[2])
 record = client.submit_batch(sys.argv[3], "s3://{bucket}/" + sys.argv[4] + "/", batch_id=sys.argv[4])
 client.cancel_batch(record.batch_id)
@@ -74,14 +74,14 @@ def write_lines(path: Path, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shell.batch_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="fake:hash")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--docs", type=int, default=2)
     parser.add_argument("--lines", type=int, default=1_000_000)
     args = parser.parse_args(argv)
-    from producer.client import RerankClient
+    from rerankq.client.client import RerankClient
 
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         settings, _, _ = _start_cluster(stack, args, args.model, Path(tmp) / "batches.jsonl")

@@ -1,6 +1,6 @@
 """Media benchmark: fetch + decode throughput from a local S3 endpoint, and what the cache saves.
 
-``python -m shell.media_bench [--threads 1,16] [--images 200] [--json]`` starts its own S3 endpoint
+``python -m bench.media [--threads 1,16] [--images 200] [--json]`` starts its own S3 endpoint
 (moto, in a child process so it does not share this process's GIL), uploads generated media and prints:
 
 - 200 small JPEGs (320x240, ~13 KB) fetched only, then fetched + decoded as 200 sides, with 1 versus N fetch
@@ -23,8 +23,8 @@ import os
 import time
 from typing import Any
 
-from reranker.qwen3vl.vision import QwenVision
-from shell.samples import clip_bytes, photo_bytes, video_codec
+from rerankq.cli.samples import clip_bytes, photo_bytes, video_codec
+from rerankq.models.qwen3vl.vision import QwenVision
 
 BUCKET = "rerankq-bench"
 
@@ -32,7 +32,7 @@ BUCKET = "rerankq-bench"
 def _serve(port: int, ready: Any, stop: Any) -> None:
     import logging
 
-    from shell.cluster import S3Server
+    from rerankq.cli.cluster import S3Server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per request
 
@@ -42,7 +42,7 @@ def _serve(port: int, ready: Any, stop: Any) -> None:
 
 
 def _timed_resolve(settings: Any, sides: list[Any], budget: Any) -> tuple[float, Any]:
-    from media.resolver import MediaResolver
+    from rerankq.media.resolver import MediaResolver
 
     with MediaResolver(settings, QwenVision()) as resolver:
         started = time.perf_counter()
@@ -65,7 +65,7 @@ def _throughput(settings: Any, sides: list[Any], budget: Any, threads: int) -> d
 def _fetch_only(settings: Any, refs: list[str], threads: int) -> dict[str, float]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from media.store import MediaStore
+    from rerankq.media.store import MediaStore
 
     tuned = settings.model_copy(update={"media": settings.media.model_copy(update={"fetch_threads": threads})})
     store = MediaStore(tuned)
@@ -80,8 +80,8 @@ def _fetch_only(settings: Any, refs: list[str], threads: int) -> dict[str, float
 
 def _cache_saving(settings: Any, s3: Any, budget: Any, jobs: int, images: int) -> dict[str, float]:
     """50 jobs, one query image, one document image each: per job without a cache, then as one batch."""
-    from media.resolver import MediaResolver
-    from media.sides import Side
+    from rerankq.media.resolver import MediaResolver
+    from rerankq.media.sides import Side
 
     s3.put_object(Bucket=BUCKET, Key="shared/query.jpg", Body=photo_bytes(1024, 768, seed=999))
     query = Side(images=[f"s3://{BUCKET}/shared/query.jpg"])
@@ -110,9 +110,10 @@ def _cache_saving(settings: Any, s3: Any, budget: Any, jobs: int, images: int) -
 def run_media_bench(threads: tuple[int, ...] = (1, 16), images: int = 200, videos: int = 8,
                     jobs: int = 50) -> dict[str, Any]:
     """Start an S3 endpoint, upload media, measure; returns the figures (see the module doc)."""
-    from media.sides import Side, VisionBudget
+    from rerankq.cli.cluster import S3Server, free_port
+    from rerankq.media.sides import Side, VisionBudget
+
     from rerankq.settings import Settings
-    from shell.cluster import S3Server, free_port
 
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                        ("AWS_DEFAULT_REGION", "us-east-1")):

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from shell.cluster import RedisServer, S3Server, default_tiny_model_dir, free_port, stop_process, wait_for_port
+from rerankq.cli.cluster import RedisServer, S3Server, default_tiny_model_dir, free_port, stop_process, wait_for_port
 
 BUCKET = "rerankq-demo"
 REAL_WEIGHTS_HINT = "rerankq demo --model Qwen/Qwen3-VL-Reranker-2B --device cuda:0"
@@ -67,7 +67,7 @@ def _shape_png(shape: str, colour: tuple[int, int, int]) -> bytes:
 
 def seed_media(s3: Any) -> dict[str, str]:
     """Upload the sample images and video; returns name -> s3:// reference."""
-    from shell.samples import mp4_bytes
+    from rerankq.cli.samples import mp4_bytes
 
     s3.create_bucket(Bucket=BUCKET)
     refs = {}
@@ -123,7 +123,7 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 
 def start_worker(spec: str, device: str, env: dict[str, str], log: TextIO) -> subprocess.Popen[bytes]:
     """``rerankq worker`` in its own session (its own process group), so that stopping it stops all of it."""
-    argv = ["-m", "shell.cli", "worker", "--model", spec, "--device", device]
+    argv = ["-m", "rerankq.cli", "worker", "--model", spec, "--device", device]
     if sys.platform.startswith("linux"):
         argv = ["-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
     return subprocess.Popen([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -200,7 +200,7 @@ def print_job(n: int, job: dict[str, Any], status: dict[str, Any], result: dict[
 
 def worker_batch_stats(port: int) -> str:
     """Mean pairs and jobs per forward pass, read from the worker's own /metrics."""
-    from shell.bench import metric_values
+    from rerankq.cli.cluster import metric_values
 
     values = metric_values(f"http://127.0.0.1:{port}/metrics")
     batches = values.get("rerankq_batch_pairs_count") or 0
@@ -219,7 +219,7 @@ def _model_spec(model: str | None) -> str:
         return model
     path = default_tiny_model_dir()
     if not (path / "config.json").exists():
-        from reranker.qwen3vl.tiny import write_tiny_model
+        from rerankq.models.qwen3vl.tiny import write_tiny_model
 
         print(f"building the tiny random-weight model in {path} (once)")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def run_demo(args: argparse.Namespace) -> int:
             finally:  # a second Ctrl-C must not cut the cleanup short
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_IGN)
-    except (RuntimeError, TimeoutError) as exc:  # the exit codes of shell.cli: 3 timed out, 4 cannot run
+    except (RuntimeError, TimeoutError) as exc:  # the exit codes of rerankq.cli: 3 timed out, 4 cannot run
         print(f"rerankq demo: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, TimeoutError) else 4
     finally:
@@ -270,7 +270,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, stack: contextlib.ExitStack, started: float) -> int:
-    from producer.client import RerankClient
+    from rerankq.client.client import RerankClient
 
     redis_server = stack.enter_context(RedisServer())  # first: a missing redis-server fails fast
     s3_server = stack.enter_context(S3Server())
@@ -305,7 +305,7 @@ def serve(env: dict[str, str], stack: contextlib.ExitStack, worker: subprocess.P
           log_dir: Path) -> None:
     """Start ``rerankq gateway`` on the private cluster and keep everything running until Ctrl-C / SIGTERM."""
     gateway_env = {**env, "RERANKQ_GATEWAY__UPLOADS_URI": f"s3://{BUCKET}/uploads/"}
-    argv = ["-m", "shell.cli", "gateway", "--port", str(port)]
+    argv = ["-m", "rerankq.cli", "gateway", "--port", str(port)]
     if sys.platform.startswith("linux"):
         argv = ["-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
     log = stack.enter_context((log_dir / "gateway.log").open("w"))

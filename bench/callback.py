@@ -1,4 +1,4 @@
-"""What completion callbacks cost: ``python -m shell.callback_bench [--events 2000]``.
+"""What completion callbacks cost: ``python -m bench.callback [--events 2000]``.
 
 On a private Redis and a receiver on loopback (plain HTTP, in this process), it prints:
 
@@ -18,11 +18,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from rerankq.cli.cluster import RedisServer
+from rerankq.worker.callbacks import Deliverer
+
 from rerankq.callbacks import Outbox
 from rerankq.jobstore import JobStore
 from rerankq.settings import CallbackSettings, Settings
-from shell.cluster import RedisServer
-from workers.callbacks import Deliverer
 
 
 def receiver() -> tuple[ThreadingHTTPServer, list[float]]:
@@ -91,7 +92,7 @@ def latency(settings: Settings, store: JobStore, url: str, ages: list[float], jo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m shell.callback_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.callback", description=__doc__)
     parser.add_argument("--events", type=int, default=2000)
     n = parser.parse_args(argv).events
     server, ages = receiver()

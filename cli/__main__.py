@@ -1,0 +1,7 @@
+"""``python -m rerankq.cli``: the ``rerankq`` command."""
+
+import sys
+
+from rerankq.cli.main import main
+
+sys.exit(main())

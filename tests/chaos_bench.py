@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.typecheck import link_tree
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -87,10 +85,7 @@ def commands(tree: Path, model: str, jobs: int, docs: int) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     env = {**os.environ, "RERANKQ_REDIS_URL": url, "RERANKQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
            "RERANKQ_QUEUE_PREFIX": "bench", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
-    cli = "shell.cli"  # a tree from before the one-package layout
-    if not (tree / "shell" / "cli.py").exists():  # one package: its folders linked under their import names
-        env["PYTHONPATH"] = str(link_tree(Path(workdir) / "pkg", tree).parent)
-        cli = "rerankq.cli"
+    cli = "shell.cli" if (tree / "shell" / "cli.py").exists() else "rerankq.cli"  # before / after one package
     log = open(Path(workdir) / "worker.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "-m", cli, "worker", "--model", model, "--device", "cpu"], cwd=tree,
                               env=env, stdout=log, stderr=subprocess.STDOUT)

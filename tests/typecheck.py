@@ -26,7 +26,7 @@ def package_dirs(root: Path = ROOT) -> dict[str, str]:
 
 def link_tree(out: Path, root: Path = ROOT) -> Path:
     """Links under ``out`` that spell the installed package of the checkout at ``root``; returns the package's
-    folder. With ``out`` on ``PYTHONPATH``, that checkout imports as installed (``tests/chaos_bench.py``)."""
+    folder."""
     shutil.rmtree(out, ignore_errors=True)
     dirs = package_dirs(root)
     top = out / "rerankq"

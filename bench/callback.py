@@ -18,12 +18,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from rerankq.cli.cluster import RedisServer
-from rerankq.worker.callbacks import Deliverer
-
 from rerankq.callbacks import Outbox
+from rerankq.cli.cluster import RedisServer
 from rerankq.jobstore import JobStore
 from rerankq.settings import CallbackSettings, Settings
+from rerankq.worker.callbacks import Deliverer
 
 
 def receiver() -> tuple[ThreadingHTTPServer, list[float]]:

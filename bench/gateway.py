@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rerankq.cli.demo import _model_spec
-
 from bench.throughput import _start_cluster, percentile
+from rerankq.cli.demo import _model_spec
 
 
 def _job(i: int, docs: int) -> dict[str, Any]:

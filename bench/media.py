@@ -112,7 +112,6 @@ def run_media_bench(threads: tuple[int, ...] = (1, 16), images: int = 200, video
     """Start an S3 endpoint, upload media, measure; returns the figures (see the module doc)."""
     from rerankq.cli.cluster import S3Server, free_port
     from rerankq.media.sides import Side, VisionBudget
-
     from rerankq.settings import Settings
 
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),

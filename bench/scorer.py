@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
 from rerankq.cli.samples import mp4_bytes, noise_image
 from rerankq.media.decode import decode_video
 from rerankq.media.sides import ResolvedSide, VisionBudget

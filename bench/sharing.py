@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
 from rerankq.media.sides import ResolvedSide, VisionBudget
 from rerankq.models.batching import plan_with_prefixes
 from rerankq.models.contract import prefix_marks

@@ -30,9 +30,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from rerankq.cli.cluster import metric_values
-
 from bench.replay import BatchLog, Replay, wait_quiet
+from rerankq.cli.cluster import metric_values
 from rerankq.settings import Settings
 
 BUCKET = "rerankq-bench"

@@ -71,9 +71,8 @@ def run_flower(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise FlowerError(f"cannot create the folder of --db {db}: {exc.strerror or exc}") from None
 
-    from rerankq.worker.app import make_app
-
     from rerankq.settings import Settings
+    from rerankq.worker.app import make_app
 
     app = make_app(Settings())
     return int(app.start(argv=flower_argv(args, db)) or 0)

@@ -51,9 +51,8 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from rerankq.client.batches.task import register
-    from rerankq.worker.main import run_worker
-
     from rerankq.settings import Settings
+    from rerankq.worker.main import run_worker
 
     return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
                       loglevel="DEBUG" if args.verbose else "INFO", control=register)
@@ -61,9 +60,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _batcher(args: argparse.Namespace) -> int:
     from rerankq.client.batches.task import register
-    from rerankq.worker.main import run_batcher
-
     from rerankq.settings import Settings
+    from rerankq.worker.main import run_batcher
 
     return run_batcher(Settings(), register, hostname=args.hostname, loglevel="DEBUG" if args.verbose else "INFO")
 

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-from rerankq.media.sides import VisionError
 
+from rerankq.media.sides import VisionError
 from rerankq.settings import knob
 
 log = logging.getLogger(__name__)

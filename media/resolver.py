@@ -24,13 +24,13 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
+
+from rerankq.errors import MediaError, TransientMediaError
 from rerankq.media.cache import DecodedCache
 from rerankq.media.decode import decode_image, decode_video, flatten, orient, sample_frame_list
 from rerankq.media.identity import frames_identity, tagged
 from rerankq.media.sides import ResolvedSide, Side, VisionBudget, VisionError
 from rerankq.media.store import MediaStore
-
-from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings, knob
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from rerankq.media.cache import Counters
-
 from rerankq import s3
 from rerankq.errors import MediaError, TransientMediaError
+from rerankq.media.cache import Counters
 from rerankq.settings import Settings, knob
 
 _IDENTITY_FIELDS = ("ETag", "VersionId", "ServerSideEncryption", "SSECustomerAlgorithm")

@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from rerankq import s3
+from rerankq.errors import MediaError, TransientMediaError
 from rerankq.media.cache import Counters
 from rerankq.media.http import HttpFetcher, HttpPolicy
 from rerankq.media.identity import bytes_identity, local_identity, s3_identity
 from rerankq.media.s3 import S3Reader
-
-from rerankq import s3
-from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings, knob
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerankq.client.progress import Progress
-
 from rerankq.errors import InvalidRequest, NoSuchJob
 
 if TYPE_CHECKING:

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from celery import Celery
-from rerankq.client.progress import Progress
 
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
+from rerankq.client.progress import Progress
 from rerankq.connections import redis_client
 from rerankq.errors import CallbackRefused, InvalidRequest, JobFailed, NoSuchJob, TransientError
 from rerankq.jobs import TERMINAL, JobRecord, JobState

@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rerankq.models.compat import DocumentsFailed, Qwen3VLReranker
+    from rerankq.models.inprocess import DocumentsFailed, Qwen3VLReranker
 
 __all__ = ["DocumentsFailed", "Qwen3VLReranker"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("Qwen3VLReranker", "DocumentsFailed"):
-        from rerankq.models import compat
+        from rerankq.models import inprocess
 
-        return getattr(compat, name)
-    raise AttributeError(f"module 'reranker' has no attribute {name!r}")
+        return getattr(inprocess, name)
+    raise AttributeError(f"module 'rerankq.models' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The model contract: everything the engine (``workers``, ``rerankq.models.compat``, the benchmarks) needs from a
+"""The model contract: everything the engine (``rerankq.models.engine``, the worker, the benchmarks) needs from a
 reranking model, and nothing more. Qwen3-VL-Reranker (``rerankq.models.qwen3vl``) is one implementation and the
 deterministic fake (``rerankq.models.fake``) another; ``rerankq.models.loading`` picks one from the model SPEC or the
 checkpoint's ``config.json``.

@@ -26,11 +26,11 @@ from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
+
+from rerankq.errors import ModelLoadError, PairTooLong
 from rerankq.media.sides import ResolvedSide, VisionBudget, VisionError
 from rerankq.models.contract import prepare_each
 from rerankq.models.options import LoadOptions
-
-from rerankq.errors import ModelLoadError, PairTooLong
 
 # Dense bf16 TFLOP/s of the GPUs a capacity run may model.
 GPU_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "l4": 121.0}

@@ -20,11 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rerankq.models.contract import RerankModel
-from rerankq.models.options import LoadOptions
-
 from rerankq import s3
 from rerankq.errors import ModelLoadError
+from rerankq.models.contract import RerankModel
+from rerankq.models.options import LoadOptions
 
 logger = logging.getLogger(__name__)
 

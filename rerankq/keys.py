@@ -180,6 +180,6 @@ def result_backend_config(settings: Settings) -> dict[str, Any]:
 
 
 def score_key(digest: str) -> str:
-    """A cached score, by the content digest of its pair (``rerankq.worker.cachekeys``), in ``cache.redis_url``. Not
+    """A cached score, by the content digest of its pair (``rerankq.models.scorekeys``), in ``cache.redis_url``. Not
     under the queue prefix on purpose: a content key means the same score in every deployment that reaches it."""
     return f"rerankq:score:{digest}"

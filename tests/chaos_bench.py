@@ -69,8 +69,8 @@ def commands(tree: Path, model: str, jobs: int, docs: int) -> None:
     sys.path.insert(0, str(tree))
     import redis
     from moto.server import ThreadedMotoServer
-    from rerankq.client import RerankClient
 
+    from rerankq.client import RerankClient
     from rerankq.settings import Settings
 
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -141,7 +141,6 @@ def kill(lease: int, jobs: int) -> None:
     """Two workers, ``jobs`` jobs; SIGKILL the one scoring a round; time until its stranded jobs are finished."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from rerankq.cli.cluster import S3Server
-
     from tests.chaos_kit import SLOW, Audit, Cluster, Redis, hostname_of, records, settle, text_job, wait_until
 
     server = Redis().start()
@@ -182,7 +181,6 @@ def kill_loop(kills: int, jobs: int) -> None:
     between the two loses the message, and the job's record stays ``queued`` with nothing to run it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from rerankq.cli.cluster import S3Server
-
     from tests.chaos_kit import Audit, Cluster, Redis, settle, text_job
     from tests.integration.conftest import _wait_ready
 

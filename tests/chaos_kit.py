@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rerankq.cli.cluster import free_port, stop_process, wait_for_port
 
+from rerankq.cli.cluster import free_port, stop_process, wait_for_port
 from rerankq.jobs import TERMINAL, JobState
 from rerankq.settings import Settings
 from tests.integration.conftest import WorkerProcess, _wait_ready
@@ -193,15 +193,14 @@ class Reference:
     def scores(self, job: dict[str, Any]) -> list[float]:
         from rerankq.media.resolver import MediaResolver
         from rerankq.media.sides import Side
-        from rerankq.worker.rounds import JobRun
-
         from rerankq.schema import parse_job
+        from rerankq.worker.held import budget_of
 
         parsed = parse_job(dict(job, job_id=job.get("job_id") or "ref"), self.settings)
         if self._resolver is None:
             self._resolver = MediaResolver(self.settings, self.model.preprocessor)
         sides = [Side.from_dict(s.model_dump(exclude_none=True)) for s in (parsed.query, *parsed.documents)]
-        budget = JobRun(job=parsed, future=None).budget(self.settings.limits)  # type: ignore[arg-type]
+        budget = budget_of(parsed, self.settings.limits)
         resolved = self._resolver.resolve_sides(sides, budget)
         query, docs = resolved[0], resolved[1:]
         instruction = parsed.instruction or self.settings.instruction

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from rerankq.cli.cluster import RedisServer, S3Server
 
 ROOT = Path(__file__).parent

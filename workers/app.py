@@ -8,14 +8,17 @@ Unknown or undecodable queue entries go to the dead-letter list (``rerankq.worke
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from kombu import Queue
-from rerankq.worker.transport import DLQ_KEY_OPTION
 
 from rerankq import keys
 from rerankq.settings import Settings
+from rerankq.worker.transport import DLQ_KEY_OPTION
+
+if TYPE_CHECKING:
+    from rerankq.worker.runtime import Runtime
 
 
 def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[str, Any]:
@@ -42,13 +45,15 @@ def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[s
     }
 
 
-def make_app(settings: Settings, queues: list[str] | None = None) -> Celery:
-    """A worker app with the rerank task and the intake gate registered."""
-    from rerankq.worker.intake import IntakeGate
-    from rerankq.worker.tasks import register
-
+def make_app(settings: Settings, queues: list[str] | None = None, runtime: Runtime | None = None) -> Celery:
+    """A worker app; with ``runtime``, the rerank task and the intake gate that feed it are registered (a
+    batcher's and Flower's apps have none)."""
     app = Celery("rerankq-worker", set_as_current=False, events="rerankq.worker.events:WorkerEvents")
     app.conf.update(worker_config(settings, queues))
-    app.steps["consumer"].add(IntakeGate)
-    register(app, settings)
+    if runtime is not None:  # imported here: Flower's and a batcher's apps need no model side (torch)
+        from rerankq.worker.intake import gate_for
+        from rerankq.worker.tasks import register
+
+        app.steps["consumer"].add(gate_for(runtime))
+        register(app, settings, runtime)
     return app

@@ -24,13 +24,13 @@ import threading
 import time
 
 import redis
-from rerankq.worker.metrics import CallbackMetrics
 
 from rerankq import callbacks
 from rerankq.callbacks import CallbackEvent, Outbox, check_target
 from rerankq.errors import CallbackRefused
 from rerankq.netguard import pinned_connection
 from rerankq.settings import Settings
+from rerankq.worker.metrics import CallbackMetrics
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024  # of a receiver's answer, read and discarded
@@ -188,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m rerankq.worker.callbacks``: a deliverer on its own (settings from ``RERANKQ_*``), until SIGTERM or
     Ctrl-C. Serves its metrics on ``RERANKQ_METRICS_PORT`` when set."""
     from prometheus_client import CollectorRegistry, start_http_server
-    from rerankq.worker.metrics import OutboxDepth
 
     from rerankq.connections import redis_client
+    from rerankq.worker.metrics import OutboxDepth
 
     argparse.ArgumentParser(prog="python -m rerankq.worker.callbacks", description=main.__doc__).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

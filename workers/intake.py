@@ -26,14 +26,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import MethodType
-from typing import Any
+from typing import Any, Protocol
 
 from celery import bootsteps
-from rerankq.worker.rounds import JobRun
 
 from rerankq import keys
 from rerankq.keys import PRIORITIES
-from rerankq.settings import Settings
+from rerankq.settings import BatchSettings
+from rerankq.worker.held import HeldJob
 
 STALE_S = 5.0  # a taken message that never reached a task (revoked, an unknown task name) stops counting
 GATHER_S = 1.0  # longest a closing round waits for messages taken but not yet submitted
@@ -67,33 +67,33 @@ class Intake:
     submit to, jobs carried over from a full round, media retries waiting their turn, lone runs of jobs whose
     last holder died. ``ready(jobs)`` is the flush policy (``Runtime._round_ready``)."""
 
-    def __init__(self, settings: Settings, ready: Callable[[int], bool]) -> None:
+    def __init__(self, settings: BatchSettings, ready: Callable[[int], bool]) -> None:
         self.settings = settings
         self.ready = ready
         self.transit = Transit()
         self.on_open: Callable[[], None] = lambda: None  # set by the intake gate: wakes the consumer
-        self._inbox: queue.Queue[JobRun] = queue.Queue()
-        self._carry: list[JobRun] = []  # taken for a round that had no room left: first in the next one
-        self._solo: deque[JobRun] = deque()
-        self._delayed: list[tuple[float, int, JobRun]] = []  # (due, tie-break, run): media retries
+        self._inbox: queue.Queue[HeldJob] = queue.Queue()
+        self._carry: list[HeldJob] = []  # taken for a round that had no room left: first in the next one
+        self._solo: deque[HeldJob] = deque()
+        self._delayed: list[tuple[float, int, HeldJob]] = []  # (due, tie-break, run): media retries
         self._delayed_lock = threading.Lock()
         self._tie = itertools.count()
         self._open = threading.Event()
 
-    def submit(self, run: JobRun, task_id: str | None) -> None:
+    def submit(self, run: HeldJob, task_id: str | None) -> None:
         self._inbox.put(run)
         if task_id is not None:
             self.transit.arrived(task_id)
 
     def accepting(self) -> bool:
-        return self._open.is_set() and self._inbox.qsize() < self.settings.batch.max_jobs
+        return self._open.is_set() and self._inbox.qsize() < self.settings.max_jobs
 
-    def delay(self, run: JobRun, seconds: float) -> None:
+    def delay(self, run: HeldJob, seconds: float) -> None:
         """Hold a job back (a media retry) until ``seconds`` from now; it leads a later round."""
         with self._delayed_lock:
             heapq.heappush(self._delayed, (time.monotonic() + seconds, next(self._tie), run))
 
-    def take(self) -> list[JobRun]:
+    def take(self) -> list[HeldJob]:
         """The next round's jobs: a lone job whose last holder died; retries that are due; else the first
         job to arrive and what follows (``_fill``). The intake is open from the moment the previous round
         was handed over until this one is formed."""
@@ -116,11 +116,11 @@ class Intake:
         self._solo.extend(alone)
         return [r for r in runs if not r.solo]
 
-    def _fill(self, runs: list[JobRun]) -> None:
+    def _fill(self, runs: list[HeldJob]) -> None:
         """Add what arrives within the flush interval, and after it for as long as the scorer has more than
         its last batch to run (a fuller round then costs no latency); at most ``max_jobs``."""
-        deadline = time.monotonic() + self.settings.batch.flush_interval_ms / 1000
-        while len(runs) < self.settings.batch.max_jobs:
+        deadline = time.monotonic() + self.settings.flush_interval_ms / 1000
+        while len(runs) < self.settings.max_jobs:
             wait = deadline - time.monotonic()
             if wait <= 0:
                 if self.ready(len(runs)):
@@ -132,10 +132,10 @@ class Intake:
         self._gather(runs)
         # Highest priority first: a job taken as the round closed goes in ahead of lower ones, which wait.
         runs.sort(key=lambda run: PRIORITIES.index(run.job.priority))
-        self._carry = runs[self.settings.batch.max_jobs:]
-        del runs[self.settings.batch.max_jobs:]
+        self._carry = runs[self.settings.max_jobs:]
+        del runs[self.settings.max_jobs:]
 
-    def _gather(self, runs: list[JobRun]) -> None:
+    def _gather(self, runs: list[HeldJob]) -> None:
         """Add what the consumer took before the intake closed: arrived, or still on its way through Celery
         (``transit``; a second at most, if Celery has no free task thread)."""
         deadline = time.monotonic() + GATHER_S
@@ -148,29 +148,38 @@ class Intake:
             with contextlib.suppress(queue.Empty):
                 runs.append(self._inbox.get(timeout=0.002))
 
-    def _due(self) -> list[JobRun]:
+    def _due(self) -> list[HeldJob]:
         now = time.monotonic()
         with self._delayed_lock:
-            due: list[JobRun] = []
-            while self._delayed and self._delayed[0][0] <= now and len(due) < self.settings.batch.max_jobs:
+            due: list[HeldJob] = []
+            while self._delayed and self._delayed[0][0] <= now and len(due) < self.settings.max_jobs:
                 due.append(heapq.heappop(self._delayed)[2])
         return due
 
 
+class Gated(Protocol):
+    """What the intake gate needs of the worker's runtime (``rerankq.worker.runtime.Runtime``)."""
+
+    intake: Intake
+    transit: Transit
+
+    def accepting(self) -> bool: ...
+
+
 class IntakeGate(bootsteps.StartStopStep):
     """Consumer bootstep: fetch only while ``runtime.accepting()``; wake the loop when a round opens; count
-    what the consumer takes (``runtime.transit``)."""
+    what the consumer takes (``runtime.transit``). Celery builds bootsteps from classes: ``gate_for(runtime)``
+    gives the class bound to this process's runtime."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
+    runtime: Gated | None = None
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self._pipe: tuple[int, int] | None = None
 
     def start(self, c: Any) -> None:
-        from rerankq.worker.tasks import current_runtime
-
-        runtime = current_runtime()
+        runtime = self.runtime
         if runtime is None or c.task_consumer is None:
             return
         qos = c.task_consumer.channel.qos
@@ -208,3 +217,8 @@ class IntakeGate(bootsteps.StartStopStep):
     def _wake(fd: int) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
             os.write(fd, b"x")
+
+
+def gate_for(runtime: Gated) -> type[IntakeGate]:
+    """The intake gate bootstep of a worker whose runtime is ``runtime``."""
+    return type("IntakeGate", (IntakeGate,), {"runtime": runtime})

@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 
 import redis
-from rerankq.worker.metrics import Metrics
 
 from rerankq import keys
 from rerankq.settings import Settings
+from rerankq.worker.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

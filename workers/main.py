@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rerankq.media.sides import ResolvedSide
-from rerankq.models.contract import RerankModel
-from rerankq.models.loading import LoadOptions, load_model
 
 from rerankq import keys, registry
 from rerankq.connections import redis_client
+from rerankq.media.sides import ResolvedSide
+from rerankq.models.contract import RerankModel
+from rerankq.models.loading import LoadOptions, load_model
 from rerankq.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -68,15 +68,13 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     """Load the model, start the runtime, leases and metrics, then consume until shut down (Ctrl-C /
     SIGTERM drain the jobs in hand). With ``control``, also run the control queue's tasks (batch runs,
     registered by the shell: workers know nothing of them). Returns the worker's exit code."""
-    from rerankq.worker import tasks
+    from rerankq.jobstore import JobStore
     from rerankq.worker.app import make_app
     from rerankq.worker.callbacks import Deliverer
     from rerankq.worker.leases import LeaseKeeper
     from rerankq.worker.metrics import Metrics
     from rerankq.worker.reaper import Reaper
     from rerankq.worker.runtime import Runtime
-
-    from rerankq.jobstore import JobStore
 
     device = device or settings.device
     hostname = hostname or f"rerankq-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
@@ -96,9 +94,8 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
 
     beat = RegistryBeat(settings, store.redis, hostname, spec, str(device), scored)
     beat()  # listed before it consumes: the gateway's /v1/models sees it at once
-    tasks.install(runtime)
     consumed = ([keys.control_queue(settings)] if control else []) + queues
-    app = make_app(settings, consumed)
+    app = make_app(settings, consumed, runtime)
     if control:
         control(app, settings)
 

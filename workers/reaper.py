@@ -24,11 +24,11 @@ from typing import Any
 
 import redis
 from kombu.utils.uuid import uuid
-from rerankq.worker.metrics import Metrics
 
 from rerankq import keys
 from rerankq.jobs import TERMINAL, as_state, text_of
 from rerankq.settings import Settings
+from rerankq.worker.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's lists for messages with a priority

@@ -8,12 +8,15 @@ sees each job's real runtime. Meanwhile:
   consumer fetches only while it is open, see ``rerankq.worker.intake.IntakeGate``), takes what arrives within
   ``batch.flush_interval_ms``, and for as long after that as the scorer is still busy with more than its last
   batch (at most ``batch.max_jobs``: under load rounds fill up, an idle worker answers a lone job at once),
-  marks those jobs running, resolves their media, prepares their pairs and plans token-budgeted batches over
-  all of them. It forms the next round only once the scorer has taken the last
-  one, so a worker never holds more than one round in the scorer and one being formed: a ``high`` job
-  submitted now is in the next round some worker forms, ahead of every waiting ``normal`` or ``low`` one;
-- the *scoring* thread runs the forward passes of one round, scatters scores back to their jobs, and ends
-  each job as soon as its last pair is scored.
+  marks those jobs running, and has the round engine (``rerankq.models.engine``) look up, resolve, prepare and
+  plan them. It forms the next round only once the scorer has taken the last one, so a worker never holds more
+  than one round in the scorer and one being formed: a ``high`` job submitted now is in the next round some
+  worker forms, ahead of every waiting ``normal`` or ``low`` one;
+- the *scoring* thread has the engine run the round's forward passes, and ends each job as soon as the pass
+  that scored its last pair returns.
+
+The runtime itself keeps only the threads, the handoff between them and the Celery boundary: records marked
+running, outcomes written (``rerankq.worker.finishing``), metrics, media retries and cancellations.
 
 A job whose previous holder died runs in a round of its own, so that a poison job cannot take innocent
 jobs down with it twice. A job whose media failed only transiently waits (``media.job_retries``, backoff)
@@ -22,40 +25,42 @@ and is tried again before the failure becomes a per-document error. Every failur
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
-
-from rerankq.media.resolver import MediaResolver
-from rerankq.models.batching import padding_ratio, plan_with_prefixes
-from rerankq.models.contract import RerankModel, own_lengths, prefix_marks
-from rerankq.worker.caching import RoundCache
-from rerankq.worker.finishing import Finisher
-from rerankq.worker.intake import Intake
-from rerankq.worker.metrics import Metrics
-from rerankq.worker.rounds import (
-    JobRun,
-    Round,
-    Unit,
-    distinct_jobs,
-    prepare_units,
-    record_batch,
-    resolve_media,
-    score_isolating,
-    transient_failure,
-)
 
 from rerankq import s3
 from rerankq.jobs import JobState
 from rerankq.jobstore import JobStore
+from rerankq.media.resolver import MediaResolver
+from rerankq.models.contract import RerankModel
+from rerankq.models.engine import JobOutcome, Pass, Plan, RoundEngine, failed
+from rerankq.results import ResultStore
 from rerankq.schema import RerankJob
-from rerankq.settings import Settings
+from rerankq.settings import Settings, knob
+from rerankq.worker.finishing import Finisher
+from rerankq.worker.held import HeldJob, engine_input
+from rerankq.worker.intake import Intake
+from rerankq.worker.metrics import Metrics
+from rerankq.worker.scorecache import ScoreCache
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Round:
+    """A round handed from the preparing thread to the scoring thread: the engine's plan, the jobs it holds
+    (by id), and the jobs that failed before the engine saw them."""
+
+    plan: Plan
+    held: dict[str, HeldJob]
+    failed: list[tuple[HeldJob, JobOutcome]] = field(default_factory=list)
 
 
 class Runtime:
@@ -70,9 +75,12 @@ class Runtime:
         self.metrics = metrics or Metrics(model.name)
         self.metrics.watch_sharing(model)
         self.store = store or JobStore(settings)
-        self.finisher = Finisher(model.name, settings, self.store, self.metrics)
-        self.cache = RoundCache(settings, model, self.resolver, self.metrics, self.store.redis)
-        self.intake = Intake(settings, self._round_ready)  # what this worker holds before it runs
+        self.finisher = Finisher(model.name, settings.results, self.store, self.metrics,
+                                 ResultStore(settings.s3_endpoint_url))
+        cache = ScoreCache(settings.cache, self.metrics, self.store.redis) if settings.cache.active else None
+        self.engine = RoundEngine(model, self.resolver, settings.batch, cache, settings.media.exif_transpose,
+                                  f" ({knob('scoring.max_length')})")
+        self.intake = Intake(settings.batch, self._round_ready)  # what this worker holds before it runs
         self.transit = self.intake.transit  # taken by the consumer, not yet submitted (``rerankq.worker.intake``)
         self._handoff: queue.Queue[Round] = queue.Queue(maxsize=1)
         self._scorer_busy_until = 0.0  # monotonic time the scorer should finish its round (0: idle)
@@ -93,13 +101,13 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
 
-    def submit(self, job: RerankJob, redelivered: bool = False, task_id: str | None = None) -> JobRun:
-        """Queue a job; its ``future`` resolves once its record is final (see ``JobRun``). A redelivered job
+    def submit(self, job: RerankJob, redelivered: bool = False, task_id: str | None = None) -> HeldJob:
+        """Queue a job; its ``future`` resolves once its record is final (see ``HeldJob``). A redelivered job
         whose record says it is still running lost its worker: it runs alone. ``task_id``: its message's."""
         solo = redelivered and self.store.peek(job.id) == JobState.RUNNING
-        run = JobRun(job=job, future=Future(), solo=solo)
-        self.intake.submit(run, task_id)
-        return run
+        held = HeldJob(job=job, future=Future(), solo=solo)
+        self.intake.submit(held, task_id)
+        return held
 
     def accepting(self) -> bool:
         """Whether the consumer may fetch another message now: only while a round is being formed and it has
@@ -119,14 +127,15 @@ class Runtime:
         round is ready when the scorer is; an idle scorer gets it at once."""
         return time.monotonic() + self._prepare_s_per_job * jobs >= self._scorer_busy_until
 
+    # preparing ---------------------------------------------------------------------------------------------
     def _prepare_next(self) -> None:
         self._handoff.join()  # the scorer has taken the last round: form the next one now, not earlier
-        runs = self.intake.take()
-        if not runs:
+        held = self.intake.take()
+        if not held:
             return
-        alone = len(runs) == 1 and runs[0].solo
+        alone = len(held) == 1 and held[0].solo
         if alone or self._last_alone:
-            # A lone run is marked running only once the scorer is idle, and nothing is marked running while it
+            # A lone job is marked running only once the scorer is idle, and nothing is marked running while it
             # is scored: if the worker dies then, that death is charged to it alone (max_deliveries), never to a
             # job that merely waited in the next round.
             while not self._idle.wait(0.2) and not self._stop.is_set():
@@ -134,91 +143,82 @@ class Runtime:
         self._last_alone = alone
         t0 = time.monotonic()
         try:
-            round_ = self._prepare(runs)
-            per_job = (time.monotonic() - t0) / len(runs)
+            round_ = self._prepare(held)
+            per_job = (time.monotonic() - t0) / len(held)
             self._prepare_s_per_job = 0.8 * self._prepare_s_per_job + 0.2 * per_job if self._prepare_s_per_job \
                 else per_job
         except Exception as exc:  # a media-layer or planner bug: these jobs fail, the worker carries on
-            logger.exception("preparing %d jobs failed", len(runs))
-            for run in runs:
-                run.error = run.error or f"worker error while preparing: {type(exc).__name__}: {exc}"
-            round_ = Round(runs, [], [])
+            logger.exception("preparing %d jobs failed", len(held))
+            error = f"worker error while preparing: {type(exc).__name__}: {exc}"
+            round_ = Round(Plan([], [], []), {}, [(h, failed(self._input(h), error)) for h in held])
         self._handoff.put(round_)
 
-    def _prepare(self, runs: list[JobRun]) -> Round:
-        runs = self._mark_running(runs)
-        if not runs:
-            return Round([], [], [])
-        self._check_result_buckets(runs)
-        live = [run for run in runs if not run.error]
-        t0 = time.perf_counter()
-        known = self.cache.before_media(live)  # pairs found in the score cache are neither fetched nor scored
-        sides = resolve_media(live, self.resolver, self.settings.limits, known)
-        media_s = time.perf_counter() - t0
-        self.metrics.media.observe(media_s)
-        self.cache.after_media(live, sides)
-        kept = [run for run in runs if run.error]  # failed fast: they end with this round, unscored
-        units: list[Unit] = []
-        for run, job_sides in zip(live, sides, strict=True):
-            run.media_s = media_s
-            if self._retry_later(run, job_sides):
-                continue
-            kept.append(run)
-            units += prepare_units(run, job_sides, self.model, self.settings.instruction)
+    def _prepare(self, held: list[HeldJob]) -> Round:
+        held = self._mark_running(held)
+        missing = self._missing_result_buckets(held)
+        fail_fast = [(h, failed(self._input(h), missing[h.job_id])) for h in held if h.job_id in missing]
+        live = [h for h in held if h.job_id not in missing]
+        plan = self.engine.prepare([self._input(h) for h in live])
+        self.metrics.media.observe(plan.media_s)
+        self.metrics.cache_hits.inc(plan.cache_hits)
+        self.metrics.cache_pairs_saved.inc(plan.cache_hits)
+        self.metrics.cache_misses.inc(plan.cache_misses)
+        by_id = {h.job_id: h for h in live}
+        for job in plan.jobs:
+            if job.retry is not None:
+                self._retry_later(by_id.pop(job.job.id), job.retry)
         # Documents that failed already, or came from the cache, are done too: progress reaches pairs_total.
-        self.store.add_progress({r.attempt: len(r.errors) + len(r.cached) for r in kept
-                                 if (r.errors or r.cached) and not r.error})
-        b = self.settings.batch
-        pairs = [u.pair for u in units]  # a job's pairs may share a prefix (prepare_job): planned as suffixes
-        return Round(kept, units, plan_with_prefixes([p.length for p in pairs], prefix_marks(pairs), b.max_tokens,
-                                                     b.max_pairs))
+        self.store.add_progress({by_id[j.job.id].attempt: j.settled for j in plan.jobs
+                                 if j.job.id in by_id and j.settled and not j.error})
+        return Round(plan, by_id, fail_fast)
 
-    def _retry_later(self, run: JobRun, sides: list[Any]) -> bool:
+    def _input(self, held: HeldJob) -> Any:
+        media = self.settings.media
+        return engine_input(held, self.settings.limits, self.settings.instruction,
+                            retry_media=held.media_retries < media.job_retries)
+
+    def _retry_later(self, held: HeldJob, failure: Exception) -> None:
         """A medium that failed only transiently: put the job back and try it again after a backoff, up to
         ``media.job_retries`` times; after that its failures become per-document errors."""
-        failure = transient_failure(sides)
-        media = self.settings.media
-        if failure is None or run.media_retries >= media.job_retries:
-            return False
-        delay = media.job_retry_backoff_s * 2 ** run.media_retries
-        run.media_retries += 1
-        if not self.store.requeue(run.job_id, run.fence, f"{failure} (retrying in {delay:.1f} s)"):
-            run.future.set_result(None)  # another attempt holds it now
-            return True
-        logger.info("job %s: %s; retrying in %.1f s", run.job_id, failure, delay)
+        delay = self.settings.media.job_retry_backoff_s * 2 ** held.media_retries
+        held.media_retries += 1
+        if not self.store.requeue(held.job_id, held.fence, f"{failure} (retrying in {delay:.1f} s)"):
+            held.finished = True
+            held.future.set_result(None)  # another attempt holds it now
+            return
+        logger.info("job %s: %s; retrying in %.1f s", held.job_id, failure, delay)
         self.metrics.retries.inc()
-        run.reset()
-        self.intake.delay(run, delay)
-        return True
+        self.intake.delay(held, delay)
 
-    def _check_result_buckets(self, runs: list[JobRun]) -> None:
+    def _missing_result_buckets(self, held: list[HeldJob]) -> dict[str, str]:
         """Fail fast: a job whose ``result_uri`` bucket does not exist fails before its media are fetched and
         its pairs scored, not after (a bucket found once is not checked again)."""
-        for run in runs:
-            if not run.job.result_uri:
-                continue
-            bucket = s3.split_uri(run.job.result_uri)[0]
-            if self.finisher.results.bucket_exists(bucket) is False:
-                run.error = f"result_uri: bucket {bucket!r} does not exist"
+        out = {}
+        for h in held:
+            if h.job.result_uri:
+                bucket = s3.split_uri(h.job.result_uri)[0]
+                if self.finisher.results.bucket_exists(bucket) is False:
+                    out[h.job_id] = f"result_uri: bucket {bucket!r} does not exist"
+        return out
 
-    def _mark_running(self, runs: list[JobRun]) -> list[JobRun]:
+    def _mark_running(self, held: list[HeldJob]) -> list[HeldJob]:
         """Take the jobs for this attempt; settle (and drop) those that are not to run."""
-        found = self.store.start_many([(r.job_id, len(r.job.documents), r.solo) for r in runs], self.worker)
+        found = self.store.start_many([(h.job_id, len(h.job.documents), h.solo) for h in held], self.worker)
         kept = []
-        for run, started in zip(runs, found, strict=True):
+        for h, started in zip(held, found, strict=True):
             if started.state == JobState.RUNNING:
-                run.fence, run.created_at, run.started_at = started.fence, started.created_at, time.time()
-                self.metrics.queue_wait.observe(max(run.started_at - started.created_at, 0.0))
-                kept.append(run)
+                h.fence, h.created_at, h.started_at = started.fence, started.created_at, time.time()
+                self.metrics.queue_wait.observe(max(h.started_at - started.created_at, 0.0))
+                kept.append(h)
                 continue
-            logger.info("job %s not run: %s", run.job_id, started.state or "record missing")
+            logger.info("job %s not run: %s", h.job_id, started.state or "record missing")
             if started.ended_now and started.state is not None:
                 self.metrics.job_ended(started.state)
-            run.finished = True
-            run.future.set_result(started.state)
+            h.finished = True
+            h.future.set_result(started.state)
         return kept
 
-    # scoring -------------------------------------------------------------------------------------
+    # scoring -----------------------------------------------------------------------------------------------
     def _score_next(self) -> None:
         try:
             round_ = self._handoff.get(timeout=0.5)
@@ -226,66 +226,52 @@ class Runtime:
             return
         self._idle.clear()  # before task_done: the preparing thread, woken by it, must see the scorer busy
         self._handoff.task_done()
+        self.finisher.finish(round_.failed)
+        self._scorer_busy_until = time.monotonic() + len(round_.plan.batches) * self._batch_s
         try:
-            for i, batch in enumerate(round_.batches):
-                t0 = time.monotonic()
-                self._scorer_busy_until = t0 + (len(round_.batches) - i) * self._batch_s
-                done = self._run_batch([round_.units[j] for j in batch])
-                seconds = time.monotonic() - t0
-                self._batch_s = 0.8 * self._batch_s + 0.2 * seconds if self._batch_s else seconds
-                self.finisher.finish(done)  # a job ends as soon as its last pair is scored
+            for done in self.engine.score(round_.plan, keep=lambda ids: self._still_wanted(round_, ids)):
+                self._passed(round_, done)
         except Exception as exc:
             logger.exception("scoring a round failed")
-            for run in round_.runs:
-                run.error = run.error or f"worker error while scoring: {type(exc).__name__}: {exc}"
-        self._scorer_busy_until = 0.0
-        self.cache.write_back(round_.units)  # the round's fresh scores, one round trip; never raises
-        try:
-            self.finisher.finish(round_.runs)
+            error = f"worker error while scoring: {type(exc).__name__}: {exc}"
+            self.finisher.finish([(h, failed(self._input(h), error)) for h in round_.held.values() if not h.finished])
         finally:
+            self._scorer_busy_until = 0.0
             self._idle.set()
 
-    def _run_batch(self, units: list[Unit]) -> list[JobRun]:
-        """One forward pass (split on failure); returns the jobs whose last pair it scored."""
-        live = self._drop_cancelled(units)
-        if not live:
-            return []
-        t0 = time.perf_counter()
-        outcomes = score_isolating(lambda us: self.model.forward([u.pair for u in us]), live)
-        seconds = time.perf_counter() - t0
-        self.metrics.scoring.observe(seconds)
-        self.metrics.batch_pairs.observe(len(live))
-        self.metrics.batch_jobs.observe(distinct_jobs(live))
-        own = own_lengths([u.pair for u in live])  # a suffix's padding is its own, the prefix is not padded
-        self.metrics.padding.observe(padding_ratio(own, [list(range(len(live)))]))
-        if self.settings.batch.record_path:
-            record_batch(self.settings.batch.record_path, live)
-        progress: dict[tuple[str, int], int] = {}
-        for unit, score in outcomes:
-            unit.run.scoring_s += seconds / len(live)
-            if isinstance(score, BaseException):
-                unit.run.errors[unit.index] = f"documents[{unit.index}]: scoring failed: {score}"
-            else:
-                unit.run.scores[unit.index] = score
-                self.metrics.pairs_scored.inc()
-            unit.run.pending -= 1
-            progress[unit.run.attempt] = progress.get(unit.run.attempt, 0) + 1
-        try:
-            self.store.add_progress(progress)
-        except Exception as exc:  # progress is advisory: a Redis blip must not fail the round's jobs
-            logger.warning("progress of %d jobs not recorded: %s", len(progress), exc)
-        return list({id(u.run): u.run for u in live if u.run.pending == 0}.values())
+    def _passed(self, round_: Round, done: Pass) -> None:
+        """One pass's figures to metrics and progress, and the jobs it completed to their end."""
+        if done.pairs:
+            self._batch_s = 0.8 * self._batch_s + 0.2 * done.seconds if self._batch_s else done.seconds
+            self._scorer_busy_until = time.monotonic() + done.left * self._batch_s
+            m = self.metrics
+            m.scoring.observe(done.seconds)
+            m.batch_pairs.observe(len(done.pairs))
+            m.batch_jobs.observe(done.jobs)
+            m.padding.observe(done.padding)
+            m.pairs_scored.inc(len(done.pairs) - done.failed)
+            if self.settings.batch.record_path:
+                record_pass(self.settings.batch.record_path, done.pairs)
+            try:
+                self.store.add_progress({round_.held[i].attempt: n for i, n in done.scored.items()})
+            except Exception as exc:  # progress is advisory: a Redis blip must not fail the round's jobs
+                logger.warning("progress of %d jobs not recorded: %s", len(done.scored), exc)
+        self.finisher.finish([(round_.held[o.job.id], o) for o in done.finished])
 
-    def _drop_cancelled(self, units: list[Unit]) -> list[Unit]:
-        """Skip work whose caller went away: pairs of jobs cancelled since the round was formed."""
-        runs = {u.run.job_id: u.run for u in units if not u.run.finished}
+    def _still_wanted(self, round_: Round, job_ids: list[str]) -> Collection[str]:
+        """Skip work whose caller went away: jobs cancelled since the round was formed are settled, unscored."""
         try:
-            states = dict(zip(runs, self.store.states(list(runs)), strict=True))
+            states = dict(zip(job_ids, self.store.states(job_ids), strict=True))
         except Exception as exc:  # a Redis blip: score them; finishing refuses any that were cancelled
-            logger.warning("could not check %d jobs for cancellation: %s", len(runs), exc)
-            return units
+            logger.warning("could not check %d jobs for cancellation: %s", len(job_ids), exc)
+            return job_ids
         for job_id, state in states.items():
             if state in (JobState.CANCELLED, None):
-                self.finisher.settle(runs[job_id], state)
-        return [u for u in units if not u.run.finished]
+                self.finisher.settle(round_.held[job_id], state)
+        return [i for i in job_ids if not round_.held[i].finished]
 
+
+def record_pass(path: str, pairs: Sequence[tuple[str, int]]) -> None:
+    """Append the pass's pairs, as (job id, document index), to ``path`` (``batch.record_path``)."""
+    with open(path, "a") as out:
+        out.write(json.dumps({"pairs": [list(p) for p in pairs]}) + "\n")

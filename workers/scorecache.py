@@ -1,4 +1,5 @@
-"""The score cache's store: scores by content key (``rerankq.worker.cachekeys``) in a Redis of its own.
+"""The score cache's store: scores by content key (``rerankq.models.scorekeys``) in a Redis of its own; the
+round engine's ``ScoreStore`` in a worker (``rerankq.models.engine``).
 
 Bounded by that Redis, never by the broker's: ``cache.redis_url`` must reach another server (a worker refuses
 one that is the broker, compared by ``run_id``), and that server should run with ``maxmemory`` and
@@ -21,10 +22,10 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from rerankq.worker.metrics import Metrics
 
 from rerankq import keys
-from rerankq.settings import Settings
+from rerankq.settings import CacheSettings
+from rerankq.worker.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def redacted(url: str) -> str:
 class ScoreCache:
     """``get_many`` / ``put_many`` on the cache's Redis, each one round trip, never raising."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, broker: redis.Redis | None = None,
+    def __init__(self, settings: CacheSettings, metrics: Metrics, broker: redis.Redis | None = None,
                  client: redis.Redis | None = None) -> None:
-        c = settings.cache
+        c = settings
         self.settings = settings
         self.metrics = metrics
         self.broker = broker
@@ -88,7 +89,7 @@ class ScoreCache:
         """Store fresh scores, with the TTL, in one pipelined round trip."""
         if not scores or not self.available():
             return
-        ttl = self.settings.cache.ttl_s
+        ttl = self.settings.ttl_s
         try:
             self._verify()
             pipe = self.client.pipeline(transaction=False)
@@ -102,7 +103,7 @@ class ScoreCache:
         self.metrics.cache_errors.inc()
         if isinstance(exc, CacheRefused):
             return
-        retry = self.settings.cache.retry_s
+        retry = self.settings.retry_s
         logger.warning("score cache %s failed (%s: %s); scoring without it for %.0f s", what, type(exc).__name__,
                        exc, retry)
         self._down_until = time.monotonic() + retry
@@ -114,14 +115,14 @@ class ScoreCache:
         if self.broker is not None and _server_id(self.client) == _server_id(self.broker):
             self.refused = True
             logger.error("RERANKQ_CACHE__REDIS_URL (%s) reaches the broker's Redis: the score cache needs a Redis "
-                         "of its own (maxmemory + allkeys-lru); it stays off", redacted(self.settings.cache.redis_url))
+                         "of its own (maxmemory + allkeys-lru); it stays off", redacted(self.settings.redis_url))
             raise CacheRefused("the cache's Redis is the broker's")
         self._verified = True
         policy, maxmemory = _memory_policy(self.client)
         if policy is not None and (policy not in BOUNDED_POLICIES or not maxmemory):
             logger.warning("the score cache's Redis has maxmemory %s and maxmemory-policy %s: it grows until its "
                            "entries expire (cache.ttl_s); give it maxmemory and allkeys-lru", maxmemory, policy)
-        logger.info("score cache on %s (policy %s, maxmemory %s)", redacted(self.settings.cache.redis_url),
+        logger.info("score cache on %s (policy %s, maxmemory %s)", redacted(self.settings.redis_url),
                     policy or "unknown", maxmemory)
 
 

@@ -25,48 +25,37 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
-from rerankq.worker.runtime import Runtime
-from rerankq.worker.transport import dead_letter
 
 from rerankq import keys
 from rerankq.errors import InvalidRequest, JobFailed, RetryLater, TransientError
 from rerankq.jobs import JobState
 from rerankq.schema import JOB_ID_PATTERN, RerankJob, parse_job
 from rerankq.settings import Settings
+from rerankq.worker.runtime import Runtime
+from rerankq.worker.transport import dead_letter
 
 logger = logging.getLogger(__name__)
-_runtime: Runtime | None = None
 
 
-def install(runtime: Runtime) -> None:
-    """Set the runtime tasks hand jobs to (one per process, built before the worker consumes)."""
-    global _runtime
-    _runtime = runtime
+def register(app: Celery, settings: Settings, runtime: Runtime) -> None:
+    """The ``rerankq.rerank`` task on ``app``, handing jobs to ``runtime`` (one per process)."""
 
-
-def current_runtime() -> Runtime | None:
-    return _runtime
-
-
-def register(app: Celery, settings: Settings) -> None:
     @app.task(name=keys.TASK_NAME, bind=True, acks_late=True, throws=(JobFailed,))
     def rerank(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if _runtime is None:
-            raise RuntimeError("no runtime installed: start workers with `rerankq worker`")
         try:
-            job = _accept(self, _runtime, settings, args, kwargs)
+            job = _accept(self, runtime, settings, args, kwargs)
         except BaseException:
-            _runtime.transit.arrived(str(self.request.id))  # it will not reach the runtime
+            runtime.transit.arrived(str(self.request.id))  # it will not reach the runtime
             raise
-        run = _runtime.submit(job, redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
-                              task_id=str(self.request.id))
+        run = runtime.submit(job, redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
+                             task_id=str(self.request.id))
         try:
             state = run.future.result()
         except TransientError as exc:
             if isinstance(exc, RetryLater):
                 time.sleep(exc.after_s)  # the lease is renewed meanwhile
             raise Reject(str(exc), requeue=True) from exc  # redelivered; the record says queued
-        return _report(self, _runtime, job, state, run.final)
+        return _report(self, runtime, job, state, run.final)
 
 
 def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, ...],

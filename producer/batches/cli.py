@@ -12,9 +12,8 @@ import sys
 import time
 from typing import Any
 
-from rerankq.client.progress import Progress
-
 from rerankq.batches import BatchRecord, BatchState, parse_window
+from rerankq.client.progress import Progress
 
 
 def duration(text: str) -> float:

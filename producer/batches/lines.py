@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rerankq.client.compat import to_job
-
 from rerankq import s3
+from rerankq.client.compat import to_job
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import deadline_of
 from rerankq.schema import parse_job

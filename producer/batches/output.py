@@ -15,11 +15,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from rerankq.client.batches.lines import error_line
-
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchState
 from rerankq.callbacks import Outbox
+from rerankq.client.batches.lines import error_line
 from rerankq.errors import CallbackRefused, JobFailed, PermanentError
 from rerankq.jobs import TERMINAL, JobRecord, JobState
 

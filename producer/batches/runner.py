@@ -26,12 +26,11 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
+from rerankq import keys, s3
+from rerankq.batches import BatchRecord, BatchState, BatchStore
 from rerankq.client.batches.lines import Line, custom_id_of, error_line, parse_line, read_lines
 from rerankq.client.batches.output import Output
 from rerankq.client.client import RerankClient
-
-from rerankq import keys, s3
-from rerankq.batches import BatchRecord, BatchState, BatchStore
 from rerankq.errors import PermanentError
 from rerankq.jobs import TERMINAL, JobState, as_state, text_of
 

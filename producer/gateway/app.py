@@ -24,10 +24,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from rerankq.client.gateway import batches, ops, routes
-from rerankq.client.gateway.state import Gateway, QueueFull, UnknownModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rerankq.client.gateway import batches, ops, routes
+from rerankq.client.gateway.state import Gateway, QueueFull, UnknownModel
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob, PermanentError, TransientError
 from rerankq.settings import Settings
 

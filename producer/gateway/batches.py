@@ -11,9 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from rerankq.client.gateway.routes import gateway_of, read_json
 
 from rerankq.batches import parse_window
+from rerankq.client.gateway.routes import gateway_of, read_json
 from rerankq.errors import InvalidRequest
 
 router = APIRouter()

@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from rerankq.client.gateway.routes import gateway_of
 
 from rerankq import keys, registry
+from rerankq.client.gateway.routes import gateway_of
 from rerankq.jobs import FINISHING
 
 router = APIRouter()

@@ -14,9 +14,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+
 from rerankq.client import compat
 from rerankq.client.gateway.state import Gateway
-
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import TERMINAL
 from rerankq.schema import parse_job

@@ -32,6 +32,7 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 def run_gateway(settings: Settings, host: str, port: int, log_level: str = "info") -> None:
     import uvicorn
+
     from rerankq.client.gateway.app import create_app
 
     check_exposure(settings, host)

@@ -13,12 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from rerankq import keys, registry
 from rerankq.client.client import RerankClient
 from rerankq.client.gateway.media import Uploads
 from rerankq.client.gateway.metrics import GatewayMetrics
 from rerankq.client.gateway.waiter import Waiter
-
-from rerankq import keys, registry
 from rerankq.connections import async_redis_client
 from rerankq.errors import PermanentError
 from rerankq.jobs import JobRecord, JobState

@@ -7,12 +7,12 @@ weights on the CPU. Only the backbone and the one-row yes − no head are kept.
 from __future__ import annotations
 
 import torch
+
+from rerankq.errors import ModelLoadError
 from rerankq.models.fingerprint import checkpoint_fingerprint, local_checkpoint
 from rerankq.models.options import LoadOptions, resolve_attention, resolve_dtype
 from rerankq.models.qwen3vl.architectures import ARCHITECTURES, build_config
 from rerankq.models.qwen3vl.model import Scorer
-
-from rerankq.errors import ModelLoadError
 
 SIZES = tuple(ARCHITECTURES)
 
@@ -42,8 +42,9 @@ def from_pretrained(path: str, name: str, opts: LoadOptions) -> Scorer:
 
 def random_weights(size: str, opts: LoadOptions) -> Scorer:
     """The released architecture of ``size`` with random weights (seeded), for benchmarks and tests."""
-    from rerankq.models.qwen3vl.tokenizer import cached_qwen_tokenizer
     from transformers import Qwen3VLForConditionalGeneration
+
+    from rerankq.models.qwen3vl.tokenizer import cached_qwen_tokenizer
 
     if size not in ARCHITECTURES:
         raise ModelLoadError(f"model SPEC 'random:{size}': random: takes {', '.join(ARCHITECTURES)}")

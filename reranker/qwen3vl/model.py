@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from rerankq.media.sides import ResolvedSide
 from rerankq.models.batching import sharing_pays
 from rerankq.models.contract import prepare_each

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from rerankq.errors import PairTooLong
 from rerankq.media.sides import ResolvedSide
 from rerankq.models.qwen3vl.prompt import Piece, prompt_pieces
 from rerankq.models.qwen3vl.vision import MERGE, VisionInput
-
-from rerankq.errors import PairTooLong
 
 if TYPE_CHECKING:
     from rerankq.models.qwen3vl.sharing import JobPrefix

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.masking_utils import create_causal_mask
+
 from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID
 from rerankq.models.qwen3vl.vision import VisionInput, normalize
-from transformers.masking_utils import create_causal_mask
 
 PAD_ID = 151643
 

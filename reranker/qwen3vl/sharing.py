@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
 from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
 from rerankq.models.qwen3vl.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefixes
 from rerankq.models.qwen3vl.vision import VisionInput

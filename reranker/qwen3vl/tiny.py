@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from rerankq.models.qwen3vl.architectures import build_config
 from rerankq.models.qwen3vl.prompt import CHAT_TEMPLATE
 from rerankq.models.qwen3vl.tokenizer import cached_qwen_tokenizer

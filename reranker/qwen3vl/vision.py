@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+
 from rerankq.media.decode import FRAME_FACTOR, resize_frames, to_rgb
 from rerankq.media.sides import VisionBudget, VisionError
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from rerankq.cli.samples import mp4_bytes, noise_image
 from rerankq.media import decode
 from rerankq.media.decode import decode_video
@@ -61,6 +62,7 @@ def test_image_matches_qwen_vl_utils() -> None:
 def test_exif_tagged_jpeg_is_read_as_stored_like_qwen_vl_utils(tmp_path: Path) -> None:
     qvu = pytest.importorskip("qwen_vl_utils.vision_process")
     from PIL import Image
+
     from rerankq.media.decode import decode_image
 
     exif = Image.Exif()
@@ -104,7 +106,6 @@ def test_frame_list_matches_qwen_vl_utils() -> None:
 def test_cuda_scores_equal_cpu_scores(tiny_model_dir: Path, tiny_scorer) -> None:  # type: ignore
     from rerankq.models.loading import LoadOptions, load_model
     from rerankq.models.qwen3vl.pipeline import PairPreparer
-
     from tests.integration.test_scorer import mixed_pairs
 
     pairs = mixed_pairs(PairPreparer(tiny_scorer.tokenizer))

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rerankq.cli.cluster import RedisServer, S3Server, free_port, stop_process
 
+from rerankq.cli.cluster import RedisServer, S3Server, free_port, stop_process
 from rerankq.settings import Settings
 
 MEDIA_BUCKET = "media"

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rerankq.cli.cluster import S3Server
 
 from rerankq.batches import BatchState
+from rerankq.cli.cluster import S3Server
 from tests.chaos_kit import SLOW, Cluster, Redis, Reference, wait_until
 
 pytestmark = pytest.mark.slow

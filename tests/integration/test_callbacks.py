@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 import redis
-from rerankq.cli.cluster import RedisServer, S3Server, stop_process
-from rerankq.client import RerankClient, SignatureError, verify_signature
-from rerankq.worker.callbacks import Deliverer
-from rerankq.worker.metrics import Metrics
 
 from rerankq.callbacks import Outbox
+from rerankq.cli.cluster import RedisServer, S3Server, stop_process
+from rerankq.client import RerankClient, SignatureError, verify_signature
 from rerankq.errors import InvalidRequest
 from rerankq.settings import CallbackSettings, Settings
+from rerankq.worker.callbacks import Deliverer
+from rerankq.worker.metrics import Metrics
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker, wait_for
 from tests.servers import serving
 

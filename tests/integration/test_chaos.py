@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rerankq.cli.cluster import S3Server
 
+from rerankq.cli.cluster import S3Server
 from tests.chaos_kit import (
     SLOW,
     Audit,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from rerankq.cli.cluster import free_port
 
 RERANKQ = str(Path(sys.executable).parent / "rerankq")

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import torch
+
 from rerankq.cli.samples import image_bytes, mp4_bytes, noise_image
+from rerankq.errors import MediaError, PairTooLong
 from rerankq.media.decode import decode_video
 from rerankq.media.sides import ResolvedSide, VisionBudget
 from rerankq.models import DocumentsFailed, Qwen3VLReranker
 from rerankq.models.qwen3vl.vision import frame_list_input, image_input, video_input
-
-from rerankq.errors import MediaError, PairTooLong
 
 INSTRUCTION = "Find the product."
 

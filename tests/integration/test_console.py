@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from rerankq.cli.cluster import stop_process
 
+from rerankq.cli.cluster import stop_process
 from tests.integration.conftest import GatewayProcess, WorkerProcess, start_gateway
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import uuid
 
 import httpx
 import pytest
-from rerankq.cli.cluster import free_port
 
+from rerankq.cli.cluster import free_port
 from tests.integration.test_demo import demo_env, finish, no_process_left, redis_port
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rerankq.cli.cluster import RedisServer, S3Server
 from rerankq.client import RerankClient
-
 from tests.integration.conftest import MEDIA_BUCKET, start_worker, stop_worker, wait_for
 
 

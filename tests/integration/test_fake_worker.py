@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from rerankq import keys
 from rerankq.cli.cluster import RedisServer, S3Server
 from rerankq.client import RerankClient
 from rerankq.media.resolver import MediaResolver
@@ -17,8 +19,6 @@ from rerankq.media.sides import Side, VisionBudget
 from rerankq.models.batching import score_all
 from rerankq.models.fake import load_fake
 from rerankq.models.options import LoadOptions
-
-from rerankq import keys
 from rerankq.settings import Settings
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
 
@@ -80,9 +80,8 @@ def test_malformed_queue_entries_go_to_the_dead_letter_list(fake_worker: WorkerP
 
 
 def test_the_fake_is_only_reached_by_its_spec() -> None:
-    from rerankq.models.loading import load_model
-
     from rerankq.errors import ModelLoadError
+    from rerankq.models.loading import load_model
 
     assert load_model("fake:h100-2b").name == "fake:h100-2b"
     with pytest.raises(ModelLoadError, match="fake: takes hash or GPU-SIZE"):

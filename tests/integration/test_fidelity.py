@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+
 from rerankq.cli.samples import image_bytes, noise_image
 from rerankq.media.resolver import MediaResolver
 from rerankq.media.sides import Side, VisionBudget
 from rerankq.models.qwen3vl.vision import QwenVision
-
 from rerankq.settings import Settings
 from tests.integration.conftest import MEDIA_BUCKET
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rerankq.cli.cluster import RedisServer, free_port, stop_process, wait_for_port
 from rerankq.client import RerankClient
-
 from tests.integration.conftest import WorkerProcess
 
 RERANKQ = str(Path(sys.executable).parent / "rerankq")

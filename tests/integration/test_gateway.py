@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+
 from rerankq.cli.cluster import stop_process
 from rerankq.client import RerankClient
 from rerankq.client.gateway.state import DEPTH_FRESH_S
-
 from rerankq.errors import InvalidRequest
 from rerankq.schema import parse_job
 from rerankq.settings import LimitSettings, Settings
@@ -323,7 +323,6 @@ def two_models(tiny_model_dir: Path, redis_server: Any, s3_server: Any, tmp_path
                ) -> Iterator[tuple[GatewayProcess, Settings, Path]]:
     """Two workers with different checkpoints on one Redis and queue prefix; the first serves the default model."""
     from rerankq.models.qwen3vl.tiny import write_tiny_model
-
     from tests.integration.conftest import start_worker, stop_worker
 
     other = Path(write_tiny_model(tmp_path_factory.mktemp("other-model") / "tiny-b", seed=1))

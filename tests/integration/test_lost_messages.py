@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection, Exchange, Queue
-from rerankq.cli.cluster import S3Server
-from rerankq.worker.transport import Transport
 
 from rerankq import keys
+from rerankq.cli.cluster import S3Server
+from rerankq.worker.transport import Transport
 from tests.chaos_kit import Audit, Cluster, Redis, Reference, check_scores, settle, text_job
 
 pytestmark = pytest.mark.slow

@@ -20,14 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
 from rerankq.cli.samples import photo_bytes
+from rerankq.errors import MediaError, TransientMediaError
 from rerankq.media.http import HttpPolicy, address_refusal
 from rerankq.media.resolver import MediaResolver
 from rerankq.media.sides import Side, VisionBudget
 from rerankq.media.store import MediaStore
 from rerankq.models.qwen3vl.vision import QwenVision
-
-from rerankq.errors import MediaError, TransientMediaError
 from rerankq.settings import Settings
 from tests.servers import serving
 

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
+
 from rerankq.cli.cluster import S3Server
 from rerankq.cli.samples import clip_bytes, photo_bytes, png_header_only
+from rerankq.errors import MediaError
 from rerankq.media.resolver import MediaResolver
 from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 from rerankq.media.store import MediaStore
 from rerankq.models.qwen3vl import vision
 from rerankq.models.qwen3vl.vision import QwenVision
-
-from rerankq.errors import MediaError
 from rerankq.settings import Settings
 
 BUCKET = "media-tests"

@@ -14,13 +14,14 @@ from pathlib import Path
 import jinja2
 import pytest
 import torch
+from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
 from rerankq.cli.samples import noise_image
 from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 from rerankq.models.qwen3vl.pipeline import PairPreparer
 from rerankq.models.qwen3vl.prompt import chat_messages
 from rerankq.models.qwen3vl.vision import image_input, resize_image
-from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 

@@ -8,9 +8,9 @@ import uuid
 from typing import Any
 
 import pytest
+
 from rerankq.cli.cluster import free_port
 from rerankq.client import RerankClient
-
 from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
 from tests.integration.conftest import MEDIA_BUCKET, RESULTS_BUCKET, WorkerProcess
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from rerankq.cli.cluster import RedisServer, S3Server
 from rerankq.client import RerankClient
-
 from rerankq.errors import JobFailed
 from tests.integration.conftest import start_worker, stop_worker, wait_for
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+
 from rerankq.cli.cluster import CACHE_ARGS, RedisServer, S3Server, free_port
 from rerankq.cli.samples import image_bytes, noise_image
 from rerankq.client import RerankClient
-
 from tests.integration.conftest import MEDIA_BUCKET, WorkerProcess, start_worker, stop_worker
 
 TOL = 2.5e-6  # 1e-5 in logit is at most 2.5e-6 in score (the sigmoid's slope is <= 1/4)
@@ -160,19 +161,19 @@ def test_a_cache_that_goes_down_fails_no_job(tmp_path_factory: pytest.TempPathFa
 
 
 def test_the_store_refuses_the_brokers_redis_and_survives_a_dead_port(redis_url: str) -> None:
+    from rerankq.settings import Settings
     from rerankq.worker.metrics import Metrics
     from rerankq.worker.scorecache import ScoreCache
 
-    from rerankq.settings import Settings
-
     broker = redis.Redis.from_url(redis_url)
-    same = ScoreCache(Settings(redis_url=redis_url, cache={"redis_url": redis_url}), Metrics(), broker)
+    same = ScoreCache(Settings(redis_url=redis_url, cache={"redis_url": redis_url}).cache, Metrics(), broker)
     assert same.get_many(["k"]) is None and same.refused and not same.available()
     same.put_many({"k": 0.5})
     assert broker.keys("rerankq:score:*") == []
     dead_url = f"redis://127.0.0.1:{free_port()}/0"
     metrics = Metrics()
-    dead = ScoreCache(Settings(redis_url=redis_url, cache={"redis_url": dead_url, "retry_s": 60}), metrics, broker)
+    dead_settings = Settings(redis_url=redis_url, cache={"redis_url": dead_url, "retry_s": 60})
+    dead = ScoreCache(dead_settings.cache, metrics, broker)
     assert dead.get_many(["k"]) is None and not dead.available()
     dead.put_many({"k": 0.5})  # left alone: no second failure
     assert metrics.cache_errors._value.get() == 1  # type: ignore[attr-defined]
@@ -193,44 +194,50 @@ def test_model_identity_changes_with_max_length_and_seed(tiny_model_dir: Path) -
 
 
 class InProcess:
-    """One worker's preparing and scoring steps, in this process (the fake model): a round's cache look-ups,
-    media, pairs, forward pass and write-back, as ``rerankq.worker.runtime`` runs them."""
+    """One worker's round engine, in this process (the fake model), with the worker's score cache on a real
+    Redis: a round's cache look-ups, media, pairs, forward pass and write-back, as ``rerankq.worker.runtime``
+    runs them."""
 
     def __init__(self, redis_url: str, s3_url: str, cache_url: str) -> None:
         from rerankq.media.resolver import MediaResolver
+        from rerankq.models.engine import RoundEngine
         from rerankq.models.fake import load_fake
         from rerankq.models.options import LoadOptions
-        from rerankq.worker.caching import RoundCache
-        from rerankq.worker.metrics import Metrics
-
         from rerankq.settings import Settings
+        from rerankq.worker.metrics import Metrics
+        from rerankq.worker.scorecache import ScoreCache
 
         self.settings = Settings(redis_url=redis_url, s3_endpoint_url=s3_url, cache={"redis_url": cache_url})
         self.model = load_fake("fake:hash", LoadOptions())
         self.resolver = MediaResolver(self.settings, self.model.preprocessor)
         self.broker = redis.Redis.from_url(redis_url)
-        self.cache = RoundCache(self.settings, self.model, self.resolver, Metrics(), self.broker)
+        self.cache = ScoreCache(self.settings.cache, Metrics(), self.broker)
+        self.engine = RoundEngine(self.model, self.resolver, self.settings.batch, self.cache)
 
     def round(self, job: dict[str, Any]) -> Any:
         from concurrent.futures import Future
 
-        from rerankq.worker.rounds import JobRun, prepare_units, resolve_media
-
         from rerankq.schema import parse_job
+        from rerankq.worker.held import HeldJob, engine_input
 
-        run = JobRun(parse_job({**job, "job_id": uuid.uuid4().hex}, self.settings), Future())
-        known = self.cache.before_media([run])
-        sides = resolve_media([run], self.resolver, self.settings.limits, known)
-        self.cache.after_media([run], sides)
-        units = prepare_units(run, sides[0], self.model, self.settings.instruction)
-        for unit, score in zip(units, self.model.forward([u.pair for u in units]) if units else [], strict=True):
-            run.scores[unit.index] = score
-        self.cache.write_back(units)
-        return run
+        held = HeldJob(parse_job({**job, "job_id": uuid.uuid4().hex}, self.settings), Future())
+        plan = self.engine.prepare([engine_input(held, self.settings.limits, self.settings.instruction, False)])
+        outcome = next(o for p in self.engine.score(plan) for o in p.finished)
+        return Ran(outcome.scores, dict(zip(outcome.cached, (outcome.scores[i] for i in outcome.cached),
+                                            strict=True)), plan.jobs[0].lookup.keys)
 
     def close(self) -> None:
         self.resolver.close()
         self.broker.close()
+
+
+@dataclass
+class Ran:
+    """What a round made of one job: scores, those from the cache (index → score), the pairs' cache keys."""
+
+    scores: list[float | None]
+    cached: dict[int, float]
+    keys: dict[int, str]
 
 
 @pytest.fixture()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from rerankq.cli.samples import mp4_bytes, noise_image
 from rerankq.media.decode import decode_video
 from rerankq.media.sides import ResolvedSide, VisionBudget

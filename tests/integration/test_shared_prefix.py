@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+
 from rerankq.cli.samples import mp4_bytes, noise_image
 from rerankq.media.decode import decode_video
 from rerankq.media.sides import ResolvedSide, VisionBudget

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from rerankq.cli.cluster import RedisServer, S3Server
 from rerankq.client import RerankClient
-
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
 
 MAX_LENGTH = 1024  # the long document below is cut to fit

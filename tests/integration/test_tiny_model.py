@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rerankq.models.loading import load_model
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
+
+from rerankq.models.loading import load_model
 
 
 def test_cli_writes_a_loadable_deterministic_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -6,9 +6,9 @@ import json
 import time
 
 import pytest
+
 from rerankq.client.batches.cli import duration
 from rerankq.client.batches.lines import parse_line
-
 from rerankq.settings import Settings
 
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from rerankq.models.batching import (
     padding_ratio,
     plan_batches,

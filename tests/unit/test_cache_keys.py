@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from rerankq.errors import InvalidRequest
 from rerankq.media.identity import file_identity, frames_identity, s3_identity, side_media, side_refs, tagged
 from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 from rerankq.models.fingerprint import checkpoint_fingerprint
-from rerankq.worker.cachekeys import Content, JobContext, JobKeys, from_resolved, from_side
-
-from rerankq.errors import InvalidRequest
+from rerankq.models.scorekeys import Content, JobContext, JobKeys, from_resolved, from_side
 from rerankq.schema import parse_job
 from rerankq.settings import Settings
 

@@ -7,9 +7,9 @@ import json
 import socket
 
 import pytest
-from rerankq.client import SignatureError, verify_signature
 
 from rerankq.callbacks import CallbackEvent, check_target, check_url, job_data, sign
+from rerankq.client import SignatureError, verify_signature
 from rerankq.errors import CallbackRefused, InvalidRequest, TransientError
 from rerankq.schema import parse_job
 from rerankq.settings import CallbackSettings, Settings
@@ -159,6 +159,7 @@ def test_the_body_is_the_same_bytes_on_every_attempt() -> None:
 
 def test_retries_back_off_exponentially_with_a_cap() -> None:
     import redis
+
     from rerankq.worker.callbacks import Deliverer
 
     settings = Settings(callbacks=CallbackSettings(backoff_s=1.0, max_backoff_s=30.0))

@@ -6,8 +6,8 @@ import os
 import re
 
 import pytest
-from rerankq.client.gateway.app import OPEN_PATHS
 
+from rerankq.client.gateway.app import OPEN_PATHS
 from rerankq.settings import Settings
 from tests.unit.test_deploy_configs import container, env_example, env_of, interpolate, k8s, services
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from rerankq.cli.samples import clip_bytes, photo_bytes, png_header_only
 from rerankq.media.decode import decode_image, decode_video, flatten
 from rerankq.media.sides import VisionBudget, VisionError

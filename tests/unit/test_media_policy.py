@@ -7,10 +7,10 @@ before a connection is opened.
 from __future__ import annotations
 
 import pytest
-from rerankq.media.http import HttpFetcher, HttpPolicy, address_refusal
-from rerankq.media.store import MediaStore
 
 from rerankq.errors import MediaError
+from rerankq.media.http import HttpFetcher, HttpPolicy, address_refusal
+from rerankq.media.store import MediaStore
 from rerankq.settings import Settings
 
 REFUSED = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jinja2
+
 from rerankq.models.qwen3vl.prompt import CHAT_TEMPLATE, Side, chat_messages, render_prompt
 
 SYSTEM = ('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '

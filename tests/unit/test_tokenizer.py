@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from rerankq.models.qwen3vl.tokenizer import cached_qwen_tokenizer
 
 

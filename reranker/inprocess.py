@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from rerankq.media.resolver import MediaResolver
-from rerankq.media.sides import Side, VisionBudget
-from rerankq.models.batching import score_all
-from rerankq.models.contract import prefix_marks
-from rerankq.models.loading import LoadOptions, load_model
 
 from rerankq.errors import MediaError, PermanentError
-from rerankq.settings import DEFAULT_INSTRUCTION, Settings
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import Side, VisionBudget
+from rerankq.models.engine import JobInput, RoundEngine
+from rerankq.models.loading import LoadOptions, load_model
+from rerankq.settings import DEFAULT_INSTRUCTION, BatchSettings, Settings
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
@@ -59,12 +58,21 @@ class Qwen3VLReranker:
         self.default_instruction = default_instruction
         self.batch_max_tokens, self.batch_max_pairs = batch_max_tokens, batch_max_pairs
         self._resolver: MediaResolver | None = None
+        self._engine: RoundEngine | None = None
 
     @property
     def resolver(self) -> MediaResolver:
         if self._resolver is None:
             self._resolver = MediaResolver(self.settings, self.model.preprocessor)
         return self._resolver
+
+    @property
+    def engine(self) -> RoundEngine:
+        """The round engine, the same one a worker runs (``rerankq.models.engine``), without a score cache."""
+        if self._engine is None:
+            batch = BatchSettings(max_tokens=self.batch_max_tokens, max_pairs=self.batch_max_pairs)
+            self._engine = RoundEngine(self.model, self.resolver, batch, None, self.settings.media.exif_transpose)
+        return self._engine
 
     def process(self, inputs: dict[str, Any], errors: Literal["raise", "none"] = "raise") -> list[Any]:
         """Score every document against the query; one float per document, in input order.
@@ -74,42 +82,33 @@ class Qwen3VLReranker:
         is raised that lists each failing document's index and reason; with ``errors="none"`` those
         documents get ``None`` instead and the rest are scored, like a queued job's ``scores``. A query that
         cannot be read raises its ``MediaError`` either way (nothing can be scored). The official script
-        would silently score a bare ``NULL`` prompt instead.
+        would silently score a bare ``NULL`` prompt instead. ``max_tokens_per_doc`` in ``inputs`` cuts each
+        document's texts first, as in a queued job.
         """
         if errors not in ("raise", "none"):
             raise ValueError(f"errors must be 'raise' or 'none', got {errors!r}")
         query, documents = inputs.get("query") or {}, inputs.get("documents") or []
         if not query or not documents:
             return []
-        pairs, failed = self._prepare(inputs, query, documents)
-        if failed and errors == "raise":
-            raise DocumentsFailed(failed, len(documents))
-        ready = [p for p in pairs if p is not None]
-        scores = iter(score_all(self.model.forward, ready, [p.length for p in ready], self.batch_max_tokens,
-                                self.batch_max_pairs, prefix_marks(ready)))
-        return [None if p is None else next(scores) for p in pairs]
+        plan = self.engine.prepare([self._job(inputs, query, documents)])
+        job = plan.jobs[0]
+        if job.query_error is not None:
+            raise job.query_error
+        if job.errors and errors == "raise":  # before any pass: nothing is scored that would be thrown away
+            raise DocumentsFailed(job.errors, len(documents))
+        if job.error and not job.errors:  # the model could not prepare the job at all
+            raise PermanentError(job.error)
+        outcome = next(o for p in self.engine.score(plan) for o in p.finished)
+        if outcome.errors and errors == "raise":  # a pair that failed in its forward pass
+            raise DocumentsFailed(outcome.errors, len(documents))
+        return outcome.scores
 
-    def _prepare(self, inputs: dict[str, Any], query: Any, documents: list[Any]) -> tuple[list[Any], dict[int, str]]:
-        """Every document's pair (None where it failed) and the failures, index → reason."""
-        instruction = inputs.get("instruction") or self.default_instruction
+    def _job(self, inputs: dict[str, Any], query: Any, documents: list[Any]) -> JobInput:
         budget = VisionBudget(fps=float(inputs.get("fps") or self.fps),
                               max_frames=int(inputs.get("max_frames") or self.max_frames))
-        sides = [Side.from_dict(query)] + [Side.from_dict(d) for d in documents]
-        resolved = self.resolver.resolve_sides(sides, budget)
-        if isinstance(resolved[0], Exception):
-            raise resolved[0]
-        failed = {i: str(doc) for i, doc in enumerate(resolved[1:]) if isinstance(doc, Exception)}
-        readable = [(i, doc) for i, doc in enumerate(resolved[1:]) if not isinstance(doc, Exception)]
-        pairs: list[Any] = [None] * len(documents)
-        prepared = self.model.prepare_job(instruction, resolved[0], [doc for _, doc in readable])
-        for (i, _), pair in zip(readable, prepared, strict=True):
-            if isinstance(pair, PermanentError):  # PairTooLong (a MediaError) and the like: this document's
-                failed[i] = str(pair)
-            elif isinstance(pair, Exception):
-                raise pair  # a bug, not a document's fault
-            else:
-                pairs[i] = pair
-        return pairs, failed
+        return JobInput("process", Side.from_dict(query), [Side.from_dict(d) for d in documents],
+                        inputs.get("instruction") or self.default_instruction, budget,
+                        max_tokens_per_doc=inputs.get("max_tokens_per_doc"), use_cache=False)
 
 
 class DocumentsFailed(MediaError):
@@ -117,6 +116,7 @@ class DocumentsFailed(MediaError):
     to its reason. Raised once every document has been tried."""
 
     def __init__(self, errors: dict[int, str], total: int) -> None:
+        errors = {i: reason.removeprefix(f"documents[{i}]: ") for i, reason in errors.items()}
         reasons = "; ".join(f"documents[{i}]: {errors[i]}" for i in sorted(errors))
         super().__init__("documents", f"{len(errors)} of {total} cannot be scored: {reasons}")
         self.errors = errors

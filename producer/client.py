@@ -24,6 +24,7 @@ from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
 from rerankq.client.progress import Progress
+from rerankq.client.waiting import RECHECK_S, Completions, deadline_left
 from rerankq.connections import redis_client
 from rerankq.errors import CallbackRefused, InvalidRequest, JobFailed, NoSuchJob, TransientError
 from rerankq.jobs import TERMINAL, JobRecord, JobState
@@ -49,6 +50,7 @@ class RerankClient:
         self.celery = Celery("rerankq-producer", set_as_current=False)
         self.celery.conf.update(keys.celery_config(self.settings))
         self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
+        self.completions = Completions(self.redis, self.settings.queue_prefix, self.settings.results.ttl_s)
 
     def close(self) -> None:
         self.celery.close()
@@ -66,7 +68,7 @@ class RerankClient:
         job = self._prepare(request)
         self._check_result_uri(job)
         self.check_callback_url(job.get("callback_url"))
-        self._enqueue([job])
+        self._enqueue([job], self.completions.key)
         return str(job["job_id"])
 
     def submit_many(self, requests: Iterable[dict[str, Any] | RerankJob]) -> list[str]:
@@ -83,7 +85,7 @@ class RerankClient:
                 raise exc.at(f"[{i}]") from None
             jobs.append(job)
         for start in range(0, len(jobs), CHUNK):
-            self._enqueue(jobs[start:start + CHUNK])
+            self._enqueue(jobs[start:start + CHUNK], self.completions.key)
         return [job["job_id"] for job in jobs]
 
     def _prepare(self, request: dict[str, Any] | RerankJob) -> dict[str, Any]:
@@ -120,6 +122,8 @@ class RerankClient:
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
             return
+        if notify == self.completions.key:
+            self.completions.created(job["job_id"] for job in fresh)
         try:
             with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):
                 for job in fresh:
@@ -183,6 +187,11 @@ class RerankClient:
         job: forever by default (``timeout=None``), at most ``timeout`` seconds otherwise; ``timeout=0``
         does not wait. Raises ``TimeoutError`` when the job is still unfinished then, ``JobFailed`` for a
         failed or cancelled job, ``NoSuchJob`` for an unknown id."""
+        if self.completions.mine(job_id) and timeout != 0:
+            for _, outcome in self._completed([job_id], timeout, lambda n: None):
+                if isinstance(outcome, Exception):
+                    raise outcome
+                return outcome
         record = self.jobs.record(job_id)
         if record.state not in TERMINAL and timeout != 0:
             self.wait_any([job_id], timeout)
@@ -248,28 +257,52 @@ class RerankClient:
 
     def _completed(self, pending: list[str], timeout: float | None, report: Callable[[int], None]
                    ) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+        """Jobs this client created are heard of on its notify list (``Completions``); others' states are read
+        on each wake, as are everyone's after ``RECHECK_S`` without news."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = 0
+        done, heard_at = 0, time.monotonic()
+        others = [j for j in pending if not self.completions.mine(j)]
+        check = list(others)
         while pending:
-            states = self.jobs.states(pending)
-            finished = [j for j, s in zip(pending, states, strict=True) if s is None or s in TERMINAL]
-            for job_id in finished:
-                outcome = self._settle(job_id)
+            finished = self.completions.take(pending)
+            if check:
+                states = self.jobs.states(check)
+                finished += [j for j, s in zip(check, states, strict=True) if (s is None or s in TERMINAL)
+                             and j not in finished]
+            for job_id, outcome in self._read_ended(finished):
                 done += 1
                 report(done)
                 yield job_id, outcome
-            pending = [j for j in pending if j not in set(finished)]
+            ended = set(finished)
+            pending = [j for j in pending if j not in ended]
+            others = [j for j in others if j not in ended]
             if not pending:
                 return
-            left = None if deadline is None else deadline - time.monotonic()
+            left = deadline_left(deadline)
             if left is not None and left <= 0:
                 raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout} s")
-            # Wake on any token among the first keys (BLPOP over thousands of keys is slow to set up).
-            wait = 1.0 if len(pending) > 256 else left
-            self.wait_any(pending[:256], wait if left is None or wait is None else min(wait, left))
+            wait = min(WAIT_SLICE_S, left) if left is not None else WAIT_SLICE_S
+            if others:  # some ends can only be read: wake on their done tokens, look at the list between
+                self.wait_any(others[:256], min(wait, 1.0) if len(pending) > len(others) else wait)
+                heard = self.completions.listen(0.01) if len(pending) > len(others) else 0
+            else:
+                heard = self.completions.listen(wait)
+            if heard:
+                heard_at = time.monotonic()
+            stale = time.monotonic() - heard_at > RECHECK_S
+            check = pending if stale else others
+            if stale:
+                heard_at = time.monotonic()
 
-    def _settle(self, job_id: str) -> dict[str, Any] | Exception:
-        try:
-            return self.result(job_id, timeout=0)
-        except (JobFailed, NoSuchJob) as exc:
-            return exc
+    def _read_ended(self, job_ids: list[str]) -> list[tuple[str, dict[str, Any] | Exception]]:
+        """The outcomes of ended jobs: their records in one round trip, results in S3 fetched."""
+        out: list[tuple[str, dict[str, Any] | Exception]] = []
+        for job_id, record in zip(job_ids, self.jobs.ended_records(job_ids), strict=True):
+            self.completions.forget(job_id)
+            try:
+                if record is None:
+                    raise NoSuchJob(job_id)
+                out.append((job_id, self.result_of(record)))
+            except (JobFailed, NoSuchJob) as exc:
+                out.append((job_id, exc))
+        return out

@@ -23,6 +23,7 @@ from rerankq.jobs import (
     public_state,
     text_of,
 )
+from rerankq.scripts import Scripts
 from rerankq.settings import Settings
 from rerankq.transitions import CANCEL, COMMIT, CREATE, FINISH, OBSERVE, PROGRESS, REQUEUE, START
 
@@ -33,7 +34,8 @@ class JobStore:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.redis = client if client is not None else redis_client(settings)
-        register = self.redis.register_script
+        self.scripts = Scripts(self.redis)
+        register = self.scripts.register
         self._create, self._observe, self._start = register(CREATE), register(OBSERVE), register(START)
         self._progress, self._commit, self._finish = register(PROGRESS), register(COMMIT), register(FINISH)
         self._requeue, self._cancel = register(REQUEUE), register(CANCEL)
@@ -62,7 +64,7 @@ class JobStore:
         need = self.settings.redis_min_replicas
         if need:
             pipe.execute_command("WAIT", need, self.settings.redis_wait_ms)
-        out = pipe.execute()
+        out = self.scripts.execute(pipe)
         if need:
             acked = out.pop()
             if int(acked) < need:
@@ -111,7 +113,7 @@ class JobStore:
         for job in jobs:
             pipe.delete(*self._keys(job["job_id"]))
             pipe.zrem(keys.pending_key(keys.job_queue(self.settings, job)), job["job_id"])
-        pipe.execute()
+        self.scripts.execute(pipe)
 
     def creator(self, job_id: str) -> str | None:
         """The Celery task id of the message that created the record (None: the SDK did, or no record)."""
@@ -150,7 +152,7 @@ class JobStore:
         self._observe(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.failure_ttl_s],
                       client=pipe)
         pipe.hgetall(self.key(job_id))
-        raw = pipe.execute()[1]
+        raw = self.scripts.execute(pipe)[1]
         if not raw:
             raise NoSuchJob(job_id)
         return JobRecord.from_hash(job_id, raw)
@@ -166,8 +168,16 @@ class JobStore:
         for job_id in job_ids:
             self._observe(keys=self._script_keys(job_id), args=[now, ttl], client=pipe)
             pipe.hgetall(self.key(job_id))
-        raws = pipe.execute()[1::2]
+        raws = self.scripts.execute(pipe)[1::2]
         return [JobRecord.from_hash(j, raw) if raw else None for j, raw in zip(job_ids, raws, strict=True)]
+
+    def ended_records(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Records of jobs known to have ended, as stored (an ended record no longer changes: no deadline to
+        apply), one ``HGETALL`` each in one round trip; None for a record gone (expired)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.key(job_id))
+        return [JobRecord.from_hash(j, raw) if raw else None for j, raw in zip(job_ids, pipe.execute(), strict=True)]
 
     def states(self, job_ids: list[str]) -> list[JobState | None]:
         """Public states of many jobs in one round trip (None for unknown ids), deadlines applied."""
@@ -175,7 +185,7 @@ class JobStore:
         now, ttl = time.time(), self.settings.results.failure_ttl_s
         for job_id in job_ids:
             self._observe(keys=self._script_keys(job_id), args=[now, ttl], client=pipe)
-        return [public_state(s) for s in pipe.execute()]
+        return [public_state(s) for s in self.scripts.execute(pipe)]
 
     # worker side ---------------------------------------------------------------------------------
     def start_many(self, starts: list[tuple[str, int, bool]], worker: str) -> list[Started]:
@@ -186,7 +196,7 @@ class JobStore:
             self._start(keys=self._script_keys(job_id), args=[worker, now, total, ttl,
                                                               self.settings.max_deliveries, int(solo)], client=pipe)
         out: list[Started] = []
-        for found in pipe.execute():
+        for found in self.scripts.execute(pipe):
             if not found:
                 out.append(Started(None, now))
                 continue
@@ -202,7 +212,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for (job_id, fence), n in done.items():
             self._progress(keys=[self.key(job_id)], args=[fence, n], client=pipe)
-        pipe.execute()
+        self.scripts.execute(pipe)
 
     def commit_many(self, attempts: list[tuple[str, int]]) -> list[str | None]:
         """Claim the right to write each result: ``finishing`` where granted, else what stops it (``cancelled``,
@@ -210,7 +220,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id, fence in attempts:
             self._commit(keys=[self.key(job_id)], args=[fence], client=pipe)
-        return [None if s is None else text_of(s) for s in pipe.execute()]
+        return [None if s is None else text_of(s) for s in self.scripts.execute(pipe)]
 
     def finish_many(self, outcomes: list[Outcome]) -> list[str | None]:
         """Write terminal states; each returns the state written, or what refused it (``stale``, the terminal

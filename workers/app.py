@@ -46,14 +46,15 @@ def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[s
 
 
 def make_app(settings: Settings, queues: list[str] | None = None, runtime: Runtime | None = None) -> Celery:
-    """A worker app; with ``runtime``, the rerank task and the intake gate that feed it are registered (a
-    batcher's and Flower's apps have none)."""
+    """A worker app with the rerank task; with ``runtime``, the task hands jobs to it and the intake gate feeds
+    it (a batcher's and Flower's apps have none: Flower lists the task, a batcher consumes no rerank queue)."""
+    from rerankq.worker.tasks import register  # imported here: Flower's app needs no model side (torch)
+
     app = Celery("rerankq-worker", set_as_current=False, events="rerankq.worker.events:WorkerEvents")
     app.conf.update(worker_config(settings, queues))
-    if runtime is not None:  # imported here: Flower's and a batcher's apps need no model side (torch)
+    if runtime is not None:
         from rerankq.worker.intake import gate_for
-        from rerankq.worker.tasks import register
 
         app.steps["consumer"].add(gate_for(runtime))
-        register(app, settings, runtime)
+    register(app, settings, runtime)
     return app

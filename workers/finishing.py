@@ -101,7 +101,7 @@ class Finisher:
             uri = self._location(run, result)
             if uri is None:
                 run.final = result
-                out.append((run, Outcome(run.job_id, run.fence, JobState.SUCCEEDED, result_fields(result, None)), ran))
+                out.append((run, Outcome(run.job_id, run.fence, JobState.SUCCEEDED, _done(ran, result, None)), ran))
             else:
                 to_s3.append((run, ran, result, uri))
         if to_s3:
@@ -134,7 +134,7 @@ class Finisher:
                 out.append((run, Outcome(run.job_id, run.fence, JobState.FAILED, run.final), ran))
                 continue
             run.final = {"job_id": run.job_id, "state": JobState.SUCCEEDED.value, "result_uri": uri}
-            out.append((run, Outcome(run.job_id, run.fence, JobState.SUCCEEDED, result_fields(result, uri)), ran))
+            out.append((run, Outcome(run.job_id, run.fence, JobState.SUCCEEDED, _done(ran, result, uri)), ran))
         return out
 
     def _requeue(self, run: HeldJob, exc: TransientError) -> None:
@@ -148,3 +148,9 @@ class Finisher:
         after = min(0.5 * 2 ** max(retries - 1, 0), 30.0)  # the message waits before it goes back: no hot loop
         logger.warning("job %s: %s; back to its queue in %.1f s", run.job_id, exc, after)
         run.future.set_exception(RetryLater(str(exc), after))
+
+
+def _done(ran: JobOutcome, result: dict[str, Any], uri: str | None) -> dict[str, Any]:
+    """A succeeded job's record fields: its result, and every document done (no progress write for the pass
+    that ended it)."""
+    return {**result_fields(result, uri), "pairs_done": len(ran.scores)}

@@ -167,9 +167,10 @@ class Runtime:
         for job in plan.jobs:
             if job.retry is not None:
                 self._retry_later(by_id.pop(job.job.id), job.retry)
-        # Documents that failed already, or came from the cache, are done too: progress reaches pairs_total.
+        # Documents that failed already, or came from the cache, are done too (a job with nothing left to score
+        # ends at once: its outcome sets pairs_done).
         self.store.add_progress({by_id[j.job.id].attempt: j.settled for j in plan.jobs
-                                 if j.job.id in by_id and j.settled and not j.error})
+                                 if j.job.id in by_id and j.settled and j.pairs and not j.error})
         return Round(plan, by_id, fail_fast)
 
     def _input(self, held: HeldJob) -> Any:
@@ -252,8 +253,9 @@ class Runtime:
             m.pairs_scored.inc(len(done.pairs) - done.failed)
             if self.settings.batch.record_path:
                 record_pass(self.settings.batch.record_path, done.pairs)
+            ended = {o.job.id for o in done.finished}  # their pairs_done comes with their outcome
             try:
-                self.store.add_progress({round_.held[i].attempt: n for i, n in done.scored.items()})
+                self.store.add_progress({round_.held[i].attempt: n for i, n in done.scored.items() if i not in ended})
             except Exception as exc:  # progress is advisory: a Redis blip must not fail the round's jobs
                 logger.warning("progress of %d jobs not recorded: %s", len(done.scored), exc)
         self.finisher.finish([(round_.held[o.job.id], o) for o in done.finished])

@@ -37,11 +37,14 @@ from rerankq.worker.transport import dead_letter
 logger = logging.getLogger(__name__)
 
 
-def register(app: Celery, settings: Settings, runtime: Runtime) -> None:
-    """The ``rerankq.rerank`` task on ``app``, handing jobs to ``runtime`` (one per process)."""
+def register(app: Celery, settings: Settings, runtime: Runtime | None) -> None:
+    """The ``rerankq.rerank`` task on ``app``, handing jobs to ``runtime`` (one per process; None on apps that
+    only name the task, as Flower's)."""
 
     @app.task(name=keys.TASK_NAME, bind=True, acks_late=True, throws=(JobFailed,))
     def rerank(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if runtime is None:
+            raise RuntimeError("this process has no model: start workers with `rerankq worker`")
         try:
             job = _accept(self, runtime, settings, args, kwargs)
         except BaseException:

@@ -1,0 +1,72 @@
+"""Waiting for many jobs without reading them again and again: each ``RerankClient`` owns a *notify list*.
+
+The records a client creates name its list (``{prefix}:notify:{client id}``), and the script that ends a job
+pushes ``STATE RECORD-KEY`` onto it in the same step (``rerankq.transitions``). A waiting client blocks on
+that one list and reads a record only once it has ended: the Redis work of waiting for N jobs is O(N), not
+O(N) per wake. Ends that arrive for jobs nobody asked about yet are kept until asked.
+
+Jobs this client did not create (another client's ids, a ``job_id`` that existed already) are waited for by
+reading their states, as before (``RerankClient.wait_any``). So is every job now and then: an end that never
+reaches the list (its push lost in a failover, a queued job past its deadline that no worker has taken yet)
+still ends the wait.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+import redis
+
+from rerankq.jobs import text_of
+
+RECHECK_S = 10.0  # a wait that has heard nothing for this long reads the states of what it waits for
+POP_MAX = 1000  # ends taken off the list per round trip
+
+
+class Completions:
+    """The ends of the jobs this client created, as they arrive on its notify list."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+        self.redis = client
+        self.key = f"{prefix}:notify:{uuid.uuid4().hex}"
+        self.ttl_s = ttl_s
+        self._record_prefix = f"{prefix}:job:"
+        self._mine: set[str] = set()
+        self._ended: dict[str, str] = {}  # job id → terminal state, heard and not yet asked for
+
+    def created(self, job_ids: Iterable[str]) -> None:
+        """These jobs' records name this list: their ends will arrive on it."""
+        self._mine.update(job_ids)
+
+    def mine(self, job_id: str) -> bool:
+        return job_id in self._mine
+
+    def take(self, job_ids: Iterable[str]) -> list[str]:
+        """Those of ``job_ids`` heard to have ended (each reported once)."""
+        out = [j for j in job_ids if j in self._ended]
+        for job_id in out:
+            del self._ended[job_id]
+            self._mine.discard(job_id)
+        return out
+
+    def forget(self, job_id: str) -> None:
+        """A job whose end was learnt another way (its state read): nothing more to hear of it."""
+        self._ended.pop(job_id, None)
+        self._mine.discard(job_id)
+
+    def listen(self, timeout: float) -> int:
+        """Block up to ``timeout`` s for ends; returns how many arrived (they go to ``take``)."""
+        popped = self.redis.blpop([self.key], timeout=max(timeout, 0.01))
+        if popped is None:
+            return 0
+        entries = [popped[1], *(self.redis.lpop(self.key, POP_MAX) or [])]
+        for entry in entries:
+            state, _, record_key = text_of(entry).partition(" ")
+            self._ended[record_key.removeprefix(self._record_prefix)] = state
+        return len(entries)
+
+
+def deadline_left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()

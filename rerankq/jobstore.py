@@ -25,7 +25,7 @@ from rerankq.jobs import (
 )
 from rerankq.scripts import Scripts
 from rerankq.settings import Settings
-from rerankq.transitions import CANCEL, COMMIT, CREATE, FINISH, OBSERVE, PROGRESS, REQUEUE, START
+from rerankq.transitions import CANCEL, COMMIT, CREATE, FINISH_MANY, OBSERVE, PROGRESS, REQUEUE, START_MANY
 
 
 class JobStore:
@@ -36,8 +36,8 @@ class JobStore:
         self.redis = client if client is not None else redis_client(settings)
         self.scripts = Scripts(self.redis)
         register = self.scripts.register
-        self._create, self._observe, self._start = register(CREATE), register(OBSERVE), register(START)
-        self._progress, self._commit, self._finish = register(PROGRESS), register(COMMIT), register(FINISH)
+        self._create, self._observe, self._start = register(CREATE), register(OBSERVE), register(START_MANY)
+        self._progress, self._commit, self._finish = register(PROGRESS), register(COMMIT), register(FINISH_MANY)
         self._requeue, self._cancel = register(REQUEUE), register(CANCEL)
 
     def key(self, job_id: str) -> str:
@@ -48,6 +48,10 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         return [self.key(job_id), self.done(job_id)]
+
+    def _outbox(self) -> list[str]:
+        """The callback outbox's keys, which the scripts that may end a job write to (``LIB``)."""
+        return keys.callback_keys(self.settings)[:2]
 
     def _script_keys(self, job_id: str) -> list[str]:
         """The keys of the scripts that may end a job (``LIB``): its own, then the callback outbox's."""
@@ -189,14 +193,16 @@ class JobStore:
 
     # worker side ---------------------------------------------------------------------------------
     def start_many(self, starts: list[tuple[str, int, bool]], worker: str) -> list[Started]:
-        """Take jobs (``(job_id, pairs_total, solo)`` each) for this worker in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Take jobs (``(job_id, pairs_total, solo)`` each) for this worker: one script call for them all."""
+        if not starts:
+            return []
         now, ttl = time.time(), self.settings.results.failure_ttl_s
-        for job_id, total, solo in starts:
-            self._start(keys=self._script_keys(job_id), args=[worker, now, total, ttl,
-                                                              self.settings.max_deliveries, int(solo)], client=pipe)
+        job_keys = [k for job_id, _, _ in starts for k in self._keys(job_id)]
+        args: list[Any] = [worker, now, ttl, self.settings.max_deliveries]
+        for _, total, solo in starts:
+            args += [total, int(solo)]
         out: list[Started] = []
-        for found in self.scripts.execute(pipe):
+        for found in self._start(keys=[*self._outbox(), *job_keys], args=args):
             if not found:
                 out.append(Started(None, now))
                 continue
@@ -223,15 +229,20 @@ class JobStore:
         return [None if s is None else text_of(s) for s in self.scripts.execute(pipe)]
 
     def finish_many(self, outcomes: list[Outcome]) -> list[str | None]:
-        """Write terminal states; each returns the state written, or what refused it (``stale``, the terminal
-        state already there, None when the record is gone). Never reopens or rewrites a finished job."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Write terminal states, one script call for them all; each returns the state written, or what refused
+        it (``stale``, the terminal state already there, None when the record is gone). Never reopens or
+        rewrites a finished job."""
+        if not outcomes:
+            return []
         now = time.time()
+        args: list[Any] = []
         for o in outcomes:
-            payload = {"finished_at": now, **o.fields}
-            self._finish(keys=self._script_keys(o.job_id), args=[o.fence, o.state.value, self._ttl(o.state),
-                                                          *flatten_fields(payload)], client=pipe)
-        return [None if s is None else text_of(s) for s in self._execute(pipe)]
+            fields = flatten_fields({"finished_at": now, **o.fields})
+            args += [o.fence, o.state.value, self._ttl(o.state), len(fields), *fields]
+        pipe = self.redis.pipeline(transaction=False)
+        self._finish(keys=[*self._outbox(), *(k for o in outcomes for k in self._keys(o.job_id))], args=args,
+                     client=pipe)
+        return [None if s == 0 else text_of(s) for s in self._execute(pipe)[0]]
 
     def peek(self, job_id: str) -> JobState | None:
         """The public state, as stored (no deadline check): one HGET."""

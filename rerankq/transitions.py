@@ -1,7 +1,8 @@
 """Every transition of a job record, each one Lua script: atomic, one round trip (``rerankq.jobstore`` runs
 them; ``rerankq.jobs`` draws the state machine they implement).
 
-KEYS: the record, its done list, the callback outbox's due zset and events hash (``JobStore._script_keys``).
+KEYS: the record, its done list, the callback outbox's due zset and events hash (``JobStore._script_keys``);
+the scripts of many jobs (``*_MANY``: one call for a whole round) take the outbox's keys first, then each job's.
 """
 
 # Shared Lua: KEYS[1] record, KEYS[2] done list, KEYS[3] and KEYS[4] the callback outbox's due zset and events
@@ -10,24 +11,27 @@ KEYS: the record, its done list, the callback outbox's due zset and events hash 
 # reads it: a snapshot of the ended record). Each script reads the fields it needs in one HMGET: every command a
 # script runs is Redis CPU spent per job.
 LIB = """
-local function job_event(state, url)
-  local flat, record = redis.call('HGETALL', KEYS[1]), {}
+local function job_event(rec, due, events, state, url)
+  local flat, record = redis.call('HGETALL', rec), {}
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
   local at = record['finished_at'] or '0'
-  local id = 'evt_' .. string.sub(redis.sha1hex(KEYS[1] .. '|' .. (record['created_at'] or '') .. '|' .. at), 1, 32)
-  redis.call('HSET', KEYS[4], id, cjson.encode({id = id, url = url, type = 'job.' .. state, created_at = at,
-                                                key = KEYS[1], job = record}))
-  redis.call('ZADD', KEYS[3], tonumber(at), id)
+  local id = 'evt_' .. string.sub(redis.sha1hex(rec .. '|' .. (record['created_at'] or '') .. '|' .. at), 1, 32)
+  redis.call('HSET', events, id, cjson.encode({id = id, url = url, type = 'job.' .. state, created_at = at,
+                                               key = rec, job = record}))
+  redis.call('ZADD', due, tonumber(at), id)
+end
+local function end_job(rec, done, due, events, state, ttl, ...)
+  local f = redis.call('HMGET', rec, 'callback_url', 'notify', 'ends')
+  redis.call('HDEL', rec, 'result', 'result_uri', 'error', 'wire')
+  redis.call('HSET', rec, 'state', state, 'ends', (tonumber(f[3]) or 0) + 1, ...)
+  if f[1] then job_event(rec, due, events, state, f[1]) end
+  redis.call('EXPIRE', rec, ttl)
+  redis.call('RPUSH', done, '1')
+  redis.call('EXPIRE', done, ttl)
+  if f[2] and redis.call('RPUSH', f[2], state .. ' ' .. rec) == 1 then redis.call('EXPIRE', f[2], ttl) end
 end
 local function finish_with(state, ttl, ...)
-  local f = redis.call('HMGET', KEYS[1], 'callback_url', 'notify', 'ends')
-  redis.call('HDEL', KEYS[1], 'result', 'result_uri', 'error', 'wire')
-  redis.call('HSET', KEYS[1], 'state', state, 'ends', (tonumber(f[3]) or 0) + 1, ...)
-  if f[1] then job_event(state, f[1]) end
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('RPUSH', KEYS[2], '1')
-  redis.call('EXPIRE', KEYS[2], ttl)
-  if f[2] and redis.call('RPUSH', f[2], state .. ' ' .. KEYS[1]) == 1 then redis.call('EXPIRE', f[2], ttl) end
+  end_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], state, ttl, ...)
 end
 local function expire_if_due(state, deadline, now, ttl)
   if state ~= 'queued' then return false end
@@ -57,37 +61,43 @@ if expire_if_due(state, f[2], tonumber(ARGV[1]), ARGV[2]) then return 'expired' 
 return state
 """
 
-# ARGV: worker, now, pairs_total, failure ttl, max solo attempts, solo (1 = this attempt runs alone).
-# Returns {state, created_at, fence, died_before, changed}: changed = 1 when this call ended the job.
-START = LIB + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'created_at', 'deadline_at', 'solo', 'worker', 'deliveries', 'fence',
-                     'error')
-local state = f[1]
-if not state then return false end
-local now, ttl = tonumber(ARGV[2]), ARGV[4]
-local created = f[2] or ARGV[2]
-if state ~= 'queued' and state ~= 'running' and state ~= 'finishing' then return {state, created, 0, 0, 0} end
-local died = 0
-if state ~= 'queued' then died = 1 end
-local deadline = tonumber(f[3] or '')
-if deadline and now > deadline then
-  finish_with('expired', ttl, 'finished_at', now, 'error', 'deadline passed before it started')
-  return {'expired', created, 0, died, 1}
+# One script for all the jobs a round takes. KEYS: the callback outbox's due zset and events hash, then each job's
+# record and done list. ARGV: worker, now, failure ttl, max solo attempts, then (pairs_total, solo) per job, solo
+# = 1 when this attempt runs alone. Returns per job {state, created_at, fence, died_before, changed} (changed =
+# 1 when this call ended the job), or 0 when its record is gone.
+START_MANY = LIB + """
+local worker, now, ttl, max_solo = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local out = {}
+for j = 1, (#KEYS - 2) / 2 do
+  local rec, done, total, alone = KEYS[2 * j + 1], KEYS[2 * j + 2], ARGV[3 + 2 * j], ARGV[4 + 2 * j]
+  local f = redis.call('HMGET', rec, 'state', 'created_at', 'deadline_at', 'solo', 'worker', 'deliveries', 'fence',
+                       'error')
+  local state, created = f[1], f[2] or ARGV[2]
+  local died = (state == 'running' or state == 'finishing') and 1 or 0
+  local deadline = tonumber(f[3] or '')
+  local deliveries, solo = (tonumber(f[6]) or 0) + 1, tonumber(f[4] or '0')
+  if not state then
+    out[j] = 0
+  elseif state ~= 'queued' and died == 0 then
+    out[j] = {state, created, 0, 0, 0}
+  elseif deadline and now > deadline then
+    end_job(rec, done, KEYS[1], KEYS[2], 'expired', ttl, 'finished_at', now, 'error',
+            'deadline passed before it started')
+    out[j] = {'expired', created, 0, died, 1}
+  elseif died == 1 and solo >= max_solo then
+    end_job(rec, done, KEYS[1], KEYS[2], 'failed', ttl, 'deliveries', deliveries, 'finished_at', now, 'error',
+            'delivered ' .. (deliveries - 1) .. ' times; each time the worker died: last on ' .. (f[5] or '?'))
+    out[j] = {'failed', created, 0, died, 1}
+  else
+    if alone == '1' then solo = solo + 1 end
+    local fence = (tonumber(f[7]) or 0) + 1
+    if f[8] then redis.call('HDEL', rec, 'error') end
+    redis.call('HSET', rec, 'state', 'running', 'worker', worker, 'started_at', ARGV[2], 'pairs_total', total,
+               'pairs_done', 0, 'deliveries', deliveries, 'fence', fence, 'solo', solo)
+    out[j] = {'running', created, fence, died, 0}
+  end
 end
-local deliveries = (tonumber(f[6]) or 0) + 1
-local solo = tonumber(f[4] or '0')
-if died == 1 and solo >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'deliveries', deliveries)
-  finish_with('failed', ttl, 'finished_at', now, 'error', 'delivered ' .. (deliveries - 1) ..
-              ' times; each time the worker died: last on ' .. (f[5] or '?'))
-  return {'failed', created, 0, died, 1}
-end
-if ARGV[6] == '1' then solo = solo + 1 end
-local fence = (tonumber(f[7]) or 0) + 1
-if f[8] then redis.call('HDEL', KEYS[1], 'error') end
-redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[2], 'pairs_total', ARGV[3],
-           'pairs_done', 0, 'deliveries', deliveries, 'fence', fence, 'solo', solo)
-return {'running', created, fence, died, 0}
+return out
 """
 
 # ARGV: fence, pairs newly done. Only the attempt holding the job counts.
@@ -108,15 +118,29 @@ if state == 'running' then redis.call('HSET', KEYS[1], 'state', 'finishing') ret
 return state
 """
 
-# ARGV: fence, state, ttl, field/value pairs. The state written, or 'stale' / the state that refused it.
-FINISH = LIB + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'fence')
-local state = f[1]
-if not state then return false end
-if f[2] ~= ARGV[1] then return 'stale' end
-if state ~= 'running' and state ~= 'finishing' then return state end
-finish_with(ARGV[2], ARGV[3], unpack(ARGV, 4))
-return ARGV[2]
+# One script for all the jobs a pass or a round ends. KEYS: the callback outbox's due zset and events hash, then
+# each job's record and done list. ARGV: per job, fence, state, ttl, the number of field/value items, the items.
+# Returns per job the state written, or 'stale' / the state that refused it, or 0 when the record is gone.
+FINISH_MANY = LIB + """
+local out, a = {}, 1
+for j = 1, (#KEYS - 2) / 2 do
+  local rec, done = KEYS[2 * j + 1], KEYS[2 * j + 2]
+  local fence, state, ttl, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local fields = {unpack(ARGV, a + 4, a + 3 + n)}
+  a = a + 4 + n
+  local f = redis.call('HMGET', rec, 'state', 'fence')
+  if not f[1] then
+    out[j] = 0
+  elseif f[2] ~= fence then
+    out[j] = 'stale'
+  elseif f[1] ~= 'running' and f[1] ~= 'finishing' then
+    out[j] = f[1]
+  else
+    end_job(rec, done, KEYS[1], KEYS[2], state, ttl, unpack(fields))
+    out[j] = state
+  end
+end
+return out
 """
 
 # ARGV: fence, reason. Back to queued after a transient failure (the message is redelivered or retried).

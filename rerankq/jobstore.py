@@ -244,6 +244,13 @@ class JobStore:
                      client=pipe)
         return [None if s == 0 else text_of(s) for s in self._execute(pipe)[0]]
 
+    def peek_many(self, job_ids: list[str]) -> list[JobState | None]:
+        """Public states as stored (no deadline check: for jobs a worker runs), one HGET each, one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.key(job_id), "state")
+        return [public_state(s) for s in pipe.execute()]
+
     def peek(self, job_id: str) -> JobState | None:
         """The public state, as stored (no deadline check): one HGET."""
         return public_state(self.redis.hget(self.key(job_id), "state"))

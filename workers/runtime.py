@@ -263,7 +263,7 @@ class Runtime:
     def _still_wanted(self, round_: Round, job_ids: list[str]) -> Collection[str]:
         """Skip work whose caller went away: jobs cancelled since the round was formed are settled, unscored."""
         try:
-            states = dict(zip(job_ids, self.store.states(job_ids), strict=True))
+            states = dict(zip(job_ids, self.store.peek_many(job_ids), strict=True))
         except Exception as exc:  # a Redis blip: score them; finishing refuses any that were cancelled
             logger.warning("could not check %d jobs for cancellation: %s", len(job_ids), exc)
             return job_ids

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a workload")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, metavar="PNG", help="draw throughput and latency over the run to PNG")
+    p.add_argument("--redis-cost", nargs=argparse.REMAINDER, default=None, metavar="OPTIONS",
+                   help="instead: Redis commands and CPU per job, by phase (bench/redis_cost.py); its own options "
+                        "follow, e.g. --redis-cost --run many:300x8:text --json (--redis-cost --help lists them)")
     p.set_defaults(func=run_bench)
 
 
@@ -233,6 +236,10 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) 
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.redis_cost is not None:
+        from bench.redis_cost import main
+
+        return main(args.redis_cost, prog="rerankq bench --redis-cost")
     from rerankq.cli.cluster import default_tiny_model_dir
     from rerankq.client.client import RerankClient
     from rerankq.worker.main import load

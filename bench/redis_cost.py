@@ -83,10 +83,9 @@ class Bench:
     """The private cluster, the recorder and the attributor, for every run."""
 
     def __init__(self, stack: ExitStack, args: argparse.Namespace, runs: list[Run]) -> None:
-        from rerankq.client.client import RerankClient
-
         from bench.gateway import _start_gateway
         from bench.throughput import _start_cluster
+        from rerankq.client.client import RerankClient
 
         record = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerankq-cost-"))) / "passes.jsonl"
         self.settings, _, worker_pid = _start_cluster(stack, args, args.model, record)

@@ -24,14 +24,14 @@ PHASES = {  # name -> what it holds; job phases first, then the beats that run w
     "take": "kombu fetch (BRPOP, timed-out ones inferred) and unacked bookkeeping (MULTI ZADD/HSET, pending ZREM)",
     "accept": "the worker task's record check (CREATE no-op when the SDK made it)",
     "start": "START script (mark running, fence)",
-    "cancel check": "the worker's state read before each forward pass (OBSERVE)",
+    "cancel check": "the worker's state read before each forward pass (HGET state)",
     "progress": "PROGRESS script (pairs_done)",
     "finish": "COMMIT / FINISH / REQUEUE scripts (done token, notify, callback event inside)",
     "ack": "kombu ack (MULTI ZREM unacked_index / HDEL unacked)",
     "result backend": "Celery's celery-task-meta (GET, SETEX, PUBLISH)",
     "events": "Celery task events (task.sent from producers, task.multi from workers)",
-    "client wait": "the client waiting: state polls (OBSERVE), BLPOP on done tokens and putting them back",
-    "client read": "the client reading a result (OBSERVE + HGETALL)",
+    "client wait": "the client waiting: its notify list (BLPOP, LPOP), state polls (OBSERVE), done tokens",
+    "client read": "the client reading a result (HGETALL of an ended record, or OBSERVE + HGETALL)",
     "batch runner": "a JSONL batch's runner: lock, cursor, in-flight lines, ended list, sweeps",
     "leases": "lease renewals (ZADD XX unacked_index)",
     "restore sweep": "kombu's unacked restore (mutex, ZRANGE of unacked_index)",
@@ -63,7 +63,7 @@ CMD_KIND = {
 }
 KIND = {"done": "client wait", "task-meta": "result backend", "unacked_mutex": "restore sweep",
         "kombu-binding": "submit", "worker": "registry", "stats": "registry", "callbacks": "callbacks",
-        "gateway:recent": "submit", "gateway:wake": "client wait", "score": "score cache",
+        "gateway:recent": "submit", "gateway:wake": "client wait", "notify": "client wait", "score": "score cache",
         "celeryev/worker.heartbeat": "heartbeat"}
 SCRIPT_PHASE = {"start": "start", "progress": "progress", "commit": "finish", "finish": "finish",
                 "requeue": "finish", "reap": "reaper", "callback claim": "callbacks", "callback retry": "callbacks",
@@ -75,13 +75,13 @@ def script_names() -> dict[str, str]:
     """SHA-1 -> name of every Lua script the project, kombu and redis-py's lock load (``EVALSHA`` names it)."""
     from kombu.transport import redis as kombu_redis
     from redis.lock import Lock
+
+    from rerankq import batches, callbacks, transitions
     from rerankq.client.batches import runner
     from rerankq.worker import reaper
 
-    from rerankq import batches, callbacks, transitions
-
-    scripts = {"create": transitions.CREATE, "observe": transitions.OBSERVE, "start": transitions.START,
-               "progress": transitions.PROGRESS, "commit": transitions.COMMIT, "finish": transitions.FINISH,
+    scripts = {"create": transitions.CREATE, "observe": transitions.OBSERVE, "start": transitions.START_MANY,
+               "progress": transitions.PROGRESS, "commit": transitions.COMMIT, "finish": transitions.FINISH_MANY,
                "requeue": transitions.REQUEUE, "cancel": transitions.CANCEL, "reap": reaper._REAP,
                "callback claim": callbacks._CLAIM, "callback retry": callbacks._RETRY, "callback drop": callbacks._DROP,
                "batch create": batches._CREATE, "batch cancel": batches._CANCEL, "batch move": batches._MOVE,
@@ -103,7 +103,8 @@ def key_kinds(prefix: str) -> list[tuple[re.Pattern[str], str]]:
              (r"^unacked_mutex$", "unacked_mutex"), (r"^_kombu\.binding", "kombu-binding"),
              (rf"^{p}:worker:", "worker"), (rf"^{p}:stats:", "stats"), (rf"^{p}:batch(es$|:)", "batch"),
              (rf"^{p}:callbacks:", "callbacks"), (rf"^{p}:gateway:recent", "gateway:recent"),
-             (rf"^{p}:gateway:wake", "gateway:wake"), (rf"^{p}:dlq$", "dlq"), (r"^rerankq:score:", "score"),
+             (rf"^{p}:gateway:wake", "gateway:wake"),
+             (rf"^{p}:notify:", "notify"), (rf"^{p}:dlq$", "dlq"), (r"^rerankq:score:", "score"),
              (r":pending:msg$", "pending:msg"), (r":pending$", "pending"), (rf"^{p}\.", "queue")]
     return [(re.compile(pattern, re.S), kind) for pattern, kind in table]
 
@@ -245,7 +246,7 @@ class Attributor:
         if (e.cmd, kind) == ("LLEN", "queue"):
             return "metrics" if proc == "worker" else "submit"
         if proc == "worker" and (e.cmd, kind) == ("HGET", "job"):
-            return "accept" if e.args[2:3] == ["task_id"] else "start"
+            return {"task_id": "accept", "state": "cancel check"}.get(e.args[2] if len(e.args) > 2 else "", "start")
         if (e.cmd, kind) in CMD_KIND:
             return CMD_KIND[e.cmd, kind]
         if kind.startswith("celeryev") and kind not in KIND:

@@ -24,7 +24,7 @@ from rerankq.media.sides import ResolvedSide, VisionBudget
 from rerankq.models.batching import score_all
 from rerankq.models.loading import LoadOptions, load_model
 from rerankq.models.qwen3vl.model import Scorer
-from rerankq.models.qwen3vl.pipeline import PreparedPair
+from rerankq.models.qwen3vl.pairs import PreparedPair
 from rerankq.models.qwen3vl.vision import image_input, video_input
 
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."

@@ -27,7 +27,7 @@ from rerankq.media.sides import ResolvedSide, VisionBudget
 from rerankq.models.batching import plan_with_prefixes
 from rerankq.models.contract import prefix_marks
 from rerankq.models.qwen3vl.model import Scorer
-from rerankq.models.qwen3vl.pipeline import PreparedPair
+from rerankq.models.qwen3vl.pairs import PreparedPair
 from rerankq.models.qwen3vl.sharing import attach_prefix
 from rerankq.models.qwen3vl.vision import image_input, video_input
 

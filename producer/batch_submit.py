@@ -1,4 +1,4 @@
-"""Submitting, reading, waiting for and cancelling batches (``RerankClient.submit_batch`` and friends).
+"""Submitting, reading, waiting for and cancelling batches (``RerankClient.submit_batch`` and friends call these).
 
 The submitting process only uploads a local input (streamed: a multipart upload in 8 MiB parts), creates the
 batch record and sends one ``rerankq.batch`` message; it may exit right after. Submitting a batch id that
@@ -14,20 +14,33 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import redis
+from celery import Celery
 
 from rerankq import keys, s3
 from rerankq.batches import BATCH_ID_PATTERN, BatchRecord, BatchState, BatchStore
 from rerankq.errors import InvalidRequest
 from rerankq.keys import PRIORITIES
+from rerankq.results import ResultStore
+from rerankq.settings import Settings
 
-if TYPE_CHECKING:
-    from rerankq.client.client import RerankClient
+
+class Submitter(Protocol):
+    """What submitting a batch needs of ``rerankq.client.RerankClient`` (which calls the functions here)."""
+
+    settings: Settings
+    redis: redis.Redis
+    results: ResultStore
+    celery: Celery
+
+    def check_callback_url(self, url: str | None) -> None: ...
 
 PART_BYTES = 8 * 2**20
 
 
-def upload_input(client: RerankClient, path: str, output: str) -> str:
+def upload_input(client: Submitter, path: str, output: str) -> str:
     """Stream a local JSONL file to ``OUTPUT/input/NAME`` (memory: a few multipart parts, whatever its size)."""
     from boto3.s3.transfer import TransferConfig
 
@@ -43,7 +56,7 @@ def upload_input(client: RerankClient, path: str, output: str) -> str:
     return uri
 
 
-def derived_id(client: RerankClient, input_uri: str) -> str:
+def derived_id(client: Submitter, input_uri: str) -> str:
     """A batch id from the input's URI and its ETag (and version id): the same input gives the same id."""
     bucket, key = s3.split_uri(input_uri)
     with s3.translate_errors(input_uri):
@@ -52,7 +65,7 @@ def derived_id(client: RerankClient, input_uri: str) -> str:
     return "b-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
 
 
-def submit_batch(client: RerankClient, input: str, output: str, batch_id: str | None = None,
+def submit_batch(client: Submitter, input: str, output: str, batch_id: str | None = None,
                  priority: str = "low", model: str | None = None, completion_window_s: float | None = None,
                  callback_url: str | None = None) -> BatchRecord:
     """Create a batch from ``input`` (``s3://…`` or a local JSONL file, uploaded first) writing to ``output``
@@ -74,7 +87,7 @@ def submit_batch(client: RerankClient, input: str, output: str, batch_id: str | 
     return found
 
 
-def _check(client: RerankClient, output: str, priority: str, batch_id: str | None,
+def _check(client: Submitter, output: str, priority: str, batch_id: str | None,
            window: float | None) -> str:
     if not output.startswith("s3://"):
         raise InvalidRequest("an s3://bucket/prefix/ URI", "output")
@@ -92,7 +105,7 @@ def _check(client: RerankClient, output: str, priority: str, batch_id: str | Non
     return output
 
 
-def wait_batch(client: RerankClient, batch_id: str, timeout: float | None = None,
+def wait_batch(client: Submitter, batch_id: str, timeout: float | None = None,
                progress: Callable[[BatchRecord], None] | None = None, interval: float = 1.0) -> BatchRecord:
     """Wait until the batch ends; ``progress(record)`` after every read. ``TimeoutError`` after ``timeout``."""
     store = BatchStore(client.settings, client.redis)

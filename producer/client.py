@@ -20,9 +20,10 @@ from typing import Any
 
 from celery import Celery
 
-from rerankq import keys, s3
+from rerankq import celeryconf, keys, s3
 from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
+from rerankq.client.batch_submit import submit_batch, wait_batch
 from rerankq.client.progress import Progress
 from rerankq.client.waiting import RECHECK_S, Completions, deadline_left
 from rerankq.connections import redis_client
@@ -48,9 +49,9 @@ class RerankClient:
         self.jobs = JobStore(self.settings, self.redis)
         self.results = ResultStore(self.settings.s3_endpoint_url)
         self.celery = Celery("rerankq-producer", set_as_current=False)
-        self.celery.conf.update(keys.celery_config(self.settings))
+        self.celery.conf.update(celeryconf.celery_config(self.settings))
         self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
-        self.completions = Completions(self.redis, self.settings.queue_prefix, self.settings.results.ttl_s)
+        self.completions = Completions(self.redis, self.settings)
 
     def close(self) -> None:
         self.celery.close()
@@ -149,8 +150,6 @@ class RerankClient:
         """Run a JSONL file of jobs server-side (``s3://…`` or a local file, uploaded first) into
         ``output`` (``s3://bucket/prefix/``); returns the batch record. The id is ``batch_id`` or derived from
         the input's URI and ETag: submitting it again adds nothing (``rerankq.client.batch_submit``)."""
-        from rerankq.client.batch_submit import submit_batch
-
         return submit_batch(self, input, output, batch_id, priority, model, completion_window_s, callback_url)
 
     def batch(self, batch_id: str) -> BatchRecord:
@@ -168,8 +167,6 @@ class RerankClient:
     def wait_batch(self, batch_id: str, timeout: float | None = None,
                    progress: Callable[[BatchRecord], None] | None = None, interval: float = 1.0) -> BatchRecord:
         """Wait until a batch ends; ``progress(record)`` is called after every read (every ``interval`` s)."""
-        from rerankq.client.batch_submit import wait_batch
-
         return wait_batch(self, batch_id, timeout, progress, interval)
 
     # reading -------------------------------------------------------------------------------------

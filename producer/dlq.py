@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from rerankq import keys
+from rerankq import celeryconf, keys
 from rerankq.connections import redis_client
 from rerankq.settings import Settings
 
@@ -62,7 +62,7 @@ class DeadLetters:
 
     def _celery(self) -> Celery:
         app = Celery("rerankq-dlq", set_as_current=False)
-        app.conf.update(keys.celery_config(self.settings))
+        app.conf.update(celeryconf.celery_config(self.settings))
         return app
 
 

@@ -19,7 +19,9 @@ from collections.abc import Iterable
 
 import redis
 
+from rerankq import keys
 from rerankq.jobs import text_of
+from rerankq.settings import Settings
 
 RECHECK_S = 10.0  # a wait that has heard nothing for this long reads the states of what it waits for
 POP_MAX = 1000  # ends taken off the list per round trip
@@ -28,11 +30,10 @@ POP_MAX = 1000  # ends taken off the list per round trip
 class Completions:
     """The ends of the jobs this client created, as they arrive on its notify list."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
-        self.key = f"{prefix}:notify:{uuid.uuid4().hex}"
-        self.ttl_s = ttl_s
-        self._record_prefix = f"{prefix}:job:"
+        self.key = keys.notify_key(settings, uuid.uuid4().hex)
+        self._record_prefix = keys.job_key(settings, "")
         self._mine: set[str] = set()
         self._ended: dict[str, str] = {}  # job id → terminal state, heard and not yet asked for
 

@@ -1,4 +1,5 @@
-"""Every Redis key, queue and task name rerankq uses, in one place, all under ``settings.queue_prefix``.
+"""Every Redis key, queue and task name rerankq uses, in one place, all under ``settings.queue_prefix`` (Celery's
+configuration, which uses these names, is ``rerankq.celeryconf``).
 
 Several deployments can share one Redis by choosing different prefixes. Celery's own keys (its queues'
 lists, ``unacked``, event fan-out) live under the same queue names; our job records live beside them.
@@ -12,6 +13,7 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}:gateway:recent`` | list | the last job ids submitted through the HTTP gateway |
 | ``{prefix}:job:{id}`` | hash | the job record (``rerankq.jobs``) |
 | ``{prefix}:job:{id}:done`` | list | one token once the job is terminal; waiters ``BLPOP`` it |
+| ``{prefix}:notify:{client}`` | list, TTL | ``STATE RECORD-KEY`` of each ended job a client created (``rerankq.client.waiting``) |
 | ``{prefix}.control`` | list (Celery queue) | batch runs (``rerankq.batch`` tasks): workers and batchers consume it |
 | ``{prefix}:batch:{id}`` | hash | a batch record (``rerankq.batches``) |
 | ``{prefix}:batch:{id}:{part}`` | various | a batch runner's keys: lines written, error lines, custom ids, lock |
@@ -108,6 +110,10 @@ def job_key(settings: Settings, job_id: str) -> str:
     return f"{settings.queue_prefix}:job:{job_id}"
 
 
+def notify_key(settings: Settings, client_id: str) -> str:
+    return f"{settings.queue_prefix}:notify:{client_id}"
+
+
 def done_key(settings: Settings, job_id: str) -> str:
     return f"{settings.queue_prefix}:job:{job_id}:done"
 
@@ -133,50 +139,6 @@ def dlq_key(settings: Settings) -> str:
 def callback_keys(settings: Settings) -> list[str]:
     """The callback outbox: ``[due, events, dropped]`` (``rerankq.callbacks``)."""
     return [f"{settings.queue_prefix}:callbacks:{name}" for name in ("due", "events", "dropped")]
-
-
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings shared by producers and workers, so both agree on the broker's behaviour.
-
-    - JSON only, both ways (SPEC §6). Job state lives in our own records. Producers run without a result
-      backend (a backend would subscribe to every job they send); workers also store each job's outcome in
-      Celery's result backend (``result_backend_config``), so any Celery client can ``AsyncResult(id).get()``.
-    - Leases: kombu's visibility timeout is ``settings.lease_s``; workers renew the messages they hold every
-      ``lease_s / 3`` (``rerankq.worker.leases``), and every worker sweeps for expired ones every ``lease_s / 4``
-      (``unacked_restore_interval``, scanning each time): a dead worker's jobs are back within about one lease,
-      a live worker's are never redelivered.
-    - ``queue_order_strategy=priority``: a worker drains ``high`` before ``normal`` before ``low``
-      (separate queues; Celery's in-queue priority emulation on Redis is unreliable).
-    """
-    transport: dict[str, Any] = {
-        "visibility_timeout": settings.lease_s, "queue_order_strategy": "priority",
-        "unacked_restore_interval": max(settings.lease_s / 4, 0.5), "unacked_restore_throttle": 1,
-        # the sweep's lock: held for a moment; if its holder dies holding it, the next sweep waits this long
-        "unacked_mutex_expire": max(settings.lease_s, 10),
-    }
-    if settings.redis_url.startswith("sentinel://"):
-        transport["master_name"] = settings.redis_master_name
-    return {
-        "broker_url": settings.redis_url,
-        "broker_transport_options": transport,
-        "broker_connection_retry_on_startup": True,
-        "broker_connection_max_retries": None,  # a Redis restart or failover is waited out, not fatal
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "event_serializer": "json",
-        "task_ignore_result": False,
-        "task_default_queue": queue_name(settings, "normal"),
-        "task_send_sent_event": True,  # Flower shows a job from the moment it is queued
-    }
-
-
-def result_backend_config(settings: Settings) -> dict[str, Any]:
-    """Celery's result backend on the same Redis: what workers write, and what a Celery client in any language
-    configures to read a job's outcome with ``AsyncResult(id).get()``."""
-    options = {"master_name": settings.redis_master_name} if settings.redis_url.startswith("sentinel://") else {}
-    return {"result_backend": settings.redis_url, "result_backend_transport_options": options,
-            "result_expires": settings.results.ttl_s}
 
 
 def score_key(digest: str) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from kombu import Queue
 
-from rerankq import keys
+from rerankq import celeryconf, keys
 from rerankq.settings import Settings
 from rerankq.worker.transport import DLQ_KEY_OPTION
 
@@ -22,14 +22,14 @@ if TYPE_CHECKING:
 
 
 def worker_config(settings: Settings, queues: list[str] | None = None) -> dict[str, Any]:
-    """Celery settings of a worker (on top of the producer-shared ``keys.celery_config``); ``queues`` default to
-    the default model's (``keys.model_queue_names`` gives a worker's own)."""
-    shared = keys.celery_config(settings)
+    """Celery settings of a worker (on top of the producer-shared ``rerankq.celeryconf.celery_config``);
+    ``queues`` default to the default model's (``keys.model_queue_names`` gives a worker's own)."""
+    shared = celeryconf.celery_config(settings)
     transport = {**shared["broker_transport_options"], DLQ_KEY_OPTION: keys.dlq_key(settings)}
     sentinel = settings.redis_url.startswith("sentinel://")
     return {
         **shared,
-        **keys.result_backend_config(settings),
+        **celeryconf.result_backend_config(settings),
         "broker_transport": f"rerankq.worker.transport:{'SentinelTransport' if sentinel else 'Transport'}",
         "broker_transport_options": transport,
         "task_queues": [Queue(name, routing_key=name) for name in queues or keys.queue_names(settings)],

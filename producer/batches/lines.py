@@ -2,7 +2,7 @@
 
 A line is the job JSON of the README plus an optional ``custom_id``, or the OpenAI / ``vllm run-batch`` line
 ``{"custom_id", "method": "POST", "url": "/v1/rerank", "body": {…}}`` whose body is a Cohere or vLLM rerank
-request (``rerankq.client.compat``). The batch gives every job its id (``{batch_id}-{line}``; a line with a
+request (``rerankq.client.dialects``). The batch gives every job its id (``{batch_id}-{line}``; a line with a
 ``job_id`` is an error line), its priority and model (over the line's), and its completion window, which caps
 the line's own deadline.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerankq import s3
-from rerankq.client.compat import to_job
+from rerankq.client.dialects import to_job
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import deadline_of
 from rerankq.schema import parse_job

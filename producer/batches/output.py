@@ -13,20 +13,54 @@ import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import redis
 
 from rerankq import keys, s3
-from rerankq.batches import BatchRecord, BatchState
+from rerankq.batches import BatchRecord, BatchState, BatchStore
 from rerankq.callbacks import Outbox
 from rerankq.client.batches.lines import error_line
 from rerankq.errors import CallbackRefused, JobFailed, PermanentError
 from rerankq.jobs import TERMINAL, JobRecord, JobState
-
-if TYPE_CHECKING:
-    from rerankq.client.batches.runner import BatchRunner
+from rerankq.jobstore import JobStore
+from rerankq.settings import Settings
 
 ENDED = ("succeeded", "failed", "cancelled", "expired")
 logger = logging.getLogger(__name__)
+
+
+
+class Jobs(Protocol):
+    """What the output reads of a client: ended records and their results (``rerankq.client.RerankClient``)."""
+
+    jobs: JobStore
+
+    def result_of(self, record: JobRecord) -> dict[str, Any]: ...
+
+
+class BatchRunner(Protocol):
+    """The runner whose ended lines an ``Output`` writes (``rerankq.client.batches.runner.BatchRunner``): its
+    place in the batch, and the lines that ended since the last flush."""
+
+    batch_id: str
+    settings: Settings
+    redis: redis.Redis
+    store: BatchStore
+    s3: Any  # a boto3 S3 client (``rerankq.s3.make_client``)
+    ended: dict[int, JobState | None]
+    errors: set[int]
+
+    @property
+    def client(self) -> Jobs: ...
+
+    def key(self, part: str) -> str: ...
+
+    def check_lock(self) -> None: ...
+
+    def inflight_entry(self, number: int) -> dict[str, Any]: ...
+
+    def forget(self, number: int) -> None: ...
 
 
 class Output:

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from rerankq.client import compat
+from rerankq.client import dialects
 from rerankq.client.gateway.state import Gateway
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import TERMINAL
@@ -120,7 +120,7 @@ async def rerank(request: Request) -> Response:
     gateway = gateway_of(request)
     timeout = _timeout(request, gateway)
     body = await read_json(request, gateway.settings.gateway.max_body_bytes)
-    job = await _translate(request, compat.to_job, body)
+    job = await _translate(request, dialects.to_job, body)
     wire = await _prepare(gateway, job, gateway.settings.gateway.priority)
     job_id = await gateway.submit(wire)
     if not await _wait_or_cancel(request, gateway, job_id, timeout):
@@ -131,7 +131,7 @@ async def rerank(request: Request) -> Response:
     version = "2" if request.url.path.startswith("/v2/") else "1"
     asked = body.get("return_documents")
     return_documents = version == "1" if asked is None else bool(asked)
-    return JSONResponse(compat.to_response(result, body, version, return_documents, body.get("model")))
+    return JSONResponse(dialects.to_response(result, body, version, return_documents, body.get("model")))
 
 
 @router.post("/v1/jobs", status_code=202, tags=["jobs"], summary="Submit a job (the JSON of the README)")
@@ -140,7 +140,7 @@ async def submit_job(request: Request) -> Response:
     body = await read_json(request, gateway.settings.gateway.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest(f"a job is a JSON object, got {type(body).__name__}")
-    job = await _translate(request, compat.job_sides, body)
+    job = await _translate(request, dialects.job_sides, body)
     job_id = await gateway.submit(await _prepare(gateway, job, None))
     status = await gateway.status(job_id)
     return JSONResponse(status, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})

@@ -20,9 +20,11 @@ from rerankq.media.sides import ResolvedSide
 from rerankq.models.batching import sharing_pays
 from rerankq.models.contract import prepare_each
 from rerankq.models.qwen3vl import SCORING_VERSION
-from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.pairs import JobPrefix, PreparedPair
 from rerankq.models.qwen3vl.prefix import can_share, forward_suffixes
-from rerankq.models.qwen3vl.sharing import JobPrefix, SharingStats, attach_prefix, release, suffix_rows
+from rerankq.models.qwen3vl.preparing import PairPreparer
+from rerankq.models.qwen3vl.sharing import SharingStats, attach_prefix, release, suffix_rows
+from rerankq.models.qwen3vl.tokens import IMAGE_PAD_ID, VIDEO_PAD_ID
 from rerankq.models.qwen3vl.vision import QwenVision, normalize
 
 logger = logging.getLogger(__name__)

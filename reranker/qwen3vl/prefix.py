@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers.masking_utils import create_causal_mask
 
-from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID
+from rerankq.models.qwen3vl.tokens import IMAGE_PAD_ID, VIDEO_PAD_ID
 from rerankq.models.qwen3vl.vision import VisionInput, normalize
 
 PAD_ID = 151643

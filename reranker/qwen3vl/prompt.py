@@ -1,7 +1,7 @@
 """The reranker's prompt, exactly as the official Qwen3-VL-Reranker renders it.
 
 ``render_prompt`` gives the chat-template output *before* vision tokens are expanded; ``expand_vision``
-(in ``rerankq.models.qwen3vl.pipeline``) then replaces each pad with the processor's token run.
+(in ``rerankq.models.qwen3vl.preparing``) then replaces each pad with the processor's token run.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def side_pieces(prefix: str, texts: list[str], kinds: list[str]) -> list[Piece]:
 def prompt_pieces(instruction: str, query: tuple[list[str], list[str]],
                   document: tuple[list[str], list[str]]) -> list[Piece]:
     """The prompt of one pair as pieces, the template's special tokens apart from every text, so that text a
-    user wrote is never read as a control token (``rerankq.models.qwen3vl.pipeline`` tokenizes it as text)."""
+    user wrote is never read as a control token (``rerankq.models.qwen3vl.preparing`` tokenizes it as text)."""
     return [
         ("<|im_start|>", True), ("system\n" + SYSTEM_PROMPT, False), ("<|im_end|>", True), ("\n", False),
         ("<|im_start|>", True), ("user\n<Instruct>: " + instruction, False),

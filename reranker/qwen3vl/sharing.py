@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PreparedPair
-from rerankq.models.qwen3vl.prefix import EMPTY, PrefixKV, SuffixRow, encode_prefixes
+from rerankq.models.qwen3vl.pairs import JobPrefix, PreparedPair
+from rerankq.models.qwen3vl.prefix import EMPTY, SuffixRow, encode_prefixes
+from rerankq.models.qwen3vl.tokens import IMAGE_PAD_ID, VIDEO_PAD_ID
 from rerankq.models.qwen3vl.vision import VisionInput
 
 _PADS = (IMAGE_PAD_ID, VIDEO_PAD_ID)
@@ -91,22 +92,6 @@ def shared_prefix(pairs: Sequence[PreparedPair]) -> Split:
             break
         items = k + 1
     return Split(max(length, 0), items)
-
-
-@dataclass(eq=False)
-class JobPrefix:
-    """The prefix a job's pairs share: its tokens and vision inputs, the suffixes still to score against it
-    and, from the first pass that needs it until its last suffix is scored, its keys and values."""
-
-    ids: list[int]
-    vision: list[VisionInput]
-    pending: int
-    served: int = 0
-    kv: PrefixKV | None = None
-
-    @property
-    def length(self) -> int:
-        return len(self.ids)
 
 
 def attach_prefix(pairs: Sequence[PreparedPair], pays: Callable[[int, list[int]], bool]) -> JobPrefix | None:

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from rerankq.media.sides import ResolvedSide
-from rerankq.models.qwen3vl.pipeline import PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.pairs import PreparedPair
 from rerankq.models.qwen3vl.prefix import uses_varlen
+from rerankq.models.qwen3vl.preparing import PairPreparer
 from tests.integration.test_shared_prefix import INSTRUCTION, build_sides, documents
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

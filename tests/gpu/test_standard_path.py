@@ -105,7 +105,7 @@ def test_frame_list_matches_qwen_vl_utils() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_scores_equal_cpu_scores(tiny_model_dir: Path, tiny_scorer) -> None:  # type: ignore
     from rerankq.models.loading import LoadOptions, load_model
-    from rerankq.models.qwen3vl.pipeline import PairPreparer
+    from rerankq.models.qwen3vl.preparing import PairPreparer
     from tests.integration.test_scorer import mixed_pairs
 
     pairs = mixed_pairs(PairPreparer(tiny_scorer.tokenizer))

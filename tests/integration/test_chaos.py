@@ -443,7 +443,7 @@ def test_a_worker_started_into_a_busy_cluster_takes_a_job_at_once(chaos: Cluster
 # --- producers that are not the SDK, and entries that are not messages ----------------------------------------------
 def _plain_celery(c: Cluster) -> Any:
     """A Celery app as another service would configure it: the broker URL, and the result backend settings
-    rerankq documents for reading outcomes (``rerankq.keys.result_backend_config``)."""
+    rerankq documents for reading outcomes (``rerankq.celeryconf.result_backend_config``)."""
     from celery import Celery
 
     from rerankq.keys import result_backend_config

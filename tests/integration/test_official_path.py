@@ -19,7 +19,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from rerankq.cli.samples import noise_image
 from rerankq.media.sides import ResolvedSide, Side, VisionBudget
-from rerankq.models.qwen3vl.pipeline import PairPreparer
+from rerankq.models.qwen3vl.preparing import PairPreparer
 from rerankq.models.qwen3vl.prompt import chat_messages
 from rerankq.models.qwen3vl.vision import image_input, resize_image
 

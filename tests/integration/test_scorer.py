@@ -16,7 +16,8 @@ from rerankq.media.decode import decode_video
 from rerankq.media.sides import ResolvedSide, VisionBudget
 from rerankq.models.batching import score_all
 from rerankq.models.loading import LoadOptions, load_model
-from rerankq.models.qwen3vl.pipeline import PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.pairs import PreparedPair
+from rerankq.models.qwen3vl.preparing import PairPreparer
 from rerankq.models.qwen3vl.vision import frame_list_input, image_input, video_input
 
 BUDGET = VisionBudget()

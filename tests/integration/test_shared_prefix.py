@@ -13,7 +13,8 @@ import torch
 from rerankq.cli.samples import mp4_bytes, noise_image
 from rerankq.media.decode import decode_video
 from rerankq.media.sides import ResolvedSide, VisionBudget
-from rerankq.models.qwen3vl.pipeline import PairPreparer, PreparedPair
+from rerankq.models.qwen3vl.pairs import PreparedPair
+from rerankq.models.qwen3vl.preparing import PairPreparer
 from rerankq.models.qwen3vl.sharing import JobPrefix, SharingStats, shared_prefix
 from rerankq.models.qwen3vl.vision import frame_list_input, image_input, video_input
 

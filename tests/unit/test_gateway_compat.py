@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from rerankq import keys
-from rerankq.client.compat import job_sides, to_job, to_response
+from rerankq.client.dialects import job_sides, to_job, to_response
 from rerankq.client.gateway.media import decode_data_uri, sniff
 from rerankq.client.gateway.metrics import route_label
 from rerankq.errors import InvalidRequest

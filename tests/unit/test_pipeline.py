@@ -11,8 +11,9 @@ from PIL import Image
 
 from rerankq.errors import PairTooLong
 from rerankq.media.sides import ResolvedSide, VisionBudget
-from rerankq.models.qwen3vl.pipeline import IMAGE_PAD_ID, VIDEO_PAD_ID, PairPreparer
+from rerankq.models.qwen3vl.preparing import PairPreparer
 from rerankq.models.qwen3vl.tokenizer import cached_qwen_tokenizer
+from rerankq.models.qwen3vl.tokens import IMAGE_PAD_ID, VIDEO_PAD_ID
 from rerankq.models.qwen3vl.vision import frame_list_input, image_input, video_input
 
 

@@ -8,34 +8,16 @@ tensors; the query of a job is resolved once and shared by all its pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 from rerankq.errors import PairTooLong
 from rerankq.media.sides import ResolvedSide
+from rerankq.models.qwen3vl.pairs import PreparedPair
 from rerankq.models.qwen3vl.prompt import Piece, prompt_pieces
+from rerankq.models.qwen3vl.tokens import IMAGE_PAD_ID, VIDEO_PAD_ID
 from rerankq.models.qwen3vl.vision import MERGE, VisionInput
 
-if TYPE_CHECKING:
-    from rerankq.models.qwen3vl.sharing import JobPrefix
-
-IMAGE_PAD_ID = 151655
-VIDEO_PAD_ID = 151656
 KEEP_TAIL = 5  # "<|im_end|>\n<|im_start|>assistant\n" is never truncated
-
-
-@dataclass
-class PreparedPair:
-    """A pair ready for the model: token ids (truncated) and its vision inputs in prompt order."""
-
-    input_ids: list[int]
-    vision: list[VisionInput]
-    truncated: bool = False
-    prefix: JobPrefix | None = None  # set when the job's pairs share a prefix computed once (qwen3vl.sharing)
-
-    @property
-    def length(self) -> int:
-        return len(self.input_ids)
 
 
 def _kinds(side: ResolvedSide) -> list[str]:

@@ -157,7 +157,9 @@ class BatchRunner:
             if not self.input_done:
                 self._top_up()
             self._collect(wait=bool(self.inflight))
-            self.out.flush(force=False)
+            # Every line read and none in flight: nothing more can join the last part, so it goes out now
+            # (waiting for part_interval_s would only spin this loop).
+            self.out.flush(force=self.input_done and not self.inflight)
             if self.input_done and not self.inflight and not self.ended and not self.errors:
                 return self.out.finalize(BatchState.COMPLETED)
 

@@ -41,9 +41,11 @@ CALLBACK_CHECK_S = 60.0  # a callback URL found acceptable is not looked up agai
 
 class RerankClient:
     """A handle on a rerankq deployment. ``RerankClient()`` reads ``RERANKQ_*``; or pass ``settings`` or
-    keyword overrides: ``RerankClient(redis_url="redis://...")``."""
+    keyword overrides: ``RerankClient(redis_url="redis://...")``. Jobs it submits announce their end on its own
+    notify list, which ``as_completed`` and ``result`` wait on (``rerankq.client.waiting``); ``notify=False``
+    for a client that submits and never waits (the list would fill until its TTL)."""
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(self, settings: Settings | None = None, *, notify: bool = True, **overrides: Any) -> None:
         self.settings = settings or Settings(**overrides)
         self.redis = redis_client(self.settings)
         self.jobs = JobStore(self.settings, self.redis)
@@ -51,7 +53,7 @@ class RerankClient:
         self.celery = Celery("rerankq-producer", set_as_current=False)
         self.celery.conf.update(celeryconf.celery_config(self.settings))
         self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
-        self.completions = Completions(self.redis, self.settings)
+        self.completions = Completions(self.redis, self.settings, notify)
 
     def close(self) -> None:
         self.celery.close()
@@ -123,7 +125,7 @@ class RerankClient:
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
             return
-        if notify == self.completions.key:
+        if notify is not None and notify == self.completions.key:
             self.completions.created(job["job_id"] for job in fresh)
         try:
             with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):

@@ -28,18 +28,21 @@ POP_MAX = 1000  # ends taken off the list per round trip
 
 
 class Completions:
-    """The ends of the jobs this client created, as they arrive on its notify list."""
+    """The ends of the jobs this client created, as they arrive on its notify list. ``enabled=False``: no list
+    (a client that never waits on many jobs, as the gateway, which has a waiter of its own): ``key`` is None,
+    and every job is waited for by reading its state."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, enabled: bool = True) -> None:
         self.redis = client
-        self.key = keys.notify_key(settings, uuid.uuid4().hex)
+        self.key = keys.notify_key(settings, uuid.uuid4().hex) if enabled else None
         self._record_prefix = keys.job_key(settings, "")
         self._mine: set[str] = set()
         self._ended: dict[str, str] = {}  # job id → terminal state, heard and not yet asked for
 
     def created(self, job_ids: Iterable[str]) -> None:
         """These jobs' records name this list: their ends will arrive on it."""
-        self._mine.update(job_ids)
+        if self.key is not None:
+            self._mine.update(job_ids)
 
     def mine(self, job_id: str) -> bool:
         return job_id in self._mine
@@ -59,6 +62,8 @@ class Completions:
 
     def listen(self, timeout: float) -> int:
         """Block up to ``timeout`` s for ends; returns how many arrived (they go to ``take``)."""
+        if self.key is None:
+            return 0
         popped = self.redis.blpop([self.key], timeout=max(timeout, 0.01))
         if popped is None:
             return 0

@@ -41,7 +41,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = RerankClient(settings)
+        self.client = RerankClient(settings, notify=False)  # jobs are waited for by the gateway's Waiter
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="gateway")
         self.redis = async_redis_client(settings, max_connections=32)
         self.waiter = Waiter(settings, self.redis, self.states)

@@ -82,3 +82,13 @@ def test_scripts_lost_by_the_server_are_loaded_and_run_once(redis_url: str, tmp_
     r.script_flush()
     assert incr(keys=["n"], args=[1]) == 6
     assert r.lrange("log", 0, -1) == [b"a", b"b"]
+
+
+def test_a_client_without_a_notify_list_waits_by_state(worker: WorkerProcess) -> None:
+    stats = redis.Redis.from_url(worker.settings.redis_url)
+    with RerankClient(worker.settings, notify=False) as client:
+        ids = client.submit_many(jobs(3, "quiet"))
+        results = dict(client.as_completed(ids, timeout=60))
+        assert client.completions.key is None and len(client.result(ids[0], timeout=10)["scores"]) == 8
+    assert sorted(results) == sorted(ids)
+    assert not stats.keys(f"{worker.settings.queue_prefix}:notify:*")  # nothing was left to fill up

@@ -138,7 +138,8 @@ def callback_keys(settings: Settings) -> list[str]:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by producers and workers, so both agree on the broker's behaviour.
 
-    - JSON only, both ways (SPEC §6). Job state lives in our own records. Producers run without a result
+    - JSON only, both ways: no pickle from a queue anyone can write to. Job state lives in our own records.
+      Producers run without a result
       backend (a backend would subscribe to every job they send); workers also store each job's outcome in
       Celery's result backend (``result_backend_config``), so any Celery client can ``AsyncResult(id).get()``.
     - Leases: kombu's visibility timeout is ``settings.lease_s``; workers renew the messages they hold every

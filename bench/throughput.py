@@ -1,5 +1,5 @@
 """``rerankq bench``: throughput end to end (SDK → Redis → worker → results) and of the scorer alone, on
-the same pairs, in the same run (SPEC §7).
+the same pairs, in the same run (docs/OPERATIONS.md, *Capacity*).
 
 By default it starts a private cluster (redis-server, moto's S3 server, one ``rerankq worker`` subprocess
 with the tiny model, built offline on first use); ``--redis-url`` targets a running deployment instead

@@ -1,4 +1,4 @@
-"""``RerankClient``: submit rerank jobs, poll their status, wait for results (SPEC §4).
+"""``RerankClient``: submit rerank jobs, poll their status, wait for results (docs/USAGE.md, *Python SDK*).
 
 Jobs are enqueued *by name* (``rerankq.rerank``) with Celery's ``send_task``; this module never imports
 worker code, torch or transformers. Each submit first creates the job record (our own state, so an unknown

@@ -35,7 +35,8 @@ from rerankq.models.options import LoadOptions
 # Dense bf16 TFLOP/s of the GPUs a capacity run may model.
 GPU_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "l4": 121.0}
 # GFLOP per text token (2 x language-model parameters without embeddings), extra GFLOP per visual token
-# (the vision tower, 4 patches per merged token), layers x hidden for attention (MODEL_FACTS.md).
+# (the vision tower, 4 patches per merged token), layers x hidden for attention (the released checkpoints'
+# shapes, as ``rerankq.models.qwen3vl.architectures`` spells them).
 SIZES = {"2b": (2.82, 2.42, 28 * 2048), "8b": (13.9, 3.29, 36 * 4096)}
 PROMPT_TOKENS = 60  # system prompt and chat markup around the two sides
 CRASH_MARKER = "fake:crash-the-worker"

@@ -36,7 +36,8 @@ from typing import Any
 
 
 class JobState(StrEnum):
-    """Where a job is in its life (SPEC §3, plus ``expired``)."""
+    """Where a job is in its life: ``queued`` → ``running`` → ``succeeded`` | ``failed``, or ``cancelled`` or
+    ``expired`` (docs/USAGE.md, *States*)."""
 
     QUEUED = "queued"
     """Accepted and waiting in a queue (also: waiting to be retried after a transient failure)."""
@@ -111,7 +112,7 @@ class JobRecord:
                    fence=int(num("fence") or 0), extra=data)
 
     def status(self) -> dict[str, Any]:
-        """SPEC §3 status."""
+        """What ``status`` answers: id, state, progress (pairs done / total), timestamps, worker, error."""
         return {"job_id": self.job_id, "state": self.state.value,
                 "progress": {"pairs_done": self.pairs_done, "pairs_total": self.pairs_total},
                 "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,

@@ -162,7 +162,7 @@ class JobStore:
         return JobRecord.from_hash(job_id, raw)
 
     def status(self, job_id: str) -> dict[str, Any]:
-        """SPEC §3 status."""
+        """The job's status (``JobRecord.status``); ``NoSuchJob`` for an unknown id, never ``queued``."""
         return self.record(job_id).status()
 
     def records(self, job_ids: list[str]) -> list[JobRecord | None]:

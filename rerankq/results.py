@@ -1,4 +1,5 @@
-"""A job's result (SPEC §3): built from scores and per-document errors, kept inline in Redis or in S3.
+"""A job's result (docs/USAGE.md, *The result*): built from scores and per-document errors, kept inline in
+Redis or in S3.
 
 Field names follow Cohere / vLLM rerank: ``results`` (index, relevance_score) sorted by score descending
 and cut to ``top_n``; ``scores`` in input order with ``None`` for documents that failed; ``errors``.

@@ -19,7 +19,7 @@ TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestTimeout",
     "RequestTimeoutException", "InternalError", "ServiceUnavailable", "Busy", "XMinioServerNotInitialized",
 })
-# Permanent codes with the reason users see (SPEC §3: "s3://media/catalog/88.png: no such key").
+# Permanent codes with the reason users see in a result's ``errors`` ("s3://media/catalog/88.png: no such key").
 PERMANENT_REASONS = {
     "NoSuchKey": "no such key", "NoSuchBucket": "no such bucket", "AccessDenied": "access denied",
     "AllAccessDisabled": "access denied", "InvalidObjectState": "object is archived (restore it first)",

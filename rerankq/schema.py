@@ -1,4 +1,4 @@
-"""The rerank job on the wire (SPEC §2): validated at submit time, before anything is enqueued.
+"""The rerank job on the wire (docs/USAGE.md, *The job*): validated at submit time, before anything is enqueued.
 
 ``parse_job(data, settings)`` returns a ``RerankJob`` or raises ``InvalidRequest`` naming the field and,
 for a limit, the setting that sets it (``documents: 1200 documents, over the limit 1000
@@ -92,7 +92,8 @@ class SideSpec(BaseModel):
 
 
 class RerankJob(BaseModel):
-    """A rerank job: the official ``process()`` input plus queue fields (SPEC §2)."""
+    """A rerank job: the official ``process()`` input (instruction, query, documents, fps, max_frames) plus
+    queue fields (job_id, priority, top_n, result_uri, model, deadlines, cache, callback_url)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,10 +1,11 @@
 """Every knob of rerankq, in one place, with its unit, its default and what it does.
 
-Settings come from ``RERANKQ_*`` environment variables (or arguments). The top-level names are the
-contract of SPEC §5 and are read exactly as written (``RERANKQ_REDIS_URL``, ``RERANKQ_MODEL``, ...).
+Settings come from ``RERANKQ_*`` environment variables (or arguments). The top-level names are a
+public contract (deployments set them) and are read exactly as written (``RERANKQ_REDIS_URL``, ``RERANKQ_MODEL``, ...).
 Sections use a double underscore: ``RERANKQ_BATCH__MAX_TOKENS=65536``, ``RERANKQ_LIMITS__MAX_DOCUMENTS=500``.
 
-Nothing else in the project reads the environment: every component receives a ``Settings``.
+Nothing else in the project reads the environment: every component receives a ``Settings``. docs/CONFIG.md
+lists every knob; it is generated from the fields below (``python -m rerankq.configdoc --write``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class ScoringSettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    """Bad-input guards (SPEC §6). Each one is checked at submit time where it can be."""
+    """Bad-input guards: every limit on a job's size and its media. Each one is checked at submit time where it
+    can be."""
 
     max_documents: int = Field(1000, ge=1, description="Documents per job.")
     max_text_chars: int = Field(100_000, ge=1, description="Characters per text field.")
@@ -175,7 +177,7 @@ class GatewaySettings(BaseModel):
 
 
 class CallbackSettings(BaseModel):
-    """Completion callbacks (a job's ``callback_url``): signing, allowed targets, retries (README: Callbacks)."""
+    """Completion callbacks (a job's ``callback_url``): signing, allowed targets, retries."""
 
     secret: SecretStr = Field(SecretStr(""), description="HMAC-SHA256 key that signs every callback (the "
                               "Rerankq-Signature header). Deliverers send nothing while it is empty: events wait in "
@@ -286,26 +288,3 @@ def knob(path: str) -> str:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return f"{path}, RERANKQ_{path.replace('.', '__').upper()}"
-
-
-def settings_table() -> str:
-    """Every knob as a Markdown table (variable, default, meaning): the README's configuration section."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            annotation = info.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, f"{prefix}{name.upper()}__")
-                continue
-            default = info.get_default(call_default_factory=True)
-            shown = ",".join(default) if isinstance(default, list) else default
-            text = (info.description or "").replace("|", "\\|")
-            rows.append(f"| `{prefix}{name.upper()}` | `{shown}` | {text} |")
-
-    walk(Settings, "RERANKQ_")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(settings_table())

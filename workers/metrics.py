@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics (SPEC §7), served on ``settings.metrics_port`` (0 = off).
+"""The worker's Prometheus metrics (docs/DEPLOYMENT.md lists them), served on ``settings.metrics_port`` (0 = off).
 
 Per-batch numbers live here rather than in logs: pairs and distinct jobs per forward pass, padding,
 scoring and media time, queue wait; completion callbacks delivered, failed and dropped; plus each queue's and

@@ -1,6 +1,6 @@
 """Batch input: JSONL lines read from S3 with their byte offsets, and each line → a job or an error.
 
-A line is the job JSON of the README plus an optional ``custom_id``, or the OpenAI / ``vllm run-batch`` line
+A line is a job (docs/USAGE.md, *The job*) plus an optional ``custom_id``, or the OpenAI / ``vllm run-batch`` line
 ``{"custom_id", "method": "POST", "url": "/v1/rerank", "body": {…}}`` whose body is a Cohere or vLLM rerank
 request (``rerankq.client.dialects``). The batch gives every job its id (``{batch_id}-{line}``; a line with a
 ``job_id`` is an error line), its priority and model (over the line's), and its completion window, which caps

@@ -1,6 +1,6 @@
 """Qwen3-VL-Reranker architectures, every field explicit (transformers' defaults are neither model).
 
-``2b`` and ``8b`` are the released checkpoints' shapes (MODEL_FACTS); ``small`` (4 text layers of hidden
+``2b`` and ``8b`` are the released checkpoints' shapes (their ``config.json``); ``small`` (4 text layers of hidden
 512, a 2-layer vision tower) is for CPU benchmarks; ``tiny`` is the same architecture at toy size for tests:
 mrope_section sums to head_dim/2, out_hidden_size equals the text hidden size, the vision position
 embeddings are a square number and the deepstack indexes are below the vision depth.

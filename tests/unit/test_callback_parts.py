@@ -58,10 +58,10 @@ def test_the_algorithm_is_hmac_sha256_over_timestamp_dot_body() -> None:
     assert sign(SECRET, BODY, timestamp=NOW) == f"t={NOW},v1={expected}"
 
 
-def test_the_readme_test_vector() -> None:
+def test_the_documented_test_vector() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "USAGE.md").read_text()
     body = (b'{"id":"evt_0123","type":"job.cancelled","created_at":1767225600.5,'
             b'"data":{"job_id":"j1","state":"cancelled"}}')
     header = sign("whsec_example", body, timestamp=1767225601)

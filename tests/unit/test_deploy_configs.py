@@ -35,8 +35,8 @@ YAML_FILES = sorted([COMPOSE, *INFRA.rglob("*.yml"), *INFRA.rglob("*.yaml")])
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "Kustomization"}
 # Metrics of the queue-length exporter that docker-compose.yml and infra/k8s/redis.yaml deploy.
 EXPORTER_METRICS = {"redis_key_size"}
-# SPEC §7, used only until the worker's metrics module exists.
-SPEC_METRICS = {"rerankq_pairs_scored_total": "counter", "rerankq_jobs_total": "counter",
+# The metrics the dashboard is built on (docs/DEPLOYMENT.md, Prometheus and Grafana); every worker must export them.
+CORE_METRICS = {"rerankq_pairs_scored_total": "counter", "rerankq_jobs_total": "counter",
                 "rerankq_batch_pairs": "histogram", "rerankq_batch_jobs": "histogram",
                 "rerankq_batch_padding_ratio": "histogram", "rerankq_queue_wait_seconds": "histogram",
                 "rerankq_scoring_seconds": "histogram", "rerankq_media_fetch_seconds": "histogram"}
@@ -80,11 +80,11 @@ def container(kind: str, name: str) -> dict[str, Any]:
 
 
 def worker_metrics() -> dict[str, str]:
-    """Metric name -> type, as the worker exports them (``rerankq.worker.metrics``; SPEC §7 until it exists)."""
+    """Metric name -> type, as the worker exports them (``rerankq.worker.metrics``, else ``CORE_METRICS``)."""
     try:
         from rerankq.worker.metrics import ListLengths, Metrics
     except ImportError:
-        return dict(SPEC_METRICS)
+        return dict(CORE_METRICS)
 
     class NoRedis:  # the queue-length collector reports its family even when Redis is unreachable
         def pipeline(self, transaction: bool = False) -> None:
@@ -374,10 +374,10 @@ def test_metric_name_extraction_reads_promql_as_prometheus_does() -> None:
     assert metric_names(expr) == {"rerankq_x_bucket", "up"}
 
 
-def test_the_worker_exports_every_spec_metric() -> None:
+def test_the_worker_exports_every_core_metric() -> None:
     exported = worker_metrics()
-    for name, kind in SPEC_METRICS.items():
-        assert exported.get(name) == kind, f"{name}: SPEC §7 asks for a {kind}"
+    for name, kind in CORE_METRICS.items():
+        assert exported.get(name) == kind, f"{name}: the dashboard needs a {kind}"
 
 
 def test_dashboard_queries_only_metrics_that_are_exported() -> None:
@@ -387,8 +387,8 @@ def test_dashboard_queries_only_metrics_that_are_exported() -> None:
         allowed |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
     used = set().union(*map(metric_names, dashboard_exprs()))
     assert used - allowed == set(), f"dashboard queries metrics nobody exports; exported: {sorted(allowed)}"
-    # every SPEC §7 metric the workers export is on the dashboard
-    for name in SPEC_METRICS:
+    # every core metric the workers export is on the dashboard
+    for name in CORE_METRICS:
         assert any(u == name or u.startswith(name + "_") for u in used), f"{name} is not on the dashboard"
 
 

@@ -1,4 +1,5 @@
-"""The rendered prompt equals MODEL_FACTS' string byte for byte, for every kind of side."""
+"""The rendered prompt equals the official Qwen3-VL-Reranker script's string byte for byte, for every kind of
+side (``expected`` spells that string out)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def expected(instruction: str, query: str, document: str) -> str:
             "<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_text_pair_matches_model_facts() -> None:
+def test_text_pair_matches_the_official_prompt() -> None:
     prompt = render_prompt(DEFAULT, Side(texts=["a blue backpack"]), Side(texts=["nylon, bottle pocket"]))
     assert prompt == expected(DEFAULT, "a blue backpack", "nylon, bottle pocket")
 

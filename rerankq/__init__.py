@@ -43,7 +43,10 @@ def _map_checkout() -> None:
     if dirs.get(__name__) != Path(__file__).parent.name:
         return
     homes = {name: root / folder for name, folder in dirs.items() if name != __name__}
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _CheckoutFinder)]
+    # An editable install's own finder (setuptools') maps the subpackages to *its* checkout: were it left in
+    # place, a module this checkout lacks would be found in that one.
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _CheckoutFinder)
+                        and not getattr(f, "__module__", "").startswith("__editable___rerankq")]
     sys.meta_path.insert(0, _CheckoutFinder(homes))
 
 

@@ -134,7 +134,7 @@ async def rerank(request: Request) -> Response:
     return JSONResponse(dialects.to_response(result, body, version, return_documents, body.get("model")))
 
 
-@router.post("/v1/jobs", status_code=202, tags=["jobs"], summary="Submit a job (the JSON of the README)")
+@router.post("/v1/jobs", status_code=202, tags=["jobs"], summary="Submit a job (the job JSON of docs/USAGE.md)")
 async def submit_job(request: Request) -> Response:
     gateway = gateway_of(request)
     body = await read_json(request, gateway.settings.gateway.max_body_bytes)

@@ -10,8 +10,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from rerankq import keys
 from rerankq.settings import Settings
 
@@ -22,8 +20,6 @@ FOLDERS = ("rerankq", "workers", "producer", "reranker", "media", "cli", "bench"
 PATH = re.compile(rf"(?<![\w/.-])(?:{'|'.join(FOLDERS)})/[\w./-]*[\w/]")
 # Cited before they exist: the round engine the lead is writing. Empty this once reranker/engine.py is merged
 # (test_pending_names_do_not_resolve_yet fails as soon as one of them does).
-PENDING = {"rerankq.models.engine", "rerankq.models.engine.RoundEngine", "rerankq.models.engine.ScoreLookup",
-           "reranker/engine.py"}
 
 
 def cited(pattern: re.Pattern[str]) -> dict[str, list[str]]:
@@ -74,14 +70,14 @@ def broken(name: str) -> str | None:
 
 def test_every_cited_rerankq_name_resolves() -> None:
     wire = wire_names()
-    names = {n: where for n, where in cited(NAME).items() if n not in wire and n not in PENDING}
+    names = {n: where for n, where in cited(NAME).items() if n not in wire}
     assert len(names) > 10  # the pattern finds the names the docs cite
     failures = {name: (names[name][0], why) for name in sorted(names) if (why := broken(name))}
     assert failures == {}
 
 
 def test_every_cited_source_path_exists() -> None:
-    paths = {p: where for p, where in cited(PATH).items() if p not in PENDING}
+    paths = dict(cited(PATH))
     assert "workers/runtime.py" in paths and "rerankq/settings.py" in paths
     # a folder written with a placeholder (``reranker/NAME/``) names no file
     missing = {p: where[0] for p, where in sorted(paths.items())
@@ -105,13 +101,3 @@ def test_every_link_between_the_docs_reaches_a_file_and_a_heading() -> None:
             if not path.is_file() or (anchor and anchor not in headings):
                 broken_links.append(f"{doc.relative_to(ROOT)}: {target}#{anchor}")
     assert broken_links == []
-
-
-@pytest.mark.parametrize("name", sorted(PENDING))
-def test_pending_names_do_not_resolve_yet(name: str) -> None:
-    """PENDING is for names that are cited before their code lands: remove each one as it does."""
-    if "/" in name:
-        assert not (ROOT / name).exists(), f"{name} exists now: remove it from PENDING"
-    else:
-        assert broken(name), f"{name} resolves now: remove it from PENDING"
-    assert name in cited(PATH if "/" in name else NAME), f"{name} is no longer cited: remove it from PENDING"

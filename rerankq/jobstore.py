@@ -25,7 +25,7 @@ from rerankq.jobs import (
 )
 from rerankq.scripts import Scripts
 from rerankq.settings import Settings
-from rerankq.transitions import CANCEL, COMMIT, CREATE, FINISH_MANY, OBSERVE, PROGRESS, REQUEUE, START_MANY
+from rerankq.transitions import CANCEL, COMMIT, CREATE, FAIL, FINISH_MANY, OBSERVE, PROGRESS, REQUEUE, START_MANY
 
 
 class JobStore:
@@ -38,7 +38,7 @@ class JobStore:
         register = self.scripts.register
         self._create, self._observe, self._start = register(CREATE), register(OBSERVE), register(START_MANY)
         self._progress, self._commit, self._finish = register(PROGRESS), register(COMMIT), register(FINISH_MANY)
-        self._requeue, self._cancel = register(REQUEUE), register(CANCEL)
+        self._requeue, self._cancel, self._fail = register(REQUEUE), register(CANCEL), register(FAIL)
 
     def key(self, job_id: str) -> str:
         return keys.job_key(self.settings, job_id)
@@ -136,6 +136,14 @@ class JobStore:
         pipe.rpush(self.done(job_id), "1")
         pipe.expire(self.done(job_id), self.settings.results.failure_ttl_s)
         return bool(self._execute(pipe)[0])
+
+    def fail_queued(self, job_id: str, error: str) -> str | None:
+        """End a queued job ``failed`` with ``error`` (its message was invalid: it can never run), waking its
+        waiters and writing its callback event. Returns the state before (None when there is no record); a job
+        in any other state is left as it is."""
+        state = self._fail(keys=self._script_keys(job_id),
+                           args=[time.time(), self.settings.results.failure_ttl_s, error])
+        return None if state is None else text_of(state)
 
     def cancel(self, job_id: str) -> str:
         """Cancel a queued or running job; returns the state it had. Terminal and finishing jobs are left as

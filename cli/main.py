@@ -142,27 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _redis_url() -> str:
-    """``RERANKQ_REDIS_URL`` with its password hidden, for error messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    from rerankq.settings import Settings
-
-    parts = urlsplit(Settings().redis_url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
-
-
 def _operational(exc: BaseException, command: str) -> str | None:
     """The line for an environment problem (exit 4); None when ``exc`` is not one."""
-    import redis
-    from kombu.exceptions import OperationalError
     from pydantic import ValidationError
 
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OperationalError):
-        return f"cannot reach Redis at {_redis_url()} (RERANKQ_REDIS_URL): {exc}"
+    from rerankq.connections import redis_problem
+    from rerankq.settings import Settings
+
+    problem = None if isinstance(exc, ValidationError) else redis_problem(exc, Settings().redis_url)
+    if problem is not None:
+        return problem
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
         extra = EXTRAS[(exc.name or "").split(".")[0]]
         return (f"rerankq {command} needs the {extra} extra (no module named {exc.name!r}): "

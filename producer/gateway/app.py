@@ -103,8 +103,11 @@ def _handlers(app: FastAPI, settings: Settings) -> None:
         app.add_exception_handler(kind, handle)
     import redis
 
+    from rerankq.connections import redis_problem
+
     async def unavailable(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"message": f"Redis is unavailable: {exc}"}, status_code=503)
+        problem = redis_problem(exc, settings.redis_url) or f"Redis is unavailable: {exc}"
+        return JSONResponse({"message": problem}, status_code=503)
 
     app.add_exception_handler(redis.RedisError, unavailable)
 

@@ -13,7 +13,6 @@ from rerankq import keys
 from rerankq.connections import redis_client
 from rerankq.errors import NoSuchJob, TransientError
 from rerankq.jobs import (
-    FINISHING,
     JobRecord,
     JobState,
     Outcome,
@@ -146,13 +145,12 @@ class JobStore:
         return None if state is None else text_of(state)
 
     def cancel(self, job_id: str) -> str:
-        """Cancel a queued or running job; returns the state it had. Terminal and finishing jobs are left as
-        they are (a finishing job is writing its result: it reads as running and ends succeeded)."""
+        """Cancel a queued or running job; returns the state it had, ``finishing`` included. Terminal and
+        finishing jobs are left as they are (a finishing job is writing its result: it ends succeeded)."""
         state = self._cancel(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.ttl_s])
         if state is None:
             raise NoSuchJob(job_id)
-        text = text_of(state)
-        return JobState.RUNNING.value if text == FINISHING else text
+        return text_of(state)
 
     def delete(self, job_id: str) -> None:
         self.redis.delete(*self._keys(job_id))

@@ -6,7 +6,7 @@ Every command ends the same way (``main`` is the one place that turns errors int
 | exit | meaning |
 |---|---|
 | 0 | done (every job succeeded) |
-| 1 | a job failed, was cancelled, or is unknown |
+| 1 | a job failed, was cancelled, or is unknown; a cancel came too late (the job is finishing or ended) |
 | 2 | bad request: invalid job JSON, a limit, an unreadable input file |
 | 3 | timed out waiting |
 | 4 | cannot run: Redis unreachable, invalid settings, the model or device cannot be used, an extra missing |
@@ -26,7 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
-from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob, RerankqError
+from rerankq.errors import CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, RerankqError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_REQUEST, EXIT_TIMEOUT, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -142,27 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _redis_url() -> str:
-    """``RERANKQ_REDIS_URL`` with its password hidden, for error messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    from rerankq.settings import Settings
-
-    parts = urlsplit(Settings().redis_url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
-
-
 def _operational(exc: BaseException, command: str) -> str | None:
     """The line for an environment problem (exit 4); None when ``exc`` is not one."""
-    import redis
-    from kombu.exceptions import OperationalError
     from pydantic import ValidationError
 
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OperationalError):
-        return f"cannot reach Redis at {_redis_url()} (RERANKQ_REDIS_URL): {exc}"
+    from rerankq.connections import redis_problem
+    from rerankq.settings import Settings
+
+    problem = None if isinstance(exc, ValidationError) else redis_problem(exc, Settings().redis_url)
+    if problem is not None:
+        return problem
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
         extra = EXTRAS[(exc.name or "").split(".")[0]]
         return (f"rerankq {command} needs the {extra} extra (no module named {exc.name!r}): "
@@ -178,7 +167,7 @@ def explain(exc: BaseException, command: str) -> tuple[int, str] | None:
     """The exit code and the one line for an error a person can act on; None for anything else (a bug)."""
     if isinstance(exc, InvalidRequest):
         return EXIT_BAD_REQUEST, f"invalid request: {exc}"
-    if isinstance(exc, NoSuchJob | JobFailed):
+    if isinstance(exc, NoSuchJob | JobFailed | CancelTooLate):
         return EXIT_FAILED, str(exc)
     if isinstance(exc, TimeoutError):
         return EXIT_TIMEOUT, f"timed out: {exc}"

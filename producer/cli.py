@@ -1,7 +1,8 @@
 """Producer commands of ``rerankq``: submit, status, result, cancel. No torch needed.
 
 Exit codes (the table is in ``rerankq.cli``, which turns errors into them): 0 done; 1 a job failed, was
-cancelled or is unknown; 2 bad request; 3 timed out waiting; 4 Redis unreachable.
+cancelled or is unknown, or a cancel came too late (the job is finishing or ended); 2 bad request; 3 timed
+out waiting; 4 Redis unreachable.
 
 One job prints its result (or status) as indented JSON; several print one JSON line per job, so the output
 pipes into ``jq -c`` or a JSONL reader.

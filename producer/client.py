@@ -27,7 +27,7 @@ from rerankq.client.batch_submit import submit_batch, wait_batch
 from rerankq.client.progress import Progress
 from rerankq.client.waiting import RECHECK_S, Completions, deadline_left
 from rerankq.connections import redis_client
-from rerankq.errors import CallbackRefused, InvalidRequest, JobFailed, NoSuchJob, TransientError
+from rerankq.errors import CallbackRefused, CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, TransientError
 from rerankq.jobs import TERMINAL, JobRecord, JobState
 from rerankq.jobstore import JobStore
 from rerankq.results import ResultStore
@@ -233,9 +233,18 @@ class RerankClient:
         return key.removeprefix(f"{self.settings.queue_prefix}:job:").removesuffix(":done")
 
     def cancel(self, job_id: str) -> str:
-        """Cancel a queued or running job; returns the state it was in. Workers skip cancelled jobs; a
-        job already finished keeps its state."""
-        return self.jobs.cancel(job_id)
+        """Cancel a queued or running job; returns the state it was in (``queued``, ``running``, or
+        ``cancelled`` when it was cancelled before). Workers skip cancelled jobs, and a running job's result is
+        never written once it is cancelled: its worker's commit and its final write both refuse a cancelled job.
+
+        When cancel can no longer stop a job: once a worker has committed the job's result (state ``finishing``:
+        its scores are computed and being written to the record or S3) or the job has ended (``succeeded``,
+        ``failed``, ``expired``), the job keeps its course and this raises ``CancelTooLate``, whose ``state``
+        says which; a ``finishing`` job then ends ``succeeded``. ``NoSuchJob`` for an unknown id."""
+        before = self.jobs.cancel(job_id)
+        if before in (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLED):
+            return before
+        raise CancelTooLate(job_id, before)
 
     def as_completed(self, job_ids: Iterable[str], timeout: float | None = None,
                      progress: bool | Callable[[int, int], None] = False

@@ -47,7 +47,14 @@ def _following_connection() -> type:
 def _retry(settings: Settings) -> Retry:
     # 0.05, 0.1, 0.2, ... capped at 1 s: enough attempts to cover ``redis_retry_s``.
     attempts = max(3, int(settings.redis_retry_s) + 6)
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts)
+    try:  # a refused login (a ConnectionError to redis-py) will not pass by retrying: fail at once
+        return Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts, is_retryable=_not_auth)
+    except TypeError:  # redis-py before 8: no is_retryable
+        return Retry(ExponentialBackoff(cap=1.0, base=0.05), attempts)
+
+
+def _not_auth(error: Exception) -> bool:
+    return not isinstance(error, redis.exceptions.AuthenticationError)
 
 
 def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
@@ -90,3 +97,47 @@ def async_redis_client(settings: Settings, max_connections: int = 32) -> Any:
         return sentinel.master_for(settings.redis_master_name, db=db, password=password)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
     return aioredis.Redis(connection_pool=pool)
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden, for messages (each part of a ``sentinel://`` list)."""
+    from urllib.parse import urlunsplit
+
+    shown = []
+    for part in url.split(";"):
+        parts = urlsplit(part)
+        if parts.password:
+            netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+            parts = parts._replace(netloc=netloc)
+        shown.append(urlunsplit(parts))
+    return ";".join(shown)
+
+
+def _auth_error(exc: BaseException) -> BaseException | None:
+    """The authentication error in ``exc``'s chain (kombu wraps redis-py's in ``OperationalError``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, redis.exceptions.AuthenticationError) or str(current).startswith("NOAUTH"):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def redis_problem(exc: BaseException, url: str) -> str | None:
+    """One line for a failure to use Redis at ``url`` (``RERANKQ_REDIS_URL``), naming the setting; a refused
+    login says so (no password given, or a wrong one) rather than "cannot reach". None when ``exc`` is not a
+    connection problem."""
+    from kombu.exceptions import OperationalError
+
+    auth = _auth_error(exc)
+    if auth is not None:
+        given = any(urlsplit(part).password for part in url.split(";"))
+        fix = ("the password in RERANKQ_REDIS_URL was refused: check it" if given else
+               "RERANKQ_REDIS_URL has no password and this Redis requires one: put it in the URL, "
+               "redis://:PASSWORD@host:port/db (or redis://USER:PASSWORD@... for an ACL user)")
+        return f"Redis at {shown_url(url)} refused authentication: {fix} ({auth})"
+    if isinstance(exc, ConnectionError | TimeoutError | OperationalError):
+        return f"cannot reach Redis at {shown_url(url)} (RERANKQ_REDIS_URL): {exc}"
+    return None

@@ -79,6 +79,18 @@ class JobFailed(RerankqError):
         self.error = error
 
 
+class CancelTooLate(PermanentError):
+    """``RerankClient.cancel`` came too late: the job is ``finishing`` (its result is committed and being
+    written) or has already ended (``succeeded``, ``failed``, ``expired``). ``state`` is that state; the job
+    keeps it."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        what = "is finishing (its result is being written)" if state == "finishing" else f"already {state}"
+        super().__init__(f"job {job_id} {what}: too late to cancel")
+        self.job_id = job_id
+        self.state = state
+
+
 class ModelLoadError(PermanentError):
     """The model SPEC could not be resolved or loaded."""
 

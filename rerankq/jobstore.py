@@ -13,7 +13,6 @@ from rerankq import keys
 from rerankq.connections import redis_client
 from rerankq.errors import NoSuchJob, TransientError
 from rerankq.jobs import (
-    FINISHING,
     JobRecord,
     JobState,
     Outcome,
@@ -25,7 +24,7 @@ from rerankq.jobs import (
 )
 from rerankq.scripts import Scripts
 from rerankq.settings import Settings
-from rerankq.transitions import CANCEL, COMMIT, CREATE, FINISH_MANY, OBSERVE, PROGRESS, REQUEUE, START_MANY
+from rerankq.transitions import CANCEL, COMMIT, CREATE, FAIL, FINISH_MANY, OBSERVE, PROGRESS, REQUEUE, START_MANY
 
 
 class JobStore:
@@ -38,7 +37,7 @@ class JobStore:
         register = self.scripts.register
         self._create, self._observe, self._start = register(CREATE), register(OBSERVE), register(START_MANY)
         self._progress, self._commit, self._finish = register(PROGRESS), register(COMMIT), register(FINISH_MANY)
-        self._requeue, self._cancel = register(REQUEUE), register(CANCEL)
+        self._requeue, self._cancel, self._fail = register(REQUEUE), register(CANCEL), register(FAIL)
 
     def key(self, job_id: str) -> str:
         return keys.job_key(self.settings, job_id)
@@ -137,14 +136,21 @@ class JobStore:
         pipe.expire(self.done(job_id), self.settings.results.failure_ttl_s)
         return bool(self._execute(pipe)[0])
 
+    def fail_queued(self, job_id: str, error: str) -> str | None:
+        """End a queued job ``failed`` with ``error`` (its message was invalid: it can never run), waking its
+        waiters and writing its callback event. Returns the state before (None when there is no record); a job
+        in any other state is left as it is."""
+        state = self._fail(keys=self._script_keys(job_id),
+                           args=[time.time(), self.settings.results.failure_ttl_s, error])
+        return None if state is None else text_of(state)
+
     def cancel(self, job_id: str) -> str:
-        """Cancel a queued or running job; returns the state it had. Terminal and finishing jobs are left as
-        they are (a finishing job is writing its result: it reads as running and ends succeeded)."""
+        """Cancel a queued or running job; returns the state it had, ``finishing`` included. Terminal and
+        finishing jobs are left as they are (a finishing job is writing its result: it ends succeeded)."""
         state = self._cancel(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.ttl_s])
         if state is None:
             raise NoSuchJob(job_id)
-        text = text_of(state)
-        return JobState.RUNNING.value if text == FINISHING else text
+        return text_of(state)
 
     def delete(self, job_id: str) -> None:
         self.redis.delete(*self._keys(job_id))

@@ -162,3 +162,14 @@ if state == 'queued' or state == 'running' then
 end
 return state
 """
+
+# ARGV: now, ttl, error. Fails a job that never started (an invalid message for an existing queued record);
+# returns the state before (false when gone). Any other state is left as it is.
+FAIL = LIB + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state == 'queued' then
+  finish_with('failed', ARGV[2], 'finished_at', ARGV[1], 'error', ARGV[3])
+end
+return state
+"""

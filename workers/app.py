@@ -54,7 +54,9 @@ def make_app(settings: Settings, queues: list[str] | None = None, runtime: Runti
     app.conf.update(worker_config(settings, queues))
     if runtime is not None:
         from rerankq.worker.intake import gate_for
+        from rerankq.worker.invalid import decode_errors_for
 
         app.steps["consumer"].add(gate_for(runtime))
+        app.steps["consumer"].add(decode_errors_for(runtime))
     register(app, settings, runtime)
     return app

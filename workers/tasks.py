@@ -31,6 +31,7 @@ from rerankq.errors import InvalidRequest, JobFailed, RetryLater, TransientError
 from rerankq.jobs import JobState
 from rerankq.schema import JOB_ID_PATTERN, RerankJob, parse_job
 from rerankq.settings import Settings
+from rerankq.worker.invalid import fail_invalid
 from rerankq.worker.runtime import Runtime
 from rerankq.worker.transport import dead_letter
 
@@ -80,7 +81,9 @@ def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, .
     try:
         job = parse_job(data, settings)
     except InvalidRequest as exc:
-        _fail_invalid(runtime, job_id if _valid_id(job_id) else str(request.id), str(exc), data)
+        priority = data.get("priority") if data.get("priority") in keys.PRIORITIES else "normal"
+        fail_invalid(runtime, job_id if _valid_id(job_id) else str(request.id), str(exc), str(priority),
+                     str(request.id))
         raise JobFailed(job_id, JobState.FAILED, str(exc)) from None
     if request.id == job_id:  # the SDK's message (its task id is the job id), or a raw one without job_id
         runtime.store.create_many([job.wire()])  # a no-op when the producer made the record
@@ -96,13 +99,6 @@ def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, .
 
 def _valid_id(job_id: str) -> bool:
     return re.match(JOB_ID_PATTERN, job_id) is not None
-
-
-def _fail_invalid(runtime: Runtime, job_id: str, error: str, data: dict[str, Any]) -> None:
-    priority = data.get("priority") if data.get("priority") in keys.PRIORITIES else "normal"
-    if runtime.store.fail_new(job_id, error, str(priority)):
-        runtime.metrics.job_ended(JobState.FAILED)
-    logger.info("job %s failed: invalid request: %s", job_id, error)
 
 
 def _report(task: Task, runtime: Runtime, job: RerankJob, state: JobState | None,

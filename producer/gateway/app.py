@@ -6,9 +6,10 @@ Swagger UI's "Authorize" button then sends it with each call). Everything else n
 ``Authorization: Bearer <key>`` when ``RERANKQ_API_KEYS`` is set.
 
 Errors, as JSON ``{"message", "field"?, "job_id"?}``: 400 bad request (the SDK's messages, naming the field and
-the limit), 401 no or wrong key, 404 no such job / model, 409 result of an unfinished job, 413 body over the cap,
-422 the job failed or was cancelled, 429 queue too deep (with ``Retry-After``), 503 Redis or S3 unavailable,
-504 a synchronous call's wait ran out (with the job id).
+the limit), 401 no or wrong key, 404 no such job / model, 409 result of an unfinished job, or a cancel too late
+(with ``state``: ``finishing`` or the state the job ended in), 413 body over the cap, 422 the job failed or was
+cancelled, 429 queue too deep (with ``Retry-After``), 503 Redis or S3 unavailable, 504 a synchronous call's wait
+ran out (with the job id).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rerankq.client.gateway import batches, ops, routes
 from rerankq.client.gateway.state import Gateway, QueueFull, UnknownModel
-from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob, PermanentError, TransientError
+from rerankq.errors import CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, PermanentError, TransientError
 from rerankq.settings import Settings
 
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/openapi.json")
@@ -91,6 +92,7 @@ def _handlers(app: FastAPI, settings: Settings) -> None:
         (UnknownModel, lambda exc: _error(404, exc)),
         (QueueFull, lambda exc: _error(429, exc, headers=retry_after)),
         (JobFailed, lambda exc: _error(422, exc, job_id=exc.job_id, state=exc.state)),
+        (CancelTooLate, lambda exc: _error(409, exc, job_id=exc.job_id, state=exc.state)),
         (TimeoutError, lambda exc: _error(409, exc)),
         (TransientError, lambda exc: _error(503, exc)),
         (PermanentError, lambda exc: _error(400, exc)),
@@ -103,8 +105,11 @@ def _handlers(app: FastAPI, settings: Settings) -> None:
         app.add_exception_handler(kind, handle)
     import redis
 
+    from rerankq.connections import redis_problem
+
     async def unavailable(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"message": f"Redis is unavailable: {exc}"}, status_code=503)
+        problem = redis_problem(exc, settings.redis_url) or f"Redis is unavailable: {exc}"
+        return JSONResponse({"message": problem}, status_code=503)
 
     app.add_exception_handler(redis.RedisError, unavailable)
 

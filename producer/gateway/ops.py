@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from rerankq import keys, registry
 from rerankq.client.gateway.routes import gateway_of
+from rerankq.connections import redis_problem
 from rerankq.jobs import FINISHING
 
 router = APIRouter()
@@ -26,7 +27,8 @@ async def readyz(request: Request) -> Response:
     try:
         await gateway_of(request).redis.ping()
     except Exception as exc:  # any failure means "not ready", with the reason
-        return JSONResponse({"status": "unavailable", "message": f"Redis: {exc}"}, status_code=503)
+        problem = redis_problem(exc, gateway_of(request).settings.redis_url) or f"Redis: {exc}"
+        return JSONResponse({"status": "unavailable", "message": problem}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

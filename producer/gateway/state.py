@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -18,10 +19,12 @@ from rerankq.client.client import RerankClient
 from rerankq.client.gateway.media import Uploads
 from rerankq.client.gateway.metrics import GatewayMetrics
 from rerankq.client.gateway.waiter import Waiter
-from rerankq.connections import async_redis_client
+from rerankq.connections import async_redis_client, redis_problem
 from rerankq.errors import PermanentError
 from rerankq.jobs import JobRecord, JobState
 from rerankq.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MODELS_FRESH_S = 1.0  # the worker registry is read at most this often per process
@@ -51,6 +54,12 @@ class Gateway:
         self._depths: dict[str, tuple[float, int]] = {}
 
     async def start(self) -> None:
+        """Start the waiter; a Redis that cannot be used (down, or refusing the login) is logged with the fix
+        (the gateway still starts: ``/readyz`` answers 503 with the same line until Redis answers)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), 5)
+        except Exception as exc:
+            logger.error("%s", redis_problem(exc, self.settings.redis_url) or f"Redis: {exc}")
         self.waiter.start()
 
     async def stop(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from rerankq.cli.cluster import free_port
 from rerankq.client import RerankClient
-from rerankq.errors import InvalidRequest, JobFailed, NoSuchJob
+from rerankq.errors import CancelTooLate, InvalidRequest, JobFailed, NoSuchJob
 from tests.integration.conftest import MEDIA_BUCKET, RESULTS_BUCKET, WorkerProcess
 
 TOL = 1e-5
@@ -119,7 +119,8 @@ def test_cancel_skips_the_job(client: RerankClient) -> None:
     assert err.value.state == "cancelled"
     client.result(blocker, timeout=120)
     assert client.status(job_id)["state"] == "cancelled"  # the worker did not overwrite it
-    assert client.cancel(blocker) == "succeeded"  # a finished job keeps its state
+    with pytest.raises(CancelTooLate, match="already succeeded"):  # a finished job keeps its state
+        client.cancel(blocker)
     assert client.status(blocker)["state"] == "succeeded"
 
 

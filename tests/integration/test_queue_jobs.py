@@ -92,7 +92,7 @@ def test_cancel_wins_over_workers_until_the_result_is_being_written(store: JobSt
     assert store.commit_many([("c", c.fence)]) == ["cancelled"]  # so nothing goes to S3 after the cancel
     assert store.finish_many([Outcome("c", c.fence, JobState.SUCCEEDED, {"result": "{}"})]) == ["cancelled"]
     assert store.commit_many([("d", d.fence)]) == ["finishing"]
-    assert store.cancel("d") == "running"  # finishing reads as running, and is past cancelling
+    assert store.cancel("d") == "finishing"  # past cancelling: left as it is
     assert store.status("d")["state"] == "running"
     assert store.finish_many([Outcome("d", d.fence, JobState.SUCCEEDED, {"result_uri": "s3://b/d.json"})]) \
         == ["succeeded"]

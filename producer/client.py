@@ -131,7 +131,7 @@ class RerankClient:
             with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):
                 for job in fresh:
                     self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,
-                                          queue=keys.job_queue(self.settings, job))
+                                          queue=keys.job_queue(self.settings, job), ignore_result=True)
         except Exception:
             # Publishing failed, wholly or part-way: drop the new records so that a retry with the same job_id
             # publishes again instead of finding a record no message will complete. A message that did go

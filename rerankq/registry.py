@@ -19,7 +19,7 @@ import redis
 from rerankq import keys
 from rerankq.settings import Settings
 
-HEARTBEAT_S = 3.0  # how often a worker re-registers
+HEARTBEAT_S = 5.0  # how often a worker re-registers (its lease beat; 3 beats per TTL)
 TTL_S = 15  # a worker missing this long is gone
 SLOT_S = 10  # throughput granularity (s)
 SERIES_S = 900  # throughput history kept (s)
@@ -32,14 +32,19 @@ def _text(value: bytes | str) -> str:
 def register(client: redis.Redis, settings: Settings, name: str, model: str, device: str, ttl_s: int = TTL_S,
              **fields: Any) -> None:
     """Create or refresh worker ``name``'s entry (one round trip); extra ``fields`` are stored as given."""
-    key = keys.worker_key(settings, name)
-    now = time.time()
     pipe = client.pipeline(transaction=False)
-    pipe.hsetnx(key, "started_at", now)
-    mapping: dict[Any, Any] = {"name": name, "model": model, "device": device, "seen_at": now, **fields}
-    pipe.hset(key, mapping=mapping)
-    pipe.expire(key, ttl_s)
+    pipe.hsetnx(keys.worker_key(settings, name), "started_at", time.time())
+    queue_presence(pipe, settings, name, {"name": name, "model": model, "device": device, **fields}, ttl_s)
     pipe.execute()
+
+
+def queue_presence(pipe: Any, settings: Settings, name: str, fields: dict[str, Any], ttl_s: int = TTL_S) -> int:
+    """Queue on ``pipe`` the refresh of worker ``name``'s entry: ``fields`` and ``seen_at`` (now), and its TTL.
+    Returns how many commands it queued (2). A worker's beat passes its own ``started_at`` among the fields."""
+    key = keys.worker_key(settings, name)
+    pipe.hset(key, mapping={**fields, "seen_at": time.time()})
+    pipe.expire(key, ttl_s)
+    return 2
 
 
 def unregister(client: redis.Redis, settings: Settings, name: str) -> None:
@@ -69,18 +74,36 @@ def add_pairs(client: redis.Redis, settings: Settings, pairs: int, now: float | 
     """Count ``pairs`` scored now in the deployment's throughput series."""
     if pairs <= 0:
         return
-    key = keys.pairs_slot_key(settings, int((now or time.time()) // SLOT_S))
     pipe = client.pipeline(transaction=False)
-    pipe.incrby(key, pairs)
-    pipe.expire(key, SERIES_S + SLOT_S)
+    queue_pairs(pipe, settings, pairs, now or time.time())
     pipe.execute()
+
+
+def slot_of(now: float) -> int:
+    """The throughput slot of a time."""
+    return int(now // SLOT_S)
+
+
+def queue_pairs(pipe: Any, settings: Settings, pairs: int, now: float, ttl: bool = True) -> int:
+    """Queue on ``pipe`` adding ``pairs`` to the slot of ``now``, and with ``ttl`` the slot's expiry (once per
+    slot is enough: a worker sets it on its first write to a slot). Returns how many commands it queued."""
+    key = keys.pairs_slot_key(settings, slot_of(now))
+    pipe.incrby(key, pairs)
+    if ttl:
+        pipe.expire(key, SERIES_S + SLOT_S)
+    return 2 if ttl else 1
+
+
+def set_slot_ttl(client: redis.Redis, settings: Settings, slot: int) -> None:
+    """Give a slot its expiry (a slot a worker wrote to before, created again after a Redis restart)."""
+    client.expire(keys.pairs_slot_key(settings, slot), SERIES_S + SLOT_S)
 
 
 def pairs_series(client: redis.Redis, settings: Settings, window_s: int = 300,
                  now: float | None = None) -> list[dict[str, float]]:
     """Pairs/s per slot over the last ``window_s`` seconds, oldest first: ``[{"t": slot start, "pairs_per_s"}]``.
     The current, unfinished slot is left out (it would read low)."""
-    current = int((now or time.time()) // SLOT_S)
+    current = slot_of(now or time.time())
     slots = list(range(current - max(window_s // SLOT_S, 1), current))
     values = client.mget([keys.pairs_slot_key(settings, s) for s in slots])
     return [{"t": float(s * SLOT_S), "pairs_per_s": int(v or 0) / SLOT_S} for s, v in zip(slots, values, strict=True)]
@@ -89,7 +112,7 @@ def pairs_series(client: redis.Redis, settings: Settings, window_s: int = 300,
 def recent_rate(client: redis.Redis, settings: Settings, window_s: int = 60, now: float | None = None) -> float:
     """Pairs/s over the last ``window_s`` seconds, the current slot included (what a dashboard shows as "now")."""
     now = now or time.time()
-    current = int(now // SLOT_S)
+    current = slot_of(now)
     slots = list(range(current - max(window_s // SLOT_S, 1) + 1, current + 1))
     values = client.mget([keys.pairs_slot_key(settings, s) for s in slots])
     span = (len(slots) - 1) * SLOT_S + max(now - current * SLOT_S, 1.0)

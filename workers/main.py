@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from rerankq.media.sides import ResolvedSide
 from rerankq.models.contract import RerankModel
 from rerankq.models.loading import LoadOptions, load_model
 from rerankq.settings import Settings
+from rerankq.worker.leases import run_beat
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +42,44 @@ def warm_up(model: RerankModel[Any], settings: Settings) -> None:
 
 
 class RegistryBeat:
-    """One beat of the worker registry (``rerankq.registry``): this worker's model and device, and the pairs
-    it scored since the last beat added to the deployment's throughput series. Run by the lease keeper."""
+    """This worker's part of every lease beat (``rerankq.worker.leases``): its registry entry (model, device)
+    refreshed, and the pairs it scored since the last beat added to the deployment's throughput series
+    (``rerankq.registry``), in the beat's round trip: 2 commands, 3 when it scored, 4 on its first write to a
+    throughput slot."""
 
     def __init__(self, settings: Settings, client: redis.Redis, name: str, model: str, device: str,
                  scored: Callable[[], float]) -> None:
         self.settings, self.client, self.name, self.model, self.device = settings, client, name, model, device
         self.scored = scored
+        self.started_at = time.time()
         self.reported = 0.0
+        self._slot_with_ttl: int | None = None  # the throughput slot this worker gave its expiry
+        self._queued = (0, 0, False)  # pairs, slot, expiry queued: what the last ``add`` queued
 
     def __call__(self) -> None:
-        total = self.scored()
-        registry.register(self.client, self.settings, self.name, self.model, self.device, pairs_scored=int(total))
-        registry.add_pairs(self.client, self.settings, int(total - self.reported))
-        self.reported = total
+        run_beat(self.client, [self])
+
+    def add(self, pipe: Any) -> int:
+        total, now = self.scored(), time.time()
+        fields = {"name": self.name, "model": self.model, "device": self.device, "started_at": self.started_at,
+                  "pairs_scored": int(total)}
+        count = registry.queue_presence(pipe, self.settings, self.name, fields)
+        pairs, slot = int(total - self.reported), registry.slot_of(now)
+        ttl = slot != self._slot_with_ttl
+        self._queued = (pairs, slot, ttl)
+        return count + (registry.queue_pairs(pipe, self.settings, pairs, now, ttl) if pairs > 0 else 0)
+
+    def done(self, replies: list[Any]) -> None:
+        pairs, slot, ttl = self._queued
+        if pairs > 0 and not isinstance(replies[2], Exception):
+            self.reported += pairs
+            if ttl and replies[3] == 1:
+                self._slot_with_ttl = slot
+            elif not ttl and replies[2] == pairs:  # the slot was gone (a Redis restart): it needs its expiry
+                registry.set_slot_ttl(self.client, self.settings, slot)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     def leave(self) -> None:
         with contextlib.suppress(redis.RedisError):
@@ -100,11 +126,11 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
         control(app, settings)
 
     def send(job: dict[str, Any], task_id: str, queue: str) -> None:
-        app.send_task(keys.TASK_NAME, args=[job], task_id=task_id, queue=queue)
+        # a job the SDK made (the reaper resends from the record only those): no Celery result, as the SDK's
+        app.send_task(keys.TASK_NAME, args=[job], task_id=task_id, queue=queue, ignore_result=True)
 
     reaper = Reaper(settings, store.redis, queues, metrics, send)
-    leases = LeaseKeeper(settings, store.redis, metrics, on_beat=[beat, reaper],
-                         interval=registry.HEARTBEAT_S).start()
+    leases = LeaseKeeper(settings, store.redis, metrics, parts=[beat, reaper], interval=registry.HEARTBEAT_S).start()
     metrics.watch_callbacks(store.redis, keys.callback_keys(settings)[0])
     deliverer = Deliverer(settings, store.redis, metrics.callbacks) if settings.callbacks.deliver else None
     if deliverer:

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 from kombu.utils.uuid import uuid
+from redis.exceptions import NoScriptError
 
 from rerankq import keys
 from rerankq.jobs import TERMINAL, as_state, text_of
@@ -33,31 +34,43 @@ from rerankq.worker.metrics import Metrics
 logger = logging.getLogger(__name__)
 PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)  # kombu's lists for messages with a priority
 
-# KEYS: pending set, then the queue's lists. ARGV: now, grace (s), confirm (s). Returns the ids found lost:
-# old entries of an empty queue are marked (score -now) on one call and returned on a later one, their entry
-# renewed as if just sent (a reaper that dies before resending leaves them to the next one).
+# KEYS: five per queue: its pending set, its list, its three priority lists (kombu's). ARGV: now, grace (s),
+# confirm (s). Returns, per queue, the ids found lost: old entries of an empty queue are marked (score -now) on
+# one call and returned on a later one, their entry renewed as if just sent (a reaper that dies before resending
+# leaves them to the next one). O(1) per queue when nothing is old: one ZRANGEBYSCORE LIMIT 1; the lists are
+# looked at, and the old entries read, only when there is one (a queue never empty costs one LLEN more).
 _REAP = """
-for i = 2, #KEYS do
-  if redis.call('LLEN', KEYS[i]) > 0 then return {} end
-end
 local now, grace, confirm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - grace, 'WITHSCORES', 'LIMIT', 0, 500)
-local lost = {}
-for i = 1, #old, 2 do
-  local id, score = old[i], tonumber(old[i + 1])
-  if score >= 0 then
-    redis.call('ZADD', KEYS[1], -now, id)
-  elseif now + score >= confirm then
-    redis.call('ZADD', KEYS[1], now, id)
-    table.insert(lost, id)
+local out = {}
+for q = 1, #KEYS, 5 do
+  local lost = {}
+  if #redis.call('ZRANGEBYSCORE', KEYS[q], '-inf', now - grace, 'LIMIT', 0, 1) > 0 then
+    local empty = true
+    for i = q + 1, q + 4 do
+      if redis.call('LLEN', KEYS[i]) > 0 then empty = false break end
+    end
+    if empty then
+      local old = redis.call('ZRANGEBYSCORE', KEYS[q], '-inf', now - grace, 'WITHSCORES', 'LIMIT', 0, 500)
+      for i = 1, #old, 2 do
+        local id, score = old[i], tonumber(old[i + 1])
+        if score >= 0 then
+          redis.call('ZADD', KEYS[q], -now, id)
+        elseif now + score >= confirm then
+          redis.call('ZADD', KEYS[q], now, id)
+          table.insert(lost, id)
+        end
+      end
+    end
   end
+  out[#out + 1] = lost
 end
-return lost
+return out
 """
 
 
 class Reaper:
-    """Finds and resends lost messages of ``queues``; call it on every lease beat (``__call__``)."""
+    """Finds and resends lost messages of ``queues``: a part of every lease beat (``add``, ``done``: one script
+    call for all the queues, in the beat's round trip), or on its own (``__call__``)."""
 
     def __init__(self, settings: Settings, client: redis.Redis, queues: list[str], metrics: Metrics,
                  send: Any) -> None:
@@ -67,14 +80,32 @@ class Reaper:
         self.metrics = metrics
         self.send = send  # send(job JSON, task id, queue): publish a rerankq.rerank message (the Celery app's)
         self._reap = client.register_script(_REAP)
+        self._keys = [key for queue in queues for key in (keys.pending_key(queue), queue,
+                                                          *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS))]
         self.grace_s = float(settings.lease_s)
         self.confirm_s = max(settings.lease_s / 6, 1.0)
 
     def __call__(self) -> None:
-        for queue in self.queues:
-            lists = [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]
-            lost = self._reap(keys=[keys.pending_key(queue), *lists], args=[time.time(), self.grace_s,
-                                                                            self.confirm_s])
+        self._resend_lost(self._reap(keys=self._keys, args=self._args()))
+
+    def add(self, pipe: Any) -> int:
+        """Queue this beat's script call on the beat's pipeline (by hash: no SCRIPT EXISTS)."""
+        pipe.evalsha(self._reap.sha, len(self._keys), *self._keys, *self._args())
+        return 1
+
+    def done(self, replies: list[Any]) -> None:
+        (reply,) = replies
+        if isinstance(reply, NoScriptError):  # a restarted Redis: run it again, loading the script
+            reply = self._reap(keys=self._keys, args=self._args())
+        elif isinstance(reply, Exception):
+            raise reply
+        self._resend_lost(reply)
+
+    def _args(self) -> list[float]:
+        return [time.time(), self.grace_s, self.confirm_s]
+
+    def _resend_lost(self, reply: list[list[Any]]) -> None:
+        for queue, lost in zip(self.queues, reply, strict=True):
             for task_id in lost:
                 self.resend(queue, text_of(task_id))
 

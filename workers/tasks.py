@@ -7,6 +7,9 @@ each job's real runtime and a truthful outcome:
 - succeeded → SUCCESS, and the result (or, when it lies in S3, its pointer) in Celery's result backend, so
   ``AsyncResult(id).get()`` works from any Celery client;
 - failed → FAILURE with the reason (``JobFailed``); cancelled or expired → REVOKED (not a green SUCCESS);
+- the outcome goes to the result backend only for a message that wants one: Celery's per-message
+  ``ignore_result`` is honoured, and the SDK (so the gateway and batch runs) sends it, since it reads the
+  job record instead (three Redis commands per job saved: the backend's read, write and ``PUBLISH``);
 - a transient failure → the message goes back to its queue (``Reject(requeue=True)``);
 - a message that is not a rerank job (no arguments, more than one, not an object) → the dead-letter list.
 
@@ -110,6 +113,7 @@ def _report(task: Task, runtime: Runtime, job: RerankJob, state: JobState | None
         error = runtime.store.status(job.id).get("error") if final is None else final.get("error")
         raise JobFailed(job.id, state, error)
     if state in (JobState.CANCELLED, JobState.EXPIRED):
-        task.backend.mark_as_revoked(task.request.id, f"job {job.id} {state}", request=task.request)
+        if not task.request.ignore_result:  # Celery skips the backend on its own for the other outcomes
+            task.backend.mark_as_revoked(task.request.id, f"job {job.id} {state}", request=task.request)
         task.send_event("task-revoked", terminated=False, signum=None, expired=state == JobState.EXPIRED)
     raise Ignore()  # acknowledged; another attempt, or nobody, has more to say

@@ -4,6 +4,9 @@
   dead-letter list instead of killing the worker (kombu would raise in its poller and Celery would stop with
   "Unrecoverable error") or being reported as a lost broker connection (and every job in flight restored and
   scored twice).
+- Fanout publishes (Celery's task events) keep how many subscribers heard them, so the worker's event
+  dispatcher sends task events only while something listens (``rerankq.worker.events``).
+- Acknowledgements made together (a round's jobs end together) are written together, in one round trip.
 - Taking a message removes its task id from its queue's pending set (``rerankq.keys.pending_key``) in the
   same round trip that records it as held (``unacked``), and putting one back adds it again, with the
   message: the pending set is what ``rerankq.worker.reaper`` reads to find messages lost between kombu's ``BRPOP``
@@ -18,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from typing import Any
 
+from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.uuid import uuid
 
 from rerankq import keys
@@ -65,26 +71,110 @@ def task_id_of(message: dict[str, Any]) -> str | None:
 
 
 class PendingQoS(kombu_redis.QoS):
-    """kombu's acknowledgement emulation; taking a message also clears its pending entry (module doc)."""
+    """kombu's acknowledgement emulation; taking a message also clears its pending entry (module doc).
+
+    Taking and acknowledging are plain pipelines, not kombu's ``MULTI``/``EXEC``: each command order leaves a
+    state the others handle if only a prefix of it runs. Taking writes the lease index first (an index entry
+    without its message is dropped by the restore sweep, and the pending entry left behind lets the reaper
+    resend); acknowledging deletes the messages before their index entries (an index entry left alone is
+    dropped by the sweep; a message left without one would never be restored, nor deleted).
+
+    Acknowledgements are group-committed. Celery runs them on the worker's event loop (``call_soon``), the
+    acknowledgements of a round's jobs (which end together) in one pass of the loop; they are collected and
+    written in one round trip at the end of that pass (the loop's ``on_tick``, before it polls again). Off the
+    loop (a plain kombu consumer) each is written at once. One not yet written when the worker dies is a
+    message put back after its lease, whose job's record is already final: the redelivery is refused by its
+    fencing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: list[str] = []  # acknowledged on the loop, not yet removed from ``unacked``
+        self._acks_lock = threading.Lock()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
         exchange, queue = delivery["exchange"], delivery["routing_key"]
         task_id = task_id_of(message._raw)
-        with self.pipe_or_acquire() as pipe:
+        with self.channel.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(self.unacked_key, delivery_tag, json.dumps([message._raw, exchange, queue]))
             if task_id is not None:
                 pipe.zrem(keys.pending_key(queue), task_id)
-                pipe.hdel(keys.pending_msg_key(queue), task_id)
+                if _redelivered(message):  # only a message put back has its copy kept (``_do_restore_message``)
+                    pipe.hdel(keys.pending_msg_key(queue), task_id)
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        virtual.QoS.ack(self, delivery_tag)
+        hub = get_event_loop()
+        if hub is None or getattr(hub, "_loop_thread", None) != threading.get_ident():
+            self._forget([delivery_tag])
+            return
+        with self._acks_lock:
+            self._acks.append(delivery_tag)
+        hub.on_tick.add(self._write_acks)  # a set: once per loop; runs after this pass's callbacks
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            super().reject(delivery_tag, requeue=True)  # kombu's: put back under WATCH
+            return
+        virtual.QoS.ack(self, delivery_tag)
+        self._forget([delivery_tag])
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        self._write_acks()  # those collected or left by a failed write, before the channel closes
+        return super().restore_unacked_once(stderr)
+
+    def _write_acks(self) -> None:
+        """Write the acknowledgements collected, in one round trip. Like kombu's acknowledgement, a failed write
+        is logged, not raised (the messages stay held: put back after their lease, their jobs fenced); they are
+        tried again with the next acknowledgements."""
+        hub = get_event_loop()
+        if hub is not None:
+            hub.on_tick.discard(self._write_acks)  # until the next acknowledgement
+        with self._acks_lock:
+            tags, self._acks = self._acks, []
+        if not tags:
+            return
+        try:
+            self._forget(tags)
+        except self.channel.connection_errors as exc:
+            with self._acks_lock:
+                self._acks[:0] = tags
+            logger.critical("could not acknowledge %d messages (tried again with the next ones): %r", len(tags), exc)
+
+    def _forget(self, tags: list[str]) -> None:
+        with self.channel.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            pipe.hdel(self.unacked_key, *tags)
+            pipe.zrem(self.unacked_index_key, *tags)
+            pipe.execute()
+
+
+def _redelivered(message: Any) -> bool:
+    headers = message._raw.get("headers")
+    return bool((message.delivery_info or {}).get("redelivered") or
+                (isinstance(headers, dict) and headers.get("redelivered")))
 
 
 class DeadLetterChannel(kombu_redis.Channel):
     """kombu's Redis channel with malformed entries dead-lettered and pending sets kept (see the module doc)."""
 
     QoS = PendingQoS
+    fanout_receivers: int | None = None  # how many subscribers the last fanout publish reached (events)
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
+        """kombu's, keeping ``PUBLISH``'s reply: how many subscribers heard it (``rerankq.worker.events``)."""
+        if kwargs.get("_publish_batch") is not None:
+            self.fanout_receivers = None  # a batched publish: its replies come later, unknown here
+            super()._put_fanout(exchange, message, routing_key, **kwargs)
+            return
+        payload, self.fanout_receivers = kombu_dumps(message), None  # None until PUBLISH answers
+        with self.conn_or_acquire() as client:
+            self.fanout_receivers = sum(int(client.publish(topic, payload) or 0)
+                                        for topic in self._get_publish_topics(exchange, routing_key))
 
     def _brpop_read(self, **options: Any) -> bool:
         try:

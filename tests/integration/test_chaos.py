@@ -462,6 +462,7 @@ def test_raw_celery_messages_from_a_plain_celery_app(chaos: Cluster, ref: Refere
     invalid = {"query": {"text": "q"}, "documents": [{"text": "d"}], "colour": "blue"}
     dup = text_job(3, 3, "raw", job_id="raw-dup")
     cancelled = text_job(4, 2, "raw", job_id="raw-cancel")
+    expired = text_job(5, 2, "raw", job_id="raw-expired", expires_at=time.time() - 5)
     client.submit(cancelled)
     assert client.cancel("raw-cancel") == "queued"
     client.submit_many([good["rawgood-0"], good["rawgood-1"]])
@@ -470,9 +471,10 @@ def test_raw_celery_messages_from_a_plain_celery_app(chaos: Cluster, ref: Refere
     sent_invalid = app.send_task("rerankq.rerank", args=[invalid], queue=queue)
     app.send_task("rerankq.rerank", args=[dup], queue=queue)
     app.send_task("rerankq.rerank", args=[dup], queue=queue)
+    sent_expired = app.send_task("rerankq.rerank", args=[expired], queue=queue)
     client.submit_many([good["rawgood-2"], good["rawgood-3"]])
     (w,) = chaos.start(1)  # everything is queued: the raw messages share a round with the good jobs
-    ids = [*good, "raw-with-id", sent_no_id.id, sent_invalid.id, "raw-dup", "raw-cancel"]
+    ids = [*good, "raw-with-id", sent_no_id.id, sent_invalid.id, "raw-dup", "raw-cancel", "raw-expired"]
     audit = Audit(settle(r, chaos.prefix, ids, 60))
     print(audit.line("raw Celery messages"))
     ran = {**good, "raw-with-id": with_id, sent_no_id.id: no_id, "raw-dup": dup}
@@ -481,6 +483,7 @@ def test_raw_celery_messages_from_a_plain_celery_app(chaos: Cluster, ref: Refere
     bad = audit.records[sent_invalid.id]
     assert bad["state"] == "failed" and bad["ends"] == "1" and "colour" in bad["error"], bad
     assert audit.records["raw-cancel"]["state"] == "cancelled" and audit.records["raw-cancel"]["ends"] == "1"
+    assert audit.records["raw-expired"]["state"] == "expired" and audit.records["raw-expired"]["ends"] == "1"
     # a job_id that already exists is not run twice: one start, one attempt, its pairs scored once
     assert audit.records["raw-dup"]["deliveries"] == "1", audit.records["raw-dup"]
     scored = sum(len(job["documents"]) for job in ran.values())
@@ -490,8 +493,11 @@ def test_raw_celery_messages_from_a_plain_celery_app(chaos: Cluster, ref: Refere
     assert app.AsyncResult(sent_no_id.id).get(timeout=30)["scores"] == client.result(sent_no_id.id)["scores"]
     invalid_id = sent_invalid.id
     assert wait_until(lambda: app.AsyncResult(invalid_id).state == "FAILURE", 30, "FAILURE")
-    assert wait_until(lambda: app.AsyncResult("raw-cancel").state == "REVOKED", 30, "REVOKED")
-    del sent_with, sent_no_id, sent_invalid  # they unsubscribe when collected: now, while Redis is up
+    expired_id = sent_expired.id  # a raw message naming its job_id: the task id is not the job's
+    assert wait_until(lambda: app.AsyncResult(expired_id).state == "REVOKED", 30, "REVOKED")
+    # the SDK's messages ask for no Celery result (the SDK reads the job record): none is written for them
+    assert app.AsyncResult("raw-cancel").state == "PENDING" and app.AsyncResult("rawgood-0").state == "PENDING"
+    del sent_with, sent_no_id, sent_invalid, sent_expired  # they unsubscribe when collected: now, while Redis is up
     gc.collect()
     app.close()
 

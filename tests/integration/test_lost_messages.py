@@ -102,3 +102,33 @@ def test_kombu_take_and_put_back_keep_the_pending_set(chaos: Cluster) -> None:
         assert r.zscore(keys.pending_key(name), "task-1") is None
         assert r.hget(keys.pending_msg_key(name), "task-1") is None
         again.ack()
+        assert r.hlen("unacked") == 0 and r.zcard(keys.UNACKED_INDEX) == 0
+
+
+def test_acknowledgements_of_one_loop_pass_are_written_together(chaos: Cluster) -> None:
+    """Celery acknowledges on its event loop; the acknowledgements of one pass of the loop (a round's jobs end
+    together) are written in one round trip at the end of that pass, none left held."""
+    from kombu.asynchronous import Hub, set_event_loop
+
+    r = chaos.redis()
+    name = f"{chaos.prefix}.acks"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    with Connection(chaos.settings.redis_url, transport=Transport) as conn:
+        producer = conn.Producer()
+        for i in range(8):
+            producer.publish({"n": i}, exchange=queue.exchange, routing_key=name, declare=[queue],
+                             headers={"id": f"task-{i}"})
+        messages = [queue(conn.default_channel).get(no_ack=False) for _ in range(8)]
+        assert all(m is not None for m in messages) and r.hlen("unacked") == 8
+        hub = Hub()
+        set_event_loop(hub)
+        try:
+            for message in messages:
+                hub.call_soon(message.ack)
+            r.config_resetstat()
+            next(hub.loop)  # one pass
+        finally:
+            set_event_loop(None)
+            hub.close()
+        assert r.hlen("unacked") == 0 and r.zcard(keys.UNACKED_INDEX) == 0 and r.llen(name) == 0
+        assert r.info("commandstats")["cmdstat_hdel"]["calls"] == 1

@@ -15,9 +15,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by producers and workers, so both agree on the broker's behaviour.
 
     - JSON only, both ways: no pickle from a queue anyone can write to. Job state lives in our own records.
-      Producers run without a result backend (a backend would subscribe to every job they send); workers also
-      store each job's outcome in Celery's result backend (``result_backend_config``), so any Celery client can
-      ``AsyncResult(id).get()``.
+      Producers run without a result backend (a backend would subscribe to every job they send); workers store
+      the outcome of a plain Celery producer's message in Celery's result backend (``result_backend_config``), so
+      any Celery client can ``AsyncResult(id).get()`` (the SDK's messages say ``ignore_result``: it reads the
+      job record).
     - Leases: kombu's visibility timeout is ``settings.lease_s``; workers renew the messages they hold every
       ``lease_s / 3`` (``rerankq.worker.leases``), and every worker sweeps for expired ones every ``lease_s / 4``
       (``unacked_restore_interval``, scanning each time): a dead worker's jobs are back within about one lease,

@@ -26,7 +26,7 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``unacked`` / ``unacked_index`` | hash / zset | Celery's messages held by workers, by lease expiry (kombu) |
 | ``{queue}:pending`` | zset | task ids sent to a queue and not yet taken by a worker (``rerankq.worker.reaper``) |
 | ``{queue}:pending:msg`` | hash | task id → message, for messages put back in a queue (``rerankq.worker.reaper``) |
-| ``celery-task-meta-{task id}`` | string | Celery's result protocol: ``AsyncResult(id).get()`` from any client |
+| ``celery-task-meta-{task id}`` | string | Celery's result of a plain Celery producer's message (``AsyncResult``) |
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 
-from rerankq import keys
+from rerankq import celeryconf, keys
 from rerankq.cli.cluster import RedisServer, S3Server
 from rerankq.client import RerankClient
 from tests.integration.conftest import WorkerProcess, start_worker, stop_worker, wait_for
@@ -47,7 +47,7 @@ BAD = {
 def celery_state(worker: WorkerProcess, task_id: str) -> str:
     """The task's state as any Celery client configured per ``result_backend_config`` reads it."""
     app = Celery("someone-else", broker=worker.settings.redis_url, set_as_current=False)
-    app.conf.update(keys.result_backend_config(worker.settings))
+    app.conf.update(celeryconf.result_backend_config(worker.settings))
     wait_for(lambda: app.AsyncResult(task_id).state != "PENDING", 30, "the Celery result")
     return str(app.AsyncResult(task_id).state)
 

@@ -29,7 +29,6 @@ from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.uuid import uuid
 
 from rerankq import keys
@@ -163,18 +162,6 @@ class DeadLetterChannel(kombu_redis.Channel):
     """kombu's Redis channel with malformed entries dead-lettered and pending sets kept (see the module doc)."""
 
     QoS = PendingQoS
-    fanout_receivers: int | None = None  # how many subscribers the last fanout publish reached (events)
-
-    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
-        """kombu's, keeping ``PUBLISH``'s reply: how many subscribers heard it (``rerankq.worker.events``)."""
-        if kwargs.get("_publish_batch") is not None:
-            self.fanout_receivers = None  # a batched publish: its replies come later, unknown here
-            super()._put_fanout(exchange, message, routing_key, **kwargs)
-            return
-        payload, self.fanout_receivers = kombu_dumps(message), None  # None until PUBLISH answers
-        with self.conn_or_acquire() as client:
-            self.fanout_receivers = sum(int(client.publish(topic, payload) or 0)
-                                        for topic in self._get_publish_topics(exchange, routing_key))
 
     def _brpop_read(self, **options: Any) -> bool:
         try:

@@ -446,7 +446,7 @@ def _plain_celery(c: Cluster) -> Any:
     rerankq documents for reading outcomes (``rerankq.celeryconf.result_backend_config``)."""
     from celery import Celery
 
-    from rerankq.keys import result_backend_config
+    from rerankq.celeryconf import result_backend_config
 
     app = Celery("someone-else", broker=c.redis_url, set_as_current=False)
     app.conf.update(result_backend_config(c.settings))

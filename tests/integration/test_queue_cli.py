@@ -45,7 +45,8 @@ def test_submit_from_stdin_then_status_and_result(queue_worker: WorkerProcess) -
     assert result["job_id"] == "cli-2"
     status = json.loads(cli(queue_worker, "status", "cli-2").stdout)
     assert status["state"] == "succeeded" and status["progress"]["pairs_done"] == 1
-    assert "already succeeded" in cli(queue_worker, "cancel", "cli-2").stdout
+    late = cli(queue_worker, "cancel", "cli-2")  # too late: said, with exit 1
+    assert late.returncode == 1 and "already succeeded" in late.stderr
 
 
 def test_errors_are_one_line_with_an_exit_code(queue_worker: WorkerProcess) -> None:

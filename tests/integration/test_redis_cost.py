@@ -26,13 +26,14 @@ def test_every_command_of_a_run_lands_in_a_phase() -> None:
                              "slowlog_full": False}
     assert run["untraced"]["executed_per_job"] > 0 and run["untraced"]["cpu_us_per_job"] > 0
 
-    for name in ("submit", "take", "start", "finish", "ack", "result backend", "client read"):
+    assert phases.get("result backend", {}).get("sent", 0) == 0  # the SDK's messages leave no Celery result
+    for name in ("submit", "take", "start", "finish", "ack", "client read"):
         assert phases[name]["sent"] > 0, name
     # Each job: one record created, one message fetched and acknowledged, one start, one finish, one result read.
     items = {name: p["items"] for name, p in run["phases"].items()}
     assert items["submit"]["EVALSHA create"] == 1
     assert items["take"]["BRPOP queue"] == 1
-    assert items["ack"]["ZREM unacked_index"] == 1
+    assert 0 < items["ack"]["ZREM unacked_index"] <= 1  # the acks of one event-loop pass go out together
     assert 0 < items["start"]["EVALSHA start"] <= 1  # one call per round, for all the jobs it takes
     assert items["start"]["HMGET job (Lua)"] == 1  # ... which reads each job's record once
     assert 0 < items["finish"]["EVALSHA finish"] <= 1  # one call per pass, for all the jobs it ends

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _jobs(scorer: Scorer, report: dict[str, Any], args: argparse.Namespace) -> int:
-    from shell import sharing_bench
+    from bench import sharing as sharing_bench
 
     peak = args.peak_tflops or (989.0 if args.device.startswith("cuda") else None)
     report["jobs"] = [sharing_bench.measure_job(scorer, shape, docs, _text, args.max_tokens, args.max_pairs,

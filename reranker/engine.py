@@ -303,6 +303,7 @@ class RoundEngine:
         ready = [tally.outcome(n) for n, job in enumerate(plan.jobs) if not job.retry and tally.pending[n] == 0]
         if ready:
             yield Pass(ready, [], {}, left=len(plan.batches))
+        stored = False
         for b, batch in enumerate(plan.batches):
             units = [plan.units[i] for i in batch if tally.live(plan.units[i].job)]
             if keep is not None and units:
@@ -311,9 +312,12 @@ class RoundEngine:
                 units = [u for u in units if tally.live(u.job)]
             if units:
                 done = self._forward(plan, tally, units, len(plan.batches) - b - 1)
-                if not any(tally.pending[n] for n in range(len(plan.jobs)) if tally.live(n)):
+                if not stored and not any(tally.pending[n] for n in range(len(plan.jobs)) if tally.live(n)):
                     self._put(tally.fresh())  # before the last yield: a caller may stop once its jobs ended
+                    stored = True
                 yield done
+        if not stored:  # the last passes were of jobs cancelled meanwhile
+            self._put(tally.fresh())
 
     def _forward(self, plan: Plan, tally: _Tally, units: list[Unit], left: int) -> Pass:
         t0 = time.perf_counter()

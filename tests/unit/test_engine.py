@@ -146,3 +146,12 @@ def test_ties_keep_input_order() -> None:
 def test_result_location() -> None:
     assert result_location("s3://results/rerank/", "abc") == "s3://results/rerank/abc.json"
     assert result_location("s3://results", "abc") == "s3://results/abc.json"
+
+
+def test_fresh_scores_reach_the_cache_when_the_last_pass_was_cancelled() -> None:
+    scores = Scores()
+    e = engine(scores, max_pairs=2)
+    plan = e.prepare([job("a", ["a0", "a1"]), job("z", ["z0", "z1", "z2", "z3", "z4", "z5"])])
+    passes = list(e.score(plan, keep=lambda ids: [i for i in ids if i != "z"]))
+    assert [o.job.id for p in passes for o in p.finished] == ["a"]
+    assert len(scores.stored) == 2  # a's scores, though no pass after a's last one ran

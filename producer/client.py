@@ -275,8 +275,9 @@ class RerankClient:
             finished = self.completions.take(pending)
             if check:
                 states = self.jobs.states(check)
+                known = set(finished)
                 finished += [j for j, s in zip(check, states, strict=True) if (s is None or s in TERMINAL)
-                             and j not in finished]
+                             and j not in known]
             for job_id, outcome in self._read_ended(finished):
                 done += 1
                 report(done)

@@ -253,14 +253,13 @@ class RoundEngine:
         """Stage 3: the job's pairs. Any exception the model raises for one document is that document's error;
         one raised for the whole job is the job's: never the round's."""
         query, documents = sides[0], sides[1:]
-        settled = PreparedJob(job, lookup=look, media_s=media_s)
         if job.retry_media and (transient := transient_failure(sides)) is not None:
             return PreparedJob(job, lookup=look, retry=transient, media_s=media_s)
         errors = {i: str(d) for i, d in enumerate(documents) if isinstance(d, MediaError)}
         if isinstance(query, MediaError):
             return PreparedJob(job, {}, errors, look, f"query: {query}", query, media_s=media_s)
         if query is None:  # every document came from the cache: nothing to prepare
-            return settled
+            return PreparedJob(job, lookup=look, media_s=media_s)
         usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide) and i not in look.hits]
         if job.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: each document's texts cut first
             usable = [(i, self.model.cap_texts(d, job.max_tokens_per_doc)) for i, d in usable]

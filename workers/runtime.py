@@ -40,7 +40,7 @@ from rerankq.jobs import JobState
 from rerankq.jobstore import JobStore
 from rerankq.media.resolver import MediaResolver
 from rerankq.models.contract import RerankModel
-from rerankq.models.engine import JobOutcome, Pass, Plan, RoundEngine, failed
+from rerankq.models.engine import JobInput, JobOutcome, Pass, Plan, RoundEngine, failed
 from rerankq.results import ResultStore
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings, knob
@@ -173,7 +173,7 @@ class Runtime:
                                  if j.job.id in by_id and j.settled and j.pairs and not j.error})
         return Round(plan, by_id, fail_fast)
 
-    def _input(self, held: HeldJob) -> Any:
+    def _input(self, held: HeldJob) -> JobInput:
         media = self.settings.media
         return engine_input(held, self.settings.limits, self.settings.instruction,
                             retry_media=held.media_retries < media.job_retries)

@@ -21,11 +21,13 @@ from bench.redis_trace import Entry, ProcessPorts, Window
 
 PHASES = {  # name -> what it holds; job phases first, then the beats that run with or without jobs
     "submit": "records created (CREATE), pending sets, messages published (LPUSH), gateway's recent list",
-    "take": "kombu fetch (BRPOP, timed-out ones inferred) and unacked bookkeeping (MULTI ZADD/HSET, pending ZREM)",
-    "accept": "the worker task's record check (CREATE no-op when the SDK made it)",
+    "take": "kombu fetch (BRPOP, timed-out ones inferred; RPOP of the round's others) and unacked bookkeeping "
+            "(ZADD/HSET, pending ZREM)",
+    "accept": "the worker task's record check (CREATE, for a message no SDK made a record for)",
     "start": "START script (mark running, fence)",
-    "cancel check": "the worker's state read before each forward pass (HGET state)",
-    "progress": "PROGRESS script (pairs_done)",
+    "cancel check": "the worker's cancels counter read before each forward pass (GET), and its jobs' states "
+                    "when it moved (HGET state)",
+    "progress": "PROGRESS script (pairs_done; a job at most once a second, none in its first second)",
     "finish": "COMMIT / FINISH / REQUEUE scripts (done token, notify, callback event inside)",
     "ack": "kombu ack (MULTI ZREM unacked_index / HDEL unacked)",
     "result backend": "Celery's celery-task-meta (GET, SETEX, PUBLISH)",
@@ -52,7 +54,7 @@ READS = {"GET", "HGET", "HGETALL", "HMGET", "HKEYS", "EXISTS", "LLEN", "LRANGE",
 BLOCKING = {"brpop": "take", "blpop": "client wait", "bzpopmin": "other", "blmove": "other"}
 
 CMD_KIND = {
-    ("BRPOP", "queue"): "take", ("LPUSH", "queue"): "submit", ("RPUSH", "queue"): "reaper",
+    ("BRPOP", "queue"): "take", ("RPOP", "queue"): "take", ("LPUSH", "queue"): "submit", ("RPUSH", "queue"): "reaper",
     ("ZADD", "unacked_index"): "take", ("ZREM", "unacked_index"): "ack", ("ZRANGE", "unacked_index"): "restore sweep",
     ("ZREVRANGEBYSCORE", "unacked_index"): "restore sweep",
     ("HSET", "unacked"): "take", ("HDEL", "unacked"): "ack", ("HGET", "unacked"): "restore sweep",
@@ -64,7 +66,7 @@ CMD_KIND = {
 KIND = {"done": "client wait", "task-meta": "result backend", "unacked_mutex": "restore sweep",
         "kombu-binding": "submit", "worker": "registry", "stats": "registry", "callbacks": "callbacks",
         "gateway:recent": "submit", "gateway:wake": "client wait", "notify": "client wait", "score": "score cache",
-        "celeryev/worker.heartbeat": "heartbeat"}
+        "celeryev/worker.heartbeat": "heartbeat", "cancels": "cancel check"}
 SCRIPT_PHASE = {"start": "start", "progress": "progress", "commit": "finish", "finish": "finish",
                 "requeue": "finish", "reap": "reaper", "callback claim": "callbacks", "callback retry": "callbacks",
                 "callback drop": "callbacks", "batch create": "submit", "batch move": "batch runner",
@@ -103,7 +105,7 @@ def key_kinds(prefix: str) -> list[tuple[re.Pattern[str], str]]:
              (r"^unacked_mutex$", "unacked_mutex"), (r"^_kombu\.binding", "kombu-binding"),
              (rf"^{p}:worker:", "worker"), (rf"^{p}:stats:", "stats"), (rf"^{p}:batch(es$|:)", "batch"),
              (rf"^{p}:callbacks:", "callbacks"), (rf"^{p}:gateway:recent", "gateway:recent"),
-             (rf"^{p}:gateway:wake", "gateway:wake"),
+             (rf"^{p}:gateway:wake", "gateway:wake"), (rf"^{p}:cancels$", "cancels"),
              (rf"^{p}:notify:", "notify"), (rf"^{p}:dlq$", "dlq"), (r"^rerankq:score:", "score"),
              (r":pending:msg$", "pending:msg"), (r":pending$", "pending"), (rf"^{p}\.", "queue")]
     return [(re.compile(pattern, re.S), kind) for pattern, kind in table]

@@ -25,6 +25,7 @@ from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
 from rerankq.client.batch_submit import submit_batch, wait_batch
 from rerankq.client.progress import Progress
+from rerankq.client.sent_events import sent_events
 from rerankq.client.waiting import RECHECK_S, Completions, deadline_left
 from rerankq.connections import redis_client
 from rerankq.errors import CallbackRefused, CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, TransientError
@@ -128,10 +129,14 @@ class RerankClient:
         if notify is not None and notify == self.completions.key:
             self.completions.created(job["job_id"] for job in fresh)
         try:
-            with self.celery.producer_or_acquire() as producer, producer.batch(max_size=4 * len(fresh)):
-                for job in fresh:
-                    self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,
-                                          queue=keys.job_queue(self.settings, job), ignore_result=True)
+            with self.celery.producer_or_acquire() as producer:
+                events = sent_events(self.celery, producer.channel, len(fresh))
+                with producer.batch(max_size=4 * len(fresh)):
+                    for job in fresh:
+                        self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,
+                                              queue=keys.job_queue(self.settings, job), ignore_result=True,
+                                              headers={keys.RECORDED_HEADER: 1}, event_dispatcher=events)
+                events.flush()
         except Exception:
             # Publishing failed, wholly or part-way: drop the new records so that a retry with the same job_id
             # publishes again instead of finding a record no message will complete. A message that did go

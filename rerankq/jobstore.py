@@ -147,7 +147,8 @@ class JobStore:
     def cancel(self, job_id: str) -> str:
         """Cancel a queued or running job; returns the state it had, ``finishing`` included. Terminal and
         finishing jobs are left as they are (a finishing job is writing its result: it ends succeeded)."""
-        state = self._cancel(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.ttl_s])
+        state = self._cancel(keys=[*self._script_keys(job_id), keys.cancels_key(self.settings)],
+                             args=[time.time(), self.settings.results.ttl_s])
         if state is None:
             raise NoSuchJob(job_id)
         return text_of(state)
@@ -256,6 +257,11 @@ class JobStore:
         for job_id in job_ids:
             pipe.hget(self.key(job_id), "state")
         return [public_state(s) for s in pipe.execute()]
+
+    def cancels(self) -> int:
+        """How many jobs were ever cancelled (on this Redis, under this prefix): while it stays put, no job a
+        worker runs was cancelled (one GET instead of one per job)."""
+        return int(self.redis.get(keys.cancels_key(self.settings)) or 0)
 
     def peek(self, job_id: str) -> JobState | None:
         """The public state, as stored (no deadline check): one HGET."""

@@ -18,6 +18,7 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}:batch:{id}`` | hash | a batch record (``rerankq.batches``) |
 | ``{prefix}:batch:{id}:{part}`` | various | a batch runner's keys: lines written, error lines, custom ids, lock |
 | ``{prefix}:batches`` | zset | batch ids by creation time (``rerankq batch list``) |
+| ``{prefix}:cancels`` | int | how many jobs were ever cancelled: workers look for cancelled jobs only when it moved |
 | ``{prefix}:dlq`` | list | queue entries that were not rerank messages (``rerankq dlq list``) |
 | ``rerankq:score:{digest}`` | string, TTL | a cached score, in the score cache's own Redis |
 | ``{prefix}:callbacks:due`` | zset | callback events by due time; claiming pushes it forward (``rerankq.callbacks``) |
@@ -41,6 +42,9 @@ TASK_NAME = "rerankq.rerank"
 BATCH_TASK_NAME = "rerankq.batch"
 UNACKED_INDEX = "unacked_index"  # kombu's index of held messages by lease start (its default name)
 PRIORITIES = ("high", "normal", "low")  # the order workers drain them in
+# A message header the SDK (and a worker's reaper) sets on a job whose record it created before publishing: the
+# worker does not look for the record again (a message without it, from any other producer, gets one made).
+RECORDED_HEADER = "rerankq_recorded"
 
 
 def queue_name(settings: Settings, priority: str) -> str:
@@ -130,6 +134,10 @@ def batch_key(settings: Settings, batch_id: str, part: str = "") -> str:
 
 def batches_key(settings: Settings) -> str:
     return f"{settings.queue_prefix}:batches"
+
+
+def cancels_key(settings: Settings) -> str:
+    return f"{settings.queue_prefix}:cancels"
 
 
 def dlq_key(settings: Settings) -> str:

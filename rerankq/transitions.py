@@ -20,8 +20,9 @@ local function job_event(rec, due, events, state, url)
                                                key = rec, job = record}))
   redis.call('ZADD', due, tonumber(at), id)
 end
-local function end_job(rec, done, due, events, state, ttl, ...)
-  local f = redis.call('HMGET', rec, 'callback_url', 'notify', 'ends')
+-- ``f``: the record's callback_url, notify and ends, when the caller read them already (else nil).
+local function end_job(rec, done, due, events, state, ttl, f, ...)
+  f = f or redis.call('HMGET', rec, 'callback_url', 'notify', 'ends')
   redis.call('HDEL', rec, 'result', 'result_uri', 'error', 'wire')
   redis.call('HSET', rec, 'state', state, 'ends', (tonumber(f[3]) or 0) + 1, ...)
   if f[1] then job_event(rec, due, events, state, f[1]) end
@@ -31,7 +32,7 @@ local function end_job(rec, done, due, events, state, ttl, ...)
   if f[2] and redis.call('RPUSH', f[2], state .. ' ' .. rec) == 1 then redis.call('EXPIRE', f[2], ttl) end
 end
 local function finish_with(state, ttl, ...)
-  end_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], state, ttl, ...)
+  end_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], state, ttl, nil, ...)
 end
 local function expire_if_due(state, deadline, now, ttl)
   if state ~= 'queued' then return false end
@@ -81,11 +82,11 @@ for j = 1, (#KEYS - 2) / 2 do
   elseif state ~= 'queued' and died == 0 then
     out[j] = {state, created, 0, 0, 0}
   elseif deadline and now > deadline then
-    end_job(rec, done, KEYS[1], KEYS[2], 'expired', ttl, 'finished_at', now, 'error',
+    end_job(rec, done, KEYS[1], KEYS[2], 'expired', ttl, nil, 'finished_at', now, 'error',
             'deadline passed before it started')
     out[j] = {'expired', created, 0, died, 1}
   elseif died == 1 and solo >= max_solo then
-    end_job(rec, done, KEYS[1], KEYS[2], 'failed', ttl, 'deliveries', deliveries, 'finished_at', now, 'error',
+    end_job(rec, done, KEYS[1], KEYS[2], 'failed', ttl, nil, 'deliveries', deliveries, 'finished_at', now, 'error',
             'delivered ' .. (deliveries - 1) .. ' times; each time the worker died: last on ' .. (f[5] or '?'))
     out[j] = {'failed', created, 0, died, 1}
   else
@@ -128,7 +129,7 @@ for j = 1, (#KEYS - 2) / 2 do
   local fence, state, ttl, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local fields = {unpack(ARGV, a + 4, a + 3 + n)}
   a = a + 4 + n
-  local f = redis.call('HMGET', rec, 'state', 'fence')
+  local f = redis.call('HMGET', rec, 'state', 'fence', 'callback_url', 'notify', 'ends')
   if not f[1] then
     out[j] = 0
   elseif f[2] ~= fence then
@@ -136,7 +137,7 @@ for j = 1, (#KEYS - 2) / 2 do
   elseif f[1] ~= 'running' and f[1] ~= 'finishing' then
     out[j] = f[1]
   else
-    end_job(rec, done, KEYS[1], KEYS[2], state, ttl, unpack(fields))
+    end_job(rec, done, KEYS[1], KEYS[2], state, ttl, {f[3], f[4], f[5]}, unpack(fields))
     out[j] = state
   end
 end
@@ -153,12 +154,14 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'last_error', ARGV[2], 'retries',
 return retries
 """
 
-# ARGV: now, ttl. The state before the call (false when gone). Finishing jobs are past cancelling.
+# ARGV: now, ttl. KEYS[5]: the cancels counter, moved by every cancel (workers check it between passes rather than
+# every job's state). The state before the call (false when gone). Finishing jobs are past cancelling.
 CANCEL = LIB + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
 if state == 'queued' or state == 'running' then
   finish_with('cancelled', ARGV[2], 'finished_at', ARGV[1])
+  redis.call('INCR', KEYS[5])
 end
 return state
 """

@@ -34,6 +34,9 @@ class HeldJob:
     media_retries: int = 0
     finished: bool = False
     final: dict[str, Any] | None = None  # once written: the result (or its S3 pointer), or {"error": …}
+    unreported: int = 0  # pairs done and not yet added to the record's pairs_done (``Runtime._report_progress``)
+    reported_at: float = 0.0  # when progress was last written (monotonic; 0: never)
+    started_mono: float = 0.0  # when this attempt started (monotonic)
 
     @property
     def job_id(self) -> str:

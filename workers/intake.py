@@ -88,6 +88,12 @@ class Intake:
     def accepting(self) -> bool:
         return self._open.is_set() and self._inbox.qsize() < self.settings.max_jobs
 
+    def room(self, in_transit: int) -> int:
+        """How many more messages the round being formed can take (``in_transit``: taken, not yet submitted)."""
+        if not self._open.is_set():
+            return 0
+        return max(self.settings.max_jobs - self._inbox.qsize() - in_transit, 0)
+
     def delay(self, run: HeldJob, seconds: float) -> None:
         """Hold a job back (a media retry) until ``seconds`` from now; it leads a later round."""
         with self._delayed_lock:
@@ -198,6 +204,7 @@ class IntakeGate(bootsteps.StartStopStep):
                 runtime.transit.taken(str(headers["id"]))
 
         qos.append = MethodType(append_and_count, qos)
+        qos.take_room = lambda: runtime.intake.room(runtime.transit.waiting())  # read by the transport's take
         if c.hub is not None:
             if self._pipe is None:
                 self._pipe = os.pipe()

@@ -127,7 +127,8 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
 
     def send(job: dict[str, Any], task_id: str, queue: str) -> None:
         # a job the SDK made (the reaper resends from the record only those): no Celery result, as the SDK's
-        app.send_task(keys.TASK_NAME, args=[job], task_id=task_id, queue=queue, ignore_result=True)
+        app.send_task(keys.TASK_NAME, args=[job], task_id=task_id, queue=queue, ignore_result=True,
+                      headers={keys.RECORDED_HEADER: 1})
 
     reaper = Reaper(settings, store.redis, queues, metrics, send)
     leases = LeaseKeeper(settings, store.redis, metrics, parts=[beat, reaper], interval=registry.HEARTBEAT_S).start()

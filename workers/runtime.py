@@ -52,6 +52,8 @@ from rerankq.worker.scorecache import ScoreCache
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_S = 1.0  # a running job's pairs_done is written at most this often, first this long after it started
+
 
 @dataclass
 class Round:
@@ -61,6 +63,7 @@ class Round:
     plan: Plan
     held: dict[str, HeldJob]
     failed: list[tuple[HeldJob, JobOutcome]] = field(default_factory=list)
+    cancels: int | None = None  # the cancels counter read before its jobs started; None: not known
 
 
 class Runtime:
@@ -154,6 +157,7 @@ class Runtime:
         self._handoff.put(round_)
 
     def _prepare(self, held: list[HeldJob]) -> Round:
+        cancels = self._cancels()
         held = self._mark_running(held)
         missing = self._missing_result_buckets(held)
         fail_fast = [(h, failed(self._input(h), missing[h.job_id])) for h in held if h.job_id in missing]
@@ -169,9 +173,9 @@ class Runtime:
                 self._retry_later(by_id.pop(job.job.id), job.retry)
         # Documents that failed already, or came from the cache, are done too (a job with nothing left to score
         # ends at once: its outcome sets pairs_done).
-        self.store.add_progress({by_id[j.job.id].attempt: j.settled for j in plan.jobs
-                                 if j.job.id in by_id and j.settled and j.pairs and not j.error})
-        return Round(plan, by_id, fail_fast)
+        self._report_progress([(by_id[j.job.id], j.settled) for j in plan.jobs
+                               if j.job.id in by_id and j.settled and j.pairs and not j.error])
+        return Round(plan, by_id, fail_fast, cancels)
 
     def _input(self, held: HeldJob) -> JobInput:
         media = self.settings.media
@@ -209,6 +213,7 @@ class Runtime:
         for h, started in zip(held, found, strict=True):
             if started.state == JobState.RUNNING:
                 h.fence, h.created_at, h.started_at = started.fence, started.created_at, time.time()
+                h.started_mono = time.monotonic()
                 self.metrics.queue_wait.observe(max(h.started_at - started.created_at, 0.0))
                 kept.append(h)
                 continue
@@ -254,14 +259,42 @@ class Runtime:
             if self.settings.batch.record_path:
                 record_pass(self.settings.batch.record_path, done.pairs)
             ended = {o.job.id for o in done.finished}  # their pairs_done comes with their outcome
-            try:
-                self.store.add_progress({round_.held[i].attempt: n for i, n in done.scored.items() if i not in ended})
-            except Exception as exc:  # progress is advisory: a Redis blip must not fail the round's jobs
-                logger.warning("progress of %d jobs not recorded: %s", len(done.scored), exc)
+            self._report_progress([(round_.held[i], n) for i, n in done.scored.items() if i not in ended])
         self.finisher.finish([(round_.held[o.job.id], o) for o in done.finished])
 
+    def _report_progress(self, done: list[tuple[HeldJob, int]]) -> None:
+        """Add pairs done to the jobs' records, each job at most once per ``PROGRESS_S`` and not in its first
+        ``PROGRESS_S`` (a job that ends sooner says ``pairs_done`` with its outcome: a progress write for it would
+        be Redis work nobody sees); the rest is kept and added later."""
+        now, due = time.monotonic(), []
+        for held, n in done:
+            held.unreported += n
+            if now - max(held.reported_at, held.started_mono) >= PROGRESS_S and held.unreported:
+                due.append((held, held.unreported))
+        if not due:
+            return
+        try:
+            self.store.add_progress({held.attempt: n for held, n in due})
+        except Exception as exc:  # progress is advisory: a Redis blip must not fail the round's jobs
+            logger.warning("progress of %d jobs not recorded: %s", len(due), exc)
+            return
+        for held, n in due:
+            held.unreported -= n
+            held.reported_at = now
+
+    def _cancels(self) -> int | None:
+        try:
+            return self.store.cancels()
+        except Exception as exc:  # a Redis blip: every pass of the round looks at its jobs' states instead
+            logger.warning("could not read the cancels counter: %s", exc)
+            return None
+
     def _still_wanted(self, round_: Round, job_ids: list[str]) -> Collection[str]:
-        """Skip work whose caller went away: jobs cancelled since the round was formed are settled, unscored."""
+        """Skip work whose caller went away: jobs cancelled since the round was formed are settled, unscored.
+        Their states are read only when the cancels counter moved since the round's jobs started."""
+        cancels = self._cancels()
+        if cancels is not None and cancels == round_.cancels:
+            return job_ids
         try:
             states = dict(zip(job_ids, self.store.peek_many(job_ids), strict=True))
         except Exception as exc:  # a Redis blip: score them; finishing refuses any that were cancelled

@@ -89,7 +89,8 @@ def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, .
                      str(request.id))
         raise JobFailed(job_id, JobState.FAILED, str(exc)) from None
     if request.id == job_id:  # the SDK's message (its task id is the job id), or a raw one without job_id
-        runtime.store.create_many([job.wire()])  # a no-op when the producer made the record
+        if not (request.headers or {}).get(keys.RECORDED_HEADER):  # the SDK made the record before publishing
+            runtime.store.create_many([job.wire()])  # a no-op when the producer made the record
         return job
     # A raw message naming its job_id: it owns the job only if it created the record (or is that message,
     # redelivered). Another message with the same job_id is a duplicate: it must not run the job twice.

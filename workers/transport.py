@@ -1,16 +1,18 @@
-"""The worker's Redis transport: kombu's, with two changes.
+"""The worker's Redis transport: kombu's, with these changes.
 
 - A queue entry which is not a Celery message (not JSON, not an object, no ``properties``) is moved to the
   dead-letter list instead of killing the worker (kombu would raise in its poller and Celery would stop with
   "Unrecoverable error") or being reported as a lost broker connection (and every job in flight restored and
   scored twice).
-- Fanout publishes (Celery's task events) keep how many subscribers heard them, so the worker's event
-  dispatcher sends task events only while something listens (``rerankq.worker.events``).
+- Fanout publishes (Celery's events) keep how many subscribers heard them (``fanout_receivers``), so that the
+  worker's event dispatcher drops task events while nothing listens (``rerankq.worker.events``).
 - Acknowledgements made together (a round's jobs end together) are written together, in one round trip.
+- Taking is batched: after kombu's ``BRPOP`` returns a message, one ``RPOP`` takes as many more from the same
+  queue as the round being formed has room for (the intake gate's ``take_room``), and one round trip records
+  them all as held (``unacked``): three round trips for a round's messages instead of two per message.
 - Taking a message removes its task id from its queue's pending set (``rerankq.keys.pending_key``) in the
-  same round trip that records it as held (``unacked``), and putting one back adds it again, with the
-  message: the pending set is what ``rerankq.worker.reaper`` reads to find messages lost between kombu's ``BRPOP``
-  and that write.
+  same step that records it as held, and putting one back adds it again, with the message: the pending set
+  is what ``rerankq.worker.reaper`` reads to find messages lost between kombu's ``BRPOP`` and that write.
 
 Selected with Celery's ``broker_transport`` (``rerankq.worker.app.worker_config``); the URL stays ``redis://`` or
 ``sentinel://``. Producers keep kombu's own transport: they only publish.
@@ -23,6 +25,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kombu.asynchronous import get_event_loop
@@ -36,6 +39,9 @@ from rerankq import keys
 logger = logging.getLogger(__name__)
 
 DLQ_KEY_OPTION = "rerankq_dlq_key"  # transport option: where dead letters go
+
+MAX_TAKE = 256  # entries taken at most after one BRPOP
+Taken = tuple[bytes | str, dict[str, Any] | None, str, str | None]  # entry, message, why not one, tag if recorded
 
 
 def as_message(item: bytes | str) -> tuple[dict[str, Any] | None, str]:
@@ -85,12 +91,23 @@ class PendingQoS(kombu_redis.QoS):
     message put back after its lease, whose job's record is already final: the redelivery is refused by its
     fencing."""
 
+    take_room: Callable[[], int] | None = None  # how many messages the worker can take now (its intake gate)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: list[str] = []  # acknowledged on the loop, not yet removed from ``unacked``
         self._acks_lock = threading.Lock()
+        self._recorded: set[str] = set()  # delivery tags the TAKE script recorded as held already
+
+    def recorded(self, delivery_tag: str) -> None:
+        """The next ``append`` of this tag has nothing to write: ``TAKE`` wrote it."""
+        self._recorded.add(delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self._recorded:
+            self._recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         delivery = message.delivery_info
         exchange, queue = delivery["exchange"], delivery["routing_key"]
         task_id = task_id_of(message._raw)
@@ -162,6 +179,18 @@ class DeadLetterChannel(kombu_redis.Channel):
     """kombu's Redis channel with malformed entries dead-lettered and pending sets kept (see the module doc)."""
 
     QoS = PendingQoS
+    fanout_receivers: int | None = None  # how many subscribers the last fanout publish reached
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
+        if kwargs.get("_publish_batch") is not None:
+            super()._put_fanout(exchange, message, routing_key, **kwargs)
+            return
+        payload = kombu_redis.dumps(message)
+        heard = 0
+        with self.conn_or_acquire() as client:
+            for topic in self._get_publish_topics(exchange, routing_key):
+                heard += int(client.publish(topic, payload) or 0)
+        self.fanout_receivers = heard
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -175,15 +204,59 @@ class DeadLetterChannel(kombu_redis.Channel):
             dest, item = reply
             queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
-            message, reason = as_message(item)
-            if message is None:
-                self._dead_letter(queue, reason, item)
-            else:
+            for entry, message, reason, tag in self._take(bytes_to_str(dest), queue, item):
+                if message is None:
+                    self._dead_letter(queue, reason, entry)
+                    continue
+                if tag is not None:
+                    self.qos.recorded(tag)
                 self.connection._deliver(message, queue)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu's attribute, untyped
             self._flush_brpop_reauth()
+
+    def _take(self, dest: str, queue: str, item: bytes) -> list[Taken]:
+        """The entry BRPOP took and as many more from the same queue as the worker has room for (one ``RPOP``),
+        the Celery messages among them recorded as held in one more round trip, as ``PendingQoS.append`` would
+        one by one. Returns (entry, message or None, why not, delivery tag when recorded) per entry, in queue
+        order; a message not recorded goes through ``append``, an entry that is none to the dead-letter list."""
+        room = getattr(self.qos, "take_room", None)
+        more = min(max(room() - 1, 0), MAX_TAKE) if room is not None else 0
+        entries: list[bytes | str] = [item]
+        if more:
+            with self.conn_or_acquire() as client:
+                entries += client.rpop(dest, more) or []
+        out: list[Taken] = []
+        for entry in entries:
+            message, reason = as_message(entry)
+            tag = message["properties"].get("delivery_tag") if message else None
+            out.append((entry, message, reason, tag if isinstance(tag, str) and len(entries) > 1 else None))
+        now, index, held, taken, copies = time.time(), {}, {}, [], []
+        for _, message, _, tag in out:
+            if message is None or tag is None:
+                continue
+            delivery = message["properties"]["delivery_info"]
+            index[tag] = now
+            held[tag] = json.dumps([message, delivery.get("exchange"), delivery.get("routing_key")])
+            task_id = task_id_of(message)
+            if task_id is not None:
+                taken.append(task_id)
+                if delivery.get("redelivered") or message.get("headers", {}).get("redelivered"):
+                    copies.append(task_id)
+        if index:
+            # The order of ``PendingQoS.append``: the lease index first (see its doc). Until this is written the
+            # entries are in no list; their pending entries let the reaper send them again if the worker dies.
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.zadd(self.unacked_index_key, index)
+                pipe.hset(self.unacked_key, mapping=held)
+                if taken:
+                    pipe.zrem(keys.pending_key(queue), *taken)
+                if copies:
+                    pipe.hdel(keys.pending_msg_key(queue), *copies)
+                pipe.execute()
+        return out
 
     def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                             leftmost: bool = False) -> None:

@@ -214,13 +214,19 @@ class RerankClient:
         result: dict[str, Any] = json.loads(record.result or "{}")
         return result
 
-    def wait_any(self, job_ids: list[str], timeout: float | None) -> str | None:
+    def wait_any(self, job_ids: list[str], timeout: float | None, watched: bool = False) -> str | None:
         """Block until one of ``job_ids`` is terminal; returns its id (None on timeout).
 
-        Blocks on the jobs' done tokens in slices shorter than the Redis client's socket timeout. The token
+        Marks the jobs watched (their ends push a done token; ``watched``: the caller did, reading their states)
+        and blocks on their done tokens in slices shorter than the Redis client's socket timeout. The token
         is put back so that other waiters on the same job wake too; between slices the states are read
         once, so a waiter whose token another client took still returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not watched:
+            ended = [j for j, s in zip(job_ids, self.jobs.states(job_ids, watch=True), strict=True)
+                     if s is None or s in TERMINAL]
+            if ended:
+                return ended[0]
         done_keys = [self.jobs.done(j) for j in job_ids]
         while True:
             left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
@@ -229,7 +235,8 @@ class RerankClient:
             popped = self.redis.blpop(done_keys, timeout=max(left, 0.01))
             if popped is not None:
                 break
-            finished = [j for j, s in zip(job_ids, self.jobs.states(job_ids), strict=True) if s in TERMINAL]
+            finished = [j for j, s in zip(job_ids, self.jobs.states(job_ids, watch=True), strict=True)
+                        if s is None or s in TERMINAL]
             if finished:
                 return finished[0]
         key = popped[0].decode() if isinstance(popped[0], bytes) else str(popped[0])
@@ -279,7 +286,7 @@ class RerankClient:
         while pending:
             finished = self.completions.take(pending)
             if check:
-                states = self.jobs.states(check)
+                states = self.jobs.states(check, watch=True)
                 known = set(finished)
                 finished += [j for j, s in zip(check, states, strict=True) if (s is None or s in TERMINAL)
                              and j not in known]
@@ -297,7 +304,8 @@ class RerankClient:
                 raise TimeoutError(f"{len(pending)} jobs unfinished after {timeout} s")
             wait = min(WAIT_SLICE_S, left) if left is not None else WAIT_SLICE_S
             if others:  # some ends can only be read: wake on their done tokens, look at the list between
-                self.wait_any(others[:256], min(wait, 1.0) if len(pending) > len(others) else wait)
+                self.wait_any(others[:256], min(wait, 1.0) if len(pending) > len(others) else wait,
+                              watched=True)  # their states were read with watch= above
                 heard = self.completions.listen(0.01) if len(pending) > len(others) else 0
             else:
                 heard = self.completions.listen(wait)

@@ -17,7 +17,8 @@ id PENDING; we say "no such job"). Each transition is one Lua script, atomic and
 - A start that finds the job ``running`` or ``finishing`` knows its previous holder died; such a job runs
   alone, and its ``solo`` count is what ``max_deliveries`` caps (poison jobs end ``failed``, innocents that
   shared a round with one are not charged).
-- Terminal states push one token on ``done_key`` so that waiters ``BLPOP`` instead of polling, and count
+- Terminal states push one token on ``done_key`` of a record a waiter marked ``watched`` (reading its state
+  with ``JobStore.states(..., watch=True)``), so that waiters ``BLPOP`` instead of polling, and count
   themselves in the record's ``ends`` field: exactly 1 for every ended job (the chaos tests read it). A record
   with a ``notify`` list also gets ``STATE RECORD-KEY`` pushed there (a batch runner's one list for all its jobs).
 - A job with a ``callback_url`` gets its completion event in the callback outbox from the same script that ends

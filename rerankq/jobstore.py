@@ -132,8 +132,6 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         self._create(keys=[self.key(job_id)], args=[self.settings.results.failure_ttl_s, *flatten_fields(fields)],
                      client=pipe)
-        pipe.rpush(self.done(job_id), "1")
-        pipe.expire(self.done(job_id), self.settings.results.failure_ttl_s)
         return bool(self._execute(pipe)[0])
 
     def fail_queued(self, job_id: str, error: str) -> str | None:
@@ -160,7 +158,7 @@ class JobStore:
     def record(self, job_id: str) -> JobRecord:
         """The record (a queued job past its deadline is expired first); ``NoSuchJob`` if unknown."""
         pipe = self.redis.pipeline(transaction=False)
-        self._observe(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.failure_ttl_s],
+        self._observe(keys=self._script_keys(job_id), args=[time.time(), self.settings.results.failure_ttl_s, 0],
                       client=pipe)
         pipe.hgetall(self.key(job_id))
         raw = self.scripts.execute(pipe)[1]
@@ -177,7 +175,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         now, ttl = time.time(), self.settings.results.failure_ttl_s
         for job_id in job_ids:
-            self._observe(keys=self._script_keys(job_id), args=[now, ttl], client=pipe)
+            self._observe(keys=self._script_keys(job_id), args=[now, ttl, 0], client=pipe)
             pipe.hgetall(self.key(job_id))
         raws = self.scripts.execute(pipe)[1::2]
         return [JobRecord.from_hash(j, raw) if raw else None for j, raw in zip(job_ids, raws, strict=True)]
@@ -190,12 +188,14 @@ class JobStore:
             pipe.hgetall(self.key(job_id))
         return [JobRecord.from_hash(j, raw) if raw else None for j, raw in zip(job_ids, pipe.execute(), strict=True)]
 
-    def states(self, job_ids: list[str]) -> list[JobState | None]:
-        """Public states of many jobs in one round trip (None for unknown ids), deadlines applied."""
+    def states(self, job_ids: list[str], watch: bool = False) -> list[JobState | None]:
+        """Public states of many jobs in one round trip (None for unknown ids), deadlines applied. ``watch``: the
+        caller will block on the done lists (``done``) of those not ended: their ends push a token there (a job
+        nobody watches gets no done list; its creator hears of it on its notify list)."""
         pipe = self.redis.pipeline(transaction=False)
         now, ttl = time.time(), self.settings.results.failure_ttl_s
         for job_id in job_ids:
-            self._observe(keys=self._script_keys(job_id), args=[now, ttl], client=pipe)
+            self._observe(keys=self._script_keys(job_id), args=[now, ttl, int(watch)], client=pipe)
         return [public_state(s) for s in self.scripts.execute(pipe)]
 
     # worker side ---------------------------------------------------------------------------------

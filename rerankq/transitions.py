@@ -6,7 +6,8 @@ the scripts of many jobs (``*_MANY``: one call for a whole round) take the outbo
 """
 
 # Shared Lua: KEYS[1] record, KEYS[2] done list, KEYS[3] and KEYS[4] the callback outbox's due zset and events
-# hash. ``finish_with`` writes a terminal state, wakes waiters (the done list, and the creator's notify list) and,
+# hash. ``finish_with`` writes a terminal state, wakes waiters (the creator's notify list, and the done list when
+# a waiter marked the record ``watched``: ``OBSERVE`` with its watch flag) and,
 # for a job with a ``callback_url``, writes its event to the outbox in the same script (``rerankq.callbacks``
 # reads it: a snapshot of the ended record). Each script reads the fields it needs in one HMGET: every command a
 # script runs is Redis CPU spent per job.
@@ -20,15 +21,17 @@ local function job_event(rec, due, events, state, url)
                                                key = rec, job = record}))
   redis.call('ZADD', due, tonumber(at), id)
 end
--- ``f``: the record's callback_url, notify and ends, when the caller read them already (else nil).
+-- ``f``: the record's callback_url, notify, ends and watched, when the caller read them already (else nil).
 local function end_job(rec, done, due, events, state, ttl, f, ...)
-  f = f or redis.call('HMGET', rec, 'callback_url', 'notify', 'ends')
-  redis.call('HDEL', rec, 'result', 'result_uri', 'error', 'wire')
+  f = f or redis.call('HMGET', rec, 'callback_url', 'notify', 'ends', 'watched')
+  redis.call('HDEL', rec, 'result', 'result_uri', 'error', 'wire', 'watched')
   redis.call('HSET', rec, 'state', state, 'ends', (tonumber(f[3]) or 0) + 1, ...)
   if f[1] then job_event(rec, due, events, state, f[1]) end
   redis.call('EXPIRE', rec, ttl)
-  redis.call('RPUSH', done, '1')
-  redis.call('EXPIRE', done, ttl)
+  if f[4] then
+    redis.call('RPUSH', done, '1')
+    redis.call('EXPIRE', done, ttl)
+  end
   if f[2] and redis.call('RPUSH', f[2], state .. ' ' .. rec) == 1 then redis.call('EXPIRE', f[2], ttl) end
 end
 local function finish_with(state, ttl, ...)
@@ -53,12 +56,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# ARGV: now, failure ttl. The state after an expiry check (nil when gone).
+# ARGV: now, failure ttl, watch (1: a waiter will block on the done list: mark the record so that its end pushes a
+# token there). The state after an expiry check (nil when gone).
 OBSERVE = LIB + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'deadline_at')
+local f = redis.call('HMGET', KEYS[1], 'state', 'deadline_at', 'watched')
 local state = f[1]
 if not state then return false end
 if expire_if_due(state, f[2], tonumber(ARGV[1]), ARGV[2]) then return 'expired' end
+if ARGV[3] == '1' and not f[3] and (state == 'queued' or state == 'running' or state == 'finishing') then
+  redis.call('HSET', KEYS[1], 'watched', '1')
+end
 return state
 """
 
@@ -129,7 +136,7 @@ for j = 1, (#KEYS - 2) / 2 do
   local fence, state, ttl, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local fields = {unpack(ARGV, a + 4, a + 3 + n)}
   a = a + 4 + n
-  local f = redis.call('HMGET', rec, 'state', 'fence', 'callback_url', 'notify', 'ends')
+  local f = redis.call('HMGET', rec, 'state', 'fence', 'callback_url', 'notify', 'ends', 'watched')
   if not f[1] then
     out[j] = 0
   elseif f[2] ~= fence then
@@ -137,7 +144,7 @@ for j = 1, (#KEYS - 2) / 2 do
   elseif f[1] ~= 'running' and f[1] ~= 'finishing' then
     out[j] = f[1]
   else
-    end_job(rec, done, KEYS[1], KEYS[2], state, ttl, {f[3], f[4], f[5]}, unpack(fields))
+    end_job(rec, done, KEYS[1], KEYS[2], state, ttl, {f[3], f[4], f[5], f[6]}, unpack(fields))
     out[j] = state
   end
 end

@@ -131,8 +131,8 @@ class Gateway:
         status: dict[str, Any] = await self.run(self.client.status, job_id)
         return status
 
-    async def states(self, job_ids: list[str]) -> list[JobState | None]:
-        states: list[JobState | None] = await self.run(self.client.jobs.states, job_ids)
+    async def states(self, job_ids: list[str], watch: bool = False) -> list[JobState | None]:
+        states: list[JobState | None] = await self.run(self.client.jobs.states, job_ids, watch)
         return states
 
     async def result(self, job_id: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """One task per gateway process that waits for every job its callers wait for, on one Redis connection.
 
 A waiting call costs an asyncio future, not a connection: ``watch(job_id)`` returns a future that resolves when
-the job is terminal. The task ``BLPOP``s the done tokens (``rerankq.keys.done_key``) of all watched jobs at
+the job is terminal. The task marks each new job watched as it reads its state (a watched job's end pushes a
+token on its done list, ``rerankq.keys.done_key``), then ``BLPOP``s the done tokens of all watched jobs at
 once, plus a private *wake* list that ``watch`` pushes to when a new job joins, so that the next ``BLPOP``
 covers it. A popped token is put back, so other waiters (the SDK, other replicas) wake too. Every
 ``SWEEP_S`` seconds without news the states are read in one pipeline, in case another client took a token.
@@ -31,10 +32,11 @@ class Waiter:
     """Resolves futures when jobs end. ``start()`` in the app's lifespan, ``stop()`` at shutdown."""
 
     def __init__(self, settings: Settings, client: Any,
-                 states: Callable[[list[str]], Awaitable[list[JobState | None]]]) -> None:
+                 states: Callable[[list[str], bool], Awaitable[list[JobState | None]]]) -> None:
         self.settings = settings
         self.redis = client
-        self.states = states  # the job store's reading of states (deadlines applied)
+        self.states = states  # the job store's reading of states (deadlines applied; True: mark them watched)
+        self._watched: set[str] = set()  # jobs whose state was read with the watch mark
         self.blocking = async_redis_client(settings, max_connections=1)  # a BLPOP holds it up to SWEEP_S
         self.wake_key = f"{settings.queue_prefix}:gateway:wake:{uuid.uuid4().hex}"
         self.futures: dict[str, asyncio.Future[None]] = {}
@@ -79,6 +81,7 @@ class Waiter:
             self.users[job_id] = left
             return
         self.users.pop(job_id, None)
+        self._watched.discard(job_id)
         fut = self.futures.pop(job_id, None)
         if fut is not None and not fut.done():
             fut.cancel()
@@ -112,6 +115,13 @@ class Waiter:
             await self._changed.wait()
             return
         self._poked = False
+        fresh = [j for j in pending if j not in self._watched]
+        if fresh:  # marked watched before the first BLPOP on their tokens; those ended already resolve now
+            await self._sweep(fresh, watch=True)
+            self._watched.update(fresh)
+            pending = [j for j in pending if not self.futures[j].done()]
+            if not pending:
+                return
         watched = [keys.done_key(self.settings, j) for j in pending[:MAX_KEYS]]
         popped = await self.blocking.blpop([self.wake_key, *watched], timeout=SWEEP_S)
         if popped is None or len(pending) > MAX_KEYS:
@@ -127,7 +137,7 @@ class Waiter:
         await pipe.execute()
         self._resolve(key.removeprefix(f"{self.settings.queue_prefix}:job:").removesuffix(":done"))
 
-    async def _sweep(self, job_ids: list[str]) -> None:
-        for job_id, state in zip(job_ids, await self.states(job_ids), strict=True):
+    async def _sweep(self, job_ids: list[str], watch: bool = False) -> None:
+        for job_id, state in zip(job_ids, await self.states(job_ids, watch), strict=True):
             if state is None or state in TERMINAL:  # gone counts as ended: callers re-read and 404
                 self._resolve(job_id)

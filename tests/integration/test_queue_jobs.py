@@ -38,12 +38,24 @@ def test_lifecycle_queued_running_succeeded(store: JobStore) -> None:
     assert started.state == JobState.RUNNING and started.fence == 1 and not started.died_before
     assert store.status("a")["worker"] == "w1"
     store.add_progress({("a", 1): 2})
+    assert store.states(["a"], watch=True) == [JobState.RUNNING]  # a waiter: its end pushes a done token
     assert store.finish_many([Outcome("a", 1, JobState.SUCCEEDED, result_fields({"x": 1}, None))]) == ["succeeded"]
     record = store.record("a")
     assert record.state == JobState.SUCCEEDED and record.pairs_done == 2 and json.loads(record.result or "") == {"x": 1}
     assert 0 < store.redis.ttl(store.key("a")) <= 100
     assert store.redis.lrange(store.done("a"), 0, -1) == [b"1"]
-    assert ends(store, "a") == 1
+    assert ends(store, "a") == 1 and "watched" not in store.redis.hgetall(store.key("a"))
+
+
+def test_only_a_watched_job_gets_a_done_list(store: JobStore) -> None:
+    store.create_many([job("unwatched")])
+    [started] = store.start_many([("unwatched", 2, False)], "w1")
+    assert store.states(["unwatched"]) == [JobState.RUNNING]  # a plain read marks nothing
+    outcome = Outcome("unwatched", started.fence, JobState.SUCCEEDED, result_fields({"x": 1}, None))
+    assert store.finish_many([outcome]) == ["succeeded"]
+    assert not store.redis.exists(store.done("unwatched"))  # nobody blocked on it: no key, no token
+    assert store.states(["unwatched"], watch=True) == [JobState.SUCCEEDED]  # ended: nothing to mark
+    assert "watched" not in store.redis.hgetall(store.key("unwatched"))
 
 
 def test_failures_are_kept_longer(store: JobStore) -> None:
@@ -103,7 +115,7 @@ def test_deadlines_expire_queued_jobs_on_read_and_on_start(store: JobStore) -> N
     now = time.time()
     store.create_many([job("late", expires_at=now - 1), job("soon", deadline_s=0.3), job("fine", deadline_s=60)])
     assert store.status("late")["state"] == "expired"  # no worker needed: reading it settles it
-    assert store.redis.lrange(store.done("late"), 0, -1) == [b"1"]
+    assert not store.redis.exists(store.done("late"))  # nobody watched it
     time.sleep(0.4)
     [soon, fine] = store.start_many([("soon", 2, False), ("fine", 2, False)], "w")
     assert soon.state == JobState.EXPIRED and soon.ended_now

@@ -38,6 +38,7 @@ def test_waiting_reads_each_record_once(worker: WorkerProcess) -> None:
     with RerankClient(worker.settings) as client:
         ids = client.submit_many(jobs(200, "many"))
         wait_for(lambda: stats.llen(client.completions.key) == len(ids), 120, "every job heard of")
+        wait_for(lambda: stats.zcard("unacked_index") == 0, 30, "the worker's acknowledgements")  # not counted
         stats.config_resetstat()
         results = dict(client.as_completed(ids, timeout=120))
         spent = calls(stats)

@@ -25,6 +25,7 @@ from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
 from rerankq.client.batch_submit import submit_batch, wait_batch
 from rerankq.client.progress import Progress
+from rerankq.client.sharded import ShardedParts
 from rerankq.client.waiting import RECHECK_S, Completions, deadline_left
 from rerankq.connections import redis_client
 from rerankq.errors import CallbackRefused, CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, TransientError
@@ -47,15 +48,35 @@ class RerankClient:
 
     def __init__(self, settings: Settings | None = None, *, notify: bool = True, **overrides: Any) -> None:
         self.settings = settings or Settings(**overrides)
+        self.results = ResultStore(self.settings.s3_endpoint_url)
+        self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
+        # Several shards: one single-shard client each, and the routing (``rerankq.client.sharded``); the
+        # attributes below are then the sharded ones (``redis`` and ``celery``: the home shard's).
+        self.sharded = ShardedParts(self.settings, notify, self._part) if self.settings.redis_shards[1:] else None
+        if self.sharded is not None:
+            self.redis, self.celery = self.sharded.home.redis, self.sharded.home.celery
+            self.jobs: Any = self.sharded.jobs
+            self.completions: Any = self.sharded.completions
+            return
         self.redis = redis_client(self.settings)
         self.jobs = JobStore(self.settings, self.redis)
-        self.results = ResultStore(self.settings.s3_endpoint_url)
         self.celery = Celery("rerankq-producer", set_as_current=False)
         self.celery.conf.update(celeryconf.celery_config(self.settings))
-        self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
         self.completions = Completions(self.redis, self.settings, notify)
 
+    def _part(self, settings: Settings, notify: bool) -> RerankClient:
+        part = RerankClient(settings, notify=notify)
+        part.results = self.results
+        return part
+
+    def part_of(self, job_id: str) -> RerankClient:
+        """The single-shard client of the shard a job (or batch) id lives on; this client with one Redis."""
+        return self if self.sharded is None else self.sharded.part_of(job_id)  # type: ignore[return-value]
+
     def close(self) -> None:
+        if self.sharded is not None:
+            self.sharded.close()
+            return
         self.celery.close()
         self.redis.close()
 
@@ -121,6 +142,8 @@ class RerankClient:
         self._callbacks_checked[url] = time.monotonic()
 
     def _enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None:
+        if self.sharded is not None:  # each shard's jobs through its own client
+            return self.sharded.enqueue(jobs, notify)
         created = self.jobs.create_many(jobs, sent=True, notify=notify)
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
@@ -156,14 +179,20 @@ class RerankClient:
 
     def batch(self, batch_id: str) -> BatchRecord:
         """A batch's record (state, counts, timestamps); ``NoSuchJob`` for an unknown id."""
+        if self.sharded is not None:
+            return self.sharded.batch(batch_id, lambda store: store.get(batch_id))  # type: ignore[no-any-return]
         return BatchStore(self.settings, self.redis).get(batch_id)
 
     def batches(self, limit: int = 20) -> list[BatchRecord]:
         """The newest batches first."""
+        if self.sharded is not None:
+            return self.sharded.batches(limit)
         return BatchStore(self.settings, self.redis).list(limit)
 
     def cancel_batch(self, batch_id: str) -> str:
         """Cancel a batch: jobs in flight are cancelled, finished results are kept; returns its state before."""
+        if self.sharded is not None:
+            return str(self.sharded.batch(batch_id, lambda store: store.cancel(batch_id)))
         return BatchStore(self.settings, self.redis).cancel(batch_id)
 
     def wait_batch(self, batch_id: str, timeout: float | None = None,
@@ -215,6 +244,8 @@ class RerankClient:
         Blocks on the jobs' done tokens in slices shorter than the Redis client's socket timeout. The token
         is put back so that other waiters on the same job wake too; between slices the states are read
         once, so a waiter whose token another client took still returns."""
+        if self.sharded is not None:
+            return self.sharded.wait_any(job_ids, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         done_keys = [self.jobs.done(j) for j in job_ids]
         while True:

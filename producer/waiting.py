@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -69,7 +70,7 @@ class Completions:
             return 0
         return self.heard([popped[1], *(self.redis.lpop(self.key, POP_MAX) or [])])
 
-    def heard(self, entries: list[bytes]) -> int:
+    def heard(self, entries: list[Any]) -> int:
         """Take in entries popped off the list (``STATE RECORD-KEY`` each); returns how many."""
         for entry in entries:
             state, _, record_key = text_of(entry).partition(" ")

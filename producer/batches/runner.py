@@ -250,11 +250,11 @@ class BatchRunner:
         queued / running counts; announcements a dead runner had taken)."""
         if time.monotonic() >= self._next_sweep:
             self._sweep()
-        if self.ended_lists is not None:
-            found = [e for _, entries in self.ended_lists.get(0.5 if wait and self.inflight else 0)
-                     for e in entries]
+        found: list[Any]
+        if self.ended_lists is not None:  # several shards: heard through a thread per shard
+            found = [e for _, entries in self.ended_lists.get(0.5 if wait and self.inflight else 0) for e in entries]
         else:
-            found = self.redis.lpop(self.key("ended"), 1000) or []
+            found = self.redis.lpop(self.key("ended"), 1000) or []  # type: ignore[assignment]
         if not found and wait and self.inflight and self.ended_lists is None:
             popped = self.redis.blpop([self.key("ended")], timeout=0.5)
             found = [popped[1]] if popped else []

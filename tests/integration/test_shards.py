@@ -9,14 +9,17 @@ job ended exactly once: the record's ``ends``).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from rerankq.batches import BatchState
 from rerankq.cli.cluster import S3Server, stop_process
 from rerankq.client import RerankClient
 from rerankq.shards import Shards, shard_of
@@ -122,6 +125,34 @@ def test_a_job_on_another_shard_than_its_id_names_is_still_found(sharded: Cluste
     assert next(iter(fresh.as_completed([job_id], timeout=10)))[1]["scores"] == ref.scores(text_job(1, 2, "old"))
 
 
+def test_a_batch_spreads_its_jobs_and_its_runner_follows_them_on_every_shard(
+        servers: list[Redis], sharded: Cluster, s3: Any, ref: Reference) -> None:
+    start_per_shard(sharded)
+    s3.create_bucket(Bucket="shard-batches")
+    n = 300
+    lines = [{"custom_id": f"c{i}", "query": {"text": f"batch query {i}"},
+              "documents": [{"text": f"batch doc {i}.{d}"} for d in range(2)]} for i in range(1, n + 1)]
+    s3.put_object(Bucket="shard-batches", Key="in.jsonl", Body="\n".join(json.dumps(x) for x in lines).encode())
+    client = sharded.client()
+    client.submit_batch("s3://shard-batches/in.jsonl", "s3://shard-batches/out/", batch_id="sharded-batch")
+    final = client.wait_batch("sharded-batch", timeout=180)
+    assert final.state == BatchState.COMPLETED and final.counts["succeeded"] == n, final
+    home = Shards(sharded.settings).index("sharded-batch")
+    assert [bool(server.client().exists(f"{sharded.prefix}:batch:sharded-batch")) for server in servers] == [
+        i == home for i in range(SHARDS)]  # the record on its id's shard only
+    ids = [f"sharded-batch-{i}" for i in range(1, n + 1)]
+    assert all(len(g) > 50 for g in by_shard(ids)), [len(g) for g in by_shard(ids)]
+    audit_all(servers, sharded.prefix, ids, 10).check_exactly_once()
+    results = []
+    for obj in s3.list_objects_v2(Bucket="shard-batches", Prefix="out/results/")["Contents"]:
+        body = s3.get_object(Bucket="shard-batches", Key=obj["Key"])["Body"].read().decode()
+        results += [json.loads(line) for line in body.splitlines() if line]
+    assert sorted(r["line"] for r in results) == list(range(1, n + 1))
+    for r in results[:20]:
+        job = lines[r["line"] - 1]
+        assert r["scores"] == ref.scores({"query": job["query"], "documents": job["documents"]}), r
+
+
 def test_the_gateway_sees_every_shard(sharded: Cluster, tmp_path: Path) -> None:
     workers = start_per_shard(sharded)
     gateway = start_gateway({**os.environ, **sharded.env}, tmp_path)
@@ -159,6 +190,13 @@ def test_one_shard_killed_and_restarted_loses_nothing_on_any_shard(
     submitter = Submitter(client, "shardkill")
     submitter.start()
     wait_until(lambda: len(submitter.returned) > 60, 60, "jobs to flow")
+    # A burst on shard 1 just before its Redis dies: queued and running there when it goes.
+    burst = {j: text_job(i, 3, "burst", job_id=j) for i, j in enumerate(
+        j for j in (f"burst-{i}" for i in range(300)) if shard_of(j, SHARDS) == 1) if i < 60}
+    client.submit_many(list(burst.values()))
+    time.sleep(0.3)
+    unfinished = [j for j, rec in records(servers[1].client(), sharded.prefix, list(burst)).items()
+                  if rec.get("state") in ("queued", "running", "finishing")]
     servers[1].kill()
     killed_at = len(submitter.returned)
     # Meanwhile the other shards serve on: jobs whose ids name them are submitted and scored.
@@ -175,11 +213,14 @@ def test_one_shard_killed_and_restarted_loses_nothing_on_any_shard(
     submitter.halt.set()
     submitter.join(30)
 
-    returned = submitter.returned
+    assert unfinished, "shard 1 had nothing in flight when it was killed: the scenario did not happen"
+    returned = submitter.returned + list(burst)
+    submitter.jobs.update(burst)
     assert all(by_shard(returned)), [len(g) for g in by_shard(returned)]
     audit = audit_all(servers, sharded.prefix, returned, 120)
     print(audit.line(f"shard 1 of {SHARDS} SIGKILLed and restarted on its AOF") +
-          f", per shard {[len(g) for g in by_shard(returned)]}, {len(submitter.failures)} submits retried")
+          f", per shard {[len(g) for g in by_shard(returned)]}, {len(unfinished)} in flight on it at the kill, "
+          f"{len(submitter.failures)} submits retried")
     audit.check_exactly_once()
     check_scores(client, ref, {j: submitter.jobs[j] for j in returned})
     assert all(w.proc.poll() is None for w in workers), [w.tail() for w in workers]

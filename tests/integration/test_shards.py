@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,44 @@ def test_a_job_on_another_shard_than_its_id_names_is_still_found(sharded: Cluste
     assert fresh.status(job_id)["state"] == "succeeded"
     assert fresh.statuses([job_id, "never-made"]) == [fresh.status(job_id), None]
     assert next(iter(fresh.as_completed([job_id], timeout=10)))[1]["scores"] == ref.scores(text_job(1, 2, "old"))
+
+
+def commands(servers: list[Redis]) -> list[int]:
+    """Commands each server has run so far (``INFO commandstats``; a script's inner calls included)."""
+    return [sum(int(stat["calls"]) for stat in server.client().info("commandstats").values()) for server in servers]
+
+
+def test_waiting_across_shards_blocks_and_wakes(servers: list[Redis], sharded: Cluster, ref: Reference) -> None:
+    """Two clients wait on the same jobs spread over every shard, before any worker runs: the one that made them
+    on its notify list (a thread per shard), the other on their done lists (a thread per shard); neither
+    spins. Then the workers start and both hear every end."""
+    maker, other = sharded.client(), sharded.client()
+    jobs = {f"wait-{i}": text_job(i, 2, "wait", job_id=f"wait-{i}") for i in range(30)}
+    ids = maker.submit_many(list(jobs.values()))
+    outcomes: dict[str, dict[str, Any]] = {}
+
+    def wait(name: str, client: RerankClient) -> None:
+        outcomes[name] = dict(client.as_completed(ids, timeout=120))
+
+    threads = [threading.Thread(target=wait, args=(name, c)) for name, c in (("maker", maker), ("other", other))]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    before, started = commands(servers), time.monotonic()
+    time.sleep(8.0)
+    rates = [(b - a) / (time.monotonic() - started) for a, b in zip(before, commands(servers), strict=True)]
+    print(f"[shards] two clients waiting on {len(ids)} jobs over {SHARDS} shards, no worker: Redis commands/s per "
+          f"shard {[round(r, 1) for r in rates]}")
+    # Idle, the shards see the two clients' blocking pops (one per shard per 2 s each) and, as on one Redis, the
+    # other client reading the states of the jobs it did not make twice per 2 s quiet slice (a script call and
+    # its HMGET each): about 2 commands per job per second in all, whatever the number of shards; no loop.
+    assert sum(rates) < 2.5 * len(ids) + 5 * SHARDS, rates
+    start_per_shard(sharded)
+    for thread in threads:
+        thread.join(120)
+    assert sorted(outcomes["maker"]) == sorted(outcomes["other"]) == sorted(ids)
+    for name in ("maker", "other"):
+        assert all(o["scores"] == ref.scores(jobs[j]) for j, o in outcomes[name].items()), name
 
 
 def test_a_batch_spreads_its_jobs_and_its_runner_follows_them_on_every_shard(

@@ -4,8 +4,9 @@ Each job lives entirely on one shard (its record, done list, queue message, leas
 from its id alone, so any client finds a job from its id:
 
 1. its *slot*: CRC16 of the id (Redis Cluster's CRC16, ``binascii.crc_hqx``) mod ``SLOTS`` (16384). As in Redis
-   Cluster, an id with a ``{hash tag}`` is hashed on the tag alone: ``{user42}-a`` and ``{user42}-b`` share a
-   slot, hence a shard;
+   Cluster, an id with a ``{hash tag}`` would be hashed on the tag alone (``{user42}-a`` and ``{user42}-b``
+   sharing a slot); job and batch ids cannot hold braces today (``rerankq.schema.JOB_ID_PATTERN``), so every
+   id is hashed whole;
 2. its *shard*: the jump consistent hash (Lamping & Veach, 2014) of the slot over the number of shards. Going
    from N shards to N+1 moves only slots *to* the new shard (about 1/(N+1) of them), never between old ones,
    as long as shards are only appended: add new shards at the end of the list, never reorder or remove one.

@@ -163,8 +163,11 @@ def _operational(exc: BaseException, command: str) -> str | None:
                 f"pip install 'rerankq[{extra}]'")
     if isinstance(exc, ValidationError) and exc.title == "Settings":
         first = exc.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a check across settings (the shards): its message names them
+            return f"invalid settings: {message}"
         name = "RERANKQ_" + "__".join(str(p) for p in first["loc"]).upper()
-        return f"invalid setting {name}: {str(first['msg']).removeprefix('Value error, ')}"
+        return f"invalid setting {name}: {message}"
     return None
 
 

@@ -92,3 +92,15 @@ def test_a_process_serving_one_shard(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_shard_settings_name_the_setting(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None, **fields)  # type: ignore[arg-type]
+
+
+def test_the_cli_says_which_shard_setting_is_wrong() -> None:
+    from rerankq.cli.main import EXIT_UNAVAILABLE, explain
+
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, redis_shards=f"{URLS[0]},{URLS[1]}", shard=2)  # type: ignore[call-arg]
+    assert explain(caught.value, "worker") == (
+        EXIT_UNAVAILABLE, "invalid settings: RERANKQ_SHARD=2 is out of range: RERANKQ_REDIS_SHARDS lists 2 shards "
+        "(0 to 1)")
+    assert explain(ShardNotChosen("rerankq worker serves one shard"), "worker") == (
+        EXIT_UNAVAILABLE, "rerankq worker serves one shard")

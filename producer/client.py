@@ -6,6 +6,9 @@ id is "no such job" rather than Celery's PENDING), then publishes the message; a
 has a record is not published again (idempotency). ``submit_many`` does both steps for a whole chunk in one
 pipelined round trip each.
 
+With several Redis servers (``RERANKQ_REDIS_SHARDS``) each job goes to the shard its id names, through a
+single-shard client per shard (``rerankq.client.sharded``); with one, nothing of that is built.
+
 Waiting never polls in a loop: terminal states push a token on a per-job list that ``result`` and
 ``as_completed`` block on (``BLPOP``), so a waiting client costs Redis one blocked connection.
 """

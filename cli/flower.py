@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=None, help="port (default: FLOWER_PORT, else 5555)")
     parser.add_argument("--db", default=None, help=f"task history file (default: {default_db()})")
+    parser.add_argument("--shard", type=int, default=None, help="with RERANKQ_REDIS_SHARDS: the shard whose "
+                        "broker this Flower watches (default: RERANKQ_SHARD; required with several shards: run "
+                        "one Flower per shard)")
     parser.set_defaults(func=run_flower)
 
 
@@ -71,8 +74,8 @@ def run_flower(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise FlowerError(f"cannot create the folder of --db {db}: {exc.strerror or exc}") from None
 
-    from rerankq.settings import Settings
+    from rerankq.shards import serving
     from rerankq.worker.app import make_app
 
-    app = make_app(Settings())
+    app = make_app(serving(getattr(args, "shard", None), "rerankq flower"))
     return int(app.start(argv=flower_argv(args, db)) or 0)

@@ -37,6 +37,8 @@ EXTRAS = {
     **dict.fromkeys(("flower", "tornado"), "flower"),
     **dict.fromkeys(("moto", "werkzeug", "flask", "matplotlib"), "dev"),
 }
+SHARD_HELP = ("with RERANKQ_REDIS_SHARDS: the index (from 0) of the shard this process serves (default: "
+              "RERANKQ_SHARD; required with several shards)")
 # Libraries whose INFO lines ("Found credentials in environment variables.") are noise on a command's stderr.
 QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
@@ -51,19 +53,20 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from rerankq.client.batches.task import register
-    from rerankq.settings import Settings
+    from rerankq.shards import serving
     from rerankq.worker.main import run_worker
 
-    return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
-                      loglevel="DEBUG" if args.verbose else "INFO", control=register)
+    return run_worker(serving(args.shard, "rerankq worker"), model=args.model, device=args.device,
+                      hostname=args.hostname, loglevel="DEBUG" if args.verbose else "INFO", control=register)
 
 
 def _batcher(args: argparse.Namespace) -> int:
     from rerankq.client.batches.task import register
-    from rerankq.settings import Settings
+    from rerankq.shards import serving
     from rerankq.worker.main import run_batcher
 
-    return run_batcher(Settings(), register, hostname=args.hostname, loglevel="DEBUG" if args.verbose else "INFO")
+    return run_batcher(serving(args.shard, "rerankq batcher"), register, hostname=args.hostname,
+                       loglevel="DEBUG" if args.verbose else "INFO")
 
 
 def _bench_module() -> ModuleType | None:
@@ -117,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
+    worker.add_argument("--shard", type=int, default=None, help=SHARD_HELP)
     worker.set_defaults(func=_worker)
     batcher = sub.add_parser("batcher", help="a process that runs batches only (workers run them too): no model")
     batcher.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-batcher-PID@host)")
+    batcher.add_argument("--shard", type=int, default=None, help=SHARD_HELP)
     batcher.set_defaults(func=_batcher)
     from rerankq.cli.flower import add_arguments as add_flower_arguments
 
@@ -158,8 +163,11 @@ def _operational(exc: BaseException, command: str) -> str | None:
                 f"pip install 'rerankq[{extra}]'")
     if isinstance(exc, ValidationError) and exc.title == "Settings":
         first = exc.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a check across settings (the shards): its message names them
+            return f"invalid settings: {message}"
         name = "RERANKQ_" + "__".join(str(p) for p in first["loc"]).upper()
-        return f"invalid setting {name}: {str(first['msg']).removeprefix('Value error, ')}"
+        return f"invalid setting {name}: {message}"
     return None
 
 

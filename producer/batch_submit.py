@@ -37,6 +37,10 @@ class Submitter(Protocol):
 
     def check_callback_url(self, url: str | None) -> None: ...
 
+    def part_of(self, job_id: str) -> Any: ...
+
+    def batch(self, batch_id: str) -> BatchRecord: ...
+
 PART_BYTES = 8 * 2**20
 
 
@@ -75,14 +79,15 @@ def submit_batch(client: Submitter, input: str, output: str, batch_id: str | Non
     input_uri = input if input.startswith("s3://") else upload_input(client, input, output)
     batch_id = batch_id or derived_id(client, input_uri)
     now = time.time()
-    store = BatchStore(client.settings, client.redis)
+    home = client.part_of(batch_id)  # the batch's shard (this client, with one Redis): its record, its message
+    store = BatchStore(client.settings, home.redis)
     record = BatchRecord(batch_id=batch_id, state=BatchState.VALIDATING, input_uri=input_uri, output_uri=output,
                          created_at=now, priority=priority, model=model, callback_url=callback_url,
                          expires_at=now + completion_window_s if completion_window_s else None)
     created = store.create(record)
     found = store.get(batch_id)
     if created or (found.state == BatchState.VALIDATING and found.started_at is None):
-        client.celery.send_task(keys.BATCH_TASK_NAME, args=[batch_id], queue=keys.control_queue(client.settings),
+        home.celery.send_task(keys.BATCH_TASK_NAME, args=[batch_id], queue=keys.control_queue(client.settings),
                                 task_id=f"batch-{batch_id}-{uuid.uuid4().hex[:8]}")
     return found
 
@@ -108,10 +113,9 @@ def _check(client: Submitter, output: str, priority: str, batch_id: str | None,
 def wait_batch(client: Submitter, batch_id: str, timeout: float | None = None,
                progress: Callable[[BatchRecord], None] | None = None, interval: float = 1.0) -> BatchRecord:
     """Wait until the batch ends; ``progress(record)`` after every read. ``TimeoutError`` after ``timeout``."""
-    store = BatchStore(client.settings, client.redis)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        record = store.get(batch_id)
+        record = client.batch(batch_id)
         if progress is not None:
             progress(record)
         if record.state.terminal:

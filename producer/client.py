@@ -6,6 +6,9 @@ id is "no such job" rather than Celery's PENDING), then publishes the message; a
 has a record is not published again (idempotency). ``submit_many`` does both steps for a whole chunk in one
 pipelined round trip each.
 
+With several Redis servers (``RERANKQ_REDIS_SHARDS``) each job goes to the shard its id names, through a
+single-shard client per shard (``rerankq.client.sharded``); with one, nothing of that is built.
+
 Waiting never polls in a loop: terminal states push a token on a per-job list that ``result`` and
 ``as_completed`` block on (``BLPOP``), so a waiting client costs Redis one blocked connection.
 """
@@ -26,6 +29,7 @@ from rerankq.callbacks import check_target
 from rerankq.client.batch_submit import submit_batch, wait_batch
 from rerankq.client.progress import Progress
 from rerankq.client.sent_events import sent_events
+from rerankq.client.sharded import ShardedParts
 from rerankq.client.waiting import RECHECK_S, Completions, deadline_left
 from rerankq.connections import redis_client
 from rerankq.errors import CallbackRefused, CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, TransientError
@@ -48,15 +52,35 @@ class RerankClient:
 
     def __init__(self, settings: Settings | None = None, *, notify: bool = True, **overrides: Any) -> None:
         self.settings = settings or Settings(**overrides)
+        self.results = ResultStore(self.settings.s3_endpoint_url)
+        self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
+        # Several shards: one single-shard client each, and the routing (``rerankq.client.sharded``); the
+        # attributes below are then the sharded ones (``redis`` and ``celery``: the home shard's).
+        self.sharded = ShardedParts(self.settings, notify, self._part) if self.settings.redis_shards[1:] else None
+        if self.sharded is not None:
+            self.redis, self.celery = self.sharded.home.redis, self.sharded.home.celery
+            self.jobs: Any = self.sharded.jobs
+            self.completions: Any = self.sharded.completions
+            return
         self.redis = redis_client(self.settings)
         self.jobs = JobStore(self.settings, self.redis)
-        self.results = ResultStore(self.settings.s3_endpoint_url)
         self.celery = Celery("rerankq-producer", set_as_current=False)
         self.celery.conf.update(celeryconf.celery_config(self.settings))
-        self._callbacks_checked: dict[str, float] = {}  # callback URL -> when its host last passed
         self.completions = Completions(self.redis, self.settings, notify)
 
+    def _part(self, settings: Settings, notify: bool) -> RerankClient:
+        part = RerankClient(settings, notify=notify)
+        part.results = self.results
+        return part
+
+    def part_of(self, job_id: str) -> RerankClient:
+        """The single-shard client of the shard a job (or batch) id lives on; this client with one Redis."""
+        return self if self.sharded is None else self.sharded.part_of(job_id)  # type: ignore[return-value]
+
     def close(self) -> None:
+        if self.sharded is not None:
+            self.sharded.close()
+            return
         self.celery.close()
         self.redis.close()
 
@@ -122,6 +146,8 @@ class RerankClient:
         self._callbacks_checked[url] = time.monotonic()
 
     def _enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None:
+        if self.sharded is not None:  # each shard's jobs through its own client
+            return self.sharded.enqueue(jobs, notify)
         created = self.jobs.create_many(jobs, sent=True, notify=notify)
         fresh = [job for job, new in zip(jobs, created, strict=True) if new]
         if not fresh:
@@ -161,14 +187,20 @@ class RerankClient:
 
     def batch(self, batch_id: str) -> BatchRecord:
         """A batch's record (state, counts, timestamps); ``NoSuchJob`` for an unknown id."""
+        if self.sharded is not None:
+            return self.sharded.batch(batch_id, lambda store: store.get(batch_id))  # type: ignore[no-any-return]
         return BatchStore(self.settings, self.redis).get(batch_id)
 
     def batches(self, limit: int = 20) -> list[BatchRecord]:
         """The newest batches first."""
+        if self.sharded is not None:
+            return self.sharded.batches(limit)
         return BatchStore(self.settings, self.redis).list(limit)
 
     def cancel_batch(self, batch_id: str) -> str:
         """Cancel a batch: jobs in flight are cancelled, finished results are kept; returns its state before."""
+        if self.sharded is not None:
+            return str(self.sharded.batch(batch_id, lambda store: store.cancel(batch_id)))
         return BatchStore(self.settings, self.redis).cancel(batch_id)
 
     def wait_batch(self, batch_id: str, timeout: float | None = None,
@@ -221,6 +253,8 @@ class RerankClient:
         and blocks on their done tokens in slices shorter than the Redis client's socket timeout. The token
         is put back so that other waiters on the same job wake too; between slices the states are read
         once, so a waiter whose token another client took still returns."""
+        if self.sharded is not None:
+            return self.sharded.wait_any(job_ids, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not watched:
             ended = [j for j, s in zip(job_ids, self.jobs.states(job_ids, watch=True), strict=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -67,7 +68,10 @@ class Completions:
         popped = self.redis.blpop([self.key], timeout=max(timeout, 0.01))
         if popped is None:
             return 0
-        entries = [popped[1], *(self.redis.lpop(self.key, POP_MAX) or [])]
+        return self.heard([popped[1], *(self.redis.lpop(self.key, POP_MAX) or [])])
+
+    def heard(self, entries: list[Any]) -> int:
+        """Take in entries popped off the list (``STATE RECORD-KEY`` each); returns how many."""
         for entry in entries:
             state, _, record_key = text_of(entry).partition(" ")
             self._ended[record_key.removeprefix(self._record_prefix)] = state

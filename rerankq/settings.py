@@ -214,6 +214,15 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and job store: redis://, rediss:// "
                            "(TLS) or sentinel://host:26379;sentinel://host2:26379/0 (with redis_master_name); the "
                            "password in the URL.")
+    redis_shards: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated Redis servers (each like redis_url; a sentinel:// URL "
+        "keeps its ; between Sentinels) that share the deployment's jobs: each job lives on one, chosen from its id "
+        "(rerankq.shards). Add new shards at the end of the list, never reorder or remove one. Empty = one Redis, "
+        "redis_url.")
+    shard: int | None = Field(None, ge=0, description="With redis_shards: the index (from 0) of this process's own "
+                              "shard; its redis_url becomes that shard's URL. Required of workers, batchers and "
+                              "Flower when there are several shards (rerankq worker --shard I); clients use "
+                              "shard 0 for what is not a job's (batch lists, the gateway's recent jobs).")
     redis_master_name: str = Field("mymaster", description="With a sentinel:// URL: the name of the monitored "
                                    "primary.")
     redis_min_replicas: int = Field(0, ge=0, description="Replicas that must have a job's creation and its result "
@@ -258,10 +267,36 @@ class Settings(BaseSettings):
 
     _split_hosts = field_validator("http_allowed_hosts", mode="before")(lambda value: comma_list(value, lower=True))
     _split_keys = field_validator("api_keys", mode="before")(lambda value: comma_list(value))
+    _split_shards = field_validator("redis_shards", mode="before")(lambda value: comma_list(value))
+
     @model_validator(mode="after")
     def _old_lease_name(self) -> Settings:
         if self.visibility_timeout_s is not None and "lease_s" not in self.model_fields_set:
             self.lease_s = self.visibility_timeout_s
+        return self
+
+    @model_validator(mode="after")
+    def _own_shard(self) -> Settings:
+        """With shards, ``redis_url`` is this process's own shard's (``shard``, else the first)."""
+        if not self.redis_shards:
+            if self.shard is not None:
+                raise ValueError(f"RERANKQ_SHARD={self.shard} needs RERANKQ_REDIS_SHARDS (the list it indexes)")
+            return self
+        for i, url in enumerate(self.redis_shards):
+            if not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+                raise ValueError(f"RERANKQ_REDIS_SHARDS item {i} must start with redis://, rediss://, unix:// or "
+                                 f"sentinel://, got {url!r}")
+        if len(set(self.redis_shards)) != len(self.redis_shards):
+            raise ValueError("RERANKQ_REDIS_SHARDS lists the same Redis twice")
+        if self.shard is not None and self.shard >= len(self.redis_shards):
+            raise ValueError(f"RERANKQ_SHARD={self.shard} is out of range: RERANKQ_REDIS_SHARDS lists "
+                             f"{len(self.redis_shards)} shards (0 to {len(self.redis_shards) - 1})")
+        if "redis_url" in self.model_fields_set and self.shard is None:  # a process pointed at one shard by URL
+            if self.redis_url not in self.redis_shards:
+                raise ValueError("RERANKQ_REDIS_URL is not one of RERANKQ_REDIS_SHARDS: with shards, leave it "
+                                 "unset and choose a process's own shard with RERANKQ_SHARD")
+            self.shard = self.redis_shards.index(self.redis_url)
+        self.redis_url = self.redis_shards[self.shard or 0]
         return self
 
     @field_validator("redis_url")

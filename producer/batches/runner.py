@@ -58,7 +58,12 @@ class BatchRunner:
     def __init__(self, client: RerankClient, batch_id: str, stop: threading.Event | None = None) -> None:
         self.client = client
         self.settings = client.settings
-        self.redis = client.redis
+        # the batch's shard (the only one, without shards)
+        self.redis = client.redis if client.sharded is None else client.sharded.batch_home(batch_id).redis
+        # Its jobs end on their own shards, each announcing it on that shard's ``ended`` list: heard through a
+        # thread per shard (``FanIn``); with one Redis, popped here.
+        self.ended_lists = (client.sharded.fanin(keys.batch_key(self.settings, batch_id, "ended"))
+                            if client.sharded is not None else None)
         self.store = BatchStore(self.settings, self.redis)
         self.batch_id = batch_id
         self.stop = stop or threading.Event()
@@ -115,6 +120,8 @@ class BatchRunner:
                         len(self.inflight))
             return self._loop()
         finally:
+            if self.ended_lists is not None:
+                self.ended_lists.close()
             self.release()
 
     def _validate(self) -> bool:
@@ -243,8 +250,12 @@ class BatchRunner:
         queued / running counts; announcements a dead runner had taken)."""
         if time.monotonic() >= self._next_sweep:
             self._sweep()
-        found = self.redis.lpop(self.key("ended"), 1000) or []
-        if not found and wait and self.inflight:
+        found: list[Any]
+        if self.ended_lists is not None:  # several shards: heard through a thread per shard
+            found = [e for _, entries in self.ended_lists.get(0.5 if wait and self.inflight else 0) for e in entries]
+        else:
+            found = self.redis.lpop(self.key("ended"), 1000) or []  # type: ignore[assignment]
+        if not found and wait and self.inflight and self.ended_lists is None:
             popped = self.redis.blpop([self.key("ended")], timeout=0.5)
             found = [popped[1]] if popped else []
         for item in found:

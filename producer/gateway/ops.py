@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from rerankq import keys, registry
+from rerankq import keys, shardview
 from rerankq.client.gateway.routes import gateway_of
 from rerankq.connections import redis_problem
 from rerankq.jobs import FINISHING
@@ -24,11 +24,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["ops"], summary="Redis answers")
 async def readyz(request: Request) -> Response:
-    try:
-        await gateway_of(request).redis.ping()
-    except Exception as exc:  # any failure means "not ready", with the reason
-        problem = redis_problem(exc, gateway_of(request).settings.redis_url) or f"Redis: {exc}"
-        return JSONResponse({"status": "unavailable", "message": problem}, status_code=503)
+    gateway = gateway_of(request)
+    for url, client in zip(gateway.shards.urls, gateway.shard_redis, strict=True):  # every shard answers
+        try:
+            await client.ping()
+        except Exception as exc:  # any failure means "not ready", with the reason
+            problem = redis_problem(exc, url) or f"Redis: {exc}"
+            return JSONResponse({"status": "unavailable", "message": problem}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -46,22 +48,24 @@ async def _depths(request: Request, models: list[str | None]) -> list[dict[str, 
     gateway = gateway_of(request)
     rows = [(model, priority, name) for model in models
             for priority, name in zip(keys.PRIORITIES, keys.model_queue_names(gateway.settings, model), strict=True)]
-    pipe = gateway.redis.pipeline(transaction=False)
-    for _, _, name in rows:
-        pipe.llen(name)
+    depths = await gateway.lengths([name for _, _, name in rows])  # every shard's queues added up
     return [{"model": model or "default", "priority": priority, "queue": name, "depth": depth}
-            for (model, priority, name), depth in zip(rows, await pipe.execute(), strict=True)]
+            for (model, priority, name), depth in zip(rows, depths, strict=True)]
 
 
 async def _recent(request: Request) -> list[dict[str, Any]]:
     gateway = gateway_of(request)
     raw = await gateway.redis.lrange(keys.recent_key(gateway.settings), 0, -1)
     ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
-    pipe = gateway.redis.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hmget(keys.job_key(gateway.settings, job_id), "state", "pairs_done", "pairs_total", "created_at")
+    found: list[Any] = [[None] * 4] * len(ids)
+    for shard, positions in gateway.shards.group(ids).items():  # each job read on its shard
+        pipe = gateway.shard_redis[shard].pipeline(transaction=False)
+        for p in positions:
+            pipe.hmget(keys.job_key(gateway.settings, ids[p]), "state", "pairs_done", "pairs_total", "created_at")
+        for p, fields in zip(positions, await pipe.execute(), strict=True):
+            found[p] = fields
     recent = []
-    for job_id, (state, done, total, created) in zip(ids, await pipe.execute(), strict=True):
+    for job_id, (state, done, total, created) in zip(ids, found, strict=True):
         if state is None:
             continue
         shown = "running" if state.decode() == FINISHING else state.decode()
@@ -77,9 +81,9 @@ async def queue_view(request: Request) -> dict[str, Any]:
     gateway = gateway_of(request)
     workers = await gateway.workers()
     others = sorted({w["model"] for w in workers if not keys.serves_default(gateway.settings, w.get("model"))})
-    client, settings = gateway.client.redis, gateway.settings
-    series = await gateway.run(registry.pairs_series, client, settings, 600)
-    rate = await gateway.run(registry.recent_rate, client, settings, 60)
+    clients, settings = gateway.sync_redis, gateway.settings
+    series = await gateway.run(shardview.pairs_series, clients, settings, 600)
+    rate = await gateway.run(shardview.recent_rate, clients, settings, 60)
     now = time.time()
     return {
         "queues": await _depths(request, [None, *others]),

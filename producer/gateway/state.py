@@ -14,15 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from rerankq import keys, registry
+from rerankq import keys, shardview
 from rerankq.client.client import RerankClient
 from rerankq.client.gateway.media import Uploads
 from rerankq.client.gateway.metrics import GatewayMetrics
 from rerankq.client.gateway.waiter import Waiter
+from rerankq.client.gateway.waiters import Waiters
 from rerankq.connections import async_redis_client, redis_problem
 from rerankq.errors import PermanentError
 from rerankq.jobs import JobRecord, JobState
 from rerankq.settings import Settings
+from rerankq.shards import Shards
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,20 @@ class Gateway:
         self.settings = settings
         self.client = RerankClient(settings, notify=False)  # jobs are waited for by the gateway's Waiter
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="gateway")
-        self.redis = async_redis_client(settings, max_connections=32)
-        self.waiter = Waiter(settings, self.redis, self.states)
+        # With shards (``rerankq.shards``): a pool and a waiter per shard, ``redis`` the home shard's (the recent
+        # list); a job's reads go to its shard's, and the registry, depths and throughput add every shard up.
+        self.shards = Shards(settings)
+        if self.shards.many:
+            self.shard_redis = [async_redis_client(self.shards.single(i), max_connections=32)
+                                for i in range(self.shards.count)]
+            self.redis = self.shard_redis[self.shards.home]
+            self.waiter: Any = Waiters(self.shards, self.shard_redis, self.states)
+        else:
+            self.redis = async_redis_client(settings, max_connections=32)
+            self.shard_redis = [self.redis]
+            self.waiter = Waiter(settings, self.redis, self.states)
+        parts = self.client.sharded.parts if self.client.sharded is not None else [self.client]
+        self.sync_redis = [part.redis for part in parts]  # the SDK's clients, shard by shard
         self.uploads = Uploads(settings)
         self.metrics = GatewayMetrics(self)
         self._models: tuple[float, list[dict[str, Any]]] = (0.0, [])
@@ -56,16 +70,18 @@ class Gateway:
     async def start(self) -> None:
         """Start the waiter; a Redis that cannot be used (down, or refusing the login) is logged with the fix
         (the gateway still starts: ``/readyz`` answers 503 with the same line until Redis answers)."""
-        try:
-            await asyncio.wait_for(self.redis.ping(), 5)
-        except Exception as exc:
-            logger.error("%s", redis_problem(exc, self.settings.redis_url) or f"Redis: {exc}")
+        for url, client in zip(self.shards.urls, self.shard_redis, strict=True):
+            try:
+                await asyncio.wait_for(client.ping(), 5)
+            except Exception as exc:
+                logger.error("%s", redis_problem(exc, url) or f"Redis: {exc}")
         self.waiter.start()
 
     async def stop(self) -> None:
         await self.waiter.stop()
-        await self.redis.connection_pool.disconnect()
-        await self.redis.aclose()
+        for client in self.shard_redis:
+            await client.connection_pool.disconnect()
+            await client.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
@@ -77,7 +93,7 @@ class Gateway:
     async def workers(self) -> list[dict[str, Any]]:
         at, cached = self._models
         if time.monotonic() - at > MODELS_FRESH_S:
-            cached = await self.run(registry.live_workers, self.client.redis, self.settings)
+            cached = await self.run(shardview.live_workers, self.sync_redis, self.settings)
             self._models = (time.monotonic(), cached)
         return cached
 
@@ -106,15 +122,28 @@ class Gateway:
         names = keys.model_queue_names(self.settings, model)
         at, depth = self._depths.get(names[0], (0.0, 0))
         if time.monotonic() - at > DEPTH_FRESH_S:
-            pipe = self.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.llen(name)
-            depth = sum(await pipe.execute())
+            depth = sum(await self.lengths(names))
             self._depths[names[0]] = (time.monotonic(), depth)
         limit = self.settings.gateway.max_queue_depth
         if depth > limit:
             raise QueueFull(f"{depth} jobs are waiting for this model, over the limit {limit} "
                             "(gateway.max_queue_depth); retry later")
+
+    async def lengths(self, names: list[str]) -> list[int]:
+        """The lengths of lists (queues), each summed over every shard: one pipeline per shard, at once."""
+
+        async def on(client: Any) -> list[int]:
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            return list(await pipe.execute())
+
+        per_shard = await asyncio.gather(*(on(client) for client in self.shard_redis))
+        return [sum(values) for values in zip(*per_shard, strict=True)]
+
+    def redis_of(self, job_id: str) -> Any:
+        """The async client of a job's shard."""
+        return self.shard_redis[self.shards.index(job_id)]
 
     # jobs ---------------------------------------------------------------------------------------
     async def submit(self, job: dict[str, Any]) -> str:
@@ -139,7 +168,7 @@ class Gateway:
         """A terminal job's result; ``JobFailed`` for failed / cancelled / expired, ``TimeoutError`` if not
         finished, ``NoSuchJob`` for an unknown id. The common case (succeeded, inline) is one async read;
         everything else goes through the SDK."""
-        raw = await self.redis.hgetall(keys.job_key(self.settings, job_id))
+        raw = await self.redis_of(job_id).hgetall(keys.job_key(self.settings, job_id))
         if raw:
             record = JobRecord.from_hash(job_id, raw)
             if record.state == JobState.SUCCEEDED and record.result:

@@ -327,7 +327,7 @@ function renderQueue(view) {
   }));
   $("#pairs-rate").textContent = view.pairs_per_s.toFixed(view.pairs_per_s < 10 ? 2 : 0);
   spark(view.series);
-  $("#queue-workers").replaceChildren(...(view.workers.length ? view.workers.map((w) => li(`${w.name} · ${String(w.model).split("/").pop()} · ${w.device}`)) : [li("no live worker")]));
+  $("#queue-workers").replaceChildren(...(view.workers.length ? view.workers.map((w) => li(`${w.name} · ${String(w.model).split("/").pop()} · ${w.device}${w.shard === undefined ? "" : ` · shard ${w.shard}`}`)) : [li("no live worker")]));
   $("#recent").replaceChildren(...view.recent.slice(0, 10).map((j) => li(`${j.job_id.slice(0, 12)} ${j.pairs_done}/${j.pairs_total}`, j.state)));
 }
 

@@ -254,7 +254,7 @@ class RerankClient:
         is put back so that other waiters on the same job wake too; between slices the states are read
         once, so a waiter whose token another client took still returns."""
         if self.sharded is not None:
-            return self.sharded.wait_any(job_ids, timeout)
+            return self.sharded.wait_any(job_ids, timeout, watched)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not watched:
             ended = [j for j, s in zip(job_ids, self.jobs.states(job_ids, watch=True), strict=True)

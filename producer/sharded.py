@@ -120,14 +120,15 @@ class ShardedParts:
         part.redis.expire(key, part.settings.results.ttl_s)
         return key.removeprefix(f"{part.settings.queue_prefix}:job:").removesuffix(":done")
 
-    def wait_any(self, job_ids: list[str], timeout: float | None) -> str | None:
+    def wait_any(self, job_ids: list[str], timeout: float | None, watched: bool = False) -> str | None:
         """``RerankClient.wait_any`` over shards: each shard's done lists blocked on (a thread per shard when
         the jobs span several), the states read (every shard looked at) after each quiet slice."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        ended = [j for j, s in zip(job_ids, self.jobs.states(job_ids, watch=True), strict=True)
-                 if s is None or s in TERMINAL]  # and the others marked watched: their ends push done tokens
-        if ended:
-            return ended[0]
+        if not watched:  # the others are marked watched: their ends push done tokens
+            ended = [j for j, s in zip(job_ids, self.jobs.states(job_ids, watch=True), strict=True)
+                     if s is None or s in TERMINAL]
+            if ended:
+                return ended[0]
         groups = [(self.parts[shard], [job_ids[p] for p in positions])
                   for shard, positions in self.shards.group(job_ids).items()]
         watchers = _Watchers(self._pop_done, groups, deadline) if len(groups) > 1 else None

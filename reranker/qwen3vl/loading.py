@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rerankq.errors import ModelLoadError
+from rerankq.models import quantization
 from rerankq.models.fingerprint import checkpoint_fingerprint, local_checkpoint
 from rerankq.models.options import LoadOptions, resolve_attention, resolve_dtype
 from rerankq.models.qwen3vl.architectures import ARCHITECTURES, build_config
@@ -34,10 +35,18 @@ def from_pretrained(path: str, name: str, opts: LoadOptions) -> Scorer:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a Qwen3-VL checkpoint from {path!r}: {exc}") from exc
     head = _head_row(lm.lm_head.weight.data, tokenizer)
-    backbone = lm.model.to(opts.device)
+    backbone, quantized = lm.model, quantization.checkpoint_label(lm.config)
     del lm  # drops the vocabulary head (untied models) — only the one row is kept
+    if quantized == "none":
+        quantized = quantization.quantize(backbone, opts.quantization, opts.device, opts.quantize_vision)
+    elif opts.quantization != "none":
+        raise ModelLoadError(f"{quantization.SETTING}={opts.quantization!r}: {path!r} is already quantized "
+                             f"({quantized}); set it to none to load it as it comes")
+    else:
+        backbone.to(opts.device)
     return Scorer(backbone, head.to(opts.device), tokenizer, name, opts.max_length, opts.share_prefix,
-                  weights=lambda: checkpoint_fingerprint(local_checkpoint(path), opts.cache_dir))
+                  weights=lambda: checkpoint_fingerprint(local_checkpoint(path), opts.cache_dir),
+                  quantization=quantized)
 
 
 def random_weights(size: str, opts: LoadOptions) -> Scorer:
@@ -52,15 +61,17 @@ def random_weights(size: str, opts: LoadOptions) -> Scorer:
     config = build_config(size)
     config._attn_implementation = resolve_attention(opts.device, opts.attn_implementation)
     torch.manual_seed(opts.seed)
-    with torch.device(opts.device):  # weights are created on the device, in ``dtype``
+    # Weights are created in ``dtype`` on the device — on the CPU when they are to be quantized on their way there.
+    with torch.device(opts.device if opts.quantization == "none" else "cpu"):
         lm = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
     tokenizer = cached_qwen_tokenizer()
-    head = _head_row(lm.lm_head.weight.data, tokenizer)
+    head = _head_row(lm.lm_head.weight.data, tokenizer).to(opts.device)
     backbone = lm.model
     del lm
+    quantized = quantization.quantize(backbone, opts.quantization, opts.device, opts.quantize_vision)
     # Random weights are a function of the seed, the device's generator and the library versions that draw them.
     import transformers
 
     weights = f"random:{size}|seed={opts.seed}|torch={torch.__version__}|transformers={transformers.__version__}"
     return Scorer(backbone, head, tokenizer, f"random:{size} ({ARCHITECTURES[size]['name']} architecture)",
-                  opts.max_length, opts.share_prefix, weights=lambda: weights)
+                  opts.max_length, opts.share_prefix, weights=lambda: weights, quantization=quantized)

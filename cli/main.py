@@ -26,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
+from rerankq.cli.options import add_quantization_argument
 from rerankq.errors import CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, RerankqError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_REQUEST, EXIT_TIMEOUT, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -54,7 +55,8 @@ def _worker(args: argparse.Namespace) -> int:
     from rerankq.settings import Settings
     from rerankq.worker.main import run_worker
 
-    return run_worker(Settings(), model=args.model, device=args.device, hostname=args.hostname,
+    settings = Settings() if args.quantization is None else Settings(quantization=args.quantization)
+    return run_worker(settings, model=args.model, device=args.device, hostname=args.hostname,
                       loglevel="DEBUG" if args.verbose else "INFO", control=register)
 
 
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
+    add_quantization_argument(worker)
     worker.set_defaults(func=_worker)
     batcher = sub.add_parser("batcher", help="a process that runs batches only (workers run them too): no model")
     batcher.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-batcher-PID@host)")

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 from rerankq.errors import ModelLoadError
+from rerankq.settings import QUANTIZATION_MODES
 
-MODES = ("none", "int8", "int4", "bnb-8bit", "bnb-nf4", "fp8")
+MODES = QUANTIZATION_MODES
 TORCHAO_MODES = ("int8", "int4", "fp8")
 BNB_MODES = ("bnb-8bit", "bnb-nf4")
 SETTING = "quantization (RERANKQ_QUANTIZATION)"

@@ -2,7 +2,8 @@
 
 Each worker keeps a hash ``{prefix}:worker:{name}`` (fields ``name``, ``model`` (the SPEC its queues are keyed
 on), ``device``, ``quantization`` (``none``, ``int8``, ...), ``started_at``, ``seen_at``, ``pairs_scored``)
-alive by re-registering it every ``HEARTBEAT_S`` seconds with a TTL of ``TTL_S``: a worker that dies drops out of ``live_workers`` within the TTL, without anyone cleaning up.
+alive by re-registering it every ``HEARTBEAT_S`` seconds with a TTL of ``TTL_S``: a worker that dies drops
+out of ``live_workers`` within the TTL, without anyone cleaning up.
 
 Throughput: workers add the pairs they scored to a counter per ``SLOT_S``-second slot
 (``{prefix}:stats:pairs:{slot}``, kept ``SERIES_S`` seconds), so ``pairs_series`` gives pairs/s over the last

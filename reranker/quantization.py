@@ -50,10 +50,16 @@ def _fail(mode: str, needs: str) -> ModelLoadError:
     return ModelLoadError(f"{SETTING}={mode!r} needs {needs}")
 
 
+# Import-time noise of torchao on a CPU build: its optional CUDA kernels fail to load, and torch deprecates the
+# way it registers its enums. Neither is an error; both would land on every worker's and command's stderr.
+_NOISY = ("torchao", "torch.utils._pytree")
+
+
 def _import_torchao(mode: str) -> Any:
-    quiet = logging.getLogger("torchao")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its optional CUDA kernels fail to load on a CPU build: noise, not an error
+    loggers = [logging.getLogger(name) for name in _NOISY]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         import torchao.quantization as ao
 
@@ -61,7 +67,8 @@ def _import_torchao(mode: str) -> Any:
     except ImportError as exc:
         raise _fail(mode, f"torchao ({INSTALL}): {exc}") from None
     finally:
-        quiet.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def check(mode: str, device: str, dtype: torch.dtype) -> None:
@@ -71,13 +78,6 @@ def check(mode: str, device: str, dtype: torch.dtype) -> None:
     if mode == "none":
         return
     cuda = device.startswith("cuda")
-    if mode in TORCHAO_MODES:
-        _import_torchao(mode)
-    else:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as exc:
-            raise _fail(mode, f"bitsandbytes ({INSTALL}): {exc}") from None
     if mode == "fp8":
         if not cuda:
             raise _fail(mode, f"a CUDA GPU with compute capability >= 9.0 (H100 or newer); device is {device!r}")
@@ -87,6 +87,13 @@ def check(mode: str, device: str, dtype: torch.dtype) -> None:
                         "(use int8, int4, bnb-8bit or bnb-nf4)")
     if mode == "int4" and cuda and dtype != torch.bfloat16:
         raise _fail(mode, f"dtype bfloat16 on CUDA (tinygemm kernels; RERANKQ_SCORING__DTYPE), not {dtype}")
+    if mode in TORCHAO_MODES:
+        _import_torchao(mode)
+    else:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise _fail(mode, f"bitsandbytes ({INSTALL}): {exc}") from None
 
 
 def label(mode: str, quantize_vision: bool) -> str:

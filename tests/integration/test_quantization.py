@@ -25,12 +25,20 @@ from rerankq.models import quantization
 from rerankq.models.loading import LoadOptions, load_model
 
 CPU_MODES = ("int8", "int4", "bnb-8bit", "bnb-nf4")
-# mode: (min Spearman per job, min mean top-10 overlap, max |Δ score|, max mean |Δ score|) against fp32.
+# mode: (min Spearman per job, min mean top-10 overlap, max |Δ score|, max mean |Δ score|) against fp32, on the
+# tiny checkpoint. Measured here (``_job``, 12 documents) and through a worker (test_quantized_worker's job, 11
+# documents), rho / top-10 / max|Δ| / mean|Δ|:
+#   int8      1.00 / 1.0 / 0.0072 / 0.0023   and  1.00 / 1.0 / 0.0083 / 0.0024
+#   int4      0.90 / 0.8 / 0.074  / 0.037    and  0.94 / 1.0 / 0.44   / 0.16
+#   bnb-8bit  1.00 / 1.0 / 0.017  / 0.0029   and  1.00 / 1.0 / 0.032  / 0.0071
+#   bnb-nf4   0.98 / 1.0 / 0.38   / 0.18     and  0.95 / 1.0 / 0.17   / 0.062
+# The 4-bit modes move the tiny model's scores by tenths: its std-0.3 weights are far wider than trained ones,
+# and 4 bits (16 levels per group of 64) round them coarsely; the ranking still mostly holds.
 TINY_BOUNDS = {
-    "int8": (0.95, 0.9, 0.05, 0.015),
-    "int4": (0.5, 0.7, 0.45, 0.08),
-    "bnb-8bit": (0.9, 0.9, 0.12, 0.02),
-    "bnb-nf4": (0.5, 0.7, 0.5, 0.08),
+    "int8": (0.95, 0.9, 0.015, 0.005),
+    "int4": (0.75, 0.7, 0.65, 0.25),
+    "bnb-8bit": (0.95, 0.9, 0.05, 0.012),
+    "bnb-nf4": (0.8, 0.8, 0.6, 0.28),
 }
 # Bytes of the quantized linears over their fp32 bytes: int8 one byte per weight plus a scale and zero point
 # per row; int4 on the CPU one byte per value too (torchao packs int4 only for CUDA) plus a scale and zero

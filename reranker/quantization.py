@@ -13,8 +13,9 @@ Modes (``RERANKQ_QUANTIZATION``):
 - ``fp8``: torchao float8 weights and dynamic float8 activations, per row: CUDA with compute capability >= 9.
 
 Quantization is applied after loading (``quantize``): each ``nn.Linear`` outside the vision tower is moved to
-the device and quantized one at a time, so the device never holds the full-precision weights. Random-weight
-architectures and checkpoints share the one path, and bitsandbytes needs no accelerate. The vision tower,
+the device and quantized one at a time, so a checkpoint (loaded on the CPU) never sits on the device in full
+precision; random weights, drawn on the device, are quantized there in place. Both share the one path, and
+bitsandbytes needs no accelerate. The vision tower,
 the embeddings, norms and the scoring head stay in full precision unless ``quantize_vision`` (the vision
 tower's linears then too). Which submodules are "vision" is a rule on names, the same for every family
 (``VISION_PARTS``): a family names its vision tower ``visual``, ``vision_*`` or ``*_projector`` as

@@ -1,7 +1,9 @@
 """Loading Qwen3-VL-Reranker: a checkpoint through ``Qwen3VLForConditionalGeneration.from_pretrained`` (tiny
 test checkpoints included), or the released architecture with random weights (``random:2b|8b|small|tiny``),
 built directly on the target device in the target dtype so that ``random:8b`` never materialises fp32
-weights on the CPU. Only the backbone and the one-row yes − no head are kept.
+weights on the CPU. Only the backbone and the one-row yes − no head are kept. With ``opts.quantization`` the
+backbone's linears are quantized after loading (``rerankq.models.quantization.quantize``): a checkpoint's one by
+one on their way from the CPU to the device, random weights in place on the device.
 """
 
 from __future__ import annotations
@@ -61,8 +63,7 @@ def random_weights(size: str, opts: LoadOptions) -> Scorer:
     config = build_config(size)
     config._attn_implementation = resolve_attention(opts.device, opts.attn_implementation)
     torch.manual_seed(opts.seed)
-    # Weights are created in ``dtype`` on the device — on the CPU when they are to be quantized on their way there.
-    with torch.device(opts.device if opts.quantization == "none" else "cpu"):
+    with torch.device(opts.device):  # weights are created on the device, in ``dtype`` (then quantized in place)
         lm = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype)
     tokenizer = cached_qwen_tokenizer()
     head = _head_row(lm.lm_head.weight.data, tokenizer).to(opts.device)

@@ -154,12 +154,14 @@ def test_seed_keywords_pick_the_bitsandbytes_modes(tiny_model_dir: Path) -> None
         Qwen3VLReranker(str(tiny_model_dir), device="cpu", load_in_8bit=True, quantization="int4")
 
 
-# random:small: measured (bench.quantization, 6 jobs x 16 documents) then given headroom; see the module doc.
+# random:small, measured on ``_job`` (16 documents), rho / top-10 / max|Δ| / mean|Δ|: int8 1.00 / 1.0 / 0.0013 /
+# 0.0007; int4 0.89 / 0.9 / 0.088 / 0.061; bnb-8bit 0.99 / 1.0 / 0.0083 / 0.0043; bnb-nf4 0.82 / 0.9 / 0.13 /
+# 0.10. Its scores all lie within 0.51-0.62, so a 4-bit shift of a few hundredths reorders them.
 SMALL_BOUNDS = {
-    "int8": (0.8, 0.8, 0.01, 0.003),
-    "int4": (0.2, 0.5, 0.05, 0.015),
-    "bnb-8bit": (0.5, 0.7, 0.02, 0.006),
-    "bnb-nf4": (0.2, 0.5, 0.05, 0.015),
+    "int8": (0.95, 0.9, 0.004, 0.002),
+    "int4": (0.6, 0.7, 0.15, 0.1),
+    "bnb-8bit": (0.9, 0.9, 0.015, 0.008),
+    "bnb-nf4": (0.5, 0.7, 0.2, 0.15),
 }
 
 

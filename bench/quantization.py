@@ -53,9 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _status_kib(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     return 0
 
 
@@ -191,8 +192,8 @@ def render(report: dict[str, Any]) -> str:
     ref = report["rows"][0]
     lines = [f"{ref['name']} on {report['device']} ({ref['dtype']}), {report['jobs']} jobs x {report['docs']} "
              f"documents ({ref['pairs']} pairs, {ref['tokens']} tokens; text and image queries and documents)",
-             f"{'mode':9} {'weights MiB':>11} {'linears MiB':>11} {'peak MiB':>9} {'pairs/s':>8} {'rho mean':>8} {'rho min':>8} "
-             f"{'top-10':>7} {'max|Δ|':>8} {'mean|Δ|':>8}"]
+             f"{'mode':9} {'weights MiB':>11} {'linears MiB':>11} {'peak MiB':>9} {'pairs/s':>8} {'rho mean':>8} "
+             f"{'rho min':>8} {'top-10':>7} {'max|Δ|':>8} {'mean|Δ|':>8}"]
     for row in report["rows"]:
         if "error" in row:
             lines.append(f"{row['mode']:9} unavailable: {row['error']}")

@@ -123,7 +123,8 @@ def _torchao_config(mode: str, device: str) -> Any:
                                        set_inductor_config=False)
     from torchao.quantization.granularity import PerGroup
 
-    return ao.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(INT4_GROUP))
+    int4 = getattr(torch, "int4")  # noqa: B009 (torch's stubs lack its sub-byte dtypes)
+    return ao.IntxWeightOnlyConfig(weight_dtype=int4, granularity=PerGroup(INT4_GROUP))
 
 
 def _bnb_linear(linear: torch.nn.Linear, mode: str, device: str) -> torch.nn.Module:

@@ -88,7 +88,8 @@ class Scorer:
         self.name = name if quantization == "none" else f"{name} [{quantization}]"
         self.torch_device = head.device
         self.device = str(head.device)
-        self.dtype = backbone.get_input_embeddings().weight.dtype  # linears may hold quantized weights
+        embeddings: Any = getattr(backbone, "get_input_embeddings")()  # noqa: B009 (a transformers model's)
+        self.dtype = embeddings.weight.dtype  # not a linear's: those may hold quantized weights
         self.preparer = PairPreparer(tokenizer, max_length)
         self.preprocessor = QwenVision()
         self.share = share_prefix and can_share(self.backbone)

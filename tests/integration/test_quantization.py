@@ -52,7 +52,8 @@ def _job(model: Any, docs: int = 12) -> list[Any]:
     from rerankq.cli.samples import noise_image
     from rerankq.models.qwen3vl.vision import image_input
 
-    words = "red blue trail backpack bottle nylon leather city light heavy pocket strap zip water".split()
+    words = ["red", "blue", "trail", "backpack", "bottle", "nylon", "leather", "city", "light", "heavy", "pocket",
+             "strap", "zip", "water"]
     query = ResolvedSide(texts=["a blue nylon backpack with a bottle pocket"])
     sides = [ResolvedSide(vision=[image_input(noise_image(64, 64, seed=d), VisionBudget())]) if d % 3 == 2
              else ResolvedSide(texts=[" ".join(words[(d * 5 + i * (d % 4 + 1)) % len(words)] for i in range(24))])
@@ -76,13 +77,14 @@ def test_a_cpu_mode_quantizes_the_tiny_checkpoint_and_agrees_within_bounds(mode:
     model = load_model(str(tiny_model_dir), LoadOptions(quantization=mode))
     assert model.name == f"{full.name} [{mode}]" and model.quantization == mode
     assert model.cache_identity() != full.cache_identity()
-    assert '"quantization": "%s"' % mode in model.cache_identity()
+    assert f'"quantization": "{mode}"' in model.cache_identity()
     # The language model's linears shrank as the mode says; the vision tower's did not move.
     ratio = _linear_bytes(model, vision=False) / _linear_bytes(full, vision=False)
     assert ratio <= LINEAR_RATIO[mode], ratio
     assert _linear_bytes(model, vision=True) == _linear_bytes(full, vision=True)
-    assert all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
-               for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.Linear) and quantization.is_vision(n))
+    vision = [m for n, m in model.backbone.named_modules()
+              if isinstance(m, torch.nn.Linear) and quantization.is_vision(n)]
+    assert vision and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in vision)
     assert quantization.weights_bytes(model.backbone) < quantization.weights_bytes(full.backbone)
 
     got, ref = model.forward(_job(model)), full.forward(_job(full))
@@ -123,7 +125,7 @@ def test_a_missing_library_is_named_with_its_install(monkeypatch: pytest.MonkeyP
 
 
 def test_a_fake_model_has_nothing_to_quantize() -> None:
-    with pytest.raises(ModelLoadError, match="RERANKQ_QUANTIZATION.*fake:hash has no weights"):
+    with pytest.raises(ModelLoadError, match=r"RERANKQ_QUANTIZATION.*fake:hash has no weights"):
         load_model("fake:hash", LoadOptions(quantization="int8"))
 
 

@@ -54,7 +54,8 @@ def run(worker: WorkerProcess, job: dict[str, Any]) -> dict[str, Any]:
 
 def mixed_job(media: dict[str, str]) -> dict[str, Any]:
     """A job of its own (a fresh query): text and image documents, an image query."""
-    words = "red blue trail backpack bottle nylon leather city light heavy pocket strap zip water".split()
+    words = ["red", "blue", "trail", "backpack", "bottle", "nylon", "leather", "city", "light", "heavy", "pocket",
+             "strap", "zip", "water"]
     texts = [{"text": " ".join(words[(d * 5 + i * (d % 4 + 1)) % len(words)] for i in range(24))} for d in range(8)]
     images = [{"image": media["cat.png"]}, {"image": media["dog.jpg"]}, {"image": media["frame0.png"]}]
     return {"query": {"text": f"a striped cat {uuid.uuid4().hex[:8]}", "image": media["frame1.png"]},

@@ -331,14 +331,16 @@ def serve(env: dict[str, str], stack: contextlib.ExitStack, worker: subprocess.P
 
 def _report(client: Any, ids: list[str], jobs: list[dict[str, Any]], elapsed: float, port: int,
             tiny: bool) -> int:
-    ok = True
+    ok, models = True, set()
     for n, (job_id, job) in enumerate(zip(ids, jobs, strict=True), 1):
         status = client.status(job_id)
         try:
             result: dict[str, Any] | Exception = client.result(job_id, timeout=0)
+            models.add(result["model"])
         except Exception as exc:  # a failed job is shown, not raised
             result, ok = exc, False
         print_job(n, job, status, result)
+    print(f"\nscored by: {', '.join(sorted(models)) or 'no job succeeded'}")  # "NAME [int8]" when quantized
     pairs = sum(len(j["documents"]) for j in jobs)
     print(f"\nthroughput: {pairs} pairs, {len(ids)} jobs in {elapsed:.2f} s = {pairs / elapsed:.1f} pairs/s, "
           f"{len(ids) / elapsed:.2f} jobs/s (submit to last result, one worker)")

@@ -27,17 +27,18 @@ from rerankq.models.loading import LoadOptions, load_model
 CPU_MODES = ("int8", "int4", "bnb-8bit", "bnb-nf4")
 # mode: (min Spearman per job, min mean top-10 overlap, max |Δ score|, max mean |Δ score|) against fp32, on the
 # tiny checkpoint. Measured here (``_job``, 12 documents) and through a worker (test_quantized_worker's job, 11
-# documents), rho / top-10 / max|Δ| / mean|Δ|:
-#   int8      1.00 / 1.0 / 0.0072 / 0.0023   and  1.00 / 1.0 / 0.0083 / 0.0024
-#   int4      0.90 / 0.8 / 0.074  / 0.037    and  0.94 / 1.0 / 0.44   / 0.16
-#   bnb-8bit  1.00 / 1.0 / 0.017  / 0.0029   and  1.00 / 1.0 / 0.032  / 0.0071
-#   bnb-nf4   0.98 / 1.0 / 0.38   / 0.18     and  0.95 / 1.0 / 0.17   / 0.062
-# The 4-bit modes move the tiny model's scores by tenths: its std-0.3 weights are far wider than trained ones,
-# and 4 bits (16 levels per group of 64) round them coarsely; the ranking still mostly holds.
+# documents, an image query), rho / top-10 / max|Δ| / mean|Δ|:
+#   int8      1.00 / 1.0 / 0.0072 / 0.0023   and  0.99 / 0.9 / 0.0091 / 0.0023
+#   int4      0.90 / 0.8 / 0.074  / 0.037    and  0.96 / 0.9 / 0.24   / 0.088
+#   bnb-8bit  1.00 / 1.0 / 0.017  / 0.0029   and  0.99 / 0.9 / 0.044  / 0.0091
+#   bnb-nf4   0.98 / 1.0 / 0.38   / 0.18     and  1.00 / 1.0 / 0.11   / 0.028
+# (with a query varied per run, the worker's int8 mean |Δ| reached 0.0051 and int4's max 0.44.) The 4-bit
+# modes move the tiny model's scores by tenths: its std-0.3 weights are far wider than trained ones, and 4 bits
+# (16 levels per group of 64) round them coarsely; the ranking still mostly holds.
 TINY_BOUNDS = {
-    "int8": (0.95, 0.9, 0.015, 0.005),
+    "int8": (0.95, 0.8, 0.015, 0.008),
     "int4": (0.75, 0.7, 0.65, 0.25),
-    "bnb-8bit": (0.95, 0.9, 0.05, 0.012),
+    "bnb-8bit": (0.95, 0.8, 0.07, 0.015),
     "bnb-nf4": (0.8, 0.8, 0.6, 0.28),
 }
 # Bytes of the quantized linears over their fp32 bytes: int8 one byte per weight plus a scale and zero point

@@ -103,6 +103,34 @@ def test_quantizing_the_vision_tower_too_is_asked_for_and_named(tiny_model_dir: 
     assert model.cache_identity() != load_model(str(tiny_model_dir), LoadOptions(quantization="int8")).cache_identity()
 
 
+def test_a_pre_quantized_checkpoint_loads_as_it_comes(tiny_model_dir: Path, tmp_path: Path, full: Any) -> None:
+    """A checkpoint saved quantized (here torchao int8 through transformers' ``TorchAoConfig``, as a published
+    FP8 / NVFP4 one carries its compressed-tensors config) loads with ``none`` as its config says, is named by
+    it, and refuses a second quantization."""
+    import shutil
+
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import Qwen3VLForConditionalGeneration, TorchAoConfig
+
+    config = TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=["visual", "lm_head"])
+    lm = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                         quantization_config=config)
+    out = tmp_path / "tiny-int8"
+    lm.save_pretrained(out)
+    for path in tiny_model_dir.iterdir():
+        if not path.name.startswith(("model", "config")):
+            shutil.copy(path, out)  # tokenizer, processors, chat template
+    model = load_model(str(out))
+    assert model.name == "tiny-int8 [checkpoint:torchao]" and model.cache_identity() != full.cache_identity()
+    assert _linear_bytes(model, vision=False) <= LINEAR_RATIO["int8"] * _linear_bytes(full, vision=False)
+    a = agreement([full.forward(_job(full))], [model.forward(_job(model))])
+    rho, top, max_delta, mean_delta = TINY_BOUNDS["int8"]  # the same int8 weight-only rounding
+    assert a["spearman_min"] >= rho and 0 < a["max_abs_delta"] <= max_delta, a
+    with pytest.raises(ModelLoadError, match=r"RERANKQ_QUANTIZATION\)='int4': .* is already quantized "
+                                             r"\(checkpoint:torchao\); set it to none"):
+        load_model(str(out), LoadOptions(quantization="int4"))
+
+
 def test_full_precision_keeps_its_name_and_cache_identity(full: Any) -> None:
     assert "[" not in full.name and full.quantization == "none" and "quantization" not in full.cache_identity()
 

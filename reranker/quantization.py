@@ -10,7 +10,8 @@ Modes (``RERANKQ_QUANTIZATION``):
   (torchao has no packed int4 CPU layout for this torch).
 - ``bnb-8bit`` / ``bnb-nf4``: bitsandbytes ``Linear8bitLt`` (LLM.int8, threshold 6) / ``Linear4bit`` NF4;
   recent releases run on the CPU too.
-- ``fp8``: torchao float8 weights and dynamic float8 activations, per row: CUDA with compute capability >= 9.
+- ``fp8``: torchao float8 weights and dynamic float8 activations, per row: CUDA with compute capability >= 9,
+  bfloat16.
 
 Quantization is applied after loading (``quantize``): each ``nn.Linear`` outside the vision tower is moved to
 the device and quantized one at a time, so a checkpoint (loaded on the CPU) never sits on the device in full
@@ -86,8 +87,8 @@ def check(mode: str, device: str, dtype: torch.dtype) -> None:
         if major < 9:
             raise _fail(mode, f"a CUDA GPU with compute capability >= 9.0; {device} has {major}.{minor} "
                         "(use int8, int4, bnb-8bit or bnb-nf4)")
-    if mode == "int4" and cuda and dtype != torch.bfloat16:
-        raise _fail(mode, f"dtype bfloat16 on CUDA (tinygemm kernels; RERANKQ_SCORING__DTYPE), not {dtype}")
+    if mode in ("int4", "fp8") and cuda and dtype != torch.bfloat16:  # tinygemm; row-wise scaled float8 matmuls
+        raise _fail(mode, f"dtype bfloat16 on CUDA (RERANKQ_SCORING__DTYPE=auto or bfloat16), not {dtype}")
     if mode in TORCHAO_MODES:
         _import_torchao(mode)
     else:

@@ -6,9 +6,11 @@ the registry, and never reads a full-precision worker's cached scores. A mode th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,9 @@ import pytest
 
 from bench.quantization import agreement
 from rerankq import registry
-from rerankq.cli.cluster import CACHE_ARGS, RedisServer, S3Server
+from rerankq.cli.cluster import CACHE_ARGS, RedisServer, S3Server, stop_process
 from rerankq.client import RerankClient
-from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
+from tests.integration.conftest import WorkerProcess, start_gateway, start_worker, stop_worker
 from tests.integration.test_quantization import TINY_BOUNDS
 
 MODES = ["int8", *(pytest.param(m, marks=pytest.mark.slow) for m in ("int4", "bnb-8bit", "bnb-nf4"))]
@@ -85,6 +87,14 @@ def test_a_quantized_worker_scores_within_bounds_and_says_so(mode: str, tmp_path
         with RerankClient(worker.settings) as client:
             entries = registry.live_workers(client.redis, worker.settings)
         assert [(w["model"], w["quantization"]) for w in entries] == [(str(tiny_model_dir), mode)]
+        gateway = start_gateway(worker.env, tmp_path_factory.mktemp("gateway"))
+        try:  # what /v1/models and the console's worker list (/v1/queue) show
+            models = json.loads(urllib.request.urlopen(f"{gateway.url}/v1/models", timeout=10).read())["data"]
+            assert [(m["id"], m["quantization"]) for m in models] == [(str(tiny_model_dir), [mode])]
+            queue = json.loads(urllib.request.urlopen(f"{gateway.url}/v1/queue", timeout=10).read())
+            assert [w["quantization"] for w in queue["workers"]] == [mode]
+        finally:
+            stop_process(gateway.proc)
     finally:
         stop_worker(worker)
 

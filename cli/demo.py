@@ -334,9 +334,11 @@ def _report(client: Any, ids: list[str], jobs: list[dict[str, Any]], elapsed: fl
     ok, models = True, set()
     for n, (job_id, job) in enumerate(zip(ids, jobs, strict=True), 1):
         status = client.status(job_id)
+        result: dict[str, Any] | Exception
         try:
-            result: dict[str, Any] | Exception = client.result(job_id, timeout=0)
-            models.add(result["model"])
+            done: dict[str, Any] = client.result(job_id, timeout=0)
+            result = done
+            models.add(str(done["model"]))
         except Exception as exc:  # a failed job is shown, not raised
             result, ok = exc, False
         print_job(n, job, status, result)

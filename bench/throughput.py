@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-cost", nargs=argparse.REMAINDER, default=None, metavar="OPTIONS",
                    help="instead: Redis commands and CPU per job, by phase (bench/redis_cost.py); its own options "
                         "follow, e.g. --redis-cost --run many:300x8:text --json (--redis-cost --help lists them)")
+    p.add_argument("--quantization", default=None, metavar="MODES", help="instead: each of these weight "
+                   "quantization modes (comma-separated) against full precision on --model (default random:small) "
+                   "in one run: memory, pairs/s, agreement of scores (bench/quantization.py)")
     p.set_defaults(func=run_bench)
 
 
@@ -240,6 +243,11 @@ def run_bench(args: argparse.Namespace) -> int:
         from bench.redis_cost import main
 
         return main(args.redis_cost, prog="rerankq bench --redis-cost")
+    if args.quantization is not None:
+        from bench import quantization
+
+        return quantization.main(["--modes", args.quantization, "--model", args.model or "random:small",
+                                  "--device", args.device, *(["--json"] if args.json else [])])
     from rerankq.cli.cluster import default_tiny_model_dir
     from rerankq.client.client import RerankClient
     from rerankq.worker.main import load

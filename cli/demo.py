@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from rerankq.cli.cluster import RedisServer, S3Server, default_tiny_model_dir, free_port, stop_process, wait_for_port
+from rerankq.cli.options import add_quantization_argument
 
 BUCKET = "rerankq-demo"
 REAL_WEIGHTS_HINT = "rerankq demo --model Qwen/Qwen3-VL-Reranker-2B --device cuda:0"
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model SPEC (default: the tiny random-weight model, "
                         f"built once into {default_tiny_model_dir()})")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: cpu)")
+    add_quantization_argument(parser)
     parser.add_argument("--repeat", type=int, default=1, help="submit the sample batch this many times")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the jobs")
     parser.add_argument("--serve", action="store_true", help="then keep everything running with the HTTP gateway "
@@ -121,9 +123,11 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
-def start_worker(spec: str, device: str, env: dict[str, str], log: TextIO) -> subprocess.Popen[bytes]:
+def start_worker(spec: str, device: str, env: dict[str, str], log: TextIO,
+                 quantization: str | None = None) -> subprocess.Popen[bytes]:
     """``rerankq worker`` in its own session (its own process group), so that stopping it stops all of it."""
     argv = ["-m", "rerankq.cli", "worker", "--model", spec, "--device", device]
+    argv += ["--quantization", quantization] if quantization else []
     if sys.platform.startswith("linux"):
         argv = ["-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
     return subprocess.Popen([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -272,6 +276,11 @@ def run_demo(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, stack: contextlib.ExitStack, started: float) -> int:
     from rerankq.client.client import RerankClient
 
+    if args.quantization not in (None, "none"):  # a mode this machine cannot run fails here, in one line
+        from rerankq.models.options import resolve_dtype
+        from rerankq.models.quantization import check
+
+        check(args.quantization, args.device, resolve_dtype(args.device, "auto"))
     redis_server = stack.enter_context(RedisServer())  # first: a missing redis-server fails fast
     s3_server = stack.enter_context(S3Server())
     spec = _model_spec(args.model)
@@ -283,7 +292,7 @@ def _demo(args: argparse.Namespace, stack: contextlib.ExitStack, started: float)
     log_path = Path(tempfile.mkdtemp(prefix="rerankq-demo-")) / "worker.log"
     stack.callback(shutil.rmtree, log_path.parent, True)
     log = stack.enter_context(log_path.open("w"))
-    proc = start_worker(spec, args.device, env, log)
+    proc = start_worker(spec, args.device, env, log, args.quantization)
     stack.callback(stop_worker, proc)
     print(f"worker pid {proc.pid} loading {spec} on {args.device} (log: {log_path})")
     wait_ready(proc, port, log_path, timeout=args.timeout)
@@ -322,14 +331,18 @@ def serve(env: dict[str, str], stack: contextlib.ExitStack, worker: subprocess.P
 
 def _report(client: Any, ids: list[str], jobs: list[dict[str, Any]], elapsed: float, port: int,
             tiny: bool) -> int:
-    ok = True
+    ok, models = True, set()
     for n, (job_id, job) in enumerate(zip(ids, jobs, strict=True), 1):
         status = client.status(job_id)
+        result: dict[str, Any] | Exception
         try:
-            result: dict[str, Any] | Exception = client.result(job_id, timeout=0)
+            done: dict[str, Any] = client.result(job_id, timeout=0)
+            result = done
+            models.add(str(done["model"]))
         except Exception as exc:  # a failed job is shown, not raised
             result, ok = exc, False
         print_job(n, job, status, result)
+    print(f"\nscored by: {', '.join(sorted(models)) or 'no job succeeded'}")  # "NAME [int8]" when quantized
     pairs = sum(len(j["documents"]) for j in jobs)
     print(f"\nthroughput: {pairs} pairs, {len(ids)} jobs in {elapsed:.2f} s = {pairs / elapsed:.1f} pairs/s, "
           f"{len(ids) / elapsed:.2f} jobs/s (submit to last result, one worker)")

@@ -26,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
+from rerankq.cli.options import add_quantization_argument
 from rerankq.errors import CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, RerankqError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_REQUEST, EXIT_TIMEOUT, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -56,8 +57,11 @@ def _worker(args: argparse.Namespace) -> int:
     from rerankq.shards import serving
     from rerankq.worker.main import run_worker
 
-    return run_worker(serving(args.shard, "rerankq worker"), model=args.model, device=args.device,
-                      hostname=args.hostname, loglevel="DEBUG" if args.verbose else "INFO", control=register)
+    settings = serving(args.shard, "rerankq worker")
+    if args.quantization is not None:
+        settings = settings.model_copy(update={"quantization": args.quantization})
+    return run_worker(settings, model=args.model, device=args.device, hostname=args.hostname,
+                      loglevel="DEBUG" if args.verbose else "INFO", control=register)
 
 
 def _batcher(args: argparse.Namespace) -> int:
@@ -121,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")
     worker.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-DEVICE-PID@host)")
     worker.add_argument("--shard", type=int, default=None, help=SHARD_HELP)
+    add_quantization_argument(worker)
     worker.set_defaults(func=_worker)
     batcher = sub.add_parser("batcher", help="a process that runs batches only (workers run them too): no model")
     batcher.add_argument("--hostname", default=None, help="Celery node name (default: rerankq-batcher-PID@host)")

@@ -57,7 +57,9 @@ class RerankModel(Protocol[P]):
 
     @property
     def name(self) -> str:
-        """The model's name as results, logs and metrics show it (a fake's name starts with ``fake:``)."""
+        """The model's name as results, logs and metrics show it (a fake's name starts with ``fake:``); with
+        quantized weights, their label in brackets: ``NAME [int8]`` (``rerankq.models.quantization``). Jobs are
+        routed by the model SPEC, never by this name."""
 
     @property
     def device(self) -> str:
@@ -85,9 +87,10 @@ class RerankModel(Protocol[P]):
 
     def cache_identity(self) -> str:
         """Everything about this loaded model that can move a score, as one string: its weights (a checkpoint's
-        content hash, or the ``random:`` SPEC and seed), dtype, attention implementation, device *type* (cuda,
-        cpu: never the index), the implementation's scoring version (bumped whenever prompt building or
-        preprocessing changes) and the preprocessing settings the model applies itself (``max_length``). Two
+        content hash, or the ``random:`` SPEC and seed), their quantization, dtype, attention implementation,
+        device *type* (cuda, cpu: never the index), the implementation's scoring version (bumped whenever prompt
+        building or preprocessing changes) and the preprocessing settings the model applies itself
+        (``max_length``). Two
         models with the same identity give a pair the same score (fp32: within 1e-5), so the score cache keys
         on it. The first call may take a while (hashing a checkpoint); the answer is then remembered."""
 

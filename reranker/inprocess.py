@@ -28,7 +28,9 @@ class Qwen3VLReranker:
 
     Accepts what the official script accepts: text, ``PIL.Image`` objects, local image/video paths (plain
     or ``file://``), ``s3://`` references (with ``s3_endpoint_url`` or the AWS defaults), and videos given
-    as a file or as a list of frames (paths or images).
+    as a file or as a list of frames (paths or images). ``quantization="int8"`` (or any mode of the
+    ``quantization`` setting; ``load_in_8bit=True`` / ``load_in_4bit=True`` as in the official script) loads
+    the weights quantized (``rerankq.models.quantization``).
     """
 
     def __init__(
@@ -44,16 +46,19 @@ class Qwen3VLReranker:
         batch_max_pairs: int = 64,
         s3_endpoint_url: str | None = None,
         share_prefix: bool = True,
+        quantization: str | None = None,
         **kwargs: Any,
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        quantization = _quantization(quantization, kwargs)
         dtype = "auto" if torch_dtype is None else torch_dtype if isinstance(torch_dtype, str) else _DTYPE_NAMES.get(
             torch_dtype, str(torch_dtype).removeprefix("torch."))
         self.settings = Settings(device=device, allow_file_urls=True, s3_endpoint_url=s3_endpoint_url,
                                  instruction=default_instruction)
         self.model = load_model(model_name_or_path, LoadOptions(
             device=device, dtype=str(dtype), attn_implementation=kwargs.get("attn_implementation", "auto"),
-            s3_endpoint_url=s3_endpoint_url, max_length=max_length, share_prefix=share_prefix))
+            s3_endpoint_url=s3_endpoint_url, max_length=max_length, share_prefix=share_prefix,
+            quantization=quantization, quantize_vision=bool(kwargs.get("quantize_vision", False))))
         self.fps, self.max_frames = fps, max_frames
         self.default_instruction = default_instruction
         self.batch_max_tokens, self.batch_max_pairs = batch_max_tokens, batch_max_pairs
@@ -109,6 +114,17 @@ class Qwen3VLReranker:
         return JobInput("process", Side.from_dict(query), [Side.from_dict(d) for d in documents],
                         inputs.get("instruction") or self.default_instruction, budget,
                         max_tokens_per_doc=inputs.get("max_tokens_per_doc"), use_cache=False)
+
+
+def _quantization(mode: str | None, kwargs: dict[str, Any]) -> str:
+    """``quantization=`` or the official script's ``load_in_8bit=True`` (bnb-8bit) / ``load_in_4bit=True``
+    (bnb-nf4), the bitsandbytes modes those transformers keywords stand for; ``None`` = RERANKQ_QUANTIZATION."""
+    legacy = [m for key, m in (("load_in_8bit", "bnb-8bit"), ("load_in_4bit", "bnb-nf4")) if kwargs.get(key)]
+    if len(legacy) > 1 or (legacy and mode not in (None, legacy[0])):
+        raise ValueError(f"quantization={mode!r}, load_in_8bit and load_in_4bit disagree: give one of them")
+    if legacy:
+        return legacy[0]
+    return mode if mode is not None else Settings().quantization
 
 
 class DocumentsFailed(MediaError):

@@ -5,6 +5,9 @@ a cache), ``random:SIZE`` (a released architecture with random weights, for benc
 (the deterministic fake of ``rerankq.models.fake``). A checkpoint's implementation is picked from the
 ``model_type`` of its ``config.json`` (as infinity's ``select_model``); a new model family is one entry in
 ``IMPLEMENTATIONS`` and a folder of its own.
+
+Weight quantization (``opts.quantization``) is checked here, before any weight is read, and applied by each
+implementation's loader through ``rerankq.models.quantization.quantize`` after loading.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Any
 
 from rerankq import s3
 from rerankq.errors import ModelLoadError
+from rerankq.models import quantization
 from rerankq.models.contract import RerankModel
-from rerankq.models.options import LoadOptions
+from rerankq.models.options import LoadOptions, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +125,13 @@ def load_model(spec: str, opts: LoadOptions | None = None) -> RerankModel[Any]:
     """Resolve a model SPEC (see module doc) and load it."""
     opts = opts or LoadOptions()
     if spec.startswith("fake:"):
+        if opts.quantization != "none":
+            raise ModelLoadError(f"{quantization.SETTING}={opts.quantization!r}: {spec} has no weights to quantize")
         from rerankq.models.fake import load_fake
 
         return load_fake(spec, opts)
     check_device(opts.device)
+    quantization.check(opts.quantization, opts.device, resolve_dtype(opts.device, opts.dtype))
     if spec.startswith("random:"):
         return _entry(RANDOM)(spec.split(":", 1)[1].lower(), opts)
     if spec.startswith("s3://"):

@@ -14,7 +14,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load: device, dtype ("auto" = bf16 on CUDA, fp32 on CPU), attention, caches, pair length,
-    shared-prefix scoring."""
+    shared-prefix scoring, weight quantization (``rerankq.models.quantization``)."""
 
     device: str = "cpu"
     dtype: str = "auto"
@@ -24,6 +24,8 @@ class LoadOptions:
     seed: int = 0
     max_length: int = 10240
     share_prefix: bool = True  # a job's pairs may run their common prefix once (exact; scoring.share_prefix)
+    quantization: str = "none"  # rerankq.models.quantization.MODES
+    quantize_vision: bool = False  # the vision tower's linears too
 
 
 def resolve_dtype(device: str, dtype: str) -> torch.dtype:

@@ -1,8 +1,9 @@
 """Live workers and recent throughput, in Redis, for anyone to read (the HTTP gateway, dashboards).
 
-Each worker keeps a hash ``{prefix}:worker:{name}`` (fields ``name``, ``model``, ``device``, ``started_at``,
-``seen_at``, ``pairs_scored``) alive by re-registering it every ``HEARTBEAT_S`` seconds with a TTL of
-``TTL_S``: a worker that dies drops out of ``live_workers`` within the TTL, without anyone cleaning up.
+Each worker keeps a hash ``{prefix}:worker:{name}`` (fields ``name``, ``model`` (the SPEC its queues are keyed
+on), ``device``, ``quantization`` (``none``, ``int8``, ...), ``started_at``, ``seen_at``, ``pairs_scored``)
+alive by re-registering it every ``HEARTBEAT_S`` seconds with a TTL of ``TTL_S``: a worker that dies drops
+out of ``live_workers`` within the TTL, without anyone cleaning up.
 
 Throughput: workers add the pairs they scored to a counter per ``SLOT_S``-second slot
 (``{prefix}:stats:pairs:{slot}``, kept ``SERIES_S`` seconds), so ``pairs_series`` gives pairs/s over the last

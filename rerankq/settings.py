@@ -11,7 +11,7 @@ lists every knob; it is generated from the fields below (``python -m rerankq.con
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +24,11 @@ def comma_list(value: object, lower: bool = False) -> object:
     if isinstance(value, str):
         return [(item.strip().lower() if lower else item.strip()) for item in value.split(",") if item.strip()]
     return value
+
+
+# Weight quantization modes (``rerankq.models.quantization``); the setting ``quantization``.
+QuantizationMode = Literal["none", "int8", "int4", "bnb-8bit", "bnb-nf4", "fp8"]
+QUANTIZATION_MODES: tuple[str, ...] = get_args(QuantizationMode)
 
 
 class BatchSettings(BaseModel):
@@ -237,6 +242,14 @@ class Settings(BaseSettings):
     model: str = Field("Qwen/Qwen3-VL-Reranker-2B", description="Model SPEC for workers: a directory, a Hugging "
                        "Face id, s3://bucket/prefix/, random:2b or random:8b.")
     device: str = Field("cpu", description="cpu, cuda or cuda:N.")
+    quantization: QuantizationMode = Field(
+        "none", description="Weight quantization of the model's linear layers, applied at load: int8 / int4 "
+        "(torchao weight-only), bnb-8bit / bnb-nf4 (bitsandbytes), fp8 (CUDA compute capability >= 9 only). "
+        "These need the quant extra. none = the weights as they are; a pre-quantized checkpoint (FP8, NVFP4) "
+        "loads as it comes. Results, metrics and /v1/models name it (\"NAME [int8]\"), and quantized scores "
+        "never share cache entries with full-precision ones.")
+    quantize_vision: bool = Field(False, description="Quantize the vision tower's linear layers too (with "
+                                  "quantization); by default it stays in full precision.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Worker Prometheus port (0 = off).")
     allow_file_urls: bool = Field(False, description="Let workers read file:// references.")
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(

@@ -32,7 +32,9 @@ def load(settings: Settings, spec: str, device: str) -> RerankModel[Any]:
     s = settings.scoring
     return load_model(spec, LoadOptions(device=device, dtype=s.dtype, attn_implementation=s.attn_implementation,
                                         cache_dir=s.model_cache_dir, s3_endpoint_url=settings.s3_endpoint_url,
-                                        seed=s.seed, max_length=s.max_length, share_prefix=s.share_prefix))
+                                        seed=s.seed, max_length=s.max_length, share_prefix=s.share_prefix,
+                                        quantization=settings.quantization,
+                                        quantize_vision=settings.quantize_vision))
 
 
 def warm_up(model: RerankModel[Any], settings: Settings) -> None:
@@ -48,8 +50,9 @@ class RegistryBeat:
     throughput slot."""
 
     def __init__(self, settings: Settings, client: redis.Redis, name: str, model: str, device: str,
-                 scored: Callable[[], float]) -> None:
+                 scored: Callable[[], float], quantization: str = "none") -> None:
         self.settings, self.client, self.name, self.model, self.device = settings, client, name, model, device
+        self.quantization = quantization
         self.scored = scored
         self.started_at = time.time()
         self.reported = 0.0
@@ -61,8 +64,8 @@ class RegistryBeat:
 
     def add(self, pipe: Any) -> int:
         total, now = self.scored(), time.time()
-        fields = {"name": self.name, "model": self.model, "device": self.device, "started_at": self.started_at,
-                  "pairs_scored": int(total)}
+        fields = {"name": self.name, "model": self.model, "device": self.device, "quantization": self.quantization,
+                  "started_at": self.started_at, "pairs_scored": int(total)}
         count = registry.queue_presence(pipe, self.settings, self.name, fields)
         pairs, slot = int(total - self.reported), registry.slot_of(now)
         ttl = slot != self._slot_with_ttl
@@ -118,7 +121,8 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
     def scored() -> float:
         return metrics.registry.get_sample_value("rerankq_pairs_scored_total", {"model": scorer.name}) or 0.0
 
-    beat = RegistryBeat(settings, store.redis, hostname, spec, str(device), scored)
+    beat = RegistryBeat(settings, store.redis, hostname, spec, str(device), scored,
+                        getattr(scorer, "quantization", "none"))
     beat()  # listed before it consumes: the gateway's /v1/models sees it at once
     consumed = ([keys.control_queue(settings)] if control else []) + queues
     app = make_app(settings, consumed, runtime)

@@ -76,8 +76,8 @@ async def _recent(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/v1/queue", tags=["ops"], summary="Queue depths, live workers, throughput, recent jobs")
 async def queue_view(request: Request) -> dict[str, Any]:
-    """What the console's queue view shows: depth per model and priority, live workers with their model and
-    device, pairs/s over the last minute and per 10 s over the last 10 minutes, recent gateway jobs."""
+    """What the console's queue view shows: depth per model and priority, live workers with their model,
+    quantization and device, pairs/s over the last minute and per 10 s over the last 10 minutes, recent gateway jobs."""
     gateway = gateway_of(request)
     workers = await gateway.workers()
     others = sorted({w["model"] for w in workers if not keys.serves_default(gateway.settings, w.get("model"))})

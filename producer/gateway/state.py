@@ -98,12 +98,14 @@ class Gateway:
         return cached
 
     async def models(self) -> list[dict[str, Any]]:
-        """Models with live workers: ``[{"id", "object", "workers", "devices", "default"}]``."""
+        """Models with live workers: ``[{"id", "object", "workers", "devices", "quantization", "default"}]``; ``id`` is
+        the SPEC jobs are routed by, ``quantization`` what its workers run (``["none"]``, ``["int8"]``, or several)."""
         by_model: dict[str, list[dict[str, Any]]] = {}
         for worker in await self.workers():
             by_model.setdefault(worker.get("model", "?"), []).append(worker)
         return [{"id": model, "object": "model", "owned_by": "rerankq", "workers": len(ws),
                  "devices": sorted({w.get("device", "?") for w in ws}),
+                 "quantization": sorted({w.get("quantization") or "none" for w in ws}),
                  "default": keys.serves_default(self.settings, model)} for model, ws in sorted(by_model.items())]
 
     async def resolve_model(self, name: str | None) -> str | None:

@@ -79,14 +79,17 @@ class Scorer:
     """
 
     def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str,
-                 max_length: int = 10240, share_prefix: bool = True, weights: Callable[[], str] | None = None) -> None:
+                 max_length: int = 10240, share_prefix: bool = True, weights: Callable[[], str] | None = None,
+                 quantization: str = "none") -> None:
         self.backbone = backbone.eval()
         self.head = head.detach().to(torch.float32)  # (hidden,) the yes − no row
         self.tokenizer = tokenizer
-        self.name = name
+        self.quantization = quantization  # rerankq.models.quantization.label, or a checkpoint's own method
+        self.name = name if quantization == "none" else f"{name} [{quantization}]"
         self.torch_device = head.device
         self.device = str(head.device)
-        self.dtype = next(backbone.parameters()).dtype
+        embeddings: Any = getattr(backbone, "get_input_embeddings")()  # noqa: B009 (a transformers model's)
+        self.dtype = embeddings.weight.dtype  # not a linear's: those may hold quantized weights
         self.preparer = PairPreparer(tokenizer, max_length)
         self.preprocessor = QwenVision()
         self.share = share_prefix and can_share(self.backbone)
@@ -96,9 +99,11 @@ class Scorer:
         self._identity: str | None = None
 
     def cache_identity(self) -> str:
-        """Weights, dtype, attention, device type, ``SCORING_VERSION`` and ``max_length`` (``RerankModel``)."""
+        """Weights, dtype, quantization, attention, device type, ``SCORING_VERSION`` and ``max_length``
+        (``RerankModel``). Full-precision models keep the identity they had before quantization existed."""
         if self._identity is None:
-            self._identity = json.dumps({
+            quantized = {} if self.quantization == "none" else {"quantization": self.quantization}
+            self._identity = json.dumps({**quantized,
                 "implementation": "qwen3vl", "scoring_version": SCORING_VERSION, "weights": self._weights(),
                 "dtype": str(self.dtype).removeprefix("torch."), "device": self.torch_device.type,
                 "attn": str(getattr(getattr(self.backbone, "config", None), "_attn_implementation", "")),

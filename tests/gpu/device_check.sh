@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shared-prefix scoring on a CUDA machine, in one go (issue 10). Needs a venv with a CUDA torch:
+# Shared-prefix scoring (issue 10) and weight quantization (issue 20) on a CUDA machine, in one go. Needs a
+# venv with a CUDA torch and the quant extra (make setup does both):
 #   make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
 #   tests/gpu/device_check.sh [OUT_DIR]            # optional: pip install flash-attn (>= 2.1) first
 # 1. tests/gpu: fp32 shared == one pair per pass (<= 1e-5 logit); bf16 sdpa and flash-attention 2 varlen:
@@ -18,4 +19,10 @@ for size in 2b 8b; do
     --text-tokens 512 2>&1 | tee "$out/pairs-$size.txt"
   "$py" -m bench.scorer --model "random:$size" --device cuda --jobs image-query:32,text-query:32 \
     --repeats 3 2>&1 | tee "$out/sharing-$size.txt"
+done
+# 3. Weight quantization (issue 20) against bf16 on the same random weights, one process per mode: weights
+#    (bytes allocated), peak, pairs/s, Spearman per job, top-10 overlap, max and mean |Δ score|.
+for size in 2b 8b; do
+  "$py" -m bench.quantization --model "random:$size" --device cuda --modes int8,int4,fp8,bnb-8bit,bnb-nf4 \
+    --jobs 4 --docs 16 --repeats 2 2>&1 | tee "$out/quant-$size.txt"
 done

@@ -110,6 +110,16 @@ def test_demo_prints_ranked_results_for_every_job_and_leaves_nothing_behind() ->
     assert no_process_left(tag, redis_port(out)) == []
 
 
+def test_the_demo_runs_a_quantized_worker_and_says_so() -> None:
+    tag = uuid.uuid4().hex
+    run = subprocess.run([*DEMO, "--quantization", "int8"], env=demo_env(tag), capture_output=True, text=True,
+                         timeout=280, start_new_session=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"progress: 24/24 pairs, 6/6 jobs finished", run.stdout)
+    assert re.search(r"\nscored by: \S+ \[int8\]\n", run.stdout), run.stdout
+    assert no_process_left(tag, redis_port(run.stdout)) == []
+
+
 def test_ctrl_c_while_the_worker_loads_stops_everything() -> None:
     tag = uuid.uuid4().hex
     proc, lines = start_demo(tag)

@@ -80,7 +80,8 @@ def model_name(http: httpx.Client) -> str:
 
 def test_models_lists_the_live_worker_and_its_device(http: httpx.Client, tiny_model_dir: Path) -> None:
     models = http.get("/v1/models").json()["data"]
-    assert [(m["id"], m["devices"], m["workers"]) for m in models] == [(str(tiny_model_dir), ["cpu"], 1)]
+    assert [(m["id"], m["devices"], m["workers"], m["quantization"]) for m in models] == [
+        (str(tiny_model_dir), ["cpu"], 1, ["none"])]
 
 
 def test_cohere_sdk_v2_and_v1(gateway: GatewayProcess, http: httpx.Client, sdk: RerankClient) -> None:

@@ -317,6 +317,9 @@ function spark(series) {
   svg.innerHTML = `<polyline fill="none" stroke="#3b5bdb" stroke-width="2" points="${points}"/>`;
 }
 
+// A worker's weight quantization as the results name it: "" for full precision, " [int8]" otherwise.
+const quantized = (q) => (q && q !== "none" ? ` [${q}]` : "");
+
 function renderQueue(view) {
   const byModel = {};
   for (const q of view.queues) (byModel[q.model] = byModel[q.model] || {})[q.priority] = q.depth;
@@ -327,7 +330,7 @@ function renderQueue(view) {
   }));
   $("#pairs-rate").textContent = view.pairs_per_s.toFixed(view.pairs_per_s < 10 ? 2 : 0);
   spark(view.series);
-  $("#queue-workers").replaceChildren(...(view.workers.length ? view.workers.map((w) => li(`${w.name} · ${String(w.model).split("/").pop()} · ${w.device}${w.shard === undefined ? "" : ` · shard ${w.shard}`}`)) : [li("no live worker")]));
+  $("#queue-workers").replaceChildren(...(view.workers.length ? view.workers.map((w) => li(`${w.name} · ${String(w.model).split("/").pop()}${quantized(w.quantization)} · ${w.device}${w.shard === undefined ? "" : ` · shard ${w.shard}`}`)) : [li("no live worker")]));
   $("#recent").replaceChildren(...view.recent.slice(0, 10).map((j) => li(`${j.job_id.slice(0, 12)} ${j.pairs_done}/${j.pairs_total}`, j.state)));
 }
 
@@ -345,7 +348,7 @@ async function loadModels() {
   for (const m of (await response.json()).data) {
     const o = document.createElement("option");
     o.value = m.id;
-    o.textContent = `${m.id.split("/").pop()} (${m.devices.join(", ")})`;
+    o.textContent = `${m.id.split("/").pop()}${(m.quantization || []).map(quantized).join("")} (${m.devices.join(", ")})`;
     select.appendChild(o);
   }
 }

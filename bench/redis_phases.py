@@ -82,7 +82,8 @@ def script_names() -> dict[str, str]:
     from rerankq.client.batches import runner
     from rerankq.worker import reaper
 
-    scripts = {"create": transitions.CREATE, "observe": transitions.OBSERVE, "start": transitions.START_MANY,
+    scripts = {"create": transitions.CREATE, "create sent": transitions.CREATE_SENT, "observe": transitions.OBSERVE,
+               "start": transitions.START_MANY,
                "progress": transitions.PROGRESS, "commit": transitions.COMMIT, "finish": transitions.FINISH_MANY,
                "requeue": transitions.REQUEUE, "cancel": transitions.CANCEL, "reap": reaper._REAP,
                "callback claim": callbacks._CLAIM, "callback retry": callbacks._RETRY, "callback drop": callbacks._DROP,
@@ -222,6 +223,8 @@ class Attributor:
             return "connections"
         if e.cmd in ("EVALSHA", "EVAL"):
             name = self.scripts.get(e.args[1] if len(e.args) > 1 else "", "")
+            if name == "create sent":  # the SDK's record, with its pending entry
+                return "submit"
             if name == "create":  # a job's record (the SDK's keeps its JSON, "wire"; a worker's not) or a batch's
                 return "submit" if "wire" in e.args or self.kind(self.key_of(e)) == "batch" else "accept"
             if name == "observe":

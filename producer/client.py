@@ -351,9 +351,17 @@ class RerankClient:
                 heard_at = time.monotonic()
 
     def _read_ended(self, job_ids: list[str]) -> list[tuple[str, dict[str, Any] | Exception]]:
-        """The outcomes of ended jobs: their records in one round trip, results in S3 fetched."""
+        """The outcomes of ended jobs: as announced on the notify list, else their records in one round trip;
+        results in S3 fetched."""
         out: list[tuple[str, dict[str, Any] | Exception]] = []
-        for job_id, record in zip(job_ids, self.jobs.ended_records(job_ids), strict=True):
+        records: dict[str, JobRecord | None] = {}
+        for job_id in job_ids:  # what their ends announced on the notify list; the others' records are read
+            records[job_id] = self.completions.outcome(job_id)
+        unread = [j for j, r in records.items() if r is None]
+        if unread:
+            records.update(zip(unread, self.jobs.ended_records(unread), strict=True))
+        for job_id in job_ids:
+            record = records[job_id]
             self.completions.forget(job_id)
             try:
                 if record is None:

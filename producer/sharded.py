@@ -29,7 +29,7 @@ from rerankq.batches import BatchRecord, BatchStore
 from rerankq.client.fanin import FanIn
 from rerankq.client.waiting import Completions
 from rerankq.errors import NoSuchJob
-from rerankq.jobs import TERMINAL, text_of
+from rerankq.jobs import TERMINAL, JobRecord, text_of
 from rerankq.jobstore import JobStore
 from rerankq.settings import Settings
 from rerankq.shardjobs import ShardedJobs
@@ -77,6 +77,9 @@ class ShardedCompletions:
 
     def forget(self, job_id: str) -> None:
         self.parts[self.shards.index(job_id)].forget(job_id)
+
+    def outcome(self, job_id: str) -> JobRecord | None:
+        return self.parts[self.shards.index(job_id)].outcome(job_id)
 
     def listen(self, timeout: float) -> int:
         if self._fanin is None:

@@ -1,9 +1,10 @@
 """Waiting for many jobs without reading them again and again: each ``RerankClient`` owns a *notify list*.
 
 The records a client creates name its list (``{prefix}:notify:{client id}``), and the script that ends a job
-pushes ``STATE RECORD-KEY`` onto it in the same step (``rerankq.transitions``). A waiting client blocks on
-that one list and reads a record only once it has ended: the Redis work of waiting for N jobs is O(N), not
-O(N) per wake. Ends that arrive for jobs nobody asked about yet are kept until asked.
+pushes ``STATE RECORD-KEY`` onto it in the same step (``rerankq.transitions``), with a second line holding
+what a waiter reads of the record (its result or result URI, or its error): a waiting client blocks on that
+one list and reads no record at all: the Redis work of waiting for N jobs is O(N), not O(N) per wake. Ends
+that arrive for jobs nobody asked about yet are kept until asked.
 
 Jobs this client did not create (another client's ids, a ``job_id`` that existed already) are waited for by
 reading their states, as before (``RerankClient.wait_any``). So is every job now and then: an end that never
@@ -13,6 +14,7 @@ still ends the wait.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -21,7 +23,7 @@ from typing import Any
 import redis
 
 from rerankq import keys
-from rerankq.jobs import text_of
+from rerankq.jobs import TERMINAL, JobRecord, JobState, text_of
 from rerankq.settings import Settings
 
 RECHECK_S = 10.0  # a wait that has heard nothing for this long reads the states of what it waits for
@@ -39,6 +41,7 @@ class Completions:
         self._record_prefix = keys.job_key(settings, "")
         self._mine: set[str] = set()
         self._ended: dict[str, str] = {}  # job id → terminal state, heard and not yet asked for
+        self._outcomes: dict[str, JobRecord] = {}  # job id → what its end said (``outcome``), until asked for
 
     def created(self, job_ids: Iterable[str]) -> None:
         """These jobs' records name this list: their ends will arrive on it."""
@@ -59,7 +62,13 @@ class Completions:
     def forget(self, job_id: str) -> None:
         """A job whose end was learnt another way (its state read): nothing more to hear of it."""
         self._ended.pop(job_id, None)
+        self._outcomes.pop(job_id, None)
         self._mine.discard(job_id)
+
+    def outcome(self, job_id: str) -> JobRecord | None:
+        """The ended job's record as far as a waiter reads it (state, result or its URI, error), as its end
+        announced it; None when the announcement did not carry it (the record must be read)."""
+        return self._outcomes.pop(job_id, None)
 
     def listen(self, timeout: float) -> int:
         """Block up to ``timeout`` s for ends; returns how many arrived (they go to ``take``)."""
@@ -71,10 +80,17 @@ class Completions:
         return self.heard([popped[1], *(self.redis.lpop(self.key, POP_MAX) or [])])
 
     def heard(self, entries: list[Any]) -> int:
-        """Take in entries popped off the list (``STATE RECORD-KEY`` each); returns how many."""
+        """Take in entries popped off the list (``STATE RECORD-KEY``, then the outcome's JSON line); returns how
+        many."""
         for entry in entries:
-            state, _, record_key = text_of(entry).partition(" ")
-            self._ended[record_key.removeprefix(self._record_prefix)] = state
+            head, _, outcome = text_of(entry).partition("\n")
+            state, _, record_key = head.partition(" ")
+            job_id = record_key.removeprefix(self._record_prefix)
+            self._ended[job_id] = state
+            if outcome and state in {s.value for s in TERMINAL}:
+                fields = json.loads(outcome)
+                self._outcomes[job_id] = JobRecord(job_id, JobState(state), 0.0, error=fields.get("error"),
+                                                   result=fields.get("result"), result_uri=fields.get("result_uri"))
         return len(entries)
 
 

@@ -24,7 +24,18 @@ from rerankq.jobs import (
 )
 from rerankq.scripts import Scripts
 from rerankq.settings import Settings
-from rerankq.transitions import CANCEL, COMMIT, CREATE, FAIL, FINISH_MANY, OBSERVE, PROGRESS, REQUEUE, START_MANY
+from rerankq.transitions import (
+    CANCEL,
+    COMMIT,
+    CREATE,
+    CREATE_SENT,
+    FAIL,
+    FINISH_MANY,
+    OBSERVE,
+    PROGRESS,
+    REQUEUE,
+    START_MANY,
+)
 
 
 class JobStore:
@@ -38,6 +49,7 @@ class JobStore:
         self._create, self._observe, self._start = register(CREATE), register(OBSERVE), register(START_MANY)
         self._progress, self._commit, self._finish = register(PROGRESS), register(COMMIT), register(FINISH_MANY)
         self._requeue, self._cancel, self._fail = register(REQUEUE), register(CANCEL), register(FAIL)
+        self._create_sent = register(CREATE_SENT)
 
     def key(self, job_id: str) -> str:
         return keys.job_key(self.settings, job_id)
@@ -94,19 +106,20 @@ class JobStore:
                       "deadline_at": deadline_of(job, now), "task_id": task_id,
                       "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify,
                       "callback_url": job.get("callback_url")}
-            self._create(keys=[self.key(job["job_id"])], args=[self.settings.results.failure_ttl_s,
-                                                               *flatten_fields(fields)], client=pipe)
+            ttl = self.settings.results.failure_ttl_s
             if sent:
-                pipe.zadd(keys.pending_key(keys.job_queue(self.settings, job)), {job["job_id"]: now}, nx=True)
+                self._create_sent(keys=[self.key(job["job_id"]), keys.pending_key(keys.job_queue(self.settings, job))],
+                                  args=[ttl, now, job["job_id"], *flatten_fields(fields)], client=pipe)
+            else:
+                self._create(keys=[self.key(job["job_id"])], args=[ttl, *flatten_fields(fields)], client=pipe)
 
         def undo(out: list[Any]) -> None:
             # Not acknowledged: the caller publishes nothing and will retry with the same ids, which must find
             # no record (a record without a message would stay queued for good).
-            created = [job for job, new in zip(jobs, out[::2] if sent else out, strict=True) if new]
-            self.forget(created)
+            self.forget([job for job, new in zip(jobs, out, strict=True) if new])
 
         out = self._execute(pipe, undo)
-        return [bool(x) for x in (out[::2] if sent else out)]
+        return [bool(x) for x in out]
 
     def forget(self, jobs: list[dict[str, Any]]) -> None:
         """Delete new records whose messages were not published (and their pending entries)."""

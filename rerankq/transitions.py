@@ -6,7 +6,8 @@ the scripts of many jobs (``*_MANY``: one call for a whole round) take the outbo
 """
 
 # Shared Lua: KEYS[1] record, KEYS[2] done list, KEYS[3] and KEYS[4] the callback outbox's due zset and events
-# hash. ``finish_with`` writes a terminal state, wakes waiters (the creator's notify list, and the done list when
+# hash. ``finish_with`` writes a terminal state, wakes waiters (the creator's notify list, with the outcome a waiter
+# reads: ``STATE RECORD-KEY`` and a JSON line of result / result_uri / error; and the done list when
 # a waiter marked the record ``watched``: ``OBSERVE`` with its watch flag) and,
 # for a job with a ``callback_url``, writes its event to the outbox in the same script (``rerankq.callbacks``
 # reads it: a snapshot of the ended record). Each script reads the fields it needs in one HMGET: every command a
@@ -32,7 +33,15 @@ local function end_job(rec, done, due, events, state, ttl, f, ...)
     redis.call('RPUSH', done, '1')
     redis.call('EXPIRE', done, ttl)
   end
-  if f[2] and redis.call('RPUSH', f[2], state .. ' ' .. rec) == 1 then redis.call('EXPIRE', f[2], ttl) end
+  if f[2] then  -- the creator's notify list: the end and what a waiter reads of it, so it need not read the record
+    local args, outcome = {...}, {}
+    for i = 1, #args - 1, 2 do
+      if args[i] == 'result' or args[i] == 'result_uri' or args[i] == 'error' then outcome[args[i]] = args[i + 1] end
+    end
+    if redis.call('RPUSH', f[2], state .. ' ' .. rec .. '\\n' .. cjson.encode(outcome)) == 1 then
+      redis.call('EXPIRE', f[2], ttl)
+    end
+  end
 end
 local function finish_with(state, ttl, ...)
   end_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], state, ttl, nil, ...)
@@ -53,6 +62,16 @@ CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# CREATE for a job whose message the caller publishes next (the SDK): KEYS[2] is its queue's pending set, which
+# gets the job (``rerankq.worker.reaper``). ARGV: ttl, pending score, job id, then field/value pairs.
+CREATE_SENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3])
 return 1
 """
 

@@ -259,7 +259,7 @@ class BatchRunner:
             popped = self.redis.blpop([self.key("ended")], timeout=0.5)
             found = [popped[1]] if popped else []
         for item in found:
-            state, _, key = text_of(item).partition(" ")
+            state, _, key = text_of(item).partition("\n")[0].partition(" ")
             number = self.by_key.get(key)
             if number is not None and number in self.inflight:
                 self.inflight.discard(number)

@@ -28,11 +28,12 @@ from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
 from rerankq.client.batch_submit import submit_batch, wait_batch
 from rerankq.client.progress import Progress
-from rerankq.client.sent_events import sent_events
+from rerankq.client.sent_events import Audience, sent_events
 from rerankq.client.sharded import ShardedParts
 from rerankq.client.waiting import RECHECK_S, Completions, deadline_left
 from rerankq.connections import redis_client
 from rerankq.errors import CallbackRefused, CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, TransientError
+from rerankq.fanout import transport_for
 from rerankq.jobs import TERMINAL, JobRecord, JobState
 from rerankq.jobstore import JobStore
 from rerankq.results import ResultStore
@@ -66,6 +67,8 @@ class RerankClient:
         self.jobs = JobStore(self.settings, self.redis)
         self.celery = Celery("rerankq-producer", set_as_current=False)
         self.celery.conf.update(celeryconf.celery_config(self.settings))
+        self.celery.conf.broker_transport = transport_for(self.settings.redis_url)  # counts who hears its events
+        self._audience = Audience()
         self.completions = Completions(self.redis, self.settings, notify)
 
     def _part(self, settings: Settings, notify: bool) -> RerankClient:
@@ -91,12 +94,14 @@ class RerankClient:
         self.close()
 
     # submitting ----------------------------------------------------------------------------------
-    def submit(self, request: dict[str, Any] | RerankJob) -> str:
-        """Validate and enqueue one job; returns its id (the given ``job_id`` or a new one)."""
+    def submit(self, request: dict[str, Any] | RerankJob, notify: str | None = None) -> str:
+        """Validate and enqueue one job; returns its id (the given ``job_id`` or a new one). ``notify``: a Redis
+        list of the caller's own for the job's end (``STATE RECORD-KEY`` and a JSON line of its outcome; the
+        gateway waits so) instead of this client's."""
         job = self._prepare(request)
         self._check_result_uri(job)
         self.check_callback_url(job.get("callback_url"))
-        self._enqueue([job], self.completions.key)
+        self._enqueue([job], notify or self.completions.key)
         return str(job["job_id"])
 
     def submit_many(self, requests: Iterable[dict[str, Any] | RerankJob]) -> list[str]:
@@ -156,7 +161,7 @@ class RerankClient:
             self.completions.created(job["job_id"] for job in fresh)
         try:
             with self.celery.producer_or_acquire() as producer:
-                events = sent_events(self.celery, producer.channel, len(fresh))
+                events = sent_events(self.celery, producer.channel, len(fresh), self._audience)
                 with producer.batch(max_size=4 * len(fresh)):
                     for job in fresh:
                         self.celery.send_task(keys.TASK_NAME, args=[job], task_id=job["job_id"], producer=producer,

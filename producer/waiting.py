@@ -83,15 +83,27 @@ class Completions:
         """Take in entries popped off the list (``STATE RECORD-KEY``, then the outcome's JSON line); returns how
         many."""
         for entry in entries:
-            head, _, outcome = text_of(entry).partition("\n")
-            state, _, record_key = head.partition(" ")
-            job_id = record_key.removeprefix(self._record_prefix)
+            job_id, state, outcome = parse_end(entry, self._record_prefix)
             self._ended[job_id] = state
-            if outcome and state in {s.value for s in TERMINAL}:
-                fields = json.loads(outcome)
-                self._outcomes[job_id] = JobRecord(job_id, JobState(state), 0.0, error=fields.get("error"),
-                                                   result=fields.get("result"), result_uri=fields.get("result_uri"))
+            if outcome is not None:
+                self._outcomes[job_id] = outcome
         return len(entries)
+
+
+def parse_end(entry: Any, record_prefix: str) -> tuple[str, str, JobRecord | None]:
+    """A notify-list entry (``STATE RECORD-KEY``, then a JSON line of the outcome) → (job id, state, the record as
+    far as a waiter reads it: state, result or its URI, error; None when the entry does not carry it)."""
+    head, _, line = text_of(entry).partition("\n")
+    state, _, record_key = head.partition(" ")
+    job_id = record_key.removeprefix(record_prefix)
+    if not line or state not in _TERMINAL_NAMES:
+        return job_id, state, None
+    fields = json.loads(line)
+    return job_id, state, JobRecord(job_id, JobState(state), 0.0, error=fields.get("error"),
+                                    result=fields.get("result"), result_uri=fields.get("result_uri"))
+
+
+_TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 def deadline_left(deadline: float | None) -> float | None:

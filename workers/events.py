@@ -27,6 +27,8 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from celery.events.event import Event
 
+from rerankq.fanout import receivers
+
 PROBE_S = 1.0  # with nobody listening, task events are dropped for this long after a flush that reached no one
 
 
@@ -41,7 +43,7 @@ class DrainingDispatcher(EventDispatcher):
                 Event: Any = Event, **kwargs: Any) -> Any:
         """Celery's; an event that reached a subscriber ends a silence at once."""
         result = super().publish(type, fields, producer, blind=blind, Event=Event, **kwargs)
-        heard = _receivers(producer)
+        heard = receivers(producer)
         if heard:
             self._heard = heard
         return result
@@ -59,17 +61,12 @@ class DrainingDispatcher(EventDispatcher):
                     sent = events[:]  # a copy; appends from other threads land after it
                     if sent and not silent:
                         self._publish(sent, self.producer, f"{group}.multi")
-                        heard = _receivers(self.producer)
+                        heard = receivers(self.producer)
                         if heard is not None:
                             self._heard = heard
                             if heard == 0:
                                 self._flushed_at = time.monotonic()
                     del events[:len(sent)]
-
-
-def _receivers(producer: Any) -> int | None:
-    """How many subscribers the producer's last fanout publish reached; None where the transport cannot tell."""
-    return getattr(getattr(producer, "channel", None), "fanout_receivers", None)
 
 
 class WorkerEvents(Events):

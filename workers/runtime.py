@@ -53,6 +53,7 @@ from rerankq.worker.scorecache import ScoreCache
 logger = logging.getLogger(__name__)
 
 PROGRESS_S = 1.0  # a running job's pairs_done is written at most this often, first this long after it started
+CANCELS_FRESH_S = 0.1  # the cancels counter is read at most this often
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Runtime:
         self.metrics = metrics or Metrics(model.name)
         self.metrics.watch_sharing(model)
         self.store = store or JobStore(settings)
+        self._cancels_seen: tuple[int | None, float] = (None, 0.0)  # the cancels counter and when it was read
         self.finisher = Finisher(model.name, settings.results, self.store, self.metrics,
                                  ResultStore(settings.s3_endpoint_url))
         cache = ScoreCache(settings.cache, self.metrics, self.store.redis) if settings.cache.active else None
@@ -283,11 +285,18 @@ class Runtime:
             held.reported_at = now
 
     def _cancels(self) -> int | None:
+        """The cancels counter, read at most every ``CANCELS_FRESH_S`` (a cancel seen that much later costs at
+        most a pass: committing refuses a cancelled job)."""
+        value, at = self._cancels_seen
+        if value is not None and time.monotonic() - at < CANCELS_FRESH_S:
+            return value
         try:
-            return self.store.cancels()
+            value = self.store.cancels()
         except Exception as exc:  # a Redis blip: every pass of the round looks at its jobs' states instead
             logger.warning("could not read the cancels counter: %s", exc)
             return None
+        self._cancels_seen = (value, time.monotonic())
+        return value
 
     def _still_wanted(self, round_: Round, job_ids: list[str]) -> Collection[str]:
         """Skip work whose caller went away: jobs cancelled since the round was formed are settled, unscored.

@@ -4,7 +4,7 @@
   dead-letter list instead of killing the worker (kombu would raise in its poller and Celery would stop with
   "Unrecoverable error") or being reported as a lost broker connection (and every job in flight restored and
   scored twice).
-- Fanout publishes (Celery's events) keep how many subscribers heard them (``fanout_receivers``), so that the
+- Fanout publishes (Celery's events) keep how many subscribers heard them (``rerankq.fanout``), so that the
   worker's event dispatcher drops task events while nothing listens (``rerankq.worker.events``).
 - Acknowledgements made together (a round's jobs end together) are written together, in one round trip.
 - Taking is batched: after kombu's ``BRPOP`` returns a message, one ``RPOP`` takes as many more from the same
@@ -35,6 +35,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.uuid import uuid
 
 from rerankq import keys
+from rerankq.fanout import CountingChannel, CountingSentinelChannel
 
 logger = logging.getLogger(__name__)
 
@@ -169,28 +170,23 @@ class PendingQoS(kombu_redis.QoS):
             pipe.execute()
 
 
+def _parsed(entry: bytes | str) -> Taken:
+    """A raw entry with its message (None if it is none: why), and its delivery tag (None when it has none)."""
+    message, reason = as_message(entry)
+    tag = message["properties"].get("delivery_tag") if message else None
+    return entry, message, reason, tag if isinstance(tag, str) else None
+
+
 def _redelivered(message: Any) -> bool:
     headers = message._raw.get("headers")
     return bool((message.delivery_info or {}).get("redelivered") or
                 (isinstance(headers, dict) and headers.get("redelivered")))
 
 
-class DeadLetterChannel(kombu_redis.Channel):
+class DeadLetterChannel(CountingChannel):
     """kombu's Redis channel with malformed entries dead-lettered and pending sets kept (see the module doc)."""
 
     QoS = PendingQoS
-    fanout_receivers: int | None = None  # how many subscribers the last fanout publish reached
-
-    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
-        if kwargs.get("_publish_batch") is not None:
-            super()._put_fanout(exchange, message, routing_key, **kwargs)
-            return
-        payload = kombu_redis.dumps(message)
-        heard = 0
-        with self.conn_or_acquire() as client:
-            for topic in self._get_publish_topics(exchange, routing_key):
-                heard += int(client.publish(topic, payload) or 0)
-        self.fanout_receivers = heard
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -217,23 +213,32 @@ class DeadLetterChannel(kombu_redis.Channel):
             self._flush_brpop_reauth()
 
     def _take(self, dest: str, queue: str, item: bytes) -> list[Taken]:
-        """The entry BRPOP took and as many more from the same queue as the worker has room for (one ``RPOP``),
-        the Celery messages among them recorded as held in one more round trip, as ``PendingQoS.append`` would
-        one by one. Returns (entry, message or None, why not, delivery tag when recorded) per entry, in queue
-        order; a message not recorded goes through ``append``, an entry that is none to the dead-letter list."""
+        """The entry BRPOP took and as many more from the same queue as the worker has room for, recorded as held
+        as ``PendingQoS.append`` would one by one: one round trip records the first and pops the others (``RPOP``),
+        one more records those. Returns (entry, message or None, why not, delivery tag when recorded) per entry,
+        in queue order; a message not recorded goes through ``append``, an entry that is none to the dead-letter
+        list."""
         room = getattr(self.qos, "take_room", None)
         more = min(max(room() - 1, 0), MAX_TAKE) if room is not None else 0
-        entries: list[bytes | str] = [item]
-        if more:
-            with self.conn_or_acquire() as client:
-                entries += client.rpop(dest, more) or []
-        out: list[Taken] = []
-        for entry in entries:
-            message, reason = as_message(entry)
-            tag = message["properties"].get("delivery_tag") if message else None
-            out.append((entry, message, reason, tag if isinstance(tag, str) and len(entries) > 1 else None))
-        now, index, held, taken, copies = time.time(), {}, {}, [], []
-        for _, message, _, tag in out:
+        first = _parsed(item)
+        if not more:
+            return [(*first[:3], None)]  # kombu's way: ``append`` records it
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            pipe.rpop(dest, more)
+            self._hold(pipe, queue, [first])
+            popped = pipe.execute()[0] or []
+            rest = [_parsed(entry) for entry in popped]
+            if self._hold(pipe, queue, rest):
+                pipe.execute()
+        return [first, *rest]
+
+    def _hold(self, pipe: Any, queue: str, taken: list[Taken]) -> bool:
+        """Queue the writes that record these messages as held on ``pipe`` (the lease index first, see
+        ``PendingQoS``; until they run the entries are in no list, and their pending entries let the reaper send
+        them again if the worker dies); False when none is a message to record."""
+        now, index, held, ids, copies = time.time(), {}, {}, [], []
+        for _, message, _, tag in taken:
             if message is None or tag is None:
                 continue
             delivery = message["properties"]["delivery_info"]
@@ -241,22 +246,18 @@ class DeadLetterChannel(kombu_redis.Channel):
             held[tag] = json.dumps([message, delivery.get("exchange"), delivery.get("routing_key")])
             task_id = task_id_of(message)
             if task_id is not None:
-                taken.append(task_id)
+                ids.append(task_id)
                 if delivery.get("redelivered") or message.get("headers", {}).get("redelivered"):
                     copies.append(task_id)
-        if index:
-            # The order of ``PendingQoS.append``: the lease index first (see its doc). Until this is written the
-            # entries are in no list; their pending entries let the reaper send them again if the worker dies.
-            with self.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=False)
-                pipe.zadd(self.unacked_index_key, index)
-                pipe.hset(self.unacked_key, mapping=held)
-                if taken:
-                    pipe.zrem(keys.pending_key(queue), *taken)
-                if copies:
-                    pipe.hdel(keys.pending_msg_key(queue), *copies)
-                pipe.execute()
-        return out
+        if not index:
+            return False
+        pipe.zadd(self.unacked_index_key, index)
+        pipe.hset(self.unacked_key, mapping=held)
+        if ids:
+            pipe.zrem(keys.pending_key(queue), *ids)
+        if copies:
+            pipe.hdel(keys.pending_msg_key(queue), *copies)
+        return True
 
     def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
                             leftmost: bool = False) -> None:
@@ -279,7 +280,7 @@ class DeadLetterChannel(kombu_redis.Channel):
             dead_letter(client, key, queue, reason, bytes_to_str(item))
 
 
-class DeadLetterSentinelChannel(DeadLetterChannel, kombu_redis.SentinelChannel):
+class DeadLetterSentinelChannel(DeadLetterChannel, CountingSentinelChannel):
     """The same, for ``sentinel://`` URLs."""
 
 

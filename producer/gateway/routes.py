@@ -122,7 +122,7 @@ async def rerank(request: Request) -> Response:
     body = await read_json(request, gateway.settings.gateway.max_body_bytes)
     job = await _translate(request, dialects.to_job, body)
     wire = await _prepare(gateway, job, gateway.settings.gateway.priority)
-    job_id = await gateway.submit(wire)
+    job_id = await gateway.submit(wire, wait=True)
     if not await _wait_or_cancel(request, gateway, job_id, timeout):
         return JSONResponse({"message": f"job {job_id} did not finish within {timeout:g} s; fetch it later with "
                              f"GET /v1/jobs/{job_id}/result", "job_id": job_id}, status_code=504,

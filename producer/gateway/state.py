@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -51,15 +52,16 @@ class Gateway:
         # With shards (``rerankq.shards``): a pool and a waiter per shard, ``redis`` the home shard's (the recent
         # list); a job's reads go to its shard's, and the registry, depths and throughput add every shard up.
         self.shards = Shards(settings)
+        notify = keys.notify_key(settings, f"gateway-{uuid.uuid4().hex}")  # synchronous calls' ends, every shard
         if self.shards.many:
             self.shard_redis = [async_redis_client(self.shards.single(i), max_connections=32)
                                 for i in range(self.shards.count)]
             self.redis = self.shard_redis[self.shards.home]
-            self.waiter: Any = Waiters(self.shards, self.shard_redis, self.states)
+            self.waiter: Any = Waiters(self.shards, self.shard_redis, self.states, notify)
         else:
             self.redis = async_redis_client(settings, max_connections=32)
             self.shard_redis = [self.redis]
-            self.waiter = Waiter(settings, self.redis, self.states)
+            self.waiter = Waiter(settings, self.redis, self.states, notify)
         parts = self.client.sharded.parts if self.client.sharded is not None else [self.client]
         self.sync_redis = [part.redis for part in parts]  # the SDK's clients, shard by shard
         self.uploads = Uploads(settings)
@@ -148,8 +150,11 @@ class Gateway:
         return self.shard_redis[self.shards.index(job_id)]
 
     # jobs ---------------------------------------------------------------------------------------
-    async def submit(self, job: dict[str, Any]) -> str:
-        job_id: str = await self.run(self.client.submit, job)
+    async def submit(self, job: dict[str, Any], wait: bool = False) -> str:
+        """Enqueue a job; ``wait``: the caller waits for it here (its end comes on the waiter's notify list)."""
+        job_id: str = await self.run(self.client.submit, job, self.waiter.notify_key if wait else None)
+        if wait:
+            self.waiter.created(job_id)
         if self.settings.gateway.recent_jobs:
             pipe = self.redis.pipeline(transaction=False)
             pipe.lpush(keys.recent_key(self.settings), job_id)
@@ -170,6 +175,9 @@ class Gateway:
         """A terminal job's result; ``JobFailed`` for failed / cancelled / expired, ``TimeoutError`` if not
         finished, ``NoSuchJob`` for an unknown id. The common case (succeeded, inline) is one async read;
         everything else goes through the SDK."""
+        heard = self.waiter.outcome(job_id)  # announced with its end (a synchronous call's job)
+        if heard is not None and heard.state == JobState.SUCCEEDED and heard.result:
+            return dict(json.loads(heard.result))
         raw = await self.redis_of(job_id).hgetall(keys.job_key(self.settings, job_id))
         if raw:
             record = JobRecord.from_hash(job_id, raw)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rerankq.client.gateway.waiter import Waiter
-from rerankq.jobs import JobState
+from rerankq.jobs import JobRecord, JobState
 from rerankq.shards import Shards
 
 
@@ -19,9 +19,10 @@ class Waiters:
     """``Waiter``'s surface (``watch``, ``forget``, ``waiting``, ``start``, ``stop``) over every shard."""
 
     def __init__(self, shards: Shards, clients: list[Any],
-                 states: Callable[[list[str], bool], Awaitable[list[JobState | None]]]) -> None:
+                 states: Callable[[list[str], bool], Awaitable[list[JobState | None]]], notify_key: str) -> None:
         self.shards = shards
-        self.waiters = [Waiter(shards.single(i), client, states) for i, client in enumerate(clients)]
+        self.notify_key = notify_key  # one name, on every shard
+        self.waiters = [Waiter(shards.single(i), client, states, notify_key) for i, client in enumerate(clients)]
 
     @property
     def waiting(self) -> int:
@@ -39,3 +40,9 @@ class Waiters:
 
     def forget(self, job_id: str) -> None:
         self.waiters[self.shards.index(job_id)].forget(job_id)
+
+    def created(self, job_id: str) -> None:
+        self.waiters[self.shards.index(job_id)].created(job_id)
+
+    def outcome(self, job_id: str) -> JobRecord | None:
+        return self.waiters[self.shards.index(job_id)].outcome(job_id)

@@ -1,0 +1,53 @@
+"""kombu's Redis transport, keeping how many subscribers each fanout publish reached.
+
+Celery's events (task-sent from producers, task events from workers) go out as Redis ``PUBLISH`` on the event
+exchange; ``PUBLISH`` replies how many subscribers heard it, which kombu drops. These channels keep it
+(``fanout_receivers``), so that whoever sends events can stop sending them while nothing listens (a monitor
+such as Flower subscribes when it starts). The producers' transport is this module's; the workers' adds its
+own changes on top (``rerankq.worker.transport``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+
+class CountingChannel(kombu_redis.Channel):
+    """kombu's Redis channel; ``fanout_receivers``: how many subscribers the last fanout publish reached."""
+
+    fanout_receivers: int | None = None
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
+        if kwargs.get("_publish_batch") is not None:
+            super()._put_fanout(exchange, message, routing_key, **kwargs)
+            return
+        payload = kombu_redis.dumps(message)
+        heard = 0
+        with self.conn_or_acquire() as client:
+            for topic in self._get_publish_topics(exchange, routing_key):
+                heard += int(client.publish(topic, payload) or 0)
+        self.fanout_receivers = heard
+
+
+class CountingSentinelChannel(CountingChannel, kombu_redis.SentinelChannel):
+    """The same, for ``sentinel://`` URLs."""
+
+
+class Transport(kombu_redis.Transport):
+    Channel = CountingChannel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = CountingSentinelChannel
+
+
+def transport_for(url: str) -> str:
+    """Celery's ``broker_transport`` for a producer on ``url``."""
+    return f"rerankq.fanout:{'SentinelTransport' if url.startswith('sentinel://') else 'Transport'}"
+
+
+def receivers(producer: Any) -> int | None:
+    """How many subscribers a producer's last fanout publish reached; None where the transport cannot tell."""
+    return getattr(getattr(producer, "channel", None), "fanout_receivers", None)

@@ -12,8 +12,8 @@ lists, ``unacked``, event fan-out) live under the same queue names; our job reco
 | ``{prefix}:stats:pairs:{t}`` | int, TTL | pairs scored in a 10 s slot, all workers (``rerankq.registry``) |
 | ``{prefix}:gateway:recent`` | list | the last job ids submitted through the HTTP gateway |
 | ``{prefix}:job:{id}`` | hash | the job record (``rerankq.jobs``) |
-| ``{prefix}:job:{id}:done`` | list | one token once the job is terminal; waiters ``BLPOP`` it |
-| ``{prefix}:notify:{client}`` | list, TTL | ``STATE RECORD-KEY`` of each ended job a client created |
+| ``{prefix}:job:{id}:done`` | list | one token once the job is terminal, if a waiter marked it ``watched`` |
+| ``{prefix}:notify:{client}`` | list, TTL | ``STATE RECORD-KEY`` and the outcome of each ended job it names |
 | ``{prefix}.control`` | list (Celery queue) | batch runs (``rerankq.batch`` tasks): workers and batchers consume it |
 | ``{prefix}:batch:{id}`` | hash | a batch record (``rerankq.batches``) |
 | ``{prefix}:batch:{id}:{part}`` | various | a batch runner's keys: lines written, error lines, custom ids, lock |

@@ -504,7 +504,7 @@ def test_prometheus_finds_k8s_workers_by_service_monitor_and_annotations() -> No
 def test_worker_image_is_cuda_torch_non_root_with_a_model_cache_volume() -> None:
     text = (INFRA / "Dockerfile.worker").read_text()
     assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:\S+-cuda\S+$", text, re.M)
-    assert "'.[worker]'" in text
+    assert "'.[worker,quant]'" in text  # RERANKQ_QUANTIZATION works in the image
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users and users[-1] not in {"root", "0"}
     assert 'VOLUME ["/models"]' in text and "HF_HOME=/models/" in text

@@ -202,3 +202,15 @@ def test_long_text_is_truncated_as_the_official_processor(embed_dir: Path, offic
     reference = official_process(official, items, max_length=24)
     assert_close(short.embed([resolved(i) for i in items]), reference)
     assert [short.prepare(resolved(i)).truncated for i in items] == [True, False]
+
+
+def test_cli_writes_the_tiny_embedding_checkpoint(tmp_path: Path, embedder: Embedder) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "rerankq.cli", "tiny-model", str(tmp_path), "--family", "embedding"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Qwen3-VL-Embedding" in out.stdout
+    items = [resolved(i) for i in [*TEXTS[:2], *IMAGES[:1]]]
+    assert np.array_equal(load_embedder(str(tmp_path)).embed(items), embedder.embed(items))  # same seed, same weights

@@ -19,6 +19,7 @@ what runs on this machine (qwen-vl-utils and torchvision are absent):
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,13 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from rerankq.cli.samples import noise_image
-from rerankq.media.sides import ResolvedSide, VisionBudget
+from rerankq.cli.samples import image_bytes, mp4_bytes, noise_image
+from rerankq.media.resolver import MediaResolver
+from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 from rerankq.models.qwen3vl.vision import QwenVision, normalize, resize_image
 from rerankq.models.qwen3vl_embed.loading import load_embedder
 from rerankq.models.qwen3vl_embed.model import Embedder
+from rerankq.settings import Settings
 
 TOL = 1e-5
 
@@ -214,3 +217,57 @@ def test_cli_writes_the_tiny_embedding_checkpoint(tmp_path: Path, embedder: Embe
     assert "Qwen3-VL-Embedding" in out.stdout
     items = [resolved(i) for i in [*TEXTS[:2], *IMAGES[:1]]]
     assert np.array_equal(load_embedder(str(tmp_path)).embed(items), embedder.embed(items))  # same seed, same weights
+
+
+# Inputs given as references, as a job gives them: the media resolver, with the embedder's preprocessor.
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("embed-media")
+    paths: dict[str, Any] = {}
+    for name, image in {"cat.png": noise_image(64, 48, seed=1), "dog.png": noise_image(90, 60, seed=2),
+                        **{f"f{i}.png": noise_image(64, 64, seed=10 + i) for i in range(4)}}.items():
+        (root / name).write_bytes(image_bytes(image))
+        paths[name] = str(root / name)
+    (root / "clip.mp4").write_bytes(mp4_bytes(seconds=2.0, fps=10, seed=3))
+    paths["clip.mp4"] = str(root / "clip.mp4")
+    return paths
+
+
+def resolve(embedder: Embedder, sides: list[Side]) -> list[Any]:
+    settings = Settings(allow_file_urls=True, s3_endpoint_url=None)
+    with MediaResolver(settings, embedder.preprocessor) as resolver:
+        return list(resolver.resolve_sides(sides, VisionBudget()))
+
+
+def test_referenced_images_and_frame_lists_embed_as_the_official_flow(embedder: Embedder, official,  # type: ignore[no-untyped-def]
+                                                                      files: dict[str, Any]) -> None:
+    frame_paths = [files[f"f{i}.png"] for i in range(4)]
+    sides = [Side.from_dict({"text": "a cat", "image": files["cat.png"]}),
+             Side.from_dict({"image": [files["cat.png"], files["dog.png"]]}),
+             Side.from_dict({"video": frame_paths, "text": ["frames", " of a clip"]}),
+             Side.from_dict("just text")]
+    pil = {name: Image.open(path) for name, path in files.items() if name.endswith(".png")}
+    items = [{"texts": ["a cat"], "images": [pil["cat.png"]]}, {"images": [pil["cat.png"], pil["dog.png"]]},
+             {"texts": ["frames", " of a clip"], "videos": [[pil[f"f{i}.png"] for i in range(4)]]},
+             {"texts": ["just text"]}]
+    ours = embedder.embed(resolve(embedder, sides), "Find the matching item")
+    assert_close(ours, official_process(official, items, "Find the matching item"))
+
+
+def test_a_video_file_samples_and_expands_as_qwen_vl_utils(embedder: Embedder, files: dict[str, Any]) -> None:
+    """An mp4 (2 s at 10 fps): qwen-vl-utils' ``smart_nframes`` at fps 1 keeps max(2, 4) = 4 frames at
+    ``round(linspace(0, 19, 4))``; each pair of frames is one temporal patch stamped with its mean time."""
+    (item,) = resolve(embedder, [Side.from_dict({"video": files["clip.mp4"]})])
+    (video,) = item.vision
+    indices = np.linspace(0, 19, 4).round().astype(int).tolist()
+    expected = [(indices[k] + indices[k + 1]) / 2 / 10 for k in (0, 2)]
+    assert video.grid_thw[0] == 2 and video.timestamps == pytest.approx(expected)
+    text = embedder.preparer.render(None, item)
+    assert all(f"<{t:.1f} seconds><|vision_start|>" in text for t in expected)
+    ids = embedder.prepare(item).input_ids
+    assert ids.count(151656) == math.prod(video.grid_thw) // 4
+    vectors = embedder.embed([item, *resolve(embedder, [Side.from_dict({"video": [files["f0.png"]] * 4})])])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    assert np.abs(vectors[0] - vectors[1]).max() > 1e-3
+

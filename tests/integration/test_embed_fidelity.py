@@ -3,18 +3,19 @@
 The reference restates the official flow (QwenLM/Qwen3-VL-Embedding, src/models/qwen3_vl_embedding.py) with
 what runs on this machine (qwen-vl-utils and torchvision are absent):
 
-- ``format_model_input``: the instruction stripped, "." added unless it ends in punctuation, default
-  "Represent the user's input.", as the system message; the user content is the videos, then the images,
-  then the texts, or the text "NULL" for an empty input;
-- ``_preprocess_inputs``: the chat template with the generation prompt (rendered by jinja from the checkpoint's
-  template, as ``apply_chat_template`` does); images through qwen-vl-utils' ``fetch_image`` resize (min 4,
-  max 1800 tokens) and transformers' image processor with ``do_resize=False``; the processor's pad expansion
-  (one ``<|image_pad|>`` per merged patch; a video's placeholder replaced by ``<t seconds>`` + a pad group per
-  temporal patch); the tokenizer with ``padding_side='right'``, ``truncation=True, max_length``. Video pixels
-  come from our frame preprocessing (transformers' video processor needs torchvision); their layout is the
-  reranker's, checked by its own tests;
-- ``forward`` + ``_pooling_last``: the backbone (``Qwen3VLForEmbedding.model``, a ``Qwen3VLModel``) over the
-  whole batch at once, the hidden state at the last position whose attention mask is 1, ``F.normalize``.
+- ``format_model_input`` (lines 220-326 at commit 8ce3aab): the instruction stripped, "." added unless it
+  ends in punctuation, default "Represent the user's input.", as the system message; the user content is the
+  videos, then the images, then the texts, or the text "NULL" for an empty input;
+- ``_preprocess_inputs`` (lines 329-361): the chat template with the generation prompt (rendered by jinja from
+  the checkpoint's template, as ``apply_chat_template`` does); images through qwen-vl-utils' ``fetch_image``
+  resize (min 4, max 1800 tokens) and transformers' image processor with ``do_resize=False``; the processor's
+  pad expansion (one ``<|image_pad|>`` per merged patch; a video's placeholder replaced by ``<t seconds>`` + a
+  pad group per temporal patch); the tokenizer with ``padding_side='right'``, ``truncation=True, max_length``.
+  Video pixels come from our frame preprocessing (transformers' video processor needs torchvision); their
+  layout is the reranker's, checked by its own tests;
+- ``forward`` + ``_pooling_last`` (lines 193-198, 364-370; ``process`` 373-393): the backbone
+  (``Qwen3VLForEmbedding.model``, a ``Qwen3VLModel``) over the whole batch at once, the hidden state at the
+  last position whose attention mask is 1, ``F.normalize``.
 """
 
 from __future__ import annotations

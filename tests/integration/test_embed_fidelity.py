@@ -43,6 +43,7 @@ from rerankq.models.qwen3vl_embed.model import Embedder
 from rerankq.settings import Settings
 
 TOL = 1e-5
+Official = tuple[Any, Any, Any, Any]  # backbone, tokenizer, chat template, image processor
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def embedder(embed_dir: Path) -> Embedder:
 
 
 @pytest.fixture(scope="module")
-def official(embed_dir: Path):  # type: ignore[no-untyped-def]
+def official(embed_dir: Path) -> Official:
     backbone = Qwen3VLForConditionalGeneration.from_pretrained(embed_dir, dtype=torch.float32).model.eval()
     tokenizer = AutoTokenizer.from_pretrained(embed_dir, padding_side="right")  # Qwen3VLEmbedder.__init__
     template = jinja2.Environment().from_string((embed_dir / "chat_template.jinja").read_text())
@@ -80,7 +81,7 @@ def official_conversation(item: dict[str, Any], instruction: str | None) -> list
             {"role": "user", "content": content or [{"type": "text", "text": "NULL"}]}]
 
 
-def official_process(official, items: list[dict[str, Any]], instruction: str | None = None,  # type: ignore[no-untyped-def]
+def official_process(official: Official, items: list[dict[str, Any]], instruction: str | None = None,
                      max_length: int = 8192) -> torch.Tensor:
     """``Qwen3VLEmbedder.process`` over ``items`` (one batch), restated (see the module docstring)."""
     backbone, tokenizer, template, image_processor = official
@@ -138,25 +139,25 @@ def frames(seed: int, n: int = 4, size: tuple[int, int] = (64, 64)) -> list[Imag
     return [noise_image(*size, seed=seed + i) for i in range(n)]
 
 
-TEXTS = [{"texts": ["a cat sleeping on a sofa"]}, {"texts": ["Qwen3-VL embeds 文本 and images."]},
+TEXTS: list[dict[str, Any]] = [{"texts": ["a cat sleeping on a sofa"]}, {"texts": ["Qwen3-VL embeds 文本 and images."]},
          {"texts": ["two", " texts"]}, {}, {"texts": [""]}]
-IMAGES = [{"images": [noise_image(64, 48, seed=1)]}, {"images": [noise_image(200, 90, seed=2)]},
+IMAGES: list[dict[str, Any]] = [{"images": [noise_image(64, 48, seed=1)]}, {"images": [noise_image(200, 90, seed=2)]},
           {"images": [noise_image(80, 80, seed=3), noise_image(40, 120, seed=4)]}]
-VIDEOS = [{"videos": [frames(10)]}, {"videos": [frames(20, n=3, size=(96, 64))]}]
-MIXED = [{"texts": ["a red square"], "images": [noise_image(64, 64, seed=5)]},
+VIDEOS: list[dict[str, Any]] = [{"videos": [frames(10)]}, {"videos": [frames(20, n=3, size=(96, 64))]}]
+MIXED: list[dict[str, Any]] = [{"texts": ["a red square"], "images": [noise_image(64, 64, seed=5)]},
          {"texts": ["a clip"], "videos": [frames(30)]},
          {"texts": ["all of it"], "images": [noise_image(48, 48, seed=6)], "videos": [frames(40, n=2)]}]
 
 
 @pytest.mark.parametrize("items", [TEXTS, IMAGES, VIDEOS, MIXED], ids=["text", "image", "video", "mixed"])
 @pytest.mark.parametrize("instruction", [None, "  Retrieve images that match the caption  ", "Find it!"])
-def test_vectors_equal_the_official_process(embedder: Embedder, official, items: list[dict[str, Any]],  # type: ignore[no-untyped-def]
+def test_vectors_equal_the_official_process(embedder: Embedder, official: Official, items: list[dict[str, Any]],
                                             instruction: str | None) -> None:
     reference = official_process(official, items, instruction)
     assert_close(embedder.embed([resolved(i) for i in items], instruction), reference)
 
 
-def test_all_kinds_in_one_official_batch(embedder: Embedder, official) -> None:  # type: ignore[no-untyped-def]
+def test_all_kinds_in_one_official_batch(embedder: Embedder, official: Official) -> None:
     items = [*TEXTS, *IMAGES, *VIDEOS, *MIXED]
     reference = official_process(official, items)
     ours = embedder.embed([resolved(i) for i in items])
@@ -185,7 +186,7 @@ def test_batching_does_not_change_vectors(embed_dir: Path) -> None:
     assert np.abs(tight.embed(items) - one_by_one).max() <= TOL
 
 
-def test_dimensions_truncate_then_renormalise(embedder: Embedder, official) -> None:  # type: ignore[no-untyped-def]
+def test_dimensions_truncate_then_renormalise(embedder: Embedder, official: Official) -> None:
     items = [*TEXTS[:2], *IMAGES[:1], *MIXED[:2]]
     full = official_process(official, items)
     for dims in (8, 32, 64):
@@ -200,7 +201,7 @@ def test_dimensions_out_of_range_are_refused_naming_the_limit(embedder: Embedder
         embedder.embed([resolved(TEXTS[0])], dimensions=dims)
 
 
-def test_long_text_is_truncated_as_the_official_processor(embed_dir: Path, official) -> None:  # type: ignore[no-untyped-def]
+def test_long_text_is_truncated_as_the_official_processor(embed_dir: Path, official: Official) -> None:
     short = load_embedder(str(embed_dir), max_length=24)
     items = [{"texts": ["word " * 40]}, {"texts": ["a short one"]}]
     reference = official_process(official, items, max_length=24)
@@ -241,7 +242,7 @@ def resolve(embedder: Embedder, sides: list[Side]) -> list[Any]:
         return list(resolver.resolve_sides(sides, VisionBudget()))
 
 
-def test_referenced_images_and_frame_lists_embed_as_the_official_flow(embedder: Embedder, official,  # type: ignore[no-untyped-def]
+def test_referenced_images_and_frame_lists_embed_as_the_official_flow(embedder: Embedder, official: Official,
                                                                       files: dict[str, Any]) -> None:
     frame_paths = [files[f"f{i}.png"] for i in range(4)]
     sides = [Side.from_dict({"text": "a cat", "image": files["cat.png"]}),
@@ -249,9 +250,10 @@ def test_referenced_images_and_frame_lists_embed_as_the_official_flow(embedder: 
              Side.from_dict({"video": frame_paths, "text": ["frames", " of a clip"]}),
              Side.from_dict("just text")]
     pil = {name: Image.open(path) for name, path in files.items() if name.endswith(".png")}
-    items = [{"texts": ["a cat"], "images": [pil["cat.png"]]}, {"images": [pil["cat.png"], pil["dog.png"]]},
-             {"texts": ["frames", " of a clip"], "videos": [[pil[f"f{i}.png"] for i in range(4)]]},
-             {"texts": ["just text"]}]
+    items: list[dict[str, Any]] = [
+        {"texts": ["a cat"], "images": [pil["cat.png"]]}, {"images": [pil["cat.png"], pil["dog.png"]]},
+        {"texts": ["frames", " of a clip"], "videos": [[pil[f"f{i}.png"] for i in range(4)]]},
+        {"texts": ["just text"]}]
     ours = embedder.embed(resolve(embedder, sides), "Find the matching item")
     assert_close(ours, official_process(official, items, "Find the matching item"))
 

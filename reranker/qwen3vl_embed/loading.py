@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rerankq.errors import ModelLoadError
+from rerankq.models.fingerprint import checkpoint_fingerprint, local_checkpoint
 from rerankq.models.options import LoadOptions, resolve_attention, resolve_dtype
 from rerankq.models.qwen3vl.architectures import ARCHITECTURES, build_config
 from rerankq.models.qwen3vl_embed.model import Embedder
@@ -31,7 +32,8 @@ def from_pretrained(path: str, opts: LoadOptions, max_length: int = MAX_LENGTH) 
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a Qwen3-VL-Embedding checkpoint from {path!r}: {exc}") from exc
-    return Embedder(backbone.to(opts.device), tokenizer, path, max_length)
+    return Embedder(backbone.to(opts.device), tokenizer, path, max_length,
+                    weights=lambda: checkpoint_fingerprint(local_checkpoint(path), opts.cache_dir))
 
 
 def random_weights(size: str, opts: LoadOptions, max_length: int = MAX_LENGTH) -> Embedder:
@@ -47,8 +49,12 @@ def random_weights(size: str, opts: LoadOptions, max_length: int = MAX_LENGTH) -
     torch.manual_seed(opts.seed)
     with torch.device(opts.device):
         backbone = Qwen3VLModel._from_config(config, dtype=resolve_dtype(opts.device, opts.dtype))
+    import transformers
+
+    weights = (f"{RANDOM_PREFIX}{size}|seed={opts.seed}|torch={torch.__version__}"
+               f"|transformers={transformers.__version__}")
     return Embedder(backbone, cached_qwen_tokenizer(), f"{RANDOM_PREFIX}{size} ({NAMES[size]} architecture)",
-                    max_length)
+                    max_length, weights=lambda: weights)
 
 
 def load_embedder(spec: str, opts: LoadOptions | None = None, max_length: int = MAX_LENGTH) -> Embedder:

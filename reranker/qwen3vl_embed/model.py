@@ -8,7 +8,9 @@ Matryoshka ``dimensions``: the first ``dimensions`` components, L2-normalised ag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from rerankq.media.sides import ResolvedSide
 from rerankq.models.batching import plan_batches
 from rerankq.models.qwen3vl.tokens import IMAGE_PAD_ID, VIDEO_PAD_ID
 from rerankq.models.qwen3vl.vision import QwenVision, normalize
+from rerankq.models.qwen3vl_embed import EMBEDDING_VERSION
 from rerankq.models.qwen3vl_embed.preparing import MAX_LENGTH, InputPreparer, PreparedInput
 
 PAD_ID = 151643  # <|endoftext|>, the official PAD_TOKEN
@@ -57,7 +60,8 @@ class Embedder:
     """
 
     def __init__(self, backbone: torch.nn.Module, tokenizer: Any, name: str, max_length: int = MAX_LENGTH,
-                 max_batch_tokens: int = 32768, max_batch_inputs: int = 64) -> None:
+                 max_batch_tokens: int = 32768, max_batch_inputs: int = 64,
+                 weights: Callable[[], str] | None = None) -> None:
         self.backbone = backbone.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -69,6 +73,16 @@ class Embedder:
         self.preprocessor = QwenVision()  # what the media resolver turns images and videos into
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_inputs = max_batch_inputs
+        self._weights = weights or (lambda: f"unidentified:{uuid.uuid4()}")  # unknown weights share nothing
+
+    def cache_identity(self) -> str:
+        """What a stored vector depends on besides its input: weights, dtype, device type, attention,
+        ``EMBEDDING_VERSION`` and ``max_length`` (for a vector cache's keys, as the reranker's scores)."""
+        attn = str(getattr(getattr(self.backbone, "config", None), "_attn_implementation", ""))
+        return json.dumps({"implementation": "qwen3vl-embed", "embedding_version": EMBEDDING_VERSION,
+                           "weights": self._weights(), "dtype": str(self.dtype).removeprefix("torch."),
+                           "device": self.torch_device.type, "attn": attn,
+                           "max_length": self.preparer.max_length}, sort_keys=True)
 
     def check_dimensions(self, dimensions: int | None) -> None:
         """Refuse a Matryoshka size the model cannot give (the field is named, and the limit)."""

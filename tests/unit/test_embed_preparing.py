@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -91,5 +93,8 @@ def test_random_embed_specs() -> None:
     assert vectors.shape == (2, 10) and vectors.dtype == np.float32
     again = load_embedder("random:embed-tiny", LoadOptions(seed=3)).embed([ResolvedSide(texts=["a"])], dimensions=10)
     assert np.array_equal(again[0], vectors[0])  # seeded
+    identity = json.loads(tiny.cache_identity())
+    assert identity["weights"].startswith("random:embed-tiny|seed=3|") and identity["dtype"] == "float32"
+    assert tiny.cache_identity() != load_embedder("random:embed-tiny", LoadOptions(seed=4)).cache_identity()
     with pytest.raises(ModelLoadError, match="random:embed-2b, random:embed-8b"):
         load_embedder("random:embed-3b")

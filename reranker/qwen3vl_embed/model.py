@@ -104,16 +104,23 @@ class Embedder:
         last = torch.tensor([p.length - 1 for p in items], device=hidden.device)
         return hidden[torch.arange(len(items), device=hidden.device), last].to(torch.float32)
 
+    def last_states(self, items: Sequence[PreparedInput]) -> torch.Tensor:
+        """Pooled, not normalised, (len(items), hidden) fp32 on the CPU, batched under the token budget, in
+        input order: inputs of many jobs share passes, then each job takes its rows to ``finish``."""
+        out = torch.zeros((len(items), self.hidden_size), dtype=torch.float32)
+        for group in plan_batches([p.length for p in items], self.max_batch_tokens, self.max_batch_inputs):
+            out[group] = self.forward([items[i] for i in group]).cpu()
+        return out
+
+    def finish(self, states: torch.Tensor, dimensions: int | None = None) -> np.ndarray:
+        """Pooled states → float32 unit vectors of ``dimensions`` (Matryoshka; None: all) components."""
+        self.check_dimensions(dimensions)
+        return matryoshka(states, dimensions).numpy()
+
     def embed_prepared(self, items: Sequence[PreparedInput], dimensions: int | None = None) -> np.ndarray:
         """Vectors of prepared inputs (of any jobs), batched under the token budget; in input order."""
         self.check_dimensions(dimensions)
-        width = self.hidden_size if dimensions is None else dimensions
-        out = np.zeros((len(items), width), dtype=np.float32)
-        groups = plan_batches([p.length for p in items], self.max_batch_tokens, self.max_batch_inputs)
-        for group in groups:
-            vectors = matryoshka(self.forward([items[i] for i in group]), dimensions)
-            out[group] = vectors.cpu().numpy()
-        return out
+        return self.finish(self.last_states(items), dimensions)
 
     def embed(self, inputs: Sequence[ResolvedSide], instruction: str | None = None,
               dimensions: int | None = None) -> np.ndarray:

@@ -98,3 +98,13 @@ def test_random_embed_specs() -> None:
     assert tiny.cache_identity() != load_embedder("random:embed-tiny", LoadOptions(seed=4)).cache_identity()
     with pytest.raises(ModelLoadError, match="random:embed-2b, random:embed-8b"):
         load_embedder("random:embed-3b")
+
+
+def test_jobs_share_passes_and_finish_with_their_own_dimensions() -> None:
+    model = load_embedder("random:embed-tiny")
+    job_a = [ResolvedSide(texts=["one"]), ResolvedSide(texts=["two words"])]
+    job_b = [ResolvedSide(texts=["a third, longer input of the second job"])]
+    states = model.last_states([model.prepare(x) for x in job_a] + [model.prepare(x, "Find it") for x in job_b])
+    assert np.allclose(model.finish(states[:2], 8), model.embed(job_a, dimensions=8), atol=1e-6)
+    assert np.allclose(model.finish(states[2:]), model.embed(job_b, "Find it"), atol=1e-6)
+    assert model.embed([]).shape == (0, 64) and model.embed([], dimensions=3).shape == (0, 3)

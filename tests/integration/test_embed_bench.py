@@ -11,7 +11,8 @@ from tests.typecheck import ROOT
 
 def test_embedding_bench_reports_both_ways_with_equal_vectors() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.embedding", "--kinds", "text,mixed", "--inputs", "4",
-                          "--max-batch-inputs", "4", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          "--max-batch-inputs", "4", "--repeat", "1", "--json"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["dims"] == 64 and [r["kind"] for r in report["results"]] == ["text", "mixed"]

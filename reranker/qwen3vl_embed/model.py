@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rerankq.errors import InvalidRequest
 from rerankq.media.sides import ResolvedSide
 from rerankq.models.batching import plan_batches
 from rerankq.models.qwen3vl.tokens import IMAGE_PAD_ID, VIDEO_PAD_ID
@@ -87,8 +88,8 @@ class Embedder:
     def check_dimensions(self, dimensions: int | None) -> None:
         """Refuse a Matryoshka size the model cannot give (the field is named, and the limit)."""
         if dimensions is not None and not 1 <= dimensions <= self.hidden_size:
-            raise ValueError(f"dimensions={dimensions}: must be between 1 and {self.hidden_size} "
-                             f"(the hidden size of {self.name})")
+            raise InvalidRequest(f"{dimensions} is not between 1 and {self.hidden_size} (the hidden size of "
+                                 f"{self.name})", field="dimensions")
 
     def prepare(self, item: ResolvedSide, instruction: str | None = None) -> PreparedInput:
         return self.preparer.prepare(instruction, item)

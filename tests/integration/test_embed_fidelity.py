@@ -35,6 +35,7 @@ from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from rerankq.cli.samples import image_bytes, mp4_bytes, noise_image
+from rerankq.errors import InvalidRequest
 from rerankq.media.resolver import MediaResolver
 from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 from rerankq.models.qwen3vl.vision import QwenVision, normalize, resize_image
@@ -197,7 +198,7 @@ def test_dimensions_truncate_then_renormalise(embedder: Embedder, official: Offi
 
 @pytest.mark.parametrize("dims", [65, 0, -3])
 def test_dimensions_out_of_range_are_refused_naming_the_limit(embedder: Embedder, dims: int) -> None:
-    with pytest.raises(ValueError, match=rf"dimensions={dims}: must be between 1 and 64"):
+    with pytest.raises(InvalidRequest, match=rf"^dimensions: {dims} is not between 1 and 64 \(the hidden size"):
         embedder.embed([resolved(TEXTS[0])], dimensions=dims)
 
 

@@ -45,6 +45,12 @@ QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
+    if args.family == "embedding":
+        from rerankq.models.qwen3vl_embed.tiny import write_tiny_embedding_model
+
+        out = write_tiny_embedding_model(args.dir, seed=args.seed)
+        print(f"wrote a tiny random-weight Qwen3-VL-Embedding checkpoint to {out}")
+        return 0
     from rerankq.models.qwen3vl.tiny import write_tiny_model
 
     out = write_tiny_model(args.dir, seed=args.seed)
@@ -111,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight checkpoint (offline)")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--family", choices=("reranker", "embedding"), default="reranker",
+                      help="which model: Qwen3-VL-Reranker (default) or Qwen3-VL-Embedding")
     tiny.set_defaults(func=_tiny_model)
 
     from rerankq.client import dlq

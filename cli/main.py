@@ -45,10 +45,14 @@ QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from rerankq.models.qwen3vl.tiny import write_tiny_model
+    from rerankq.models.loading import TINY_FAMILIES, write_tiny_model
 
-    out = write_tiny_model(args.dir, seed=args.seed)
-    print(f"wrote a tiny random-weight Qwen3-VL-Reranker checkpoint to {out}")
+    if args.family not in TINY_FAMILIES:
+        print(f"rerankq tiny-model: --family {args.family!r} is not one of {', '.join(TINY_FAMILIES)}",
+              file=sys.stderr)
+        return 2
+    out = write_tiny_model(args.family, args.dir, seed=args.seed)
+    print(f"wrote a tiny random-weight {args.family} checkpoint to {out}")
     return 0
 
 
@@ -111,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight checkpoint (offline)")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--family", default="qwen3vl-reranker",
+                      help="which model family (rerankq.models.loading.TINY_FAMILIES): qwen3vl-reranker (default), "
+                      "xlmr-reranker (a bge-reranker-style text cross-encoder)")
     tiny.set_defaults(func=_tiny_model)
 
     from rerankq.client import dlq

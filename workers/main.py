@@ -20,7 +20,7 @@ import redis
 from rerankq import keys, registry
 from rerankq.connections import redis_client
 from rerankq.media.sides import ResolvedSide
-from rerankq.models.contract import RerankModel
+from rerankq.models.contract import RerankModel, instruction_for
 from rerankq.models.loading import LoadOptions, load_model
 from rerankq.settings import Settings
 from rerankq.worker.leases import run_beat
@@ -40,7 +40,7 @@ def load(settings: Settings, spec: str, device: str) -> RerankModel[Any]:
 def warm_up(model: RerankModel[Any], settings: Settings) -> None:
     """One forward pass before taking work, so the first job does not pay for lazy initialisation."""
     side = ResolvedSide(texts=["warm up"])
-    model.forward([model.prepare(settings.instruction, side, side)])
+    model.forward([model.prepare(instruction_for(model, settings.instruction), side, side)])
 
 
 class RegistryBeat:

@@ -1,0 +1,100 @@
+"""A text cross-encoder family (bge-reranker-v2-m3's ``XLMRobertaForSequenceClassification``), on a tiny random
+checkpoint built offline: its scores are ``transformers``' own forward of the same checkpoint (sigmoid of the
+logit), in process and through a real worker; what it cannot read is refused, naming the model, before any
+fetch; a bare encoder checkpoint (bge-m3's ``XLMRobertaModel``) is refused at load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rerankq.cli.cluster import RedisServer, S3Server
+from rerankq.client import RerankClient
+from rerankq.errors import ModelLoadError
+from rerankq.models.inprocess import Reranker
+from rerankq.models.loading import load_model, write_tiny_model
+from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
+
+LONG = " ".join(f"word{i} the quick brown fox" for i in range(400))  # far over 512 tokens: truncated
+DOCUMENTS = ["paris is the capital of france", "a red car parked outside", LONG, "le chat", "berlin"]
+
+
+@pytest.fixture(scope="module")
+def xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model("xlmr-reranker", tmp_path_factory.mktemp("xlmr"))
+
+
+def reference(path: Path, query: str, documents: list[str], max_length: int = 512) -> list[float]:
+    """transformers' own forward of the checkpoint, one pair at a time, as the model card scores."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for document in documents:
+            inputs = tokenizer(query, document, truncation=True, max_length=max_length, return_tensors="pt")
+            out.append(torch.sigmoid(model(**inputs).logits.view(-1).float()).item())
+    return out
+
+
+def test_in_process_scores_are_transformers_own(xlmr_dir: Path) -> None:
+    expected = reference(xlmr_dir, "what is the capital of france", DOCUMENTS)
+    reranker = Reranker(str(xlmr_dir), device="cpu", batch_max_pairs=3)
+    got = reranker.process({"query": "what is the capital of france", "documents": DOCUMENTS})
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert len(set(round(s, 6) for s in expected)) > 1  # the pairs are told apart: the check can fail
+    caps = reranker.model.capabilities
+    assert (caps.task, caps.max_length, caps.instruction, sorted(caps.documents)) == ("rerank", 512, None, ["text"])
+    short = Reranker(str(xlmr_dir), device="cpu", max_length=32)  # the setting overrides the model's default
+    assert short.process({"query": "capital", "documents": [LONG]}) == pytest.approx(
+        reference(xlmr_dir, "capital", [LONG], max_length=32), abs=1e-5)
+
+
+def test_an_image_document_is_refused_unfetched_naming_the_model(xlmr_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "never-read.png"  # fetching it would fail as "not found"
+    reranker = Reranker(str(xlmr_dir), device="cpu")
+    scores = reranker.process({"query": "a cat", "documents": ["a cat", {"image": str(missing)}]}, errors="none")
+    assert scores[0] is not None and scores[1] is None
+    job = reranker.engine.prepare([reranker._job({}, "a cat", [{"image": str(missing)}])]).jobs[0]
+    assert "reads text documents only" in job.errors[0] and str(xlmr_dir.name) in job.errors[0]
+    assert "never-read" not in job.errors[0]
+    assert reranker.resolver.stats.fetches == 0
+    with pytest.raises(Exception, match="reads text queries only"):
+        reranker.process({"query": {"image": str(missing)}, "documents": ["a cat"]})
+
+
+def test_a_bare_encoder_checkpoint_is_refused_at_load(tmp_path: Path) -> None:
+    config = {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"XLMRobertaModel.*randomly initialised"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(ModelLoadError, match=r"BertForMaskedLM.*XLMRobertaForSequenceClassification"):
+        load_model(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def xlmr_worker(xlmr_dir: Path, redis_server: RedisServer, s3_server: S3Server,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    worker = start_worker(xlmr_dir, redis_server.url, s3_server.url, tmp_path_factory.mktemp("xlmr-worker"),
+                          RERANKQ_BATCH__MAX_PAIRS="2")
+    yield worker
+    stop_worker(worker)
+
+
+def test_a_worker_scores_as_transformers_and_refuses_images(xlmr_worker: WorkerProcess, xlmr_dir: Path,
+                                                             media: dict[str, str]) -> None:
+    expected = reference(xlmr_dir, "capital", DOCUMENTS)
+    job: dict[str, Any] = {"query": "capital", "documents": [*DOCUMENTS, {"image": media["cat.png"]}]}
+    with RerankClient(xlmr_worker.settings) as client:
+        result = client.result(client.submit(job), timeout=60)
+    assert result["scores"][:-1] == pytest.approx(expected, abs=1e-5)
+    assert result["scores"][-1] is None
+    errors = {e["index"]: e["error"] for e in result["errors"]}
+    assert list(errors) == [len(DOCUMENTS)] and "reads text documents only" in errors[len(DOCUMENTS)]

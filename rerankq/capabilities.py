@@ -113,15 +113,16 @@ def side_reason(caps: Capabilities, role: str, side: Any) -> str | None:
 
 
 def refusal(model: str, caps: Capabilities, task: str, query: Any = None,
-            documents: Iterable[Any] = ()) -> str | None:
-    """Why a job of ``task`` with this query and these documents cannot be served by ``model``, or None."""
+            documents: Iterable[Any] = ()) -> tuple[str, str] | None:
+    """Why a job of ``task`` with this query and these documents cannot be served by ``model``, or None: the
+    field at fault (``task``, ``query``, ``documents[2]``) and the reason, naming the model and what it reads."""
     if task != caps.task:
-        return f"model {model!r} serves {caps.task} jobs ({caps.describe()}), not {task} jobs"
+        return "task", f"model {model!r} serves {caps.task} jobs ({caps.describe()}), not {task} jobs"
     why = side_reason(caps, "query", query)
     if why:
-        return f"query: model {model!r} {why}"
+        return "query", f"model {model!r} {why}"
     for i, document in enumerate(documents):
         why = side_reason(caps, "documents", document)
         if why:
-            return f"documents[{i}]: model {model!r} {why}"
+            return f"documents[{i}]", f"model {model!r} {why}"
     return None

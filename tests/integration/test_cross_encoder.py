@@ -6,19 +6,22 @@ fetch; a bare encoder checkpoint (bge-m3's ``XLMRobertaModel``) is refused at lo
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
-from rerankq.cli.cluster import RedisServer, S3Server
+from rerankq.cli.cluster import RedisServer, S3Server, stop_process
 from rerankq.client import RerankClient
-from rerankq.errors import ModelLoadError
+from rerankq.errors import InvalidRequest, ModelLoadError
 from rerankq.models.inprocess import Reranker
 from rerankq.models.loading import load_model, write_tiny_model
-from tests.integration.conftest import WorkerProcess, start_worker, stop_worker
+from rerankq.schema import parse_job
+from tests.integration.conftest import WorkerProcess, start_gateway, start_worker, stop_worker
 
 LONG = " ".join(f"word{i} the quick brown fox" for i in range(400))  # far over 512 tokens: truncated
 DOCUMENTS = ["paris is the capital of france", "a red car parked outside", LONG, "le chat", "berlin"]
@@ -90,11 +93,38 @@ def xlmr_worker(xlmr_dir: Path, redis_server: RedisServer, s3_server: S3Server,
 
 def test_a_worker_scores_as_transformers_and_refuses_images(xlmr_worker: WorkerProcess, xlmr_dir: Path,
                                                              media: dict[str, str]) -> None:
+    """The SDK refuses an image for the text model at submit, from the worker's registry entry; a job that
+    gets past it anyway (enqueued raw) has the image document refused by the worker, the rest scored."""
     expected = reference(xlmr_dir, "capital", DOCUMENTS)
     job: dict[str, Any] = {"query": "capital", "documents": [*DOCUMENTS, {"image": media["cat.png"]}]}
     with RerankClient(xlmr_worker.settings) as client:
-        result = client.result(client.submit(job), timeout=60)
+        with pytest.raises(InvalidRequest, match=rf"documents\[{len(DOCUMENTS)}\]: model .*reads text documents"):
+            client.submit(job)
+        with pytest.raises(InvalidRequest, match=r"query: model .*reads text queries only"):
+            client.submit({"query": {"image": media["cat.png"]}, "documents": ["a"]})
+        wire = {**parse_job(job, client.settings).wire(), "job_id": uuid.uuid4().hex}
+        client.enqueue([wire])
+        result = client.result(wire["job_id"], timeout=60)
+        text_only = client.result(client.submit({"query": "capital", "documents": DOCUMENTS}), timeout=60)
     assert result["scores"][:-1] == pytest.approx(expected, abs=1e-5)
+    assert text_only["scores"] == pytest.approx(expected, abs=1e-5)
     assert result["scores"][-1] is None
     errors = {e["index"]: e["error"] for e in result["errors"]}
     assert list(errors) == [len(DOCUMENTS)] and "reads text documents only" in errors[len(DOCUMENTS)]
+
+
+def test_the_gateway_refuses_what_the_model_cannot_read(xlmr_worker: WorkerProcess, media: dict[str, str],
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    gateway = start_gateway(xlmr_worker.env, tmp_path_factory.mktemp("xlmr-gateway"))
+    try:
+        models = httpx.get(f"{gateway.url}/v1/models", timeout=10).json()["data"]
+        assert [(m["task"], m["reads"]) for m in models] == [("rerank", {"query": ["text"], "documents": ["text"]})]
+        refused = httpx.post(f"{gateway.url}/v1/rerank", timeout=30, json={
+            "query": "capital", "documents": ["paris", {"image": media["cat.png"]}]})
+        assert refused.status_code == 400, refused.text
+        assert "documents[1]" in refused.text and "reads text documents only" in refused.text
+        served = httpx.post(f"{gateway.url}/v1/rerank", timeout=60, json={"query": "capital",
+                                                                           "documents": ["paris", "berlin"]})
+        assert served.status_code == 200, served.text
+    finally:
+        stop_process(gateway.proc)

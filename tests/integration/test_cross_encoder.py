@@ -21,7 +21,7 @@ from rerankq.errors import InvalidRequest, ModelLoadError
 from rerankq.models.inprocess import Reranker
 from rerankq.models.loading import load_model, write_tiny_model
 from rerankq.schema import parse_job
-from tests.integration.conftest import WorkerProcess, start_gateway, start_worker, stop_worker
+from tests.integration.conftest import RESULTS_BUCKET, WorkerProcess, start_gateway, start_worker, stop_worker
 
 LONG = " ".join(f"word{i} the quick brown fox" for i in range(400))  # far over 512 tokens: truncated
 DOCUMENTS = ["paris is the capital of france", "a red car parked outside", LONG, "le chat", "berlin"]
@@ -128,3 +128,24 @@ def test_the_gateway_refuses_what_the_model_cannot_read(xlmr_worker: WorkerProce
         assert served.status_code == 200, served.text
     finally:
         stop_process(gateway.proc)
+
+
+def test_a_batch_runs_on_the_cross_encoder(xlmr_worker: WorkerProcess, xlmr_dir: Path, s3: Any,
+                                          media: dict[str, str]) -> None:
+    """A JSONL batch: text lines scored as transformers scores them, a line with an image for the text model
+    ends as an error line naming the model."""
+    lines = [{"custom_id": "text", "query": "capital", "documents": DOCUMENTS[:2]},
+             {"custom_id": "image", "query": "capital", "documents": [{"image": media["cat.png"]}]}]
+    s3.put_object(Bucket=RESULTS_BUCKET, Key="xlmr/in.jsonl", Body="".join(json.dumps(x) + "\n" for x in lines))
+    with RerankClient(xlmr_worker.settings) as client:
+        batch = client.submit_batch(f"s3://{RESULTS_BUCKET}/xlmr/in.jsonl", f"s3://{RESULTS_BUCKET}/xlmr/out/")
+        record = client.wait_batch(batch.batch_id, timeout=120)
+    assert record.done == 2, record
+    found: dict[str, list[dict[str, Any]]] = {"results": [], "errors": []}
+    for kind, rows in found.items():
+        for obj in s3.list_objects_v2(Bucket=RESULTS_BUCKET, Prefix=f"xlmr/out/{kind}/").get("Contents", []):
+            body = s3.get_object(Bucket=RESULTS_BUCKET, Key=obj["Key"])["Body"].read().decode()
+            rows += [json.loads(line) for line in body.splitlines() if line]
+    by_id = {row["custom_id"]: row for row in found["results"] + found["errors"]}
+    assert by_id["text"]["scores"] == pytest.approx(reference(xlmr_dir, "capital", DOCUMENTS[:2]), abs=1e-5)
+    assert "reads text documents only" in json.dumps(by_id["image"]), by_id["image"]

@@ -6,6 +6,8 @@ fetch; a bare encoder checkpoint (bge-m3's ``XLMRobertaModel``) is refused at lo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,3 +151,16 @@ def test_a_batch_runs_on_the_cross_encoder(xlmr_worker: WorkerProcess, xlmr_dir:
     by_id = {row["custom_id"]: row for row in found["results"] + found["errors"]}
     assert by_id["text"]["scores"] == pytest.approx(reference(xlmr_dir, "capital", DOCUMENTS[:2]), abs=1e-5)
     assert "reads text documents only" in json.dumps(by_id["image"]), by_id["image"]
+
+
+def test_the_cli_submits_text_and_refuses_an_image_for_the_text_model(xlmr_worker: WorkerProcess,
+                                                                      media: dict[str, str]) -> None:
+    def submit(job: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rerankq.cli", "submit", "-", "--wait"], input=json.dumps(job),
+                              env=xlmr_worker.env, capture_output=True, text=True, timeout=120)
+
+    served = submit({"query": "capital", "documents": ["paris", "berlin"]})
+    assert served.returncode == 0, served.stderr
+    refused = submit({"query": "capital", "documents": ["paris", {"image": media["cat.png"]}]})
+    assert refused.returncode != 0 and "documents[1]" in refused.stderr, refused.stderr
+    assert "reads text documents only" in refused.stderr

@@ -31,7 +31,19 @@ DOCUMENTS = ["paris is the capital of france", "a red car parked outside", LONG,
 
 @pytest.fixture(scope="module")
 def xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model("xlmr-reranker", tmp_path_factory.mktemp("xlmr"))
+    """The tiny cross-encoder, written by ``rerankq tiny-model --family xlmr-reranker`` (as a user would)."""
+    out = tmp_path_factory.mktemp("xlmr")
+    done = subprocess.run([sys.executable, "-m", "rerankq.cli", "tiny-model", str(out), "--family", "xlmr-reranker"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "xlmr-reranker" in done.stdout, done.stderr
+    return out
+
+
+def test_the_tiny_builder_is_deterministic_and_names_its_families(xlmr_dir: Path, tmp_path: Path) -> None:
+    again = write_tiny_model("xlmr-reranker", tmp_path / "again")
+    assert (again / "model.safetensors").read_bytes() == (xlmr_dir / "model.safetensors").read_bytes()
+    with pytest.raises(ModelLoadError, match="qwen3vl-reranker, xlmr-reranker"):
+        write_tiny_model("bert-reranker", tmp_path / "nope")
 
 
 def reference(path: Path, query: str, documents: list[str], max_length: int = 512) -> list[float]:

@@ -24,7 +24,7 @@ def worker(model: str, caps: Capabilities | None) -> dict[str, Any]:
 def test_the_json_round_trip_keeps_everything() -> None:
     for caps in (TEXT, VISUAL, Capabilities(task="embed", documents=ALL_MODALITIES, embedding_dim=2048)):
         assert Capabilities.from_json(caps.to_json()) == caps
-    with pytest.raises(ValueError, match="unknown modalities.*audio"):
+    with pytest.raises(ValueError, match=r"unknown modalities.*audio"):
         Capabilities(query=frozenset({"text", "audio"}))
 
 

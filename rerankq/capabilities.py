@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 Task = Literal["rerank", "embed"]
@@ -39,7 +39,6 @@ class Capabilities:
     video_max_tokens: int | None = None
     max_frames: int | None = None
     embedding_dim: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for side in ("query", "documents"):
@@ -63,7 +62,6 @@ class Capabilities:
         """One string for the registry hash."""
         data = asdict(self)
         data["query"], data["documents"] = sorted_modalities(self.query), sorted_modalities(self.documents)
-        data["extra"] = dict(self.extra)
         return json.dumps(data, sort_keys=True)
 
     @classmethod

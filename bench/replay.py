@@ -56,9 +56,12 @@ class Replay:
         self.model.forward(list(self.prepare().values())[:2])  # warm-up: lazy initialisation is not the model's
 
     def prepare(self) -> dict[Key, Any]:
+        from rerankq.models.contract import instruction_for
+
         pairs: dict[Key, Any] = {}
+        instruction = instruction_for(self.model, self.settings.instruction)
         for i, (query, *documents) in enumerate(self.sides):
-            for k, pair in enumerate(self.model.prepare_job(self.settings.instruction, query, documents)):
+            for k, pair in enumerate(self.model.prepare_job(instruction, query, documents)):
                 if not isinstance(pair, Exception):
                     pairs[(i, k)] = pair
         return pairs

@@ -48,13 +48,17 @@ def _tiny_model(args: argparse.Namespace) -> int:
     if args.family == "embedding":
         from rerankq.models.qwen3vl_embed.tiny import write_tiny_embedding_model
 
-        out = write_tiny_embedding_model(args.dir, seed=args.seed)
-        print(f"wrote a tiny random-weight Qwen3-VL-Embedding checkpoint to {out}")
+        written = write_tiny_embedding_model(args.dir, seed=args.seed)
+        print(f"wrote a tiny random-weight Qwen3-VL-Embedding checkpoint to {written}")
         return 0
-    from rerankq.models.qwen3vl.tiny import write_tiny_model
+    from rerankq.models.loading import TINY_FAMILIES, write_tiny_model
 
-    out = write_tiny_model(args.dir, seed=args.seed)
-    print(f"wrote a tiny random-weight Qwen3-VL-Reranker checkpoint to {out}")
+    if args.family not in TINY_FAMILIES:
+        print(f"rerankq tiny-model: --family {args.family!r} is not one of {', '.join(TINY_FAMILIES)}",
+              file=sys.stderr)
+        return 2
+    out = write_tiny_model(args.family, args.dir, seed=args.seed)
+    print(f"wrote a tiny random-weight {args.family} checkpoint to {out}")
     return 0
 
 
@@ -117,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight checkpoint (offline)")
     tiny.add_argument("dir")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--family", choices=("reranker", "embedding"), default="reranker",
-                      help="which model: Qwen3-VL-Reranker (default) or Qwen3-VL-Embedding")
+    tiny.add_argument("--family", default="qwen3vl-reranker",
+                      help="which model family (rerankq.models.loading.TINY_FAMILIES): qwen3vl-reranker (default), "
+                      "xlmr-reranker (a bge-reranker-style text cross-encoder); or embedding (Qwen3-VL-Embedding)")
     tiny.set_defaults(func=_tiny_model)
 
     from rerankq.client import dlq

@@ -59,6 +59,18 @@ class Preprocessor(Protocol):
         """Memory one input holds (the cache's bound is in bytes)."""
 
 
+class _NoVision:
+    """The preprocessor of a model that reads no image or video: ``MediaResolver._build`` refuses first."""
+
+    def _none(self, *args: Any) -> Any:
+        raise VisionError("this model reads no images or videos (text only)")
+
+    image = video = frames = video_frame_size = _none
+
+    def nbytes(self, item: Any) -> int:
+        return 0
+
+
 @dataclass(frozen=True)
 class MediaStats:
     """What the media layer did since it started (or since ``reset_stats``)."""
@@ -104,13 +116,14 @@ class MediaResolver:
     reported as a ``MediaError`` too, with the ``TransientMediaError`` as its ``__cause__``.
     """
 
-    def __init__(self, settings: Settings, preprocessor: Preprocessor, store: MediaStore | None = None) -> None:
+    def __init__(self, settings: Settings, preprocessor: Preprocessor | None, store: MediaStore | None = None) -> None:
+        """``preprocessor`` None: the model reads no image or video (every medium is refused, unfetched)."""
         self.settings = settings
-        self.pre = preprocessor
+        self.pre: Preprocessor = preprocessor or _NoVision()
         self.store = store or MediaStore(settings)
         self.counters = self.store.counters
         self.cache: DecodedCache[_Identified] = DecodedCache(settings.media.cache_bytes, self.counters,
-                                                             size_of=lambda item: preprocessor.nbytes(item.value))
+                                                             size_of=lambda item: self.pre.nbytes(item.value))
         self.identifies = settings.cache.active  # what each medium is, for the score cache (rerankq.media.identity)
         threads = settings.media.fetch_threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rerankq-media")
@@ -238,6 +251,8 @@ class MediaResolver:
             raise MediaError(item.label, f"could not be read ({type(exc).__name__}: {exc})") from exc
 
     def _build(self, item: _Item, budget: VisionBudget) -> _Identified:
+        if isinstance(self.pre, _NoVision):  # checked before any fetch
+            raise MediaError(item.label, "this model reads no images or videos (text only)")
         if item.kind == "frames":
             return self._build_frames(item.source, budget)
         if isinstance(item.source, Image.Image):

@@ -72,10 +72,11 @@ class ResolvedSide:
 
 @dataclass(frozen=True)
 class VisionBudget:
-    """Per-request vision limits. Defaults are the official Qwen3-VL-Reranker script's."""
+    """Per-request vision limits. A token bound left None is the model's own default: its preprocessor applies it
+    (``rerankq.models.contract.RerankModel.capabilities`` declares it)."""
 
-    image_min_tokens: int = 4
-    image_max_tokens: int = 1800
-    video_max_tokens: int = 7680
+    image_min_tokens: int | None = None
+    image_max_tokens: int | None = None
+    video_max_tokens: int | None = None
     fps: float = 1.0
     max_frames: int = 64

@@ -23,10 +23,11 @@ from typing import Any
 
 from celery import Celery
 
-from rerankq import celeryconf, keys, s3
+from rerankq import celeryconf, keys, registry, s3, shardview
 from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
 from rerankq.client.batch_submit import submit_batch, wait_batch
+from rerankq.client.capcheck import ModelCheck
 from rerankq.client.progress import Progress
 from rerankq.client.sent_events import Audience, sent_events
 from rerankq.client.sharded import ShardedParts
@@ -62,8 +63,11 @@ class RerankClient:
             self.redis, self.celery = self.sharded.home.redis, self.sharded.home.celery
             self.jobs: Any = self.sharded.jobs
             self.completions: Any = self.sharded.completions
+            self.models = ModelCheck(self.settings, lambda: shardview.live_workers(
+                [part.redis for part in self.sharded.parts], self.settings))  # type: ignore[union-attr]
             return
         self.redis = redis_client(self.settings)
+        self.models = ModelCheck(self.settings, lambda: registry.live_workers(self.redis, self.settings))
         self.jobs = JobStore(self.settings, self.redis)
         self.celery = Celery("rerankq-producer", set_as_current=False)
         self.celery.conf.update(celeryconf.celery_config(self.settings))
@@ -123,6 +127,7 @@ class RerankClient:
 
     def _prepare(self, request: dict[str, Any] | RerankJob) -> dict[str, Any]:
         job = parse_job(request, self.settings).wire()
+        self.models.check(job)  # what the live workers' models read (rerankq.client.capcheck)
         job.setdefault("job_id", uuid.uuid4().hex)
         return job
 

@@ -5,6 +5,7 @@ checkpoint's ``config.json``.
 
 The life of a pair, in the order the engine calls it (as LitServe's ``setup → decode → predict → encode``):
 
+0. ``model.capabilities`` says what it reads; a side holding anything else is refused before it is fetched.
 1. ``model.preprocessor`` turns decoded media into the model's inputs; the media layer
    (``rerankq.media.resolver.MediaResolver``) calls it while it fetches, and caches what it returns.
 2. ``model.prepare(instruction, query, document)`` builds one pair from resolved sides: CPU work, run on
@@ -25,8 +26,9 @@ and lets it go after the pass that scores its last pair. Scores do not change.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from rerankq.capabilities import Capabilities
 from rerankq.media.resolver import Preprocessor
 from rerankq.media.sides import ResolvedSide
 
@@ -66,8 +68,16 @@ class RerankModel(Protocol[P]):
         """Where it runs: ``cpu``, ``cuda:0``, or ``modelled h100`` for a fake that models a device."""
 
     @property
-    def preprocessor(self) -> Preprocessor:
-        """How decoded images and videos become this model's inputs (see ``rerankq.media.resolver.Preprocessor``)."""
+    def capabilities(self) -> Capabilities:
+        """What it serves (``rerankq.capabilities``): its task, the modalities it reads on each side, and its own
+        defaults (max length, instruction, vision budget). The engine refuses, before any fetch, a side that
+        holds a modality it does not read; workers publish it so that producers refuse such jobs at submit."""
+
+    @property
+    def preprocessor(self) -> Preprocessor | None:
+        """How decoded images and videos become this model's inputs (see ``rerankq.media.resolver.Preprocessor``);
+        None for a model that reads neither (no stub: the media layer then refuses every medium, and the engine
+        refuses the side before that, from ``capabilities``)."""
 
     def prepare(self, instruction: str, query: ResolvedSide, document: ResolvedSide) -> P:
         """One (query, document) pair, ready for ``forward``. Raises ``PairTooLong`` when it cannot fit."""
@@ -93,6 +103,11 @@ class RerankModel(Protocol[P]):
         (``max_length``). Two
         models with the same identity give a pair the same score (fp32: within 1e-5), so the score cache keys
         on it. The first call may take a while (hashing a checkpoint); the answer is then remembered."""
+
+
+def instruction_for(model: RerankModel[Any], override: str | None) -> str:
+    """The instruction of a job that gives none: the setting's when set, else the model's own (none: "")."""
+    return override if override is not None else (model.capabilities.instruction or "")
 
 
 def prepare_each(model: RerankModel[P], instruction: str, query: ResolvedSide,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from rerankq.capabilities import side_reason
 from rerankq.errors import MediaError, PairTooLong, TransientError
 from rerankq.media.identity import side_refs
 from rerankq.media.resolver import MediaResolver
@@ -185,8 +186,9 @@ class RoundEngine:
     # stages 1-4 ---------------------------------------------------------------------------------------------------
     def prepare(self, jobs: Sequence[JobInput]) -> Plan:
         t0 = time.perf_counter()
-        known, lookups = self.look_up(jobs)
-        sides = self.resolve(jobs, lookups, known)
+        refused = [self.refused(job) for job in jobs]
+        known, lookups = self.look_up(jobs, refused)
+        sides = self.resolve(jobs, lookups, known, refused)
         lookups = [self.look_up_resolved(job, s, look) for job, s, look in zip(jobs, sides, lookups, strict=True)]
         media_s = time.perf_counter() - t0
         prepared = [self.prepare_job(job, s, look, media_s) for job, s, look in zip(jobs, sides, lookups, strict=True)]
@@ -194,20 +196,36 @@ class RoundEngine:
                      for i, d in enumerate(s[1:]) if isinstance(d, ResolvedSide) and i not in look.hits)
         return self.plan(prepared, media_s, sum(len(look.hits) for look in lookups), misses)
 
-    def look_up(self, jobs: Sequence[JobInput]) -> tuple[dict[str, str | None], list[Lookup]]:
+    def refused(self, job: JobInput) -> dict[int, MediaError]:
+        """Before any fetch: the sides holding a modality the model does not read (``capabilities``), by
+        position (0 the query, i + 1 document i), each as its error naming the model and what it reads."""
+        caps, out = self.model.capabilities, {}
+        for j, side in enumerate((job.query, *job.documents)):
+            why = side_reason(caps, "query" if j == 0 else "documents", side)
+            if why:
+                out[j] = MediaError(f"model {self.model.name!r}", why)
+        return out
+
+    def look_up(self, jobs: Sequence[JobInput], refused: Sequence[Mapping[int, MediaError]] | None = None,
+                ) -> tuple[dict[str, str | None], list[Lookup]]:
         """Stage 1: keys of the pairs that can be told unfetched, and the cache's scores for them. Also returns
-        the media identities found on the way (S3 HEADs), which ``resolve`` reuses."""
-        caching = [job for job in jobs if self._caches(job)]
+        the media identities found on the way (S3 HEADs), which ``resolve`` reuses. Refused sides are not
+        looked at (a refused query: the whole job)."""
+        refused = refused or [{} for _ in jobs]
+        skip = {job.id: no for job, no in zip(jobs, refused, strict=True)}
+        caching = [job for job in jobs if self._caches(job) and 0 not in skip[job.id]]
         if not caching:
             return {}, [Lookup() for _ in jobs]
-        refs = [ref for job in caching for side in (job.query, *job.documents) for ref in side_refs(side, job.budget)]
+        refs = [ref for job in caching for j, side in enumerate((job.query, *job.documents)) if j not in skip[job.id]
+                for ref in side_refs(side, job.budget)]
         known = self.resolver.identify(refs) if refs else {}
         keyed: dict[str, dict[int, str]] = {}
         for job in caching:
             query = from_side(job.query, job.budget, known)
             if query is not None:
                 job_keys = JobKeys(self._context(job), query)
-                found = {i: job_keys.key(from_side(doc, job.budget, known)) for i, doc in enumerate(job.documents)}
+                found = {i: job_keys.key(from_side(doc, job.budget, known)) for i, doc in enumerate(job.documents)
+                         if i + 1 not in skip[job.id]}
                 keyed[job.id] = {i: key for i, key in found.items() if key is not None}
         hits = self._get({key for job_keys in keyed.values() for key in job_keys.values()})
         lookups = []
@@ -217,13 +235,19 @@ class RoundEngine:
         return known, lookups
 
     def resolve(self, jobs: Sequence[JobInput], lookups: Sequence[Lookup],
-                known: Mapping[str, str | None] | None = None) -> list[Sides]:
+                known: Mapping[str, str | None] | None = None,
+                refused: Sequence[Mapping[int, MediaError]] | None = None) -> list[Sides]:
         """Stage 2: the sides each job still needs, resolved: one concurrent call per distinct vision budget.
-        Not needed: documents scored from the cache, and the query when every document was."""
-        out: list[Sides] = [[None] * (1 + len(job.documents)) for job in jobs]
+        Not needed: documents scored from the cache, and the query when every document was. A refused side is
+        its error, unfetched (a refused query: the job's documents are not fetched either)."""
+        refused = refused or [{} for _ in jobs]
+        out: list[Sides] = [[no.get(j) for j in range(1 + len(job.documents))] for job, no in zip(jobs, refused,
+                                                                                                    strict=True)]
         by_budget: dict[VisionBudget, list[tuple[int, int]]] = {}
         for n, (job, look) in enumerate(zip(jobs, lookups, strict=True)):
-            docs = [i + 1 for i in range(len(job.documents)) if i not in look.hits]
+            if 0 in refused[n]:
+                continue
+            docs = [i + 1 for i in range(len(job.documents)) if i not in look.hits and i + 1 not in refused[n]]
             by_budget.setdefault(job.budget, []).extend((n, j) for j in ([0, *docs] if docs else []))
         for budget, wanted in by_budget.items():
             specs = [jobs[n].query if j == 0 else jobs[n].documents[j - 1] for n, j in wanted]
@@ -258,8 +282,9 @@ class RoundEngine:
         errors = {i: str(d) for i, d in enumerate(documents) if isinstance(d, MediaError)}
         if isinstance(query, MediaError):
             return PreparedJob(job, {}, errors, look, f"query: {query}", query, media_s=media_s)
-        if query is None:  # every document came from the cache: nothing to prepare
-            return PreparedJob(job, lookup=look, media_s=media_s)
+        if query is None:  # every document came from the cache or was refused unfetched: nothing to prepare
+            return PreparedJob(job, {}, errors, look, _all_failed(errors) if errors and not look.hits else None,
+                               media_s=media_s)
         usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide) and i not in look.hits]
         if job.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: each document's texts cut first
             usable = [(i, self.model.cap_texts(d, job.max_tokens_per_doc)) for i, d in usable]
@@ -277,9 +302,7 @@ class RoundEngine:
                 errors[i] = f"documents[{i}]: {pair}"
             else:
                 pairs[i] = pair
-        error = None
-        if not pairs and not look.hits:
-            error = "every document failed: " + "; ".join(errors[i] for i in sorted(errors)[:3])
+        error = _all_failed(errors) if not pairs and not look.hits else None
         return PreparedJob(job, pairs, errors, look, error, media_s=media_s)
 
     def plan(self, jobs: list[PreparedJob], media_s: float = 0.0, hits: int = 0, misses: int = 0) -> Plan:
@@ -390,6 +413,10 @@ class _Tally:
             if key is not None and score is not None:
                 out[key] = score
         return out
+
+
+def _all_failed(errors: Mapping[int, str]) -> str:
+    return "every document failed: " + "; ".join(errors[i] for i in sorted(errors)[:3])
 
 
 def transient_failure(sides: Sequence[ResolvedSide | MediaError | None]) -> MediaError | None:

@@ -4,6 +4,8 @@ and for capacity benchmarks. Selected only by an explicit ``fake:`` model SPEC, 
 
 - ``fake:hash``: instant. A pair's score is derived from a SHA-256 of (instruction, query, document) content,
   so the same pair always gets the same score, on any worker.
+- ``fake:text``: the same scores from a text-only model (``text`` on both sides, 512 tokens, no instruction),
+  as a cross-encoder declares itself: jobs with images or videos are refused.
 - ``fake:GPU-SIZE[@UTIL]`` (e.g. ``fake:h100-2b``, ``fake:h100-8b@0.4``): the same scores, and each forward
   pass sleeps (GIL released) for the time the FLOP model gives for that batch of the real model on that GPU
   at that utilisation (default 0.5): ``2 · params`` per token (vision tower added for visual tokens) plus
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
+from rerankq.capabilities import ALL_MODALITIES, Capabilities
 from rerankq.errors import ModelLoadError, PairTooLong
 from rerankq.media.sides import ResolvedSide, VisionBudget, VisionError
 from rerankq.models.contract import prepare_each
@@ -40,6 +43,9 @@ GPU_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "l4": 
 SIZES = {"2b": (2.82, 2.42, 28 * 2048), "8b": (13.9, 3.29, 36 * 4096)}
 PROMPT_TOKENS = 60  # system prompt and chat markup around the two sides
 CRASH_MARKER = "fake:crash-the-worker"
+# Defaults of the two fake families: the visual one declares Qwen3-VL-Reranker's, the text one a cross-encoder's.
+VISUAL_MAX_LENGTH, TEXT_MAX_LENGTH = 10240, 512
+FAKE_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 FAKE_SCORING_VERSION = 1  # bump when a pair's fake score changes (what ``prepare`` digests)
 
 
@@ -70,7 +76,7 @@ def _digest(data: bytes) -> str:
 def _image_tokens(width: int, height: int, budget: VisionBudget) -> int:
     if min(width, height) <= 0:
         raise VisionError(f"image has no pixels ({width}x{height})")
-    return min(max(round(width * height / 1024), budget.image_min_tokens), budget.image_max_tokens)
+    return min(max(round(width * height / 1024), budget.image_min_tokens or 4), budget.image_max_tokens or 1800)
 
 
 class FakePreprocessor:
@@ -81,13 +87,13 @@ class FakePreprocessor:
 
     def video(self, frames: torch.Tensor, indices: list[int], video_fps: float, budget: VisionBudget) -> FakeVision:
         t, _, h, w = frames.shape
-        tokens = min(t // 2 * max(h * w // 1024, 1), budget.video_max_tokens)
+        tokens = min(t // 2 * max(h * w // 1024, 1), budget.video_max_tokens or 7680)
         return FakeVision("video", _digest(frames.numpy().tobytes()), tokens)
 
     def frames(self, images: list[Image.Image], budget: VisionBudget) -> FakeVision:
         tokens = sum(_image_tokens(*im.size, budget) for im in images) // 2
         return FakeVision("video", _digest(b"".join(im.tobytes() for im in images)),
-                          min(tokens, budget.video_max_tokens))
+                          min(tokens, budget.video_max_tokens or 7680))
 
     def video_frame_size(self, nframes: int, height: int, width: int, budget: VisionBudget) -> tuple[int, int]:
         return height, width
@@ -99,8 +105,17 @@ class FakePreprocessor:
 class FakeModel:
     """Deterministic scores from content digests; optionally the modelled time of a real GPU (see module doc)."""
 
-    def __init__(self, spec: str, seconds_per_gflop: float = 0.0, size: str = "2b", max_length: int = 10240) -> None:
+    def __init__(self, spec: str, seconds_per_gflop: float = 0.0, size: str = "2b", max_length: int | None = None,
+                 text_only: bool = False) -> None:
         self.name = spec
+        max_length = max_length or (TEXT_MAX_LENGTH if text_only else VISUAL_MAX_LENGTH)
+        if text_only:
+            self.capabilities = Capabilities(task="rerank", max_length=max_length)
+        else:
+            self.capabilities = Capabilities(task="rerank", query=ALL_MODALITIES, documents=ALL_MODALITIES,
+                                             max_length=max_length, instruction=FAKE_INSTRUCTION,
+                                             image_min_tokens=4, image_max_tokens=1800, video_max_tokens=7680,
+                                             max_frames=64)
         self.device = "modelled " + spec.split(":", 1)[1].split("-")[0] if seconds_per_gflop else "cpu (fake)"
         self.preprocessor = FakePreprocessor()
         self.seconds_per_gflop = seconds_per_gflop
@@ -158,6 +173,8 @@ def load_fake(spec: str, opts: LoadOptions) -> FakeModel:
     mode = spec.split(":", 1)[1].lower()
     if mode == "hash":
         return FakeModel(spec, max_length=opts.max_length)
+    if mode == "text":
+        return FakeModel(spec, max_length=opts.max_length, text_only=True)
     device, _, util_text = mode.partition("@")
     gpu, _, size = device.partition("-")
     try:
@@ -165,7 +182,7 @@ def load_fake(spec: str, opts: LoadOptions) -> FakeModel:
     except ValueError:
         util = -1.0
     if gpu not in GPU_TFLOPS or size not in SIZES or not 0 < util <= 1:
-        raise ModelLoadError(f"model SPEC {spec!r}: fake: takes hash or GPU-SIZE[@UTIL] with GPU one of "
+        raise ModelLoadError(f"model SPEC {spec!r}: fake: takes hash, text or GPU-SIZE[@UTIL] with GPU one of "
                              f"{', '.join(GPU_TFLOPS)}, SIZE one of {', '.join(SIZES)}, 0 < UTIL <= 1 "
                              "(e.g. fake:h100-2b, fake:h100-8b@0.4)")
     return FakeModel(spec, 1.0 / (GPU_TFLOPS[gpu] * 1000 * util), size, opts.max_length)

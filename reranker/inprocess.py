@@ -16,15 +16,18 @@ import torch
 from rerankq.errors import MediaError, PermanentError
 from rerankq.media.resolver import MediaResolver
 from rerankq.media.sides import Side, VisionBudget
+from rerankq.models.contract import instruction_for
 from rerankq.models.engine import JobInput, RoundEngine
 from rerankq.models.loading import LoadOptions, load_model
-from rerankq.settings import DEFAULT_INSTRUCTION, BatchSettings, Settings
+from rerankq.settings import BatchSettings, Settings
 
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 class Qwen3VLReranker:
-    """In-process reranker. ``process({"query": {...}, "documents": [{...}, ...]})`` → list of floats.
+    """In-process reranker, for any model rerankq serves (``Reranker`` is the same class); ``max_length`` and
+    ``default_instruction`` left None are the model's own (``capabilities``).
+    ``process({"query": {...}, "documents": [{...}, ...]})`` → list of floats.
 
     Accepts what the official script accepts: text, ``PIL.Image`` objects, local image/video paths (plain
     or ``file://``), ``s3://`` references (with ``s3_endpoint_url`` or the AWS defaults), and videos given
@@ -36,10 +39,10 @@ class Qwen3VLReranker:
     def __init__(
         self,
         model_name_or_path: str,
-        max_length: int = 10240,
+        max_length: int | None = None,
         fps: float = 1.0,
         max_frames: int = 64,
-        default_instruction: str = DEFAULT_INSTRUCTION,
+        default_instruction: str | None = None,
         torch_dtype: torch.dtype | str | None = None,
         device: str | None = None,
         batch_max_tokens: int = 32768,
@@ -53,14 +56,13 @@ class Qwen3VLReranker:
         quantization = _quantization(quantization, kwargs)
         dtype = "auto" if torch_dtype is None else torch_dtype if isinstance(torch_dtype, str) else _DTYPE_NAMES.get(
             torch_dtype, str(torch_dtype).removeprefix("torch."))
-        self.settings = Settings(device=device, allow_file_urls=True, s3_endpoint_url=s3_endpoint_url,
-                                 instruction=default_instruction)
+        self.settings = Settings(device=device, allow_file_urls=True, s3_endpoint_url=s3_endpoint_url)
         self.model = load_model(model_name_or_path, LoadOptions(
             device=device, dtype=str(dtype), attn_implementation=kwargs.get("attn_implementation", "auto"),
             s3_endpoint_url=s3_endpoint_url, max_length=max_length, share_prefix=share_prefix,
             quantization=quantization, quantize_vision=bool(kwargs.get("quantize_vision", False))))
         self.fps, self.max_frames = fps, max_frames
-        self.default_instruction = default_instruction
+        self.default_instruction = instruction_for(self.model, default_instruction)
         self.batch_max_tokens, self.batch_max_pairs = batch_max_tokens, batch_max_pairs
         self._resolver: MediaResolver | None = None
         self._engine: RoundEngine | None = None
@@ -136,3 +138,6 @@ class DocumentsFailed(MediaError):
         reasons = "; ".join(f"documents[{i}]: {errors[i]}" for i in sorted(errors))
         super().__init__("documents", f"{len(errors)} of {total} cannot be scored: {reasons}")
         self.errors = errors
+
+
+Reranker = Qwen3VLReranker  # the same class under a family-neutral name (a cross-encoder loads through it too)

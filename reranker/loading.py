@@ -3,8 +3,11 @@
 A SPEC is a local directory, a Hugging Face id (``org/name``), ``s3://bucket/prefix/`` (downloaded once into
 a cache), ``random:SIZE`` (a released architecture with random weights, for benchmarks) or ``fake:MODE``
 (the deterministic fake of ``rerankq.models.fake``). A checkpoint's implementation is picked from the
-``model_type`` of its ``config.json`` (as infinity's ``select_model``); a new model family is one entry in
-``IMPLEMENTATIONS`` and a folder of its own.
+``architectures`` of its ``config.json`` (the head it was saved with), never from ``model_type``: one
+``model_type`` covers checkpoints with different heads (``xlm-roberta`` is bge-reranker-v2-m3, a
+sequence-classification head, and bge-m3, a bare encoder for embeddings), and loading one as the other would
+score with a randomly initialised head, silently. A new model family is one entry in ``IMPLEMENTATIONS`` and
+a folder of its own; ``REFUSED`` names architectures known not to be rerankers, with the reason.
 
 Weight quantization (``opts.quantization``) is checked here, before any weight is read, and applied by each
 implementation's loader through ``rerankq.models.quantization.quantize`` after loading.
@@ -31,11 +34,22 @@ from rerankq.models.options import LoadOptions, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMPLEMENTATIONS", "LoadOptions", "load_model"]
+__all__ = ["IMPLEMENTATIONS", "TINY_FAMILIES", "LoadOptions", "load_model", "write_tiny_model"]
 
-# config.json ``model_type`` → "module:function(path, name, opts)" that loads it. Imported only when used.
+# config.json ``architectures`` → "module:function(path, name, opts)" that loads it. Imported only when used.
 IMPLEMENTATIONS = {
-    "qwen3_vl": "rerankq.models.qwen3vl.loading:from_pretrained",
+    "Qwen3VLForConditionalGeneration": "rerankq.models.qwen3vl.loading:from_pretrained",
+    "XLMRobertaForSequenceClassification": "rerankq.models.xlmr.loading:from_pretrained",
+}
+# Architectures that are known, and known not to be served: why, for the error.
+REFUSED = {
+    "XLMRobertaModel": "a bare XLM-RoBERTa encoder (an embedding checkpoint such as bge-m3) has no relevance head; "
+                       "as a reranker it would score with a randomly initialised one",
+}
+# ``rerankq tiny-model --family NAME`` → "module:function(out_dir, seed)" that writes a tiny random checkpoint.
+TINY_FAMILIES = {
+    "qwen3vl-reranker": "rerankq.models.qwen3vl.tiny:write_tiny_model",
+    "xlmr-reranker": "rerankq.models.xlmr.tiny:write_tiny_model",
 }
 RANDOM = "rerankq.models.qwen3vl.loading:random_weights"  # random:SIZE builds Qwen3-VL-Reranker architectures
 
@@ -46,25 +60,46 @@ def _entry(target: str) -> Callable[..., RerankModel[Any]]:
     return loader
 
 
-def _model_type(path: str) -> str:
-    """The ``model_type`` of a checkpoint (a directory, or a Hugging Face id read through transformers)."""
+def _architectures(path: str) -> list[str]:
+    """The ``architectures`` of a checkpoint (a directory, or a Hugging Face id read through transformers)."""
     config = Path(path) / "config.json"
     if config.exists():
-        return str(json.loads(config.read_text()).get("model_type", ""))
-    from transformers import AutoConfig
+        found = json.loads(config.read_text()).get("architectures")
+    else:
+        from transformers import AutoConfig
 
-    try:
-        return str(AutoConfig.from_pretrained(path).model_type)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read the config of {path!r}: {exc}") from exc
+        try:
+            found = AutoConfig.from_pretrained(path).architectures
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read the config of {path!r}: {exc}") from exc
+    return [str(a) for a in found or []]
+
+
+def pick_implementation(path: str, architectures: list[str]) -> str:
+    """The loader target for a checkpoint with these ``architectures``; refuses, naming them, one it cannot serve."""
+    for arch in architectures:
+        if arch in IMPLEMENTATIONS:
+            return IMPLEMENTATIONS[arch]
+    for arch in architectures:
+        if arch in REFUSED:
+            raise ModelLoadError(f"{path!r} is a {arch} checkpoint: {REFUSED[arch]}; rerankq serves "
+                                 f"{', '.join(IMPLEMENTATIONS)} (rerankq.models.loading.IMPLEMENTATIONS)")
+    shown = ", ".join(architectures) if architectures else "no architectures in its config.json"
+    raise ModelLoadError(f"{path!r} is a checkpoint of {shown}; rerankq serves "
+                         f"{', '.join(IMPLEMENTATIONS)} (rerankq.models.loading.IMPLEMENTATIONS)")
 
 
 def _checkpoint(path: str, name: str, opts: LoadOptions) -> RerankModel[Any]:
-    model_type = _model_type(path)
-    if model_type not in IMPLEMENTATIONS:
-        raise ModelLoadError(f"{path!r} is a {model_type or 'unknown'} checkpoint; rerankq serves "
-                             f"{', '.join(IMPLEMENTATIONS)} (rerankq.models.loading.IMPLEMENTATIONS)")
-    return _entry(IMPLEMENTATIONS[model_type])(path, name, opts)
+    return _entry(pick_implementation(path, _architectures(path)))(path, name, opts)
+
+
+def write_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight checkpoint of ``family`` (``TINY_FAMILIES``), written offline into ``out_dir``."""
+    if family not in TINY_FAMILIES:
+        raise ModelLoadError(f"tiny-model family {family!r} is not one of {', '.join(TINY_FAMILIES)}")
+    module, _, function = TINY_FAMILIES[family].partition(":")
+    out: Path = getattr(importlib.import_module(module), function)(out_dir, seed=seed)
+    return out
 
 
 def download_s3_checkpoint(uri: str, cache_dir: str, endpoint_url: str | None) -> Path:

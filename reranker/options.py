@@ -22,7 +22,7 @@ class LoadOptions:
     cache_dir: str = "~/.cache/rerankq/models"
     s3_endpoint_url: str | None = None
     seed: int = 0
-    max_length: int = 10240
+    max_length: int | None = None  # None: the model's own default (its capabilities' max_length)
     share_prefix: bool = True  # a job's pairs may run their common prefix once (exact; scoring.share_prefix)
     quantization: str = "none"  # rerankq.models.quantization.MODES
     quantize_vision: bool = False  # the vision tower's linears too

@@ -1,7 +1,8 @@
 """Live workers and recent throughput, in Redis, for anyone to read (the HTTP gateway, dashboards).
 
 Each worker keeps a hash ``{prefix}:worker:{name}`` (fields ``name``, ``model`` (the SPEC its queues are keyed
-on), ``device``, ``quantization`` (``none``, ``int8``, ...), ``started_at``, ``seen_at``, ``pairs_scored``)
+on), ``device``, ``quantization`` (``none``, ``int8``, ...), ``capabilities`` (what its model serves and reads,
+``rerankq.capabilities``, as JSON), ``started_at``, ``seen_at``, ``pairs_scored``)
 alive by re-registering it every ``HEARTBEAT_S`` seconds with a TTL of ``TTL_S``: a worker that dies drops
 out of ``live_workers`` within the TTL, without anyone cleaning up.
 
@@ -18,6 +19,7 @@ from typing import Any
 import redis
 
 from rerankq import keys
+from rerankq.capabilities import Capabilities, refusal
 from rerankq.settings import Settings
 
 HEARTBEAT_S = 5.0  # how often a worker re-registers (its lease beat; 3 beats per TTL)
@@ -69,6 +71,39 @@ def live_workers(client: redis.Redis, settings: Settings) -> list[dict[str, Any]
         entry["pairs_scored"] = int(float(entry.get("pairs_scored") or 0))
         workers.append(entry)
     return sorted(workers, key=lambda w: (w.get("model", ""), w.get("name", "")))
+
+
+def capabilities_of(worker: dict[str, Any]) -> Capabilities | None:
+    """What a live worker's model serves, as it published it (None: a worker too old to say, or unreadable)."""
+    text = worker.get("capabilities")
+    if not text:
+        return None
+    try:
+        return Capabilities.from_json(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def job_refusal(workers: list[dict[str, Any]], settings: Settings,
+                job: dict[str, Any]) -> tuple[str, str] | None:
+    """Why no live worker that would take ``job`` (a wire job: its ``model``, ``query``, ``documents``) can serve
+    it: (field, reason), or None. None too when no such worker is live, or one does not say what it serves: the
+    job may wait for, or go to, that one. Workers that disagree (a rolling upgrade): refused only if every one
+    refuses."""
+    queues = keys.model_queue_names(settings, job.get("model"))
+    reasons = []
+    for worker in workers:
+        if keys.model_queue_names(settings, worker.get("model")) != queues:
+            continue
+        caps = capabilities_of(worker)
+        if caps is None:  # it does not say: it may serve the job
+            return None
+        why = refusal(str(worker.get("model")), caps, str(job.get("task") or "rerank"), job.get("query"),
+                      job.get("documents") or [])
+        if why is None:
+            return None
+        reasons.append(why)
+    return reasons[0] if reasons else None
 
 
 def add_pairs(client: redis.Redis, settings: Settings, pairs: int, now: float | None = None) -> None:

@@ -16,8 +16,6 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
-
 
 def comma_list(value: object, lower: bool = False) -> object:
     """A comma-separated environment value → its items, stripped (lower-cased for host names)."""
@@ -55,8 +53,9 @@ class ScoringSettings(BaseModel):
         "auto", description="Weights and activations. auto = bfloat16 on CUDA, float32 on CPU.")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto = flash_attention_2 when installed on CUDA, else sdpa.")
-    max_length: int = Field(10240, ge=16, description="Tokens per pair (official: 10240): longer document text is "
-                            "cut from its tail; a pair whose vision and special tokens alone exceed it is an error.")
+    max_length: int | None = Field(None, ge=16, description="Tokens per pair: longer document text is cut from its "
+                                   "tail; a pair whose vision and special tokens alone exceed it is an error. Unset "
+                                   "= the model's own default (its capabilities, shown by /v1/models).")
     model_cache_dir: str = Field("~/.cache/rerankq/models", description="Where s3:// checkpoints are downloaded.")
     seed: int = Field(0, description="Seed for random:2b / random:8b weights.")
     share_prefix: bool = Field(True, description="Run each job's common prefix (system prompt, instruction, "
@@ -75,11 +74,14 @@ class LimitSettings(BaseModel):
     max_frames_per_list: int = Field(512, ge=1, description="Image references in one frame-list video.")
     max_media_bytes: int = Field(256 * 2**20, ge=1, description="Bytes per media object (256 MiB).")
     max_image_pixels: int = Field(64_000_000, ge=1, description="Source pixels per image (decompression-bomb guard).")
-    image_min_tokens: int = Field(4, ge=1, description="Visual tokens per image, lower bound (official: 4).")
-    image_max_tokens: int = Field(1800, ge=4, description="Visual tokens per image, upper bound (official: 1800).")
+    image_min_tokens: int | None = Field(None, ge=1, description="Visual tokens per image, lower bound. Unset = the "
+                                         "model's own default.")
+    image_max_tokens: int | None = Field(None, ge=4, description="Visual tokens per image, upper bound. Unset = the "
+                                         "model's own default.")
     max_video_seconds: float = Field(3600.0, gt=0, description="Video duration (s).")
     max_frames: int = Field(64, ge=2, description="Frames sampled per video (official: 64).")
-    video_max_tokens: int = Field(7680, ge=128, description="Visual tokens per video, all frames (official: 7680).")
+    video_max_tokens: int | None = Field(None, ge=128, description="Visual tokens per video, all frames. Unset = "
+                                         "the model's own default.")
 
 
 class ResultSettings(BaseModel):
@@ -254,7 +256,8 @@ class Settings(BaseSettings):
     allow_file_urls: bool = Field(False, description="Let workers read file:// references.")
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated hosts workers may fetch https:// media from.")
-    instruction: str = Field(DEFAULT_INSTRUCTION, description="Instruction used when a job gives none.")
+    instruction: str | None = Field(None, description="Instruction used when a job gives none. Unset = the "
+                                    "model's own default (none for a model that takes no instruction).")
     queue_prefix: str = Field("rerankq", description="Prefix of every queue and Redis key (several deployments "
                               "can share one Redis).")
     lease_s: int = Field(30, ge=2, description="How soon (s) the jobs of a worker that died or stopped "

@@ -193,6 +193,7 @@ class Reference:
     def scores(self, job: dict[str, Any]) -> list[float]:
         from rerankq.media.resolver import MediaResolver
         from rerankq.media.sides import Side
+        from rerankq.models.contract import instruction_for
         from rerankq.schema import parse_job
         from rerankq.worker.held import budget_of
 
@@ -203,7 +204,7 @@ class Reference:
         budget = budget_of(parsed, self.settings.limits)
         resolved = self._resolver.resolve_sides(sides, budget)
         query, docs = resolved[0], resolved[1:]
-        instruction = parsed.instruction or self.settings.instruction
+        instruction = parsed.instruction or instruction_for(self.model, self.settings.instruction)
         return self.model.forward([self.model.prepare(instruction, query, d) for d in docs])
 
 

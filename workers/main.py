@@ -20,7 +20,7 @@ import redis
 from rerankq import keys, registry
 from rerankq.connections import redis_client
 from rerankq.media.sides import ResolvedSide
-from rerankq.models.contract import RerankModel
+from rerankq.models.contract import RerankModel, instruction_for
 from rerankq.models.loading import LoadOptions, load_model
 from rerankq.settings import Settings
 from rerankq.worker.leases import run_beat
@@ -40,7 +40,7 @@ def load(settings: Settings, spec: str, device: str) -> RerankModel[Any]:
 def warm_up(model: RerankModel[Any], settings: Settings) -> None:
     """One forward pass before taking work, so the first job does not pay for lazy initialisation."""
     side = ResolvedSide(texts=["warm up"])
-    model.forward([model.prepare(settings.instruction, side, side)])
+    model.forward([model.prepare(instruction_for(model, settings.instruction), side, side)])
 
 
 class RegistryBeat:
@@ -50,9 +50,9 @@ class RegistryBeat:
     throughput slot."""
 
     def __init__(self, settings: Settings, client: redis.Redis, name: str, model: str, device: str,
-                 scored: Callable[[], float], quantization: str = "none") -> None:
+                 scored: Callable[[], float], quantization: str = "none", capabilities: str = "") -> None:
         self.settings, self.client, self.name, self.model, self.device = settings, client, name, model, device
-        self.quantization = quantization
+        self.quantization, self.capabilities = quantization, capabilities  # the model's, as JSON
         self.scored = scored
         self.started_at = time.time()
         self.reported = 0.0
@@ -65,7 +65,7 @@ class RegistryBeat:
     def add(self, pipe: Any) -> int:
         total, now = self.scored(), time.time()
         fields = {"name": self.name, "model": self.model, "device": self.device, "quantization": self.quantization,
-                  "started_at": self.started_at, "pairs_scored": int(total)}
+                  "capabilities": self.capabilities, "started_at": self.started_at, "pairs_scored": int(total)}
         count = registry.queue_presence(pipe, self.settings, self.name, fields)
         pairs, slot = int(total - self.reported), registry.slot_of(now)
         ttl = slot != self._slot_with_ttl
@@ -122,7 +122,7 @@ def run_worker(settings: Settings, model: str | None = None, device: str | None 
         return metrics.registry.get_sample_value("rerankq_pairs_scored_total", {"model": scorer.name}) or 0.0
 
     beat = RegistryBeat(settings, store.redis, hostname, spec, str(device), scored,
-                        getattr(scorer, "quantization", "none"))
+                        getattr(scorer, "quantization", "none"), scorer.capabilities.to_json())
     beat()  # listed before it consumes: the gateway's /v1/models sees it at once
     consumed = ([keys.control_queue(settings)] if control else []) + queues
     app = make_app(settings, consumed, runtime)

@@ -39,7 +39,7 @@ from rerankq import s3
 from rerankq.jobs import JobState
 from rerankq.jobstore import JobStore
 from rerankq.media.resolver import MediaResolver
-from rerankq.models.contract import RerankModel
+from rerankq.models.contract import RerankModel, instruction_for
 from rerankq.models.engine import JobInput, JobOutcome, Pass, Plan, RoundEngine, failed
 from rerankq.results import ResultStore
 from rerankq.schema import RerankJob
@@ -181,7 +181,7 @@ class Runtime:
 
     def _input(self, held: HeldJob) -> JobInput:
         media = self.settings.media
-        return engine_input(held, self.settings.limits, self.settings.instruction,
+        return engine_input(held, self.settings.limits, instruction_for(self.engine.model, self.settings.instruction),
                             retry_media=held.media_retries < media.job_retries)
 
     def _retry_later(self, held: HeldJob, failure: Exception) -> None:

@@ -86,6 +86,7 @@ async def _prepare(gateway: Gateway, job: dict[str, Any], priority: str | None) 
     if priority and "priority" not in job:
         job["priority"] = priority
     wire = parse_job(job, gateway.settings).wire()
+    await gateway.check_serves(wire)
     await gateway.admit(model)
     return wire
 

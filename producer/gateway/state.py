@@ -15,14 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from rerankq import keys, shardview
+from rerankq import keys, registry, shardview
+from rerankq.capabilities import sorted_modalities
 from rerankq.client.client import RerankClient
 from rerankq.client.gateway.media import Uploads
 from rerankq.client.gateway.metrics import GatewayMetrics
 from rerankq.client.gateway.waiter import Waiter
 from rerankq.client.gateway.waiters import Waiters
 from rerankq.connections import async_redis_client, redis_problem
-from rerankq.errors import PermanentError
+from rerankq.errors import InvalidRequest, PermanentError
 from rerankq.jobs import JobRecord, JobState
 from rerankq.settings import Settings
 from rerankq.shards import Shards
@@ -40,6 +41,15 @@ class QueueFull(PermanentError):
 
 class UnknownModel(PermanentError):
     """No live worker serves the model a call names: answered 404."""
+
+
+def _serves(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a model's workers say it serves: ``task``, ``reads`` (modalities per side), ``max_length``."""
+    caps = next((c for w in workers if (c := registry.capabilities_of(w)) is not None), None)
+    if caps is None:
+        return {}
+    return {"task": caps.task, "max_length": caps.max_length,
+            "reads": {"query": sorted_modalities(caps.query), "documents": sorted_modalities(caps.documents)}}
 
 
 class Gateway:
@@ -100,15 +110,17 @@ class Gateway:
         return cached
 
     async def models(self) -> list[dict[str, Any]]:
-        """Models with live workers: ``[{"id", "object", "workers", "devices", "quantization", "default"}]``; ``id`` is
-        the SPEC jobs are routed by, ``quantization`` what its workers run (``["none"]``, ``["int8"]``, or several)."""
+        """Models with live workers: ``[{"id", "object", "workers", "devices", "quantization", "default", "task",
+        "max_length", "reads"}]``; ``id`` is the SPEC jobs are routed by, ``quantization`` what its workers run
+        (``["none"]``, ``["int8"]``, or several), ``reads`` the modalities of each side its model reads."""
         by_model: dict[str, list[dict[str, Any]]] = {}
         for worker in await self.workers():
             by_model.setdefault(worker.get("model", "?"), []).append(worker)
         return [{"id": model, "object": "model", "owned_by": "rerankq", "workers": len(ws),
                  "devices": sorted({w.get("device", "?") for w in ws}),
                  "quantization": sorted({w.get("quantization") or "none" for w in ws}),
-                 "default": keys.serves_default(self.settings, model)} for model, ws in sorted(by_model.items())]
+                 "default": keys.serves_default(self.settings, model), **_serves(ws)}
+                for model, ws in sorted(by_model.items())]
 
     async def resolve_model(self, name: str | None) -> str | None:
         """The SPEC of the live model a call names (its SPEC, or the SPEC's last path part, any case)."""
@@ -120,6 +132,13 @@ class Gateway:
                 return model
         served = ", ".join(models) or "none: no worker is running"
         raise UnknownModel(f"no live worker serves the model {name!r} (live models: {served}; GET /v1/models)")
+
+    async def check_serves(self, job: dict[str, Any]) -> None:
+        """Refuse (``InvalidRequest``, naming the model and what it reads) a job no live worker of its model can
+        serve: an image for a text-only model, a job of another task (``rerankq.registry.job_refusal``)."""
+        why = registry.job_refusal(await self.workers(), self.settings, job)
+        if why is not None:
+            raise InvalidRequest(why[1], why[0])
 
     async def admit(self, model: str | None) -> None:
         """Refuse new work (``QueueFull``) while the model's queues hold more than the limit."""

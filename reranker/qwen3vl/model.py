@@ -16,10 +16,19 @@ from typing import Any
 
 import torch
 
+from rerankq.capabilities import ALL_MODALITIES, Capabilities
 from rerankq.media.sides import ResolvedSide
 from rerankq.models.batching import sharing_pays
 from rerankq.models.contract import prepare_each
-from rerankq.models.qwen3vl import SCORING_VERSION
+from rerankq.models.qwen3vl import (
+    DEFAULT_INSTRUCTION,
+    DEFAULT_MAX_LENGTH,
+    IMAGE_MAX_TOKENS,
+    IMAGE_MIN_TOKENS,
+    MAX_FRAMES,
+    SCORING_VERSION,
+    VIDEO_MAX_TOKENS,
+)
 from rerankq.models.qwen3vl.pairs import JobPrefix, PreparedPair
 from rerankq.models.qwen3vl.prefix import can_share, forward_suffixes
 from rerankq.models.qwen3vl.preparing import PairPreparer
@@ -71,6 +80,13 @@ def collate(pairs: Sequence[PreparedPair], device: torch.device | str = "cpu") -
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def capabilities(max_length: int = DEFAULT_MAX_LENGTH) -> Capabilities:
+    """Qwen3-VL-Reranker reads text, images and videos on both sides, with the official script's defaults."""
+    return Capabilities(task="rerank", query=ALL_MODALITIES, documents=ALL_MODALITIES, max_length=max_length,
+                        instruction=DEFAULT_INSTRUCTION, image_min_tokens=IMAGE_MIN_TOKENS,
+                        image_max_tokens=IMAGE_MAX_TOKENS, video_max_tokens=VIDEO_MAX_TOKENS, max_frames=MAX_FRAMES)
+
+
 class Scorer:
     """Qwen3-VL-Reranker loaded on one device: ``prepare`` pairs, ``forward`` batches of them.
 
@@ -79,7 +95,7 @@ class Scorer:
     """
 
     def __init__(self, backbone: torch.nn.Module, head: torch.Tensor, tokenizer: Any, name: str,
-                 max_length: int = 10240, share_prefix: bool = True, weights: Callable[[], str] | None = None,
+                 max_length: int | None = None, share_prefix: bool = True, weights: Callable[[], str] | None = None,
                  quantization: str = "none") -> None:
         self.backbone = backbone.eval()
         self.head = head.detach().to(torch.float32)  # (hidden,) the yes − no row
@@ -90,7 +106,8 @@ class Scorer:
         self.device = str(head.device)
         embeddings: Any = getattr(backbone, "get_input_embeddings")()  # noqa: B009 (a transformers model's)
         self.dtype = embeddings.weight.dtype  # not a linear's: those may hold quantized weights
-        self.preparer = PairPreparer(tokenizer, max_length)
+        self.preparer = PairPreparer(tokenizer, max_length or DEFAULT_MAX_LENGTH)
+        self.capabilities = capabilities(self.preparer.max_length)
         self.preprocessor = QwenVision()
         self.share = share_prefix and can_share(self.backbone)
         self.sharing = SharingStats()

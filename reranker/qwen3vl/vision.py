@@ -26,6 +26,7 @@ from PIL import Image
 
 from rerankq.media.decode import FRAME_FACTOR, resize_frames, to_rgb
 from rerankq.media.sides import VisionBudget, VisionError
+from rerankq.models.qwen3vl import IMAGE_MAX_TOKENS, IMAGE_MIN_TOKENS, VIDEO_MAX_TOKENS
 
 PATCH = 16
 MERGE = 2
@@ -110,7 +111,8 @@ def patchify(frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
 
 def image_input(image: Image.Image, budget: VisionBudget) -> VisionInput:
     """A decoded image → model input (resized within the image token bounds)."""
-    resized = resize_image(image, budget.image_min_tokens, budget.image_max_tokens)
+    resized = resize_image(image, budget.image_min_tokens or IMAGE_MIN_TOKENS,
+                           budget.image_max_tokens or IMAGE_MAX_TOKENS)
     array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
     values, grid = patchify(array.expand(TEMPORAL, -1, -1, -1))
     return VisionInput("image", values, grid)
@@ -119,7 +121,7 @@ def image_input(image: Image.Image, budget: VisionBudget) -> VisionInput:
 def video_frame_size(nframes: int, height: int, width: int, budget: VisionBudget) -> tuple[int, int]:
     """Per-frame size keeping the whole video within ``video_max_tokens`` (qwen-vl-utils ``fetch_video``)."""
     min_pixels = VIDEO_MIN_TOKENS * FACTOR * FACTOR
-    total_pixels = budget.video_max_tokens * FACTOR * FACTOR
+    total_pixels = (budget.video_max_tokens or VIDEO_MAX_TOKENS) * FACTOR * FACTOR
     max_pixels = max(min(VIDEO_FRAME_MAX_TOKENS * FACTOR * FACTOR, total_pixels / nframes * FRAME_FACTOR),
                      int(min_pixels * 1.05))
     return smart_resize(height, width, FACTOR, min_pixels, max_pixels)

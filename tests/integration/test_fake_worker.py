@@ -17,6 +17,7 @@ from rerankq.client import RerankClient
 from rerankq.media.resolver import MediaResolver
 from rerankq.media.sides import Side, VisionBudget
 from rerankq.models.batching import score_all
+from rerankq.models.contract import instruction_for
 from rerankq.models.fake import load_fake
 from rerankq.models.options import LoadOptions
 from rerankq.settings import Settings
@@ -38,7 +39,7 @@ def expected_scores(request: dict, settings: Settings) -> list[float]:
     sides = [Side.from_dict(request["query"])] + [Side.from_dict(d) for d in request["documents"]]
     with MediaResolver(settings, model.preprocessor) as resolver:
         resolved = resolver.resolve_sides(sides, VisionBudget())
-    pairs = [model.prepare(settings.instruction, resolved[0], d) for d in resolved[1:]]  # type: ignore[arg-type]
+    pairs = [model.prepare(instruction_for(model, settings.instruction), resolved[0], d) for d in resolved[1:]]  # type: ignore[arg-type]
     return score_all(model.forward, pairs, [p.length for p in pairs])
 
 
@@ -84,6 +85,6 @@ def test_the_fake_is_only_reached_by_its_spec() -> None:
     from rerankq.models.loading import load_model
 
     assert load_model("fake:h100-2b").name == "fake:h100-2b"
-    with pytest.raises(ModelLoadError, match="fake: takes hash or GPU-SIZE"):
+    with pytest.raises(ModelLoadError, match="fake: takes hash, text or GPU-SIZE"):
         load_model("fake:tpu-9b")
     assert not Path("fake:hash").exists()  # a SPEC, never a path

@@ -217,11 +217,13 @@ class InProcess:
     def round(self, job: dict[str, Any]) -> Any:
         from concurrent.futures import Future
 
+        from rerankq.models.contract import instruction_for
         from rerankq.schema import parse_job
         from rerankq.worker.held import HeldJob, engine_input
 
         held = HeldJob(parse_job({**job, "job_id": uuid.uuid4().hex}, self.settings), Future())
-        plan = self.engine.prepare([engine_input(held, self.settings.limits, self.settings.instruction, False)])
+        instruction = instruction_for(self.engine.model, self.settings.instruction)
+        plan = self.engine.prepare([engine_input(held, self.settings.limits, instruction, False)])
         outcome = next(o for p in self.engine.score(plan) for o in p.finished)
         return Ran(outcome.scores, dict(zip(outcome.cached, (outcome.scores[i] for i in outcome.cached),
                                             strict=True)), plan.jobs[0].lookup.keys)

@@ -130,3 +130,45 @@ def test_runtime_is_typed_with_the_model_contract() -> None:
 
     hint = get_type_hints(Runtime.__init__)["model"]
     assert getattr(hint, "__origin__", hint) is RerankModel
+
+
+def qwen_policy_in(path: Path, numbers: set[int], instruction: str) -> list[str]:
+    """What of Qwen3-VL-Reranker's own policy a file holds, in code: its default numbers (max length, vision
+    token bounds) as literals, its instruction as a string, ``qwen`` in a name it defines or uses, an import of
+    its package. Prose (docstrings, comments) may still name it; ``True``/``False`` are not numbers here."""
+    found = []
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    for node in ast.walk(ast.parse(path.read_text())):
+        line = f"{shown}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value in numbers:
+            found.append(f"{line} the literal {node.value}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and instruction in node.value:
+            found.append(f"{line} the instruction {instruction[:30]!r}...")
+        name = (node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute)
+                else node.name if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef) else "")
+        if "qwen" in name.lower():
+            found.append(f"{line} the name {name}")
+    found += [f"{shown} imports {t}" for t in imports_of(path) if "qwen" in t.lower()]
+    return found
+
+
+def test_no_qwen_policy_outside_its_implementation() -> None:
+    """Qwen3-VL-Reranker's defaults live in ``rerankq.models.qwen3vl`` (its capabilities): the worker, the media
+    layer and the core hold none of them, so another model family gets its own defaults, never Qwen's."""
+    from rerankq.models import qwen3vl
+
+    numbers = {qwen3vl.DEFAULT_MAX_LENGTH, qwen3vl.IMAGE_MAX_TOKENS, qwen3vl.VIDEO_MAX_TOKENS}
+    layers = ("rerankq.worker", "rerankq.media")
+    paths = [p for m, p in modules().items() if m.startswith(layers) or layer_of(m) == "rerankq"]
+    assert len(paths) > 40 and any(p.name == "settings.py" for p in paths)  # the rule sees the layers
+    assert [f for p in paths for f in qwen_policy_in(p, numbers, qwen3vl.DEFAULT_INSTRUCTION)] == []
+
+
+def test_the_qwen_policy_rule_can_fail(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""Qwen may be named in prose."""\nMAX = 10240\nON = True\nTEXT = "Say: Given a search query, '
+                      'retrieve it."\nfrom rerankq.models.qwen3vl import vision\nqwen_vision = vision\n')
+    found = qwen_policy_in(sample, {10240, 1}, "Given a search query")
+    assert sorted(f.split(" ", 1)[1] for f in found) == sorted([
+        "the literal 10240", "the instruction 'Given a search query'...", "the name qwen_vision",
+        "imports rerankq.models.qwen3vl", "imports rerankq.models.qwen3vl.vision"])

@@ -23,7 +23,7 @@ from typing import Any
 
 from celery import Celery
 
-from rerankq import celeryconf, keys, registry, s3, shardview
+from rerankq import celeryconf, keys, registry, s3
 from rerankq.batches import BatchRecord, BatchStore
 from rerankq.callbacks import check_target
 from rerankq.client.batch_submit import submit_batch, wait_batch
@@ -63,8 +63,6 @@ class RerankClient:
             self.redis, self.celery = self.sharded.home.redis, self.sharded.home.celery
             self.jobs: Any = self.sharded.jobs
             self.completions: Any = self.sharded.completions
-            self.models = ModelCheck(self.settings, lambda: shardview.live_workers(
-                [part.redis for part in self.sharded.parts], self.settings))  # type: ignore[union-attr]
             return
         self.redis = redis_client(self.settings)
         self.models = ModelCheck(self.settings, lambda: registry.live_workers(self.redis, self.settings))
@@ -127,8 +125,11 @@ class RerankClient:
 
     def _prepare(self, request: dict[str, Any] | RerankJob) -> dict[str, Any]:
         job = parse_job(request, self.settings).wire()
-        self.models.check(job)  # what the live workers' models read (rerankq.client.capcheck)
         job.setdefault("job_id", uuid.uuid4().hex)
+        # what the live workers' models read (rerankq.client.capcheck): those of the job's shard, which serve it
+        # (a shard that is down has no say in another's jobs)
+        part = self if self.sharded is None else self.sharded.parts[self.sharded.shards.index(job["job_id"])]
+        part.models.check(job)
         return job
 
     def _check_result_uri(self, job: dict[str, Any]) -> None:

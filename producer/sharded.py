@@ -26,6 +26,7 @@ from celery import Celery
 
 from rerankq import keys
 from rerankq.batches import BatchRecord, BatchStore
+from rerankq.client.capcheck import ModelCheck
 from rerankq.client.fanin import FanIn
 from rerankq.client.waiting import Completions
 from rerankq.errors import NoSuchJob
@@ -46,6 +47,7 @@ class Part(Protocol):
     jobs: JobStore
     celery: Celery
     completions: Completions
+    models: ModelCheck
 
     def _enqueue(self, jobs: list[dict[str, Any]], notify: str | None = None) -> None: ...
 

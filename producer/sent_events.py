@@ -8,37 +8,19 @@ Celery event receiver read as the list of events it holds): one ``PUBLISH`` per 
 
 Events go out on Redis pub/sub, where one nobody subscribed to is gone anyway. ``PUBLISH`` replies how many
 subscribers heard it (``rerankq.fanout``); after a call whose events reached nobody, the client's next calls
-send none for ``PROBE_S`` (the next call after that probes again): a monitor that subscribes sees the jobs
-queued from at most ``PROBE_S`` after it did.
+send none for ``PROBE_S`` (1 s) (the next call after that probes again): a monitor that subscribes sees the jobs
+queued from at most ``PROBE_S`` (1 s) after it did.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from celery import Celery
 from celery.events.dispatcher import EventDispatcher
 from celery.events.event import Event
 
-from rerankq.fanout import receivers
-
-PROBE_S = 1.0  # after a message nobody heard, task-sent events are dropped for this long
-
-
-class Audience:
-    """Whether anything heard a client's last task-sent message, and when that was learnt."""
-
-    def __init__(self) -> None:
-        self.heard: int | None = None
-        self.at = 0.0
-
-    def silent(self) -> bool:
-        return self.heard == 0 and time.monotonic() - self.at < PROBE_S
-
-    def note(self, heard: int | None) -> None:
-        if heard is not None:
-            self.heard, self.at = heard, time.monotonic()
+from rerankq.fanout import Audience, receivers
 
 
 class SentEvents(EventDispatcher):

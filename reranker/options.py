@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,3 +49,17 @@ def resolve_attention(device: str, attn: str) -> str:
         except ImportError:
             pass
     return "sdpa"
+
+
+def from_checkpoint(model_class: Any, path: str, opts: LoadOptions, what: str) -> tuple[Any, Any]:
+    """``model_class.from_pretrained`` (dtype and attention from ``opts``) and the checkpoint's tokenizer; a
+    checkpoint that cannot be read is a ``ModelLoadError`` naming ``what`` it should have been."""
+    from transformers import AutoTokenizer
+
+    try:
+        model = model_class.from_pretrained(path, dtype=resolve_dtype(opts.device, opts.dtype),
+                                            attn_implementation=resolve_attention(opts.device,
+                                                                                  opts.attn_implementation))
+        return model, AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a {what} checkpoint from {path!r}: {exc}") from exc

@@ -9,6 +9,7 @@ own changes on top (``rerankq.worker.transport``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -46,6 +47,25 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 def transport_for(url: str) -> str:
     """Celery's ``broker_transport`` for a producer on ``url``."""
     return f"rerankq.fanout:{'SentinelTransport' if url.startswith('sentinel://') else 'Transport'}"
+
+
+PROBE_S = 1.0  # after an event message nobody heard, task events are dropped for this long
+
+
+class Audience:
+    """Whether anything heard the last event message of a sender, and when that was learnt: ``silent()`` for
+    ``PROBE_S`` after one that reached nobody (the next message then probes again), over as soon as one does."""
+
+    def __init__(self) -> None:
+        self.heard: int | None = None
+        self.at = 0.0
+
+    def silent(self) -> bool:
+        return self.heard == 0 and time.monotonic() - self.at < PROBE_S
+
+    def note(self, heard: int | None) -> None:
+        if heard is not None:
+            self.heard, self.at = heard, time.monotonic()
 
 
 def receivers(producer: Any) -> int | None:

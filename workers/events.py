@@ -12,32 +12,34 @@ With an event loop, a Celery worker buffers task events per group and flushes th
 - Not sent while nobody listens. Events go out on Redis pub/sub, where an event nobody subscribed to is gone
   anyway, and ``PUBLISH`` replies how many subscribers heard it (``rerankq.worker.transport`` keeps that
   number). After a flush that reached nobody, buffered task events are dropped instead of published until
-  ``PROBE_S`` has passed (the next flush probes again), or until any event of this worker (its heartbeat,
+  ``PROBE_S`` (1 s) has passed (the next flush probes again), or until any event of this worker (its heartbeat,
   every 2 s) reaches a subscriber. A monitor that subscribes (Flower) gets every task event from at most
-  ``PROBE_S`` after it subscribed; a worker nobody watches publishes one task-event message per ``PROBE_S``
+  ``PROBE_S`` (1 s) after it subscribed; a worker nobody watches publishes one task-event message per ``PROBE_S``
   instead of two per job. Nothing is held: there is no backlog to send at shutdown or after a reconnect.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 from celery.events.event import Event
 
-from rerankq.fanout import receivers
-
-PROBE_S = 1.0  # with nobody listening, task events are dropped for this long after a flush that reached no one
+from rerankq.fanout import Audience, receivers
 
 
 class DrainingDispatcher(EventDispatcher):
     """``EventDispatcher`` whose ``flush`` loses no event buffered while it runs, and which drops task events
     while nobody listens (module doc)."""
 
-    _heard: int | None = None  # subscribers the last publish reached; None: not known
-    _flushed_at = 0.0  # when the last flush that reached nobody was (monotonic)
+    _audience: Audience | None = None  # who heard this dispatcher's last event message
+
+    @property
+    def audience(self) -> Audience:
+        if self._audience is None:
+            self._audience = Audience()
+        return self._audience
 
     def publish(self, type: str, fields: dict[str, Any], producer: Any, blind: bool = False,
                 Event: Any = Event, **kwargs: Any) -> Any:
@@ -45,7 +47,7 @@ class DrainingDispatcher(EventDispatcher):
         result = super().publish(type, fields, producer, blind=blind, Event=Event, **kwargs)
         heard = receivers(producer)
         if heard:
-            self._heard = heard
+            self.audience.note(heard)
         return result
 
     def flush(self, errors: bool = True, groups: bool = True) -> None:
@@ -56,16 +58,12 @@ class DrainingDispatcher(EventDispatcher):
                     self._publish(event, self.producer, routing_key)
         if groups:
             with self.mutex:
-                silent = self._heard == 0 and time.monotonic() - self._flushed_at < PROBE_S
+                silent = self.audience.silent()
                 for group, events in self._group_buffer.items():
                     sent = events[:]  # a copy; appends from other threads land after it
                     if sent and not silent:
                         self._publish(sent, self.producer, f"{group}.multi")
-                        heard = receivers(self.producer)
-                        if heard is not None:
-                            self._heard = heard
-                            if heard == 0:
-                                self._flushed_at = time.monotonic()
+                        self.audience.note(receivers(self.producer))
                     del events[:len(sent)]
 
 

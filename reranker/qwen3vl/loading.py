@@ -13,7 +13,7 @@ import torch
 from rerankq.errors import ModelLoadError
 from rerankq.models import quantization
 from rerankq.models.fingerprint import checkpoint_fingerprint, local_checkpoint
-from rerankq.models.options import LoadOptions, resolve_attention, resolve_dtype
+from rerankq.models.options import LoadOptions, from_checkpoint, resolve_attention, resolve_dtype
 from rerankq.models.qwen3vl.architectures import ARCHITECTURES, build_config
 from rerankq.models.qwen3vl.model import Scorer
 
@@ -27,15 +27,9 @@ def _head_row(lm_head: torch.Tensor, tokenizer) -> torch.Tensor:  # type: ignore
 
 def from_pretrained(path: str, name: str, opts: LoadOptions) -> Scorer:
     """A checkpoint directory (or Hugging Face id) → the scorer on ``opts.device``."""
-    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
 
-    dtype = resolve_dtype(opts.device, opts.dtype)
-    try:
-        lm = Qwen3VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=resolve_attention(opts.device, opts.attn_implementation))
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load a Qwen3-VL checkpoint from {path!r}: {exc}") from exc
+    lm, tokenizer = from_checkpoint(Qwen3VLForConditionalGeneration, path, opts, "Qwen3-VL")
     head = _head_row(lm.lm_head.weight.data, tokenizer)
     backbone, quantized = lm.model, quantization.checkpoint_label(lm.config)
     del lm  # drops the vocabulary head (untied models) — only the one row is kept

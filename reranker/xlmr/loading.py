@@ -5,21 +5,15 @@ from __future__ import annotations
 from rerankq.errors import ModelLoadError
 from rerankq.models import quantization
 from rerankq.models.fingerprint import checkpoint_fingerprint, local_checkpoint
-from rerankq.models.options import LoadOptions, resolve_attention, resolve_dtype
+from rerankq.models.options import LoadOptions, from_checkpoint
 from rerankq.models.xlmr.model import CrossEncoder
 
 
 def from_pretrained(path: str, name: str, opts: LoadOptions) -> CrossEncoder:
     """A checkpoint directory (or Hugging Face id) → the cross-encoder on ``opts.device``."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    dtype = resolve_dtype(opts.device, opts.dtype)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=dtype, attn_implementation=resolve_attention(opts.device, opts.attn_implementation))
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load a cross-encoder checkpoint from {path!r}: {exc}") from exc
+    model, tokenizer = from_checkpoint(AutoModelForSequenceClassification, path, opts, "cross-encoder")
     if model.config.num_labels != 1:
         raise ModelLoadError(f"{path!r}: a cross-encoder has one relevance logit; this head has "
                              f"{model.config.num_labels} labels")

@@ -100,6 +100,16 @@ def start_worker(model_dir: Path | str, redis_url: str, s3_url: str, log_dir: Pa
     return worker
 
 
+def run_clean(worker: WorkerProcess, job: dict[str, Any]) -> dict[str, Any]:
+    """Submit ``job`` to ``worker``'s deployment and return its result, which must have no document errors."""
+    from rerankq.client import RerankClient
+
+    with RerankClient(worker.settings) as client:
+        result: dict[str, Any] = client.result(client.submit(job), timeout=180)
+    assert result["errors"] == [], result["errors"]
+    return result
+
+
 def stop_worker(worker: WorkerProcess) -> None:
     stop_process(worker.proc, grace=30.0)
 

@@ -22,6 +22,7 @@ from rerankq import registry
 from rerankq.cli.cluster import CACHE_ARGS, RedisServer, S3Server, stop_process
 from rerankq.client import RerankClient
 from tests.integration.conftest import WorkerProcess, start_gateway, start_worker, stop_worker
+from tests.integration.conftest import run_clean as run
 from tests.integration.test_quantization import TINY_BOUNDS
 
 MODES = ["int8", *(pytest.param(m, marks=pytest.mark.slow) for m in ("int4", "bnb-8bit", "bnb-nf4"))]
@@ -44,13 +45,6 @@ def full_worker(tmp_path_factory, tiny_model_dir, redis_server, s3_server, cache
     worker = _start(tmp_path_factory, tiny_model_dir, redis_server, s3_server, cache_server, "none")
     yield worker
     stop_worker(worker)
-
-
-def run(worker: WorkerProcess, job: dict[str, Any]) -> dict[str, Any]:
-    with RerankClient(worker.settings) as client:
-        result: dict[str, Any] = client.result(client.submit(job), timeout=180)
-    assert result["errors"] == [], result["errors"]
-    return result
 
 
 def mixed_job(media: dict[str, str]) -> dict[str, Any]:

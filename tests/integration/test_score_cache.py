@@ -19,6 +19,7 @@ from rerankq.cli.cluster import CACHE_ARGS, RedisServer, S3Server, free_port
 from rerankq.cli.samples import image_bytes, noise_image
 from rerankq.client import RerankClient
 from tests.integration.conftest import MEDIA_BUCKET, WorkerProcess, start_worker, stop_worker
+from tests.integration.conftest import run_clean as run
 
 TOL = 2.5e-6  # 1e-5 in logit is at most 2.5e-6 in score (the sigmoid's slope is <= 1/4)
 
@@ -48,13 +49,6 @@ def plain(tmp_path_factory, tiny_model_dir, redis_server, s3_server, cache_serve
     worker = _worker(tmp_path_factory, tiny_model_dir, redis_server, s3_server, cache_server.url, share=False)
     yield worker
     stop_worker(worker)
-
-
-def run(worker: WorkerProcess, job: dict[str, Any]) -> dict[str, Any]:
-    with RerankClient(worker.settings) as client:
-        result: dict[str, Any] = client.result(client.submit(job), timeout=180)
-    assert result["errors"] == [], result["errors"]
-    return result
 
 
 def mixed_job(media: dict[str, str]) -> dict[str, Any]:

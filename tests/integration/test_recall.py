@@ -116,6 +116,55 @@ def test_a_recall_model_that_does_not_embed_is_refused_at_submit(pair: Pair, tin
         assert caught.value.field == "recall.top_k"
 
 
+def test_recall_through_the_gateway_the_cli_and_a_batch(pair: Pair, s3: Any, tmp_path: Path) -> None:
+    import contextlib
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from rerankq.cli.cluster import stop_process
+    from tests.integration.conftest import start_gateway
+
+    recall = {"model": pair.embed_spec, "top_k": 3}
+    kept = nearest(pair.embed_spec, "cats", DOCUMENTS, 3)
+    gateway = start_gateway(pair.reranker.env, tmp_path)
+    try:
+        reply = httpx.post(f"{gateway.url}/v2/rerank", timeout=240,
+                           json={"model": str(pair.settings.model), "query": "cats", "documents": DOCUMENTS,
+                                 "recall": recall})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["recall"]["recalled"] == kept
+        assert {r["index"] for r in reply.json()["results"]} == set(kept)
+    finally:
+        stop_process(gateway.proc)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"query": "cats", "documents": DOCUMENTS, "recall": recall}))
+    done = subprocess.run([sys.executable, "-m", "rerankq.cli", "submit", str(job), "--wait"], capture_output=True,
+                          text=True, timeout=240, env={**os.environ, **pair.reranker.env})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["recall"]["recalled"] == kept
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket="recall-batch")
+    line = {"custom_id": "r1", "query": "cats", "documents": DOCUMENTS, "recall": recall}
+    s3.put_object(Bucket="recall-batch", Key="in.jsonl", Body=(json.dumps(line) + "\n").encode())
+    with RerankClient(pair.settings) as client:
+        client.submit_batch("s3://recall-batch/in.jsonl", "s3://recall-batch/out/", batch_id=f"rb{uuid.uuid4().hex[:6]}")
+        listing: list[Any] = []
+
+        def written() -> bool:
+            listing[:] = s3.list_objects_v2(Bucket="recall-batch", Prefix="out/results/").get("Contents", [])
+            return bool(listing)
+
+        wait_for(written, 240, "the batch's results")
+    body = s3.get_object(Bucket="recall-batch", Key=listing[0]["Key"])["Body"].read().decode()
+    row = json.loads(body.splitlines()[0])
+    assert row["custom_id"] == "r1" and "recalled" in json.dumps(row), row
+    assert json.dumps(kept) in json.dumps(row)
+
+
 @pytest.mark.slow
 def test_a_reranker_killed_while_it_waits_for_recall_loses_nothing_and_embeds_once(
         tiny_model_dir: Path, tiny_embed_dir: Path, redis_server: RedisServer, s3_server: S3Server,

@@ -151,7 +151,8 @@ def test_recall_through_the_gateway_the_cli_and_a_batch(pair: Pair, s3: Any, tmp
     line = {"custom_id": "r1", "query": "cats", "documents": DOCUMENTS, "recall": recall}
     s3.put_object(Bucket="recall-batch", Key="in.jsonl", Body=(json.dumps(line) + "\n").encode())
     with RerankClient(pair.settings) as client:
-        client.submit_batch("s3://recall-batch/in.jsonl", "s3://recall-batch/out/", batch_id=f"rb{uuid.uuid4().hex[:6]}")
+        client.submit_batch("s3://recall-batch/in.jsonl", "s3://recall-batch/out/",
+                            batch_id=f"rb{uuid.uuid4().hex[:6]}")
         listing: list[Any] = []
 
         def written() -> bool:

@@ -7,6 +7,21 @@ versus many inputs per pass under the token budget.
 
 Prints, per input kind, inputs/s for both ways, the speed-up and the largest |Δ| between their vectors.
 ``--json`` prints one JSON object instead. Preparation (tokenising, vision preprocessing) is timed apart.
+
+``--engine`` runs embedding jobs the way a worker does instead: ``--jobs`` jobs of ``--per-job`` inputs per kind
+(media as ``file://`` references, fetched, decoded and identified by the worker's ``MediaResolver``) through
+``rerankq.models.engine.RoundEngine`` (cache look-up, media, preparation, passes under ``batch.max_tokens`` /
+``batch.max_pairs``, write-back, each job's result assembled), all jobs in one round:
+
+    python -m bench.embedding --engine                          # without the vector cache
+    python -m bench.embedding --engine --cache --model random:embed-small --kinds text,image,mixed
+
+``--cache`` adds the worker's ``ScoreCache`` on a private redis-server (``maxmemory`` + ``allkeys-lru``): each
+repeat runs the jobs without it (``none``), then with it emptied (``cold``: every input embedded and stored)
+and again (``warm``: every input from the cache), alternating so that the ratios come from one noisy machine's
+same minutes; the best time of each counts. It prints inputs/s of each, the speed-up of warm and of cold over
+none, and the largest |Δ| between the warm (cached) vectors and the cold run's (must be 0: the cache stores
+float32 exactly) and the uncached run's.
 """
 
 from __future__ import annotations
@@ -16,14 +31,17 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from rerankq.cli.samples import mp4_bytes, noise_image
+from rerankq.cli.samples import image_bytes, mp4_bytes, noise_image
 from rerankq.media.decode import decode_video
-from rerankq.media.sides import ResolvedSide, VisionBudget
+from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 from rerankq.models.options import LoadOptions
 from rerankq.models.qwen3vl.vision import image_input, video_input
 from rerankq.models.qwen3vl_embed.loading import load_embedder
@@ -83,26 +101,185 @@ def bench_kind(embedder: Embedder, kind: str, n: int, max_batch_tokens: int, max
             "max_abs_delta": float(np.abs(alone - batched).max())}
 
 
+def side_factory(kind: str, media_dir: Path) -> Callable[[int], Side]:
+    """Inputs as a job carries them (``input_factory``'s, media written to ``media_dir`` as ``file://`` refs)."""
+    if kind == "text":
+        return lambda i: Side(texts=[_text(8 + (i * 37) % 113, i)])
+    if kind == "image":
+        def image(i: int) -> Side:
+            path = media_dir / f"image-{i}.png"
+            path.write_bytes(image_bytes(noise_image(480 + 16 * (i % 8), 640, seed=i)))
+            return Side(images=[path.as_uri()])
+        return image
+    if kind == "video":
+        def video(i: int) -> Side:
+            path = media_dir / f"clip-{i}.mp4"
+            path.write_bytes(mp4_bytes(seconds=8.0, fps=10, width=320, height=240, seed=i))
+            return Side(videos=[path.as_uri()], texts=[f"clip {i}"])
+        return video
+    if kind == "mixed":
+        makers = [side_factory(k, media_dir) for k in ("text", "image", "text", "video")]
+        return lambda i: makers[i % len(makers)](i)
+    raise ValueError(f"unknown input kind {kind!r}: text, image, video or mixed")
+
+
+@contextmanager
+def vector_cache(settings: Any) -> Iterator[tuple[Any, Any]]:
+    """The worker's ``ScoreCache`` on a private redis-server of its own (maxmemory + allkeys-lru), and
+    ``settings`` with it (``cache.redis_url`` set: the resolver then identifies what it fetches, as a worker's)."""
+    from rerankq.cli.cluster import CACHE_ARGS, RedisServer
+    from rerankq.worker.metrics import Metrics
+    from rerankq.worker.scorecache import ScoreCache
+
+    with RedisServer(args=CACHE_ARGS) as server:
+        cached = settings.model_copy(update={"cache": settings.cache.model_copy(update={"redis_url": server.url})})
+        cache = ScoreCache(cached.cache, Metrics())
+        try:
+            yield cache, cached
+        finally:
+            cache.client.close()
+
+
+def engine_round(model: Any, settings: Any, cache: Any | None, jobs: Sequence[Side], per_job: int,
+                 ) -> tuple[float, np.ndarray, int, int]:
+    """All jobs through a fresh ``RoundEngine`` (and a fresh ``MediaResolver``: no decoded media kept from an
+    earlier run), each job's result assembled as the worker writes it. Returns seconds, the vectors in input
+    order, the inputs the cache answered and the tokens run through the model."""
+    from rerankq.media.resolver import MediaResolver
+    from rerankq.models.engine import JobInput, RoundEngine
+
+    resolver = MediaResolver(settings, model.preprocessor)
+    try:
+        engine = RoundEngine(model, resolver, settings.batch, cache)
+        run_id = uuid.uuid4().hex[:8]
+        inputs = [JobInput(f"bench-{run_id}-{j}", None, list(jobs[j * per_job:(j + 1) * per_job]), "", task="embed")
+                  for j in range(len(jobs) // per_job)]
+        start = time.perf_counter()
+        outcomes = engine.run(inputs)
+        results = [o.result(model.name) for o in outcomes]
+        seconds = time.perf_counter() - start
+    finally:
+        resolver.close()
+    failed = [o.error or o.errors for o in outcomes if o.error or o.errors]
+    if len(results) != len(inputs) or failed:
+        raise RuntimeError(f"bench embedding jobs failed: {failed[:3]}")
+    vectors = np.stack([np.asarray(v, dtype=np.float32) for o in outcomes for v in o.scores])
+    return seconds, vectors, sum(len(o.cached) for o in outcomes), sum(o.tokens for o in outcomes)
+
+
+def bench_engine_kind(model: Any, settings: Any, kind: str, n_jobs: int, per_job: int,
+                      cache: tuple[Any, Any] | None, media_dir: Path, repeat: int = 3) -> dict[str, Any]:
+    """``none`` (no cache), and with ``cache`` (``vector_cache``'s): ``cold`` (emptied first) then ``warm``;
+    ``repeat`` times, alternating, the best time of each counts."""
+    make = side_factory(kind, media_dir)
+    sides = [make(i) for i in range(n_jobs * per_job)]
+    n = len(sides)
+    engine_round(model, settings, None, sides[:2], 2)  # warm-up (a fresh resolver per run: media decoded anew)
+    if cache is not None:
+        engine_round(model, cache[1], cache[0], sides[:2], 2)  # the cache's first contact (its checks) too
+    runs = ["none", "cold", "warm"] if cache is not None else ["none"]
+    best = dict.fromkeys(runs, float("inf"))
+    vectors: dict[str, np.ndarray] = {}
+    cached: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    for _ in range(max(repeat, 1)):
+        for run in runs:
+            if run == "cold":
+                cache[0].client.flushdb()
+            seconds, vectors[run], cached[run], tokens[run] = engine_round(
+                model, *((settings, None) if cache is None or run == "none" else (cache[1], cache[0])),
+                sides, per_job)
+            best[run] = min(best[run], seconds)
+    row: dict[str, Any] = {"kind": kind, "jobs": n_jobs, "inputs": n, "tokens": tokens["none"],
+                           "none_inputs_per_s": n / best["none"]}
+    if cache is not None:
+        if cached["cold"] != 0 or cached["warm"] != n or tokens["warm"] != 0:
+            raise RuntimeError(f"cache runs not as expected: cold answered {cached['cold']}, warm {cached['warm']} "
+                               f"of {n} inputs, warm ran {tokens['warm']} tokens")
+        row.update({"cold_inputs_per_s": n / best["cold"], "warm_inputs_per_s": n / best["warm"],
+                    "warm_speedup": best["none"] / best["warm"], "cold_speedup": best["none"] / best["cold"],
+                    "cached_inputs": cached["warm"],
+                    "max_abs_delta_cached_vs_stored": float(np.abs(vectors["warm"] - vectors["cold"]).max()),
+                    "max_abs_delta_cached_vs_uncached": float(np.abs(vectors["warm"] - vectors["none"]).max())})
+    return row
+
+
+def engine_main(args: argparse.Namespace, spec: str) -> dict[str, Any]:
+    from rerankq.models.loading import load_model
+    from rerankq.settings import Settings
+
+    model = load_model(spec, LoadOptions(device=args.device, dtype=args.dtype))
+    if model.capabilities.task != "embed":
+        raise SystemExit(f"--model {spec!r} is not an embedding model (random:embed-SIZE or an embedding checkpoint)")
+    settings = Settings(_env_file=None, allow_file_urls=True,  # type: ignore[call-arg]
+                        batch={"max_tokens": args.max_batch_tokens, "max_pairs": args.max_batch_inputs})
+    rows = []
+    with tempfile.TemporaryDirectory() as media, (vector_cache(settings) if args.cache else _nothing()) as cache:
+        for kind in args.kinds.split(","):
+            (Path(media) / kind).mkdir()
+            rows.append(bench_engine_kind(model, settings, kind, args.jobs, args.per_job, cache, Path(media) / kind,
+                                          args.repeat))
+    embedder = model.embedder
+    return {"model": model.name, "device": args.device, "dtype": str(embedder.dtype), "dims": embedder.hidden_size,
+            "mode": "engine", "cache": bool(args.cache), "results": rows}
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def print_engine(report: dict[str, Any]) -> None:
+    print(f"{report['model']} on {report['device']} ({report['dtype']}, {report['dims']} dims), "
+          f"through the round engine, {'with and without' if report['cache'] else 'without'} the vector cache")
+    head = f"{'kind':<7}{'jobs':>5}{'inputs':>7}{'tokens':>8}{'none /s':>10}"
+    if report["cache"]:
+        head += f"{'cold /s':>10}{'warm /s':>10}{'warm/none':>11}{'cold/none':>11}{'|Δ| stored':>12}{'|Δ| fresh':>11}"
+    print(head)
+    for r in report["results"]:
+        line = f"{r['kind']:<7}{r['jobs']:>5}{r['inputs']:>7}{r['tokens']:>8}{r['none_inputs_per_s']:>10.1f}"
+        if report["cache"]:
+            line += (f"{r['cold_inputs_per_s']:>10.1f}{r['warm_inputs_per_s']:>10.1f}{r['warm_speedup']:>10.1f}x"
+                     f"{r['cold_speedup']:>10.2f}x{r['max_abs_delta_cached_vs_stored']:>12.1e}"
+                     f"{r['max_abs_delta_cached_vs_uncached']:>11.1e}")
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.embedding", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint dir or random:embed-2b|8b|small|tiny "
                         "(default: the tiny checkpoint, built in a temp dir)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--kinds", default="text,image,video,mixed")
+    parser.add_argument("--kinds", default=None, help="text,image,video,mixed (default: all; with --engine: "
+                        "text,image,mixed)")
     parser.add_argument("--inputs", type=int, default=32, help="inputs per kind")
+    parser.add_argument("--engine", action="store_true", help="jobs through the worker's round engine")
+    parser.add_argument("--cache", action="store_true", help="with --engine: also cold and warm vector-cache runs")
+    parser.add_argument("--jobs", type=int, default=4, help="with --engine: jobs per kind")
+    parser.add_argument("--per-job", type=int, default=8, help="with --engine: inputs per job")
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--max-batch-inputs", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each way; the best counts")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.cache and not args.engine:
+        parser.error("--cache: only with --engine")
+    args.kinds = args.kinds or ("text,image,mixed" if args.engine else "text,image,video,mixed")
     opts = LoadOptions(device=args.device, dtype=args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
         spec = args.model
         if spec is None:
             from rerankq.models.qwen3vl_embed.tiny import write_tiny_embedding_model
 
-            spec = str(write_tiny_embedding_model(tmp))
+            spec = str(write_tiny_embedding_model(Path(tmp) / "tiny-embedding"))
+        if args.engine:
+            engine_report = engine_main(args, spec)
+            if args.json:
+                print(json.dumps(engine_report, indent=2))
+            else:
+                print_engine(engine_report)
+            return 0
         embedder = load_embedder(spec, opts)
         rows = [bench_kind(embedder, kind, args.inputs, args.max_batch_tokens, args.max_batch_inputs, args.repeat)
                 for kind in args.kinds.split(",")]

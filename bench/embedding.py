@@ -229,6 +229,10 @@ def _nothing() -> Iterator[None]:
     yield None
 
 
+def _rate(per_s: float) -> str:
+    return f"{per_s:.1f}" if per_s >= 10 else f"{per_s:.2f}"
+
+
 def print_engine(report: dict[str, Any]) -> None:
     print(f"{report['model']} on {report['device']} ({report['dtype']}, {report['dims']} dims), "
           f"through the round engine, {'with and without' if report['cache'] else 'without'} the vector cache")
@@ -237,9 +241,10 @@ def print_engine(report: dict[str, Any]) -> None:
         head += f"{'cold /s':>10}{'warm /s':>10}{'warm/none':>11}{'cold/none':>11}{'|Δ| stored':>12}{'|Δ| fresh':>11}"
     print(head)
     for r in report["results"]:
-        line = f"{r['kind']:<7}{r['jobs']:>5}{r['inputs']:>7}{r['tokens']:>8}{r['none_inputs_per_s']:>10.1f}"
+        line = f"{r['kind']:<7}{r['jobs']:>5}{r['inputs']:>7}{r['tokens']:>8}{_rate(r['none_inputs_per_s']):>10}"
         if report["cache"]:
-            line += (f"{r['cold_inputs_per_s']:>10.1f}{r['warm_inputs_per_s']:>10.1f}{r['warm_speedup']:>10.1f}x"
+            line += (f"{_rate(r['cold_inputs_per_s']):>10}{_rate(r['warm_inputs_per_s']):>10}"
+                     f"{r['warm_speedup']:>10.1f}x"
                      f"{r['cold_speedup']:>10.2f}x{r['max_abs_delta_cached_vs_stored']:>12.1e}"
                      f"{r['max_abs_delta_cached_vs_uncached']:>11.1e}")
         print(line)

@@ -22,18 +22,23 @@ and again (``warm``: every input from the cache), alternating so that the ratios
 same minutes; the best time of each counts. It prints inputs/s of each, the speed-up of warm and of cold over
 none, and the largest |Δ| between the warm (cached) vectors and the cold run's (must be 0: the cache stores
 float32 exactly) and the uncached run's.
+
+``--queue`` [``--cache``] runs the same jobs end to end instead: a private cluster (broker and cache
+redis-servers, moto's S3 server with the media, one ``rerankq worker --model SPEC``), each kind's jobs submitted at
+once through ``RerankClient`` and waited for; ``none`` is the jobs with ``"cache": false``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,32 +172,25 @@ def engine_round(model: Any, settings: Any, cache: Any | None, jobs: Sequence[Si
     return seconds, vectors, sum(len(o.cached) for o in outcomes), sum(o.tokens for o in outcomes)
 
 
-def bench_engine_kind(model: Any, settings: Any, kind: str, n_jobs: int, per_job: int,
-                      cache: tuple[Any, Any] | None, media_dir: Path, repeat: int = 3) -> dict[str, Any]:
-    """``none`` (no cache), and with ``cache`` (``vector_cache``'s): ``cold`` (emptied first) then ``warm``;
-    ``repeat`` times, alternating, the best time of each counts."""
-    make = side_factory(kind, media_dir)
-    sides = [make(i) for i in range(n_jobs * per_job)]
-    n = len(sides)
-    engine_round(model, settings, None, sides[:2], 2)  # warm-up (a fresh resolver per run: media decoded anew)
-    if cache is not None:
-        engine_round(model, cache[1], cache[0], sides[:2], 2)  # the cache's first contact (its checks) too
-    runs = ["none", "cold", "warm"] if cache is not None else ["none"]
+Run = Callable[[str], tuple[float, np.ndarray, int, int]]  # none|cold|warm → seconds, vectors, cached, tokens
+
+
+def measure_runs(kind: str, n_jobs: int, n: int, run: Run, cached_runs: bool, repeat: int) -> dict[str, Any]:
+    """``none`` (no cache), and with ``cached_runs``: ``cold`` (``run`` empties the cache first) then ``warm``;
+    ``repeat`` times, alternating, the best time of each counts. Raises unless cold was answered by the cache
+    for none of the inputs and warm for all of them, with no token run."""
+    runs = ["none", "cold", "warm"] if cached_runs else ["none"]
     best = dict.fromkeys(runs, float("inf"))
     vectors: dict[str, np.ndarray] = {}
     cached: dict[str, int] = {}
     tokens: dict[str, int] = {}
     for _ in range(max(repeat, 1)):
-        for run in runs:
-            if run == "cold":
-                cache[0].client.flushdb()
-            seconds, vectors[run], cached[run], tokens[run] = engine_round(
-                model, *((settings, None) if cache is None or run == "none" else (cache[1], cache[0])),
-                sides, per_job)
-            best[run] = min(best[run], seconds)
+        for name in runs:
+            seconds, vectors[name], cached[name], tokens[name] = run(name)
+            best[name] = min(best[name], seconds)
     row: dict[str, Any] = {"kind": kind, "jobs": n_jobs, "inputs": n, "tokens": tokens["none"],
                            "none_inputs_per_s": n / best["none"]}
-    if cache is not None:
+    if cached_runs:
         if cached["cold"] != 0 or cached["warm"] != n or tokens["warm"] != 0:
             raise RuntimeError(f"cache runs not as expected: cold answered {cached['cold']}, warm {cached['warm']} "
                                f"of {n} inputs, warm ran {tokens['warm']} tokens")
@@ -202,6 +200,92 @@ def bench_engine_kind(model: Any, settings: Any, kind: str, n_jobs: int, per_job
                     "max_abs_delta_cached_vs_stored": float(np.abs(vectors["warm"] - vectors["cold"]).max()),
                     "max_abs_delta_cached_vs_uncached": float(np.abs(vectors["warm"] - vectors["none"]).max())})
     return row
+
+
+def bench_engine_kind(model: Any, settings: Any, kind: str, n_jobs: int, per_job: int,
+                      cache: tuple[Any, Any] | None, media_dir: Path, repeat: int = 3) -> dict[str, Any]:
+    """``measure_runs`` through the round engine; ``cache``: ``vector_cache``'s (cache, settings)."""
+    make = side_factory(kind, media_dir)
+    sides = [make(i) for i in range(n_jobs * per_job)]
+    engine_round(model, settings, None, sides[:2], 2)  # warm-up (a fresh resolver per run: media decoded anew)
+    if cache is not None:
+        engine_round(model, cache[1], cache[0], sides[:2], 2)  # the cache's first contact (its checks) too
+
+    def run(name: str) -> tuple[float, np.ndarray, int, int]:
+        if name == "none" or cache is None:
+            return engine_round(model, settings, None, sides, per_job)
+        if name == "cold":
+            cache[0].client.flushdb()
+        return engine_round(model, cache[1], cache[0], sides, per_job)
+
+    return measure_runs(kind, n_jobs, len(sides), run, cache is not None, repeat)
+
+
+def queue_inputs(kind: str, n: int, s3: Any, bucket: str) -> list[Any]:
+    """``side_factory``'s inputs as a job's ``inputs``: texts as strings, media uploaded to ``bucket``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = [side_factory(kind, Path(tmp))(i) for i in range(n)]
+        out: list[Any] = []
+        for i, side in enumerate(sides):
+            item: dict[str, Any] = {"text": side.texts[0]} if side.texts else {}
+            for field, refs in (("image", side.images), ("video", side.videos)):
+                for ref in refs:
+                    key = f"embed-bench/{kind}/{i}-{Path(ref).name}"
+                    s3.put_object(Bucket=bucket, Key=key, Body=Path(ref.removeprefix("file://")).read_bytes())
+                    item[field] = f"s3://{bucket}/{key}"
+            out.append(item["text"] if list(item) == ["text"] else item)
+    return out
+
+
+def queue_round(client: Any, requests: list[dict[str, Any]], timeout: float) -> tuple[float, np.ndarray, int, int]:
+    """Submit every job at once through the SDK and wait for all: seconds, vectors, inputs cached, tokens."""
+    start = time.perf_counter()
+    ids = client.submit_many(requests)
+    results = dict(client.as_completed(ids, timeout=timeout))
+    seconds = time.perf_counter() - start
+    failed = [r for r in results.values() if isinstance(r, Exception) or r["errors"]]
+    if failed:
+        raise RuntimeError(f"bench embedding jobs failed: {failed[:3]}")
+    ordered = [results[i] for i in ids]
+    vectors = np.array([v for r in ordered for v in r["embeddings"]], dtype=np.float32)
+    return (seconds, vectors, sum(r["usage"]["cached_inputs"] for r in ordered),
+            sum(r["usage"]["tokens"] for r in ordered))
+
+
+def queue_main(args: argparse.Namespace, spec: str) -> dict[str, Any]:
+    """A private cluster (``bench.cache.start_cluster``: broker and cache redis-servers, moto's S3, one ``rerankq
+    worker``); each kind's jobs submitted at once with ``RerankClient`` (``"cache": false`` for ``none``)."""
+    import redis
+
+    from bench.cache import start_cluster
+    from bench.throughput import BUCKET
+    from rerankq.client import RerankClient
+
+    rows = []
+    with ExitStack() as stack:
+        settings, _metrics, cache_url = start_cluster(stack, spec, args.device)
+        client = stack.enter_context(RerankClient(settings))
+        s3 = client.results.client
+        with contextlib.suppress(Exception):  # exists already
+            s3.create_bucket(Bucket=BUCKET)
+        cache = stack.enter_context(redis.Redis.from_url(cache_url))
+        first: dict[str, Any] = {}
+        for kind in args.kinds.split(","):
+            inputs = queue_inputs(kind, args.jobs * args.per_job, s3, BUCKET)
+            jobs = [{"task": "embed", "inputs": inputs[j * args.per_job:(j + 1) * args.per_job]}
+                    for j in range(args.jobs)]
+            first = client.embed(inputs[:2], timeout=args.timeout)  # warm-up, the cache's first contact too
+
+            def run(name: str, jobs: list[dict[str, Any]] = jobs) -> tuple[float, np.ndarray, int, int]:
+                if name == "cold":
+                    cache.flushdb()
+                wanted = [{**j, "cache": False} for j in jobs] if name == "none" else jobs
+                return queue_round(client, wanted, args.timeout)
+
+            rows.append(measure_runs(kind, args.jobs, len(inputs), run, args.cache, args.repeat))
+    return {"model": first.get("model", spec), "device": args.device, "dtype": args.dtype,
+            "dims": first.get("dimensions"), "mode": "queue",
+            "cache": bool(args.cache), "results": rows}
 
 
 def engine_main(args: argparse.Namespace, spec: str) -> dict[str, Any]:
@@ -234,8 +318,9 @@ def _rate(per_s: float) -> str:
 
 
 def print_engine(report: dict[str, Any]) -> None:
+    path = "through the round engine" if report["mode"] == "engine" else "through the queue (one worker, the SDK)"
     print(f"{report['model']} on {report['device']} ({report['dtype']}, {report['dims']} dims), "
-          f"through the round engine, {'with and without' if report['cache'] else 'without'} the vector cache")
+          f"{path}, {'with and without' if report['cache'] else 'without'} the vector cache")
     head = f"{'kind':<7}{'jobs':>5}{'inputs':>7}{'tokens':>8}{'none /s':>10}"
     if report["cache"]:
         head += f"{'cold /s':>10}{'warm /s':>10}{'warm/none':>11}{'cold/none':>11}{'|Δ| stored':>12}{'|Δ| fresh':>11}"
@@ -260,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                         "text,image,mixed)")
     parser.add_argument("--inputs", type=int, default=32, help="inputs per kind")
     parser.add_argument("--engine", action="store_true", help="jobs through the worker's round engine")
-    parser.add_argument("--cache", action="store_true", help="with --engine: also cold and warm vector-cache runs")
+    parser.add_argument("--queue", action="store_true", help="jobs through a private cluster's worker and the SDK")
+    parser.add_argument("--cache", action="store_true", help="with --engine or --queue: also cold and warm "
+                        "vector-cache runs")
+    parser.add_argument("--timeout", type=float, default=1800, help="with --queue: seconds to wait for one run")
     parser.add_argument("--jobs", type=int, default=4, help="with --engine: jobs per kind")
     parser.add_argument("--per-job", type=int, default=8, help="with --engine: inputs per job")
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
@@ -268,9 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each way; the best counts")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.cache and not args.engine:
-        parser.error("--cache: only with --engine")
-    args.kinds = args.kinds or ("text,image,mixed" if args.engine else "text,image,video,mixed")
+    if args.engine and args.queue:
+        parser.error("--engine or --queue, not both")
+    if args.cache and not (args.engine or args.queue):
+        parser.error("--cache: only with --engine or --queue")
+    args.kinds = args.kinds or ("text,image,mixed" if args.engine or args.queue else "text,image,video,mixed")
     opts = LoadOptions(device=args.device, dtype=args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
         spec = args.model
@@ -278,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             from rerankq.models.qwen3vl_embed.tiny import write_tiny_embedding_model
 
             spec = str(write_tiny_embedding_model(Path(tmp) / "tiny-embedding"))
-        if args.engine:
-            engine_report = engine_main(args, spec)
+        if args.engine or args.queue:
+            engine_report = engine_main(args, spec) if args.engine else queue_main(args, spec)
             if args.json:
                 print(json.dumps(engine_report, indent=2))
             else:

@@ -50,3 +50,17 @@ def test_engine_mode_prints_its_table_without_the_cache() -> None:
     assert lines[1].split() == ["kind", "jobs", "inputs", "tokens", "none", "/s"]
     kind, jobs, inputs, _tokens, rate = lines[2].split()
     assert (kind, jobs, inputs) == ("text", "1", "2") and float(rate) > 0
+
+
+def test_queue_mode_runs_jobs_through_a_worker_and_the_sdk() -> None:
+    """``--queue --cache``: the same runs through a private cluster's worker process, submitted with the SDK."""
+    out = subprocess.run([sys.executable, "-m", "bench.embedding", "--queue", "--cache", "--kinds", "mixed",
+                          "--jobs", "2", "--per-job", "2", "--repeat", "1", "--json"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["mode"] == "queue" and report["dims"] == 64 and "tiny-embedding" in report["model"]
+    (row,) = report["results"]
+    assert row["kind"] == "mixed" and row["inputs"] == row["cached_inputs"] == 4 and row["tokens"] > 4 * 20
+    assert row["none_inputs_per_s"] > 0 and row["warm_inputs_per_s"] > 0
+    assert row["max_abs_delta_cached_vs_stored"] == 0.0 and row["max_abs_delta_cached_vs_uncached"] <= 1e-6

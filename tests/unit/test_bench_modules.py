@@ -29,4 +29,4 @@ def test_the_embedding_bench_refuses_cache_without_engine(capsys: pytest.Capture
 
     with pytest.raises(SystemExit) as stopped:
         main(["--cache"])
-    assert stopped.value.code == 2 and "--cache: only with --engine" in capsys.readouterr().err
+    assert stopped.value.code == 2 and "--cache: only with --engine or --queue" in capsys.readouterr().err

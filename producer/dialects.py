@@ -130,6 +130,8 @@ def job_sides(body: dict[str, Any], store: Store) -> dict[str, Any]:
         job["query"] = side(job["query"], "query")
     if isinstance(job.get("documents"), list):
         job["documents"] = [side(d, f"documents[{i}]") for i, d in enumerate(job["documents"])]
+    if isinstance(job.get("inputs"), list):  # an embedding job's
+        job["inputs"] = [side(d, f"inputs[{i}]") for i, d in enumerate(job["inputs"])]
     return job
 
 

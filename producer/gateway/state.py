@@ -115,8 +115,9 @@ class Gateway:
 
     async def models(self) -> list[dict[str, Any]]:
         """Models with live workers: ``[{"id", "object", "workers", "devices", "quantization", "default", "task",
-        "max_length", "reads", "embedding_dim"?}]``; ``id`` is the SPEC jobs are routed by, ``quantization`` what its workers run
-        (``["none"]``, ``["int8"]``, or several), ``reads`` the modalities of each side its model reads."""
+        "max_length", "reads", "embedding_dim"?}]``; ``id`` is the SPEC jobs are routed by, ``quantization`` what
+        its workers run (``["none"]``, ``["int8"]``, or several), ``reads`` the modalities of each side its model
+        reads, ``embedding_dim`` an embedding model's vector size."""
         by_model: dict[str, list[dict[str, Any]]] = {}
         for worker in await self.workers():
             by_model.setdefault(worker.get("model", "?"), []).append(worker)

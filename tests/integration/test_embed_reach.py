@@ -110,6 +110,7 @@ def test_openai_string_list_dimensions_and_base64(http: httpx.Client, deployment
     got = np.stack([decode(d["embedding"]) for d in cut["data"]])
     assert got.shape == (3, 16)
     assert np.abs(got - sdk_vectors(deployment, texts, dimensions=16)).max() < TOL
+    assert 'route="/v1/embeddings"' in http.get("/metrics").text  # its own label, not "other"
 
 
 def test_openai_multimodal_inputs_with_references_uploads_and_data_uris(
@@ -162,7 +163,7 @@ def test_refusals_name_the_field(http: httpx.Client, deployment: Deployment) -> 
     assert rerank.status_code == 400 and "serves embed jobs" in rerank.json()["message"]
 
 
-def test_cohere_sdk_embed(deployment: Deployment, http: httpx.Client) -> None:
+def test_cohere_sdk_embed(deployment: Deployment, http: httpx.Client, media: dict[str, str]) -> None:
     import cohere
 
     texts = ["a red apple", "green pears"]
@@ -173,6 +174,10 @@ def test_cohere_sdk_embed(deployment: Deployment, http: httpx.Client) -> None:
         response = co.embed(model=Path(deployment.embed_spec).name, input_type="search_document", texts=texts,
                             embedding_types=["float", "base64"])
         images = co.embed(model=deployment.embed_spec, input_type="image", images=[data_uri], output_dimension=8)
+        missing = media["cat.png"].replace("cat.png", "no-such.png")
+        mixed = co.embed(model=deployment.embed_spec, input_type="search_document", inputs=[
+            {"content": [{"type": "image_url", "image_url": {"url": missing}}]},
+            {"content": [{"type": "text", "text": "a red apple"}]}])
         with pytest.raises(cohere.BadRequestError) as refused:
             co.embed(model=deployment.embed_spec, input_type="search_query", texts=["a"],
                      embedding_types=["int8"])
@@ -181,8 +186,25 @@ def test_cohere_sdk_embed(deployment: Deployment, http: httpx.Client) -> None:
     assert response.texts == texts and response.id
     assert http.get(f"/v1/jobs/{response.id}").json()["state"] == "succeeded"
     assert np.array(images.embeddings.float_).shape == (1, 8)
+    assert mixed.embeddings.float_ is not None and mixed.embeddings.float_[0] is None
+    assert np.abs(np.array(mixed.embeddings.float_[1]) - want[0]).max() < TOL
+    assert [e["index"] for e in (mixed.model_extra or {})["errors"]] == [0]
     error = refused.value.body
     assert error["field"] == "embedding_types" and "int8" in error["message"] and "float" in error["message"]
+
+
+def test_async_embedding_job_over_http(http: httpx.Client, deployment: Deployment) -> None:
+    _, data_uri = png_data_uri(seed=9)
+    accepted = http.post("/v1/jobs", json={"task": "embed", "model": deployment.embed_spec,
+                                           "inputs": ["a red apple", {"image": data_uri}]})
+    assert accepted.status_code == 202, accepted.json()
+    job_id = accepted.json()["job_id"]
+    with RerankClient(deployment.settings) as client:
+        client.result(job_id, timeout=120)  # waits for its end
+    result = http.get(f"/v1/jobs/{job_id}/result")
+    body = result.json()
+    assert result.status_code == 200 and body["task"] == "embed" and body["errors"] == []
+    assert np.abs(np.array(body["embeddings"][0]) - sdk_vectors(deployment, ["a red apple"])[0]).max() < TOL
 
 
 def rerankq(d: Deployment, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ import base64
 import struct
 from typing import Any
 
-from rerankq.client.dialects import Store, _content, to_side
+from rerankq.client.dialects import Store, content_side, to_side
 from rerankq.errors import InvalidRequest
 
 # rerankq's own job fields a compatible call may add.
@@ -43,7 +43,7 @@ def _unknown(body: dict[str, Any], known: set[str]) -> None:
 def _input(value: Any, store: Store, field: str) -> dict[str, Any]:
     """One input in any accepted shape → a rerankq side."""
     if isinstance(value, dict) and value.get("type") in _PART_TYPES:
-        return _content([value], store, field)
+        return content_side([value], store, field)
     if isinstance(value, int) or (isinstance(value, list) and all(isinstance(v, int) for v in value)):
         raise InvalidRequest("token ids are not accepted: send the text", field)
     return to_side(value, store, field)
@@ -101,11 +101,10 @@ def cohere_to_job(body: Any, store: Store) -> dict[str, Any]:
     if not isinstance(items, list):
         raise InvalidRequest("a list", name)
     if name == "texts":
-        inputs = [to_side(t, store, f"texts[{i}]") if isinstance(t, str) else _bad(f"texts[{i}]")
-                  for i, t in enumerate(items)]
+        inputs = [{"text": t} for t in _strings(items, name)]
     elif name == "images":
-        inputs = [_content([{"type": "image_url", "image_url": {"url": u}}], store, f"images[{i}]")
-                  if isinstance(u, str) else _bad(f"images[{i}]") for i, u in enumerate(items)]
+        inputs = [content_side([{"type": "image_url", "image_url": {"url": u}}], store, f"images[{i}]")
+                  for i, u in enumerate(_strings(items, name))]
     else:
         inputs = [_input(v, store, f"inputs[{i}]") for i, v in enumerate(items)]
     cohere_types(body)
@@ -116,8 +115,11 @@ def cohere_to_job(body: Any, store: Store) -> dict[str, Any]:
     return job
 
 
-def _bad(field: str) -> dict[str, Any]:
-    raise InvalidRequest("a string", field)
+def _strings(items: list[Any], name: str) -> list[str]:
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InvalidRequest("a string", f"{name}[{i}]")
+    return items
 
 
 def float32_base64(vector: list[float]) -> str:

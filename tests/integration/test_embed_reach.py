@@ -212,7 +212,8 @@ def rerankq(d: Deployment, *argv: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=180)
 
 
-def test_cli_embed_and_submit(deployment: Deployment, media: dict[str, str], tmp_path: Path) -> None:
+def test_cli_embed_submit_and_batch_npy(deployment: Deployment, media: dict[str, str], tmp_path: Path,
+                                       s3: Any) -> None:
     texts = ["a red apple", "green pears"]
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text(json.dumps({"image": media["cat.png"]}) + "\n\n" + json.dumps("bicycle repair") + "\n")
@@ -228,6 +229,14 @@ def test_cli_embed_and_submit(deployment: Deployment, media: dict[str, str], tmp
     out = rerankq(deployment, "submit", str(job), "--wait", "--timeout", "120")
     assert out.returncode == 0, out.stderr
     assert np.abs(np.array(json.loads(out.stdout)["embeddings"]) - sdk_vectors(deployment, texts)).max() < TOL
+    line = {"custom_id": "z", "url": "/v1/embeddings", "body": {"model": deployment.embed_spec, "input": "z"}}
+    (tmp_path / "in.jsonl").write_text(json.dumps(line) + "\n")
+    out = rerankq(deployment, "batch", "submit", str(tmp_path / "in.jsonl"), "--output", f"s3://{BUCKET}/cli/",
+                  "--npy", "--wait", "--timeout", "120", "--json")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout.splitlines()[-1])
+    assert record["npy"] is True and record["state"] == "completed"
+    assert s3.head_object(Bucket=BUCKET, Key="cli/results/part-00000.npy")["ContentLength"] > 128
     bad = rerankq(deployment, "embed", "a", "--model", deployment.embed_spec, "--dimensions", "65")
     assert bad.returncode == 2 and "65 is over the 64 dimensions" in bad.stderr
     empty = rerankq(deployment, "embed", "--model", deployment.embed_spec)
@@ -239,7 +248,7 @@ def read_part(s3: Any, uri: str) -> bytes:
     return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def test_a_batch_of_embedding_lines_writes_jsonl_and_npy(deployment: Deployment, s3: Any,
+def test_a_batch_of_embedding_lines_writes_jsonl_and_npy(deployment: Deployment, s3: Any, http: httpx.Client,
                                                          media: dict[str, str]) -> None:
     missing = media["cat.png"].replace("cat.png", "no-such.png")
     spec = deployment.embed_spec
@@ -252,9 +261,11 @@ def test_a_batch_of_embedding_lines_writes_jsonl_and_npy(deployment: Deployment,
     ]
     key = f"in/{uuid.uuid4().hex}.jsonl"
     s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(line) + "\n" for line in lines).encode())
+    created = http.post("/v1/batches", json={"input": f"s3://{BUCKET}/{key}", "output": f"s3://{BUCKET}/out/{key}/",
+                                             "npy": True})
+    assert created.status_code == 202 and created.json()["npy"] is True
     with RerankClient(deployment.settings) as client:
-        record = client.submit_batch(f"s3://{BUCKET}/{key}", f"s3://{BUCKET}/out/{key}/", npy=True)
-        record = client.wait_batch(record.batch_id, timeout=180)
+        record = client.wait_batch(created.json()["batch_id"], timeout=180)
     assert record.state.value == "completed" and record.npy
     assert (record.counts["succeeded"], record.counts["failed"]) == (4, 1)
     manifest = json.loads(read_part(s3, f"s3://{BUCKET}/out/{key}/manifest.json"))

@@ -143,8 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
             await gateway.stop()
 
     app = FastAPI(title="rerankq gateway", version="1", lifespan=lifespan,
-                  description="Cohere- and vLLM-compatible multimodal rerank over rerankq's queue; async jobs, "
-                  "media upload, and a web console at /.")
+                  description="Cohere- and vLLM-compatible multimodal rerank, and OpenAI- and Cohere-compatible "
+                  "embeddings, over rerankq's queue; async jobs, media upload, and a web console at /.")
     app.state.gateway = gateway
     _bearer_in_openapi(app)
     _handlers(app, settings)

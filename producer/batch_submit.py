@@ -71,9 +71,10 @@ def derived_id(client: Submitter, input_uri: str) -> str:
 
 def submit_batch(client: Submitter, input: str, output: str, batch_id: str | None = None,
                  priority: str = "low", model: str | None = None, completion_window_s: float | None = None,
-                 callback_url: str | None = None) -> BatchRecord:
+                 callback_url: str | None = None, npy: bool = False) -> BatchRecord:
     """Create a batch from ``input`` (``s3://…`` or a local JSONL file, uploaded first) writing to ``output``
-    (``s3://bucket/prefix/``); returns its record (the existing one when the id exists)."""
+    (``s3://bucket/prefix/``); returns its record (the existing one when the id exists). ``npy``: each results
+    part's embeddings also as a ``.npy`` with an index (``rerankq.client.batches.vectors``)."""
     output = _check(client, output, priority, batch_id, completion_window_s)
     client.check_callback_url(callback_url)
     input_uri = input if input.startswith("s3://") else upload_input(client, input, output)
@@ -82,7 +83,7 @@ def submit_batch(client: Submitter, input: str, output: str, batch_id: str | Non
     home = client.part_of(batch_id)  # the batch's shard (this client, with one Redis): its record, its message
     store = BatchStore(client.settings, home.redis)
     record = BatchRecord(batch_id=batch_id, state=BatchState.VALIDATING, input_uri=input_uri, output_uri=output,
-                         created_at=now, priority=priority, model=model, callback_url=callback_url,
+                         created_at=now, priority=priority, model=model, callback_url=callback_url, npy=npy,
                          expires_at=now + completion_window_s if completion_window_s else None)
     created = store.create(record)
     found = store.get(batch_id)

@@ -1,4 +1,4 @@
-"""Producer commands of ``rerankq``: submit, status, result, cancel. No torch needed.
+"""Producer commands of ``rerankq``: submit, embed, status, result, cancel. No torch needed.
 
 Exit codes (the table is in ``rerankq.cli``, which turns errors into them): 0 done; 1 a job failed, was
 cancelled or is unknown, or a cancel came too late (the job is finishing or ended); 2 bad request; 3 timed
@@ -96,6 +96,35 @@ def _wait_all(client: Any, ids: list[str], timeout: float | None) -> int:
     return 0
 
 
+def _read_inputs(path: str) -> list[Any]:
+    """The inputs in a JSONL file (``-`` = stdin): one per line, a JSON string (a text) or an object with
+    ``text`` / ``image`` / ``video``; blank lines are skipped."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}", "input") from None
+    inputs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                inputs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"{path} line {number}: not JSON: {exc}", "input") from None
+    return inputs
+
+
+def embed(args: argparse.Namespace) -> int:
+    inputs: list[Any] = list(args.texts) + (_read_inputs(args.input) if args.input else [])
+    if not inputs:
+        raise InvalidRequest("nothing to embed: give texts as arguments or --input FILE.jsonl", "inputs")
+    fields = {"dimensions": args.dimensions, "instruction": args.instruction, "encoding_format": args.encoding,
+              "priority": args.priority}
+    with _client() as client:
+        _print(client.embed(inputs, model=args.model, timeout=args.timeout,
+                            **{k: v for k, v in fields.items() if v is not None}))
+    return 0
+
+
 def status(args: argparse.Namespace) -> int:
     with _client() as client:
         if len(args.job_ids) == 1:
@@ -125,7 +154,7 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Register submit / status / result / cancel on ``rerankq``'s subparsers."""
+    """Register submit / embed / status / result / cancel on ``rerankq``'s subparsers."""
     p = sub.add_parser("submit", help="enqueue a job (JSON file, - for stdin; a JSON list submits many)")
     p.add_argument("file")
     p.add_argument("--wait", action="store_true", help="wait and print the result(s): a list prints one JSON "
@@ -133,6 +162,18 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait with --wait, for the whole list "
                    "(default: forever)")
     p.set_defaults(func=submit)
+    p = sub.add_parser("embed", help="embed texts (arguments) and/or the inputs of a JSONL file; print the result")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--input", default=None, metavar="FILE.jsonl", help="one input per line: a JSON string or an "
+                   "object with text / image / video (- for stdin); embedded after the TEXT arguments")
+    p.add_argument("--model", default=None, help="the embedding model's SPEC (default: the deployment's)")
+    p.add_argument("--dimensions", type=int, default=None, help="keep the first N components (Matryoshka)")
+    p.add_argument("--instruction", default=None, help="the task instruction (default: the model's own)")
+    p.add_argument("--encoding", default=None, choices=("float", "base64"), help="vectors as numbers (default) "
+                   "or base64 float32")
+    p.add_argument("--priority", default=None, choices=("high", "normal", "low"))
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: forever)")
+    p.set_defaults(func=embed)
     p = sub.add_parser("status", help="the state and progress of one or more jobs")
     p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     p.set_defaults(func=status)

@@ -199,11 +199,12 @@ class RerankClient:
     # batches -------------------------------------------------------------------------------------------
     def submit_batch(self, input: str, output: str, batch_id: str | None = None, priority: str = "low",
                      model: str | None = None, completion_window_s: float | None = None,
-                     callback_url: str | None = None) -> BatchRecord:
+                     callback_url: str | None = None, npy: bool = False) -> BatchRecord:
         """Run a JSONL file of jobs server-side (``s3://…`` or a local file, uploaded first) into
         ``output`` (``s3://bucket/prefix/``); returns the batch record. The id is ``batch_id`` or derived from
-        the input's URI and ETag: submitting it again adds nothing (``rerankq.client.batch_submit``)."""
-        return submit_batch(self, input, output, batch_id, priority, model, completion_window_s, callback_url)
+        the input's URI and ETag: submitting it again adds nothing (``rerankq.client.batch_submit``). ``npy``:
+        embedding lines' vectors also as one ``.npy`` per results part, with an index."""
+        return submit_batch(self, input, output, batch_id, priority, model, completion_window_s, callback_url, npy)
 
     def batch(self, batch_id: str) -> BatchRecord:
         """A batch's record (state, counts, timestamps); ``NoSuchJob`` for an unknown id."""

@@ -45,7 +45,7 @@ def _media(ref: Any, store: Store, field: str) -> Any:
     return ref
 
 
-def _content(parts: Any, store: Store, field: str) -> dict[str, Any]:
+def content_side(parts: Any, store: Store, field: str) -> dict[str, Any]:
     """vLLM's content list → one side (texts joined, images and videos kept)."""
     if not isinstance(parts, list) or not parts:
         raise InvalidRequest("content must be a non-empty list of parts", field)
@@ -76,7 +76,7 @@ def to_side(value: Any, store: Store, field: str, rank_fields: list[str] | None 
     if not isinstance(value, dict):
         raise InvalidRequest(f"expected a string or an object, got {type(value).__name__}", field)
     if "content" in value:
-        return _content(value["content"], store, field)
+        return content_side(value["content"], store, field)
     if rank_fields:
         missing = [f for f in rank_fields if f not in value]
         if missing:
@@ -92,7 +92,7 @@ def _documents(body: dict[str, Any], store: Store) -> list[dict[str, Any]]:
     docs = body.get("documents")
     rank_fields = body.get("rank_fields")
     if isinstance(docs, dict) and "content" in docs:  # vLLM: one content list, one document per part
-        return [_content([part], store, f"documents.content[{i}]") for i, part in enumerate(docs["content"])]
+        return [content_side([part], store, f"documents.content[{i}]") for i, part in enumerate(docs["content"])]
     if not isinstance(docs, list):
         raise InvalidRequest("a list of documents is required", "documents")
     return [to_side(d, store, f"documents[{i}]", rank_fields) for i, d in enumerate(docs)]
@@ -130,6 +130,8 @@ def job_sides(body: dict[str, Any], store: Store) -> dict[str, Any]:
         job["query"] = side(job["query"], "query")
     if isinstance(job.get("documents"), list):
         job["documents"] = [side(d, f"documents[{i}]") for i, d in enumerate(job["documents"])]
+    if isinstance(job.get("inputs"), list):  # an embedding job's
+        job["inputs"] = [side(d, f"inputs[{i}]") for i, d in enumerate(job["inputs"])]
     return job
 
 

@@ -88,6 +88,7 @@ class BatchRecord:
     priority: str = "low"
     model: str | None = None
     callback_url: str | None = None
+    npy: bool = False  # also write each results part's vectors as .npy (``rerankq.client.batches.vectors``)
     pairs_done: int = 0
     parts: dict[str, int] = field(default_factory=lambda: {"results": 0, "errors": 0})
 
@@ -103,7 +104,8 @@ class BatchRecord:
                    counts={c: int(data.get(f"n_{c}", 0)) for c in COUNTS}, started_at=num("started_at"),
                    finished_at=num("finished_at"), expires_at=num("expires_at"), cancelled_at=num("cancelled_at"),
                    error=data.get("error"), priority=data.get("priority", "low"), model=data.get("model") or None,
-                   callback_url=data.get("callback_url") or None, pairs_done=int(data.get("pairs_done", 0)),
+                   callback_url=data.get("callback_url") or None, npy=data.get("npy") == "1",
+                   pairs_done=int(data.get("pairs_done", 0)),
                    parts={"results": int(data.get("parts_results", 0)), "errors": int(data.get("parts_errors", 0))})
 
     @property
@@ -163,7 +165,7 @@ class BatchStore:
         """Create the record; False when the id exists already."""
         fields = {"state": record.state.value, "input_uri": record.input_uri, "output_uri": record.output_uri,
                   "created_at": record.created_at, "expires_at": record.expires_at, "priority": record.priority,
-                  "model": record.model, "callback_url": record.callback_url}
+                  "model": record.model, "callback_url": record.callback_url, "npy": 1 if record.npy else None}
         args = [x for k, v in fields.items() if v is not None for x in (k, v)]
         pipe = self.redis.pipeline(transaction=False)
         self._create(keys=[self.key(record.batch_id)], args=[self.settings.batches.retention_s, *args], client=pipe)

@@ -45,7 +45,7 @@ def submit(args: argparse.Namespace) -> int:
     with _client() as client:
         record = client.submit_batch(args.input, args.output, batch_id=args.batch_id, priority=args.priority,
                                      model=args.model, completion_window_s=args.completion_window,
-                                     callback_url=args.callback_url)
+                                     callback_url=args.callback_url, npy=args.npy)
         if args.json:
             print(json.dumps(record.to_dict(), separators=(",", ":")))
         else:
@@ -115,6 +115,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--completion-window", type=duration, default=None, metavar="DURATION",
                    help="lines not started by then end expired (e.g. 24h)")
     p.add_argument("--callback-url", default=None, help="POSTed the batch's status when it ends")
+    p.add_argument("--npy", action="store_true", help="embedding lines: also write each results part's vectors "
+                   "as results/part-NNNNN.npy (float32) with an index results/part-NNNNN.index.jsonl")
     p.add_argument("--wait", action="store_true", help="wait until it ends, with a progress bar")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait with --wait")
     p.add_argument("--json", action="store_true", help="print the batch record as one JSON object")

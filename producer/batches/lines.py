@@ -2,7 +2,8 @@
 
 A line is a job (docs/USAGE.md, *The job*) plus an optional ``custom_id``, or the OpenAI / ``vllm run-batch`` line
 ``{"custom_id", "method": "POST", "url": "/v1/rerank", "body": {…}}`` whose body is a Cohere or vLLM rerank
-request (``rerankq.client.dialects``). The batch gives every job its id (``{batch_id}-{line}``; a line with a
+request (``rerankq.client.dialects``), or with ``"url": "/v1/embeddings"`` an OpenAI embeddings request
+(``rerankq.client.embed_dialects``). The batch gives every job its id (``{batch_id}-{line}``; a line with a
 ``job_id`` is an error line), its priority and model (over the line's), and its completion window, which caps
 the line's own deadline.
 """
@@ -17,12 +18,15 @@ from typing import Any
 
 from rerankq import s3
 from rerankq.client.dialects import to_job
+from rerankq.client.embed_dialects import openai_to_job
 from rerankq.errors import InvalidRequest
 from rerankq.jobs import deadline_of
 from rerankq.schema import parse_job
 from rerankq.settings import Settings
 
-BATCH_URLS = ("/v1/rerank", "/v2/rerank", "/rerank")
+RERANK_URLS = ("/v1/rerank", "/v2/rerank", "/rerank")
+EMBED_URLS = ("/v1/embeddings",)
+BATCH_URLS = (*RERANK_URLS, *EMBED_URLS)
 
 
 @dataclass
@@ -102,6 +106,8 @@ def _job_of(data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"one of {', '.join(BATCH_URLS)}", "url")
     if set(data) != {"body"}:
         raise InvalidRequest("unknown field", sorted(set(data) - {"body"})[0] if set(data) - {"body"} else "body")
+    if url in EMBED_URLS:
+        return openai_to_job(data["body"], _no_data_uris)
     return to_job(data["body"], _no_data_uris)
 
 

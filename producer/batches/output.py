@@ -2,7 +2,9 @@
 
 ``PREFIX/results/part-NNNNN.jsonl``: one line per input line whose job succeeded, ``{"custom_id", "line",
 **the job's result}``. ``PREFIX/errors/part-NNNNN.jsonl``: one line per input line that did not,
-``{"custom_id", "line", "job_id", "state", "error": {"code", "message"}}``. ``PREFIX/manifest.json``: the
+``{"custom_id", "line", "job_id", "state", "error": {"code", "message"}}``. A batch submitted with ``npy`` also
+gets each results part's embeddings as ``.npy`` with an index (``rerankq.client.batches.vectors``).
+``PREFIX/manifest.json``: the
 parts and the counts, once the batch has ended. A batch with a ``callback_url`` then gets its completion event
 (``batch.<state>``, ``rerankq.callbacks``).
 """
@@ -20,6 +22,7 @@ import redis
 from rerankq import keys, s3
 from rerankq.batches import BatchRecord, BatchState, BatchStore
 from rerankq.callbacks import Outbox
+from rerankq.client.batches import vectors
 from rerankq.client.batches.lines import error_line
 from rerankq.errors import CallbackRefused, JobFailed, PermanentError
 from rerankq.jobs import TERMINAL, JobRecord, JobState
@@ -116,7 +119,8 @@ class Output:
                 number = int(numbers[kind] or 0)
                 uri = f"{self.prefix}{kind}/part-{number:05d}.jsonl"
                 self._put(uri, "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
-                written.append({"kind": kind, "part": number, "lines": len(lines), "uri": uri})
+                written.append({"kind": kind, "part": number, "lines": len(lines), "uri": uri,
+                                **(self._vectors(lines, number) if kind == "results" and self.record.npy else {})})
         self._commit(ended, errors, written, tally, pairs)
 
     def _lines(self, ended: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int], int]:
@@ -130,7 +134,8 @@ class Output:
             if "error" in line:
                 failures.append(line)
             else:
-                pairs += int(line.get("usage", {}).get("pairs", 0))
+                usage = line.get("usage", {})  # an embedding line's inputs count as its pairs (the rate shown)
+                pairs += int(usage.get("pairs", usage.get("inputs", 0)))
                 results.append(line)
         return results, failures, tally, pairs
 
@@ -149,10 +154,22 @@ class Output:
         state = _outcome(record.state)
         return error_line(custom_id, number, job_id, state, state, record.error)
 
-    def _put(self, uri: str, body: str) -> None:
+    def _vectors(self, lines: list[dict[str, Any]], number: int) -> dict[str, Any]:
+        """A results part's ``.npy`` files and index, written before the part is recorded (like the part)."""
+        files, index = vectors.part_files(lines, f"part-{number:05d}")
+        if not files:
+            return {}
+        for name, data in files.items():
+            self._put(f"{self.prefix}results/{name}", data, "application/octet-stream")
+        self._put(f"{self.prefix}results/part-{number:05d}.index.jsonl", index)
+        return {"npy": [f"{self.prefix}results/{name}" for name in files],
+                "index": f"{self.prefix}results/part-{number:05d}.index.jsonl"}
+
+    def _put(self, uri: str, body: str | bytes, content_type: str = "application/x-ndjson") -> None:
         bucket, key = s3.split_uri(uri)
+        data = body.encode() if isinstance(body, str) else body
         with s3.translate_errors(uri):
-            self.runner.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), ContentType="application/x-ndjson")
+            self.runner.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
     def _commit(self, ended: list[int], errors: list[int], written: list[dict[str, Any]], tally: dict[str, int],
                 pairs: int) -> None:

@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rerankq.client.gateway import batches, ops, routes
+from rerankq.client.gateway import batches, embeddings, ops, routes
 from rerankq.client.gateway.state import Gateway, QueueFull, UnknownModel
 from rerankq.errors import CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, PermanentError, TransientError
 from rerankq.settings import Settings
@@ -143,12 +143,13 @@ def create_app(settings: Settings) -> FastAPI:
             await gateway.stop()
 
     app = FastAPI(title="rerankq gateway", version="1", lifespan=lifespan,
-                  description="Cohere- and vLLM-compatible multimodal rerank over rerankq's queue; async jobs, "
-                  "media upload, and a web console at /.")
+                  description="Cohere- and vLLM-compatible multimodal rerank, and OpenAI- and Cohere-compatible "
+                  "embeddings, over rerankq's queue; async jobs, media upload, and a web console at /.")
     app.state.gateway = gateway
     _bearer_in_openapi(app)
     _handlers(app, settings)
     app.include_router(routes.router)
+    app.include_router(embeddings.router)
     app.include_router(batches.router)
     app.include_router(ops.router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

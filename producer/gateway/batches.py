@@ -1,7 +1,7 @@
 """``/v1/batches``: JSONL batches over HTTP, the same as ``rerankq batch`` (``rerankq.client.batches``).
 
 ``POST /v1/batches`` ``{"input": "s3://…", "output": "s3://bucket/prefix/", "batch_id"?, "priority"?, "model"?,
-"completion_window"? (seconds, or "24h"), "callback_url"?}`` → 202 and the batch record; ``GET
+"completion_window"? (seconds, or "24h"), "callback_url"?, "npy"?}`` → 202 and the batch record; ``GET
 /v1/batches/{id}``; ``GET /v1/batches?limit=``; ``POST /v1/batches/{id}/cancel`` (or ``DELETE``).
 """
 
@@ -17,7 +17,7 @@ from rerankq.client.gateway.routes import gateway_of, read_json
 from rerankq.errors import InvalidRequest
 
 router = APIRouter()
-FIELDS = ("input", "output", "batch_id", "priority", "model", "completion_window", "callback_url")
+FIELDS = ("input", "output", "batch_id", "priority", "model", "completion_window", "callback_url", "npy")
 
 
 def _window(value: Any) -> float | None:
@@ -46,7 +46,7 @@ async def create_batch(request: Request) -> JSONResponse:
     record = await gateway.run(gateway.client.submit_batch, body["input"], body["output"],
                                batch_id=body.get("batch_id"), priority=body.get("priority") or "low",
                                model=body.get("model"), completion_window_s=_window(body.get("completion_window")),
-                               callback_url=body.get("callback_url"))
+                               callback_url=body.get("callback_url"), npy=bool(body.get("npy")))
     return JSONResponse(record.to_dict(), status_code=202, headers={"Location": f"/v1/batches/{record.batch_id}"})
 
 

@@ -18,7 +18,7 @@ _ROUTES = (  # path pattern -> route label (bounded label values, whatever the i
     (re.compile(r"^/static/.*$"), "/static"),
 )
 _KNOWN = {"/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/v1/rerank", "/v2/rerank", "/rerank",
-          "/v1/models", "/v1/jobs", "/v1/media", "/v1/queue"}
+          "/v1/models", "/v1/jobs", "/v1/media", "/v1/queue", "/v1/embeddings", "/v2/embed"}
 
 
 def route_label(path: str) -> str:

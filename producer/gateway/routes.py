@@ -112,23 +112,32 @@ async def _wait_or_cancel(request: Request, gateway: Gateway, job_id: str, timeo
     return waiting.result()
 
 
+async def synchronous(request: Request, translate: Any) -> tuple[Any, dict[str, Any] | Response]:
+    """A compatible synchronous call: read the body, ``translate`` it into a job, submit it and wait for it
+    (``?timeout=`` / ``X-Rerankq-Timeout``). Returns the body and the job's result, or the 504 that names the
+    job when the wait ran out."""
+    gateway = gateway_of(request)
+    timeout = _timeout(request, gateway)
+    body = await read_json(request, gateway.settings.gateway.max_body_bytes)
+    job = await _translate(request, translate, body)
+    wire = await _prepare(gateway, job, gateway.settings.gateway.priority)
+    job_id = await gateway.submit(wire, wait=True)
+    if not await _wait_or_cancel(request, gateway, job_id, timeout):
+        return body, JSONResponse({"message": f"job {job_id} did not finish within {timeout:g} s; fetch it later "
+                                   f"with GET /v1/jobs/{job_id}/result", "job_id": job_id}, status_code=504,
+                                  headers={"Location": f"/v1/jobs/{job_id}"})
+    return body, await gateway.result(job_id)
+
+
 @router.post("/v1/rerank", tags=["rerank"], summary="Rerank (Cohere v1, vLLM, Jina)", operation_id="rerank_v1")
 @router.post("/v2/rerank", tags=["rerank"], summary="Rerank (Cohere v2 shape)", operation_id="rerank_v2")
 @router.post("/rerank", tags=["rerank"], summary="Rerank (vLLM / Jina shape)", operation_id="rerank")
 async def rerank(request: Request) -> Response:
     """Score ``documents`` against ``query`` and answer with the ranking; the call waits for its job (default
     ``gateway.default_timeout_s``; ``?timeout=`` or ``X-Rerankq-Timeout``), then 504 names the job id."""
-    gateway = gateway_of(request)
-    timeout = _timeout(request, gateway)
-    body = await read_json(request, gateway.settings.gateway.max_body_bytes)
-    job = await _translate(request, dialects.to_job, body)
-    wire = await _prepare(gateway, job, gateway.settings.gateway.priority)
-    job_id = await gateway.submit(wire, wait=True)
-    if not await _wait_or_cancel(request, gateway, job_id, timeout):
-        return JSONResponse({"message": f"job {job_id} did not finish within {timeout:g} s; fetch it later with "
-                             f"GET /v1/jobs/{job_id}/result", "job_id": job_id}, status_code=504,
-                            headers={"Location": f"/v1/jobs/{job_id}"})
-    result = await gateway.result(job_id)
+    body, result = await synchronous(request, dialects.to_job)
+    if isinstance(result, Response):
+        return result
     version = "2" if request.url.path.startswith("/v2/") else "1"
     asked = body.get("return_documents")
     return_documents = version == "1" if asked is None else bool(asked)

@@ -44,12 +44,16 @@ class UnknownModel(PermanentError):
 
 
 def _serves(workers: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a model's workers say it serves: ``task``, ``reads`` (modalities per side), ``max_length``."""
+    """What a model's workers say it serves: ``task``, ``reads`` (modalities per side), ``max_length``, and an
+    embedding model's ``embedding_dim``."""
     caps = next((c for w in workers if (c := registry.capabilities_of(w)) is not None), None)
     if caps is None:
         return {}
-    return {"task": caps.task, "max_length": caps.max_length,
-            "reads": {"query": sorted_modalities(caps.query), "documents": sorted_modalities(caps.documents)}}
+    serves = {"task": caps.task, "max_length": caps.max_length,
+              "reads": {"query": sorted_modalities(caps.query), "documents": sorted_modalities(caps.documents)}}
+    if caps.embedding_dim is not None:
+        serves["embedding_dim"] = caps.embedding_dim
+    return serves
 
 
 class Gateway:
@@ -111,8 +115,9 @@ class Gateway:
 
     async def models(self) -> list[dict[str, Any]]:
         """Models with live workers: ``[{"id", "object", "workers", "devices", "quantization", "default", "task",
-        "max_length", "reads"}]``; ``id`` is the SPEC jobs are routed by, ``quantization`` what its workers run
-        (``["none"]``, ``["int8"]``, or several), ``reads`` the modalities of each side its model reads."""
+        "max_length", "reads", "embedding_dim"?}]``; ``id`` is the SPEC jobs are routed by, ``quantization`` what
+        its workers run (``["none"]``, ``["int8"]``, or several), ``reads`` the modalities of each side its model
+        reads, ``embedding_dim`` an embedding model's vector size."""
         by_model: dict[str, list[dict[str, Any]]] = {}
         for worker in await self.workers():
             by_model.setdefault(worker.get("model", "?"), []).append(worker)

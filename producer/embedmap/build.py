@@ -4,14 +4,13 @@ is waited for, so that several workers share a large file), then the picture and
 from __future__ import annotations
 
 import argparse
-import base64
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rerankq.client.embedmap.items import Item
-from rerankq.client.embedmap.layout import lay_out, neighbours
+from rerankq.client.embedmap.layout import decode, lay_out, neighbours
 from rerankq.client.embedmap.plot import NO_LABEL, MapPicture
 
 CHUNK = 256  # inputs per embedding job: a job is the unit a worker takes, so a large file spreads over workers
@@ -24,15 +23,6 @@ class Embedded:
     vectors: list[np.ndarray | None]
     errors: dict[int, str]
     model: str
-
-
-def decode(vector: Any) -> np.ndarray | None:
-    """A result's vector: a list of floats, or base64 of little-endian float32 (``encoding_format``)."""
-    if vector is None:
-        return None
-    if isinstance(vector, str):
-        return np.frombuffer(base64.b64decode(vector), dtype="<f4").astype(np.float64)
-    return np.asarray(vector, dtype=np.float64)
 
 
 def embed(client: Any, sides: list[dict[str, Any]], timeout: float | None, **fields: Any) -> Embedded:

@@ -11,6 +11,8 @@ UMAP is left out on purpose: ``umap-learn`` pulls numba and llvmlite, a heavy in
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,25 @@ class Layout:
         if self.explained is not None:
             out["explained_variance"] = list(self.explained)
         return out
+
+
+def decode(vector: Any, field: str = "vectors") -> np.ndarray | None:
+    """A vector as results and ``/v1/embeddings`` give it: a list of numbers, or base64 of little-endian float32
+    (``encoding_format: base64``); None stays None. ``InvalidRequest`` naming ``field`` for bad base64."""
+    if vector is None:
+        return None
+    if isinstance(vector, str):
+        try:
+            raw = base64.b64decode(vector, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("not base64 (of little-endian float32 values)", field) from None
+        if len(raw) % 4:
+            raise InvalidRequest(f"{len(raw)} bytes of base64, not a whole number of float32 values", field)
+        return np.frombuffer(raw, dtype="<f4").astype(np.float64)
+    try:
+        return np.asarray(vector, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidRequest("expected a list of numbers, or a base64 string of float32 values", field) from None
 
 
 def as_matrix(vectors: Sequence[Sequence[float]] | np.ndarray, field: str = "vectors") -> np.ndarray:

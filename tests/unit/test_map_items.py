@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from rerankq.cli.main import main
-from rerankq.client.embedmap.build import Embedded, compose, decode
+from rerankq.client.embedmap.build import Embedded, compose
 from rerankq.client.embedmap.items import parse_lines, read_items
+from rerankq.client.embedmap.layout import decode
 from rerankq.client.embedmap.plot import palette, plot_map
 from rerankq.errors import InvalidRequest
 from rerankq.settings import LimitSettings

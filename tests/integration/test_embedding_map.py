@@ -28,7 +28,7 @@ def map_gateway(redis_server: RedisServer, s3_server: S3Server, tmp_path_factory
     env = {**os.environ, "RERANKQ_REDIS_URL": redis_server.url, "RERANKQ_S3_ENDPOINT_URL": s3_server.url,
            "RERANKQ_QUEUE_PREFIX": f"map{uuid.uuid4().hex[:6]}"}
     gw = start_gateway(env, tmp_path_factory.mktemp("map-gateway"), RERANKQ_API_KEYS=KEY,
-                       RERANKQ_GATEWAY__MAX_UPLOAD_BYTES="4096")
+                       RERANKQ_GATEWAY__MAX_UPLOAD_BYTES="65536")
     yield gw
     stop_process(gw.proc)
 

@@ -46,12 +46,6 @@ QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    if args.family == "embedding":
-        from rerankq.models.qwen3vl_embed.tiny import write_tiny_embedding_model
-
-        written = write_tiny_embedding_model(args.dir, seed=args.seed)
-        print(f"wrote a tiny random-weight Qwen3-VL-Embedding checkpoint to {written}")
-        return 0
     from rerankq.models.loading import TINY_FAMILIES, write_tiny_model
 
     if args.family not in TINY_FAMILIES:

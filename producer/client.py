@@ -1,4 +1,5 @@
-"""``RerankClient``: submit rerank jobs, poll their status, wait for results (docs/USAGE.md, *Python SDK*).
+"""``RerankClient``: submit rerank and embedding jobs, poll their status, wait for results (docs/USAGE.md,
+*Python SDK*).
 
 Jobs are enqueued *by name* (``rerankq.rerank``) with Celery's ``send_task``; this module never imports
 worker code, torch or transformers. Each submit first creates the job record (our own state, so an unknown
@@ -38,7 +39,7 @@ from rerankq.fanout import transport_for
 from rerankq.jobs import TERMINAL, JobRecord, JobState
 from rerankq.jobstore import JobStore
 from rerankq.results import ResultStore
-from rerankq.schema import RerankJob, parse_job
+from rerankq.schema import Job, parse_job
 from rerankq.settings import Settings
 
 CHUNK = 500  # jobs per pipelined round trip in submit_many
@@ -96,7 +97,7 @@ class RerankClient:
         self.close()
 
     # submitting ----------------------------------------------------------------------------------
-    def submit(self, request: dict[str, Any] | RerankJob, notify: str | None = None) -> str:
+    def submit(self, request: dict[str, Any] | Job, notify: str | None = None) -> str:
         """Validate and enqueue one job; returns its id (the given ``job_id`` or a new one). ``notify``: a Redis
         list of the caller's own for the job's end (``STATE RECORD-KEY`` and a JSON line of its outcome; the
         gateway waits so) instead of this client's."""
@@ -106,7 +107,7 @@ class RerankClient:
         self._enqueue([job], notify or self.completions.key)
         return str(job["job_id"])
 
-    def submit_many(self, requests: Iterable[dict[str, Any] | RerankJob]) -> list[str]:
+    def submit_many(self, requests: Iterable[dict[str, Any] | Job]) -> list[str]:
         """Validate every request first (nothing is enqueued if one is invalid; the error names the item,
         ``[2].priority: ...``), then enqueue them in chunks of ``CHUNK``: one round trip creates the
         records, one publishes the messages."""
@@ -123,7 +124,15 @@ class RerankClient:
             self._enqueue(jobs[start:start + CHUNK], self.completions.key)
         return [job["job_id"] for job in jobs]
 
-    def _prepare(self, request: dict[str, Any] | RerankJob) -> dict[str, Any]:
+    def embed(self, inputs: list[Any], *, model: str | None = None, timeout: float | None = None,
+              **fields: Any) -> dict[str, Any]:
+        """Embed ``inputs`` (texts, or objects with ``text`` / ``image`` / ``video``) as one embedding job and
+        wait for its result: ``embeddings`` in input order. ``fields``: the job's others (``instruction``,
+        ``dimensions``, ``encoding_format``, ``priority``, ...)."""
+        request = {"task": "embed", "inputs": inputs, **({"model": model} if model else {}), **fields}
+        return self.result(self.submit(request), timeout)
+
+    def _prepare(self, request: dict[str, Any] | Job) -> dict[str, Any]:
         job = parse_job(request, self.settings).wire()
         job.setdefault("job_id", uuid.uuid4().hex)
         # what the live workers' models read (rerankq.client.capcheck): those of the job's shard, which serve it

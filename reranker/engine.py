@@ -13,6 +13,11 @@
 5. ``score``: the passes, one at a time; a pass that raises is split down to the pair that fails.
 6. ``assemble``: each job's outcome once its last pair is scored; the round's fresh scores go to the cache.
 
+The same six stages run embedding jobs (``JobInput.task`` ``embed``, for a model whose ``capabilities.task`` is
+``embed``): a job has no query, its inputs stand where documents stand, ``forward`` gives a vector per input
+where a reranker gives a score per pair, the cache holds vectors by the same content keys, and stage 6 cuts
+each vector to the job's ``dimensions`` (Matryoshka) and encodes it.
+
 Thread-free, and it owns nothing but the model, the media resolver and an optional ``ScoreStore``. Two callers:
 the worker's runtime (``rerankq.worker.runtime``) runs ``prepare`` (1-4) on its preparing thread and ``score``
 (5-6) on its scoring thread, so that the next round is prepared while this one is on the device; and
@@ -22,21 +27,25 @@ nothing is written back into the jobs.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from rerankq.capabilities import side_reason
+import numpy as np
+
+from rerankq.capabilities import refusal, side_reason
 from rerankq.errors import MediaError, PairTooLong, TransientError
+from rerankq.keys import VECTOR_PREFIX
 from rerankq.media.identity import side_refs
 from rerankq.media.resolver import MediaResolver
 from rerankq.media.sides import ResolvedSide, Side, VisionBudget
 from rerankq.models.batching import padding_ratio, plan_with_prefixes
 from rerankq.models.contract import Prepared, RerankModel, own_lengths, prefix_marks
-from rerankq.models.scorekeys import JobContext, JobKeys, from_resolved, from_side
-from rerankq.results import build_result
+from rerankq.models.scorekeys import NO_QUERY, JobContext, JobKeys, from_resolved, from_side
+from rerankq.results import build_embed_result, build_result
 from rerankq.settings import BatchSettings
 
 logger = logging.getLogger(__name__)
@@ -45,22 +54,24 @@ Sides = list[ResolvedSide | MediaError | None]  # a job's query, then its docume
 
 
 class ScoreStore(Protocol):
-    """Where cached scores live, by content key (``rerankq.models.scorekeys``). Never raises."""
+    """Where cached scores (floats) and vectors (``VECTOR_PREFIX`` + float32 bytes) live, by content key
+    (``rerankq.models.scorekeys``). Never raises."""
 
     def available(self) -> bool: ...
 
-    def get_many(self, keys: Sequence[str]) -> Mapping[str, float] | None: ...
+    def get_many(self, keys: Sequence[str]) -> Mapping[str, float | bytes] | None: ...
 
-    def put_many(self, scores: Mapping[str, float]) -> None: ...
+    def put_many(self, scores: Mapping[str, float | bytes]) -> None: ...
 
 
 @dataclass(frozen=True)
 class JobInput:
     """One job as the engine takes it. ``retry_media``: a medium that failed only transiently sends the job
-    back (``PreparedJob.retry``) instead of becoming that document's error."""
+    back (``PreparedJob.retry``) instead of becoming that document's error. An embedding job (``task``
+    ``embed``) has no query; its inputs are ``documents``, and ``dimensions`` / ``encoding`` shape its vectors."""
 
     id: str
-    query: Side
+    query: Side | None
     documents: list[Side]
     instruction: str
     budget: VisionBudget = field(default_factory=VisionBudget)
@@ -68,6 +79,14 @@ class JobInput:
     max_tokens_per_doc: int | None = None
     use_cache: bool = True
     retry_media: bool = False
+    task: str = "rerank"
+    dimensions: int | None = None
+    encoding: str = "float"
+
+    @property
+    def field(self) -> str:
+        """What its documents are called in errors: ``documents`` or, for an embedding job, ``inputs``."""
+        return "inputs" if self.task == "embed" else "documents"
 
 
 @dataclass(frozen=True)
@@ -75,7 +94,7 @@ class Lookup:
     """Stage 1's value for one job: score-cache keys by document index, and the scores found."""
 
     keys: dict[int, str] = field(default_factory=dict)
-    hits: dict[int, float] = field(default_factory=dict)
+    hits: dict[int, Any] = field(default_factory=dict)  # scores, or an embedding model's vectors
 
 
 @dataclass(frozen=True)
@@ -124,7 +143,7 @@ class JobOutcome:
     """Stage 6's value: one job's scores in document order (None where it failed), errors, or its failure."""
 
     job: JobInput
-    scores: list[float | None]
+    scores: list[Any]  # a score (float) per document, or a vector (float32 array) per input; None where it failed
     errors: dict[int, str]
     error: str | None = None
     query_error: MediaError | None = None
@@ -138,13 +157,36 @@ class JobOutcome:
         """Why the job fails as a whole, if it does."""
         if self.error:
             return self.error
-        return "every document failed" if self.errors and len(self.errors) == len(self.scores) else None
+        what = "input" if self.job.task == "embed" else "document"
+        return f"every {what} failed" if self.errors and len(self.errors) == len(self.scores) else None
 
     def result(self, model: str, queued_s: float = 0.0) -> dict[str, Any]:
+        timings = {"queued_s": max(queued_s, 0.0), "media_s": self.media_s, "scoring_s": self.scoring_s}
+        if self.job.task == "embed":
+            usage = {"inputs": len(self.scores) - len(self.errors), "tokens": self.tokens,
+                     "cached_inputs": len(self.cached), "cached_indices": list(self.cached)}
+            vectors = [None if v is None else encode_vector(matryoshka(v, self.job.dimensions), self.job.encoding)
+                       for v in self.scores]
+            dimensions = self.job.dimensions or next((len(v) for v in self.scores if v is not None), 0)
+            return build_embed_result(self.job.id, model, vectors, dimensions, self.errors, usage, timings)
         usage = {"pairs": len(self.scores) - len(self.errors), "tokens": self.tokens,
                  "cached_pairs": len(self.cached), "cached_indices": list(self.cached)}
-        timings = {"queued_s": max(queued_s, 0.0), "media_s": self.media_s, "scoring_s": self.scoring_s}
         return build_result(self.job.id, self.job.top_n, model, self.scores, self.errors, usage, timings)
+
+
+def matryoshka(vector: Any, dimensions: int | None) -> np.ndarray:
+    """The first ``dimensions`` components (all when None), L2-normalised: a vector's Matryoshka cut."""
+    cut = np.asarray(vector, dtype=np.float32)[:dimensions]
+    norm = float(np.linalg.norm(cut))
+    return cut / norm if norm > 0 else cut
+
+
+def encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
+    """``float``: a list of numbers (9 significant digits, what float32 holds); ``base64``: the float32
+    little-endian bytes in base64 (OpenAI's ``encoding_format``)."""
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return [float(format(x, ".9g")) for x in vector.tolist()]
 
 
 def failed(job: JobInput, error: str) -> JobOutcome:
@@ -201,10 +243,18 @@ class RoundEngine:
         position (0 the query, i + 1 document i), each as its error naming the model and what it reads."""
         caps, out = self.model.capabilities, {}
         for j, side in enumerate((job.query, *job.documents)):
+            if side is None:  # an embedding job's missing query
+                continue
             why = side_reason(caps, "query" if j == 0 else "documents", side)
             if why:
                 out[j] = MediaError(f"model {self.model.name!r}", why)
         return out
+
+    def unservable(self, job: JobInput) -> str | None:
+        """Why the job as a whole cannot be served by this model (another task; more dimensions than its
+        vectors have), or None: the same reasons the SDK and the gateway refuse at submit."""
+        why = refusal(self.model.name, self.model.capabilities, job.task, None, (), job.dimensions)
+        return None if why is None else f"{why[0]}: {why[1]}"
 
     def look_up(self, jobs: Sequence[JobInput], refused: Sequence[Mapping[int, MediaError]] | None = None,
                 ) -> tuple[dict[str, str | None], list[Lookup]]:
@@ -216,12 +266,12 @@ class RoundEngine:
         caching = [job for job in jobs if self._caches(job) and 0 not in skip[job.id]]
         if not caching:
             return {}, [Lookup() for _ in jobs]
-        refs = [ref for job in caching for j, side in enumerate((job.query, *job.documents)) if j not in skip[job.id]
-                for ref in side_refs(side, job.budget)]
+        refs = [ref for job in caching for j, side in enumerate((job.query, *job.documents))
+                if j not in skip[job.id] and side is not None for ref in side_refs(side, job.budget)]
         known = self.resolver.identify(refs) if refs else {}
         keyed: dict[str, dict[int, str]] = {}
         for job in caching:
-            query = from_side(job.query, job.budget, known)
+            query = NO_QUERY if job.query is None else from_side(job.query, job.budget, known)
             if query is not None:
                 job_keys = JobKeys(self._context(job), query)
                 found = {i: job_keys.key(from_side(doc, job.budget, known)) for i, doc in enumerate(job.documents)
@@ -248,18 +298,19 @@ class RoundEngine:
             if 0 in refused[n]:
                 continue
             docs = [i + 1 for i in range(len(job.documents)) if i not in look.hits and i + 1 not in refused[n]]
-            by_budget.setdefault(job.budget, []).extend((n, j) for j in ([0, *docs] if docs else []))
+            query = [0] if job.query is not None else []  # an embedding job has none
+            by_budget.setdefault(job.budget, []).extend((n, j) for j in ([*query, *docs] if docs else []))
         for budget, wanted in by_budget.items():
-            specs = [jobs[n].query if j == 0 else jobs[n].documents[j - 1] for n, j in wanted]
+            specs = [_side(jobs[n], j) for n, j in wanted]
             for (n, j), side in zip(wanted, self.resolver.resolve_sides(specs, budget, known), strict=True):
                 out[n][j] = side
         return out
 
     def look_up_resolved(self, job: JobInput, sides: Sides, look: Lookup) -> Lookup:
         """Stage 2, again: every fetched pair keyed by the bytes decoded; the keys new since stage 1 looked up."""
-        if not self._caches(job) or not isinstance(sides[0], ResolvedSide):
+        if not self._caches(job) or (job.query is not None and not isinstance(sides[0], ResolvedSide)):
             return look
-        query = from_resolved(sides[0])
+        query = NO_QUERY if job.query is None else from_resolved(sides[0])  # type: ignore[arg-type]
         job_keys = JobKeys(self._context(job), query) if query is not None else None
         keys, fresh = dict(look.keys), {}
         for i, doc in enumerate(sides[1:]):
@@ -277,19 +328,22 @@ class RoundEngine:
         """Stage 3: the job's pairs. Any exception the model raises for one document is that document's error;
         one raised for the whole job is the job's: never the round's."""
         query, documents = sides[0], sides[1:]
+        if (why := self.unservable(job)) is not None:
+            return PreparedJob(job, {}, {}, look, why, media_s=media_s)
         if job.retry_media and (transient := transient_failure(sides)) is not None:
             return PreparedJob(job, lookup=look, retry=transient, media_s=media_s)
         errors = {i: str(d) for i, d in enumerate(documents) if isinstance(d, MediaError)}
         if isinstance(query, MediaError):
             return PreparedJob(job, {}, errors, look, f"query: {query}", query, media_s=media_s)
-        if query is None:  # every document came from the cache or was refused unfetched: nothing to prepare
-            return PreparedJob(job, {}, errors, look, _all_failed(errors) if errors and not look.hits else None,
-                               media_s=media_s)
         usable = [(i, d) for i, d in enumerate(documents) if isinstance(d, ResolvedSide) and i not in look.hits]
+        if (query is None and job.query is not None) or not usable:
+            # every document came from the cache or was refused unfetched: nothing to prepare
+            return PreparedJob(job, {}, errors, look,
+                               _all_failed(errors, job.field) if errors and not look.hits else None, media_s=media_s)
         if job.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: each document's texts cut first
             usable = [(i, self.model.cap_texts(d, job.max_tokens_per_doc)) for i, d in usable]
         try:
-            prepared = self.model.prepare_job(job.instruction, query, [d for _, d in usable])
+            prepared = self.model.prepare_job(job.instruction, query, [d for _, d in usable])  # type: ignore[arg-type]
         except Exception as exc:  # a model bug or hostile input fails this job alone
             logger.exception("preparing job %s failed", job.id)
             return PreparedJob(job, {}, errors, look, f"could not prepare the job: {type(exc).__name__}: {exc}",
@@ -297,12 +351,12 @@ class RoundEngine:
         pairs: dict[int, Prepared] = {}
         for (i, _), pair in zip(usable, prepared, strict=True):
             if isinstance(pair, PairTooLong):
-                errors[i] = f"documents[{i}]: {pair}{self.too_long_hint}"
+                errors[i] = f"{job.field}[{i}]: {pair}{self.too_long_hint}"
             elif isinstance(pair, Exception):
-                errors[i] = f"documents[{i}]: {pair}"
+                errors[i] = f"{job.field}[{i}]: {pair}"
             else:
                 pairs[i] = pair
-        error = _all_failed(errors) if not pairs and not look.hits else None
+        error = _all_failed(errors, job.field) if not pairs and not look.hits else None
         return PreparedJob(job, pairs, errors, look, error, media_s=media_s)
 
     def plan(self, jobs: list[PreparedJob], media_s: float = 0.0, hits: int = 0, misses: int = 0) -> Plan:
@@ -363,11 +417,21 @@ class RoundEngine:
             self._identity = self.model.cache_identity()
         return JobContext(self._identity, job.instruction, job.max_tokens_per_doc, job.budget, self.exif_transpose)
 
-    def _get(self, keys: set[str]) -> Mapping[str, float]:
-        return (self.scores.get_many(sorted(keys)) or {}) if keys and self.scores is not None else {}
+    def _get(self, keys: set[str]) -> Mapping[str, Any]:
+        """Cached scores and vectors by key: a vector comes back as its float32 array; a value of the other
+        kind than this model's task (a stray) is left out."""
+        if not keys or self.scores is None:
+            return {}
+        found = self.scores.get_many(sorted(keys)) or {}
+        if self.model.capabilities.task == "embed":
+            return {k: np.frombuffer(v[len(VECTOR_PREFIX):], dtype="<f4").astype(np.float32)
+                    for k, v in found.items() if isinstance(v, bytes)}
+        return {k: v for k, v in found.items() if isinstance(v, float)}
 
-    def _put(self, scores: dict[str, float]) -> None:
+    def _put(self, scores: dict[str, Any]) -> None:
         if scores and self.scores is not None:
+            if self.model.capabilities.task == "embed":
+                scores = {k: VECTOR_PREFIX + np.asarray(v, dtype="<f4").tobytes() for k, v in scores.items()}
             self.scores.put_many(scores)
 
 
@@ -392,7 +456,9 @@ class _Tally:
 
     def settle(self, unit: Unit, score: float | BaseException, seconds: float) -> None:
         if isinstance(score, BaseException):
-            self.errors[unit.job][unit.index] = f"documents[{unit.index}]: scoring failed: {score}"
+            field = self.plan.jobs[unit.job].job.field
+            what = "embedding" if field == "inputs" else "scoring"
+            self.errors[unit.job][unit.index] = f"{field}[{unit.index}]: {what} failed: {score}"
         else:
             self.scores[unit.job][unit.index] = score
         self.seconds[unit.job] += seconds
@@ -415,8 +481,17 @@ class _Tally:
         return out
 
 
-def _all_failed(errors: Mapping[int, str]) -> str:
-    return "every document failed: " + "; ".join(errors[i] for i in sorted(errors)[:3])
+def _side(job: JobInput, j: int) -> Side:
+    """A job's side by position: 0 its query (only a job with one asks), i + 1 its document i."""
+    side = job.documents[j - 1] if j else job.query
+    if side is None:
+        raise ValueError(f"job {job.id} has no query")
+    return side
+
+
+def _all_failed(errors: Mapping[int, str], field: str = "documents") -> str:
+    what = "input" if field == "inputs" else "document"
+    return f"every {what} failed: " + "; ".join(errors[i] for i in sorted(errors)[:3])
 
 
 def transient_failure(sides: Sequence[ResolvedSide | MediaError | None]) -> MediaError | None:

@@ -7,7 +7,9 @@ a cache), ``random:SIZE`` (a released architecture with random weights, for benc
 ``model_type`` covers checkpoints with different heads (``xlm-roberta`` is bge-reranker-v2-m3, a
 sequence-classification head, and bge-m3, a bare encoder for embeddings), and loading one as the other would
 score with a randomly initialised head, silently. A new model family is one entry in ``IMPLEMENTATIONS`` and
-a folder of its own; ``REFUSED`` names architectures known not to be rerankers, with the reason.
+a folder of its own; ``REFUSED`` names architectures known not to be served, with the reason. Where one
+architecture is saved by both a reranker and an embedding model (Qwen3-VL's), ``EMBEDDINGS`` tells them apart by
+the checkpoint's files, and loads the embedding model (``capabilities.task`` ``embed``).
 
 Weight quantization (``opts.quantization``) is checked here, before any weight is read, and applied by each
 implementation's loader through ``rerankq.models.quantization.quantize`` after loading.
@@ -41,6 +43,12 @@ IMPLEMENTATIONS = {
     "Qwen3VLForConditionalGeneration": "rerankq.models.qwen3vl.loading:from_pretrained",
     "XLMRobertaForSequenceClassification": "rerankq.models.xlmr.loading:from_pretrained",
 }
+# Architectures whose checkpoints may also be embedding models, told apart by their files: "module:check(path)",
+# and the "module:function(path, name, opts)" that loads such a checkpoint (``capabilities.task`` ``embed``).
+EMBEDDINGS = {
+    "Qwen3VLForConditionalGeneration": ("rerankq.models.qwen3vl_embed.serving:is_embedding_checkpoint",
+                                        "rerankq.models.qwen3vl_embed.serving:from_pretrained"),
+}
 # Architectures that are known, and known not to be served: why, for the error.
 REFUSED = {
     "XLMRobertaModel": "a bare XLM-RoBERTa encoder (an embedding checkpoint such as bge-m3) has no relevance head; "
@@ -50,8 +58,10 @@ REFUSED = {
 TINY_FAMILIES = {
     "qwen3vl-reranker": "rerankq.models.qwen3vl.tiny:write_tiny_model",
     "xlmr-reranker": "rerankq.models.xlmr.tiny:write_tiny_model",
+    "embedding": "rerankq.models.qwen3vl_embed.tiny:write_tiny_embedding_model",
 }
 RANDOM = "rerankq.models.qwen3vl.loading:random_weights"  # random:SIZE builds Qwen3-VL-Reranker architectures
+RANDOM_EMBED = ("random:embed-", "rerankq.models.qwen3vl_embed.serving:random_weights")  # Qwen3-VL-Embedding
 
 
 def _entry(target: str) -> Callable[..., RerankModel[Any]]:
@@ -77,6 +87,12 @@ def _architectures(path: str) -> list[str]:
 
 def pick_implementation(path: str, architectures: list[str]) -> str:
     """The loader target for a checkpoint with these ``architectures``; refuses, naming them, one it cannot serve."""
+    for arch in architectures:
+        if arch in EMBEDDINGS:
+            check, target = EMBEDDINGS[arch]
+            module, _, function = check.partition(":")
+            if getattr(importlib.import_module(module), function)(path):
+                return target
     for arch in architectures:
         if arch in IMPLEMENTATIONS:
             return IMPLEMENTATIONS[arch]
@@ -167,6 +183,8 @@ def load_model(spec: str, opts: LoadOptions | None = None) -> RerankModel[Any]:
         return load_fake(spec, opts)
     check_device(opts.device)
     quantization.check(opts.quantization, opts.device, resolve_dtype(opts.device, opts.dtype))
+    if spec.startswith(RANDOM_EMBED[0]):
+        return _entry(RANDOM_EMBED[1])(spec.removeprefix(RANDOM_EMBED[0]).lower(), opts)
     if spec.startswith("random:"):
         return _entry(RANDOM)(spec.split(":", 1)[1].lower(), opts)
     if spec.startswith("s3://"):

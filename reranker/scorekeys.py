@@ -39,6 +39,9 @@ class Content:
         return json.dumps([list(self.texts), list(self.media)], separators=(",", ":"))
 
 
+NO_QUERY = Content((), ())  # an embedding job's: its inputs are keyed alone (the model's identity tells the task)
+
+
 def from_side(side: Side, budget: VisionBudget, known: Mapping[str, str | None]) -> Content | None:
     """A side before its media are fetched; None when one of them cannot be told (https bytes, a failed HEAD)."""
     media = side_media(side, budget, known)

@@ -111,16 +111,22 @@ def side_reason(caps: Capabilities, role: str, side: Any) -> str | None:
 
 
 def refusal(model: str, caps: Capabilities, task: str, query: Any = None,
-            documents: Iterable[Any] = ()) -> tuple[str, str] | None:
-    """Why a job of ``task`` with this query and these documents cannot be served by ``model``, or None: the
-    field at fault (``task``, ``query``, ``documents[2]``) and the reason, naming the model and what it reads."""
+            documents: Iterable[Any] = (), dimensions: int | None = None) -> tuple[str, str] | None:
+    """Why a job of ``task`` with this query and these documents (an embedding job: no query, its inputs as
+    documents; ``dimensions``, the Matryoshka size it asks) cannot be served by ``model``, or None: the field at
+    fault (``task``, ``dimensions``, ``query``, ``documents[2]``, ``inputs[2]``) and the reason, naming the model
+    and what it reads."""
     if task != caps.task:
         return "task", f"model {model!r} serves {caps.task} jobs ({caps.describe()}), not {task} jobs"
+    if dimensions is not None and caps.embedding_dim is not None and dimensions > caps.embedding_dim:
+        return "dimensions", (f"{dimensions} is over the {caps.embedding_dim} dimensions of model {model!r}'s "
+                              "vectors")
     why = side_reason(caps, "query", query)
     if why:
         return "query", f"model {model!r} {why}"
+    field = "inputs" if task == "embed" else "documents"
     for i, document in enumerate(documents):
         why = side_reason(caps, "documents", document)
         if why:
-            return f"documents[{i}]", f"model {model!r} {why}"
+            return f"{field}[{i}]", f"model {model!r} {why}"
     return None

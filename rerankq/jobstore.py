@@ -101,8 +101,9 @@ class JobStore:
         now = time.time() if now is None else now
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
+            units = len(job.get("documents") or job.get("inputs") or ())  # pairs to score, or inputs to embed
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
-                      "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
+                      "model": job.get("model"), "pairs_total": units, "pairs_done": 0,
                       "deadline_at": deadline_of(job, now), "task_id": task_id,
                       "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify,
                       "callback_url": job.get("callback_url")}

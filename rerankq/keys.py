@@ -149,6 +149,9 @@ def callback_keys(settings: Settings) -> list[str]:
     return [f"{settings.queue_prefix}:callbacks:{name}" for name in ("due", "events", "dropped")]
 
 
+VECTOR_PREFIX = b"vec1:"  # a cached embedding: this, then its float32 little-endian bytes (a score: its repr)
+
+
 def score_key(digest: str) -> str:
     """A cached score, by the content digest of its pair (``rerankq.models.scorekeys``), in ``cache.redis_url``. Not
     under the queue prefix on purpose: a content key means the same score in every deployment that reaches it."""

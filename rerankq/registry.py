@@ -98,8 +98,9 @@ def job_refusal(workers: list[dict[str, Any]], settings: Settings,
         caps = capabilities_of(worker)
         if caps is None:  # it does not say: it may serve the job
             return None
-        why = refusal(str(worker.get("model")), caps, str(job.get("task") or "rerank"), job.get("query"),
-                      job.get("documents") or [])
+        task = str(job.get("task") or "rerank")
+        why = refusal(str(worker.get("model")), caps, task, job.get("query"),
+                      job.get("inputs" if task == "embed" else "documents") or [], job.get("dimensions"))
         if why is None:
             return None
         reasons.append(why)

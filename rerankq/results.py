@@ -1,5 +1,5 @@
-"""A job's result (docs/USAGE.md, *The result*): built from scores and per-document errors, kept inline in
-Redis or in S3.
+"""A job's result (docs/USAGE.md, *The result*): built from scores and per-document errors (an embedding job's:
+from vectors and per-input errors), kept inline in Redis or in S3.
 
 Field names follow Cohere / vLLM rerank: ``results`` (index, relevance_score) sorted by score descending
 and cut to ``top_n``; ``scores`` in input order with ``None`` for documents that failed; ``errors``.
@@ -28,6 +28,22 @@ def build_result(job_id: str, top_n: int | None, model: str, scores: list[float 
         "model": model,
         "results": [{"index": i, "relevance_score": scores[i]} for i in ranked],
         "scores": scores,
+        "errors": [{"index": i, "error": errors[i]} for i in sorted(errors)],
+        "usage": usage,
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+    }
+
+
+def build_embed_result(job_id: str, model: str, vectors: list[list[float] | str | None], dimensions: int,
+                       errors: dict[int, str], usage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """The result of an embedding job: ``embeddings`` in input order (a list of numbers, or base64 float32;
+    None for an input that failed), their ``dimensions``, ``errors``, ``usage`` and ``timings``."""
+    return {
+        "job_id": job_id,
+        "model": model,
+        "task": "embed",
+        "dimensions": dimensions,
+        "embeddings": vectors,
         "errors": [{"index": i, "error": errors[i]} for i in sorted(errors)],
         "usage": usage,
         "timings": {k: round(v, 6) for k, v in timings.items()},

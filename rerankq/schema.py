@@ -1,7 +1,9 @@
-"""The rerank job on the wire (docs/USAGE.md, *The job*): validated at submit time, before anything is enqueued.
+"""Jobs on the wire (docs/USAGE.md, *The job*): validated at submit time, before anything is enqueued.
 
-``parse_job(data, settings)`` returns a ``RerankJob`` or raises ``InvalidRequest`` naming the field and,
-for a limit, the setting that sets it (``documents: 1200 documents, over the limit 1000
+Two tasks: a rerank job (``RerankJob``: a query and documents → a score each; ``task`` left out or
+``rerank``) and an embedding job (``EmbedJob``: ``"task": "embed"``, inputs → a vector each). Both carry the
+queue's fields (``QueueFields``). ``parse_job(data, settings)`` returns one or raises ``InvalidRequest``
+naming the field and, for a limit, the setting that sets it (``documents: 1200 documents, over the limit 1000
 (limits.max_documents, RERANKQ_LIMITS__MAX_DOCUMENTS)``). Unknown fields are errors that list the allowed
 ones. Shorthand as Cohere and vLLM callers write it: ``"query": "text"`` and ``"documents": ["a", "b"]`` are
 text sides. What reaches the worker is ``job.wire()``: plain JSON, sides always objects, references only
@@ -91,27 +93,23 @@ class SideSpec(BaseModel):
         return self
 
 
-class RerankJob(BaseModel):
-    """A rerank job: the official ``process()`` input (instruction, query, documents, fps, max_frames) plus
-    queue fields (job_id, priority, top_n, result_uri, model, deadlines, cache, callback_url)."""
+class QueueFields(BaseModel):
+    """What every job carries for the queue, whatever its task: its id, priority, where its result goes, which
+    model serves it, its deadline, whether the cache may answer it and where its callback goes."""
 
     model_config = ConfigDict(extra="forbid")
 
-    instruction: str | None = Field(None, min_length=1)
-    query: SideSpec
-    documents: list[SideSpec] = Field(min_length=1)
-    fps: float | None = Field(None, gt=0, le=60)
-    max_frames: int | None = Field(None, ge=2)
-    top_n: int | None = Field(None, ge=1)
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
     priority: Literal["high", "normal", "low"] = "normal"
     result_uri: str | None = None
     deadline_s: float | None = Field(None, gt=0)
     expires_at: float | None = None
     model: str | None = Field(None, min_length=1, max_length=256)
-    max_tokens_per_doc: int | None = Field(None, ge=1)
-    cache: bool | None = Field(None, strict=True)  # None = true: scores may come from and go to the score cache
+    cache: bool | None = Field(None, strict=True)  # None = true: answers may come from and go to the cache
     callback_url: str | None = None
+    instruction: str | None = Field(None, min_length=1)
+    fps: float | None = Field(None, gt=0, le=60)
+    max_frames: int | None = Field(None, ge=2)
 
     @field_validator("expires_at", mode="before")
     @classmethod
@@ -130,31 +128,10 @@ class RerankJob(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_deadline(self) -> RerankJob:
+    def _one_deadline(self) -> QueueFields:
         if self.deadline_s is not None and self.expires_at is not None:
             raise ValueError("give deadline_s or expires_at, not both")
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        """``"query": "text"`` and ``"documents": ["a", {"image": ...}]``: a string is a text side."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if isinstance(data.get("query"), str):
-            data["query"] = {"text": data["query"]}
-        if isinstance(data.get("documents"), list):
-            data["documents"] = [{"text": d} if isinstance(d, str) else d for d in data["documents"]]
-        return data
-
-    @field_validator("documents")
-    @classmethod
-    def _document_count(cls, value: list[SideSpec], info: ValidationInfo) -> list[SideSpec]:
-        limit = _limits(info).max_documents
-        if len(value) > limit:
-            raise ValueError(f"{len(value)} documents, over the limit {limit} ({knob('limits.max_documents')})")
-        return value
 
     @field_validator("max_frames")
     @classmethod
@@ -201,8 +178,98 @@ class RerankJob(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class Recall(BaseModel):
+    """A rerank job's first stage: embed the query and the documents with ``model`` (an embedding model's
+    SPEC), keep the ``top_k`` documents nearest the query, rerank only those."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    top_k: int = Field(ge=1)
+
+
+class RerankJob(QueueFields):
+    """A rerank job: the official ``process()`` input (instruction, query, documents, fps, max_frames) plus
+    queue fields (job_id, priority, top_n, result_uri, model, deadlines, cache, callback_url). ``task`` is
+    ``rerank`` or left out."""
+
+    task: Literal["rerank"] | None = None
+    query: SideSpec
+    documents: list[SideSpec] = Field(min_length=1)
+    top_n: int | None = Field(None, ge=1)
+    max_tokens_per_doc: int | None = Field(None, ge=1)
+    recall: Recall | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """``"query": "text"`` and ``"documents": ["a", {"image": ...}]``: a string is a text side."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("query"), str):
+            data["query"] = {"text": data["query"]}
+        if isinstance(data.get("documents"), list):
+            data["documents"] = [{"text": d} if isinstance(d, str) else d for d in data["documents"]]
+        return data
+
+    @field_validator("documents")
+    @classmethod
+    def _document_count(cls, value: list[SideSpec], info: ValidationInfo) -> list[SideSpec]:
+        limit = _limits(info).max_documents
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} documents, over the limit {limit} ({knob('limits.max_documents')})")
+        return value
+
+    @property
+    def units(self) -> int:
+        """What the model runs for this job: one pair per document."""
+        return len(self.documents)
+
+
+class EmbedJob(QueueFields):
+    """An embedding job: ``inputs`` (each a text, images, a video, or a mix, as a rerank job's sides) → one
+    L2-normalised vector each, with an optional ``instruction`` (the model's own when left out) and
+    ``dimensions`` (Matryoshka: the first ``dimensions`` components, L2-normalised again)."""
+
+    task: Literal["embed"]
+    inputs: list[SideSpec] = Field(min_length=1)
+    dimensions: int | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """``"inputs": ["a", {"image": ...}]``: a string is a text input."""
+        if isinstance(data, dict) and isinstance(data.get("inputs"), list):
+            data = {**data, "inputs": [{"text": d} if isinstance(d, str) else d for d in data["inputs"]]}
+        return data
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_count(cls, value: list[SideSpec], info: ValidationInfo) -> list[SideSpec]:
+        limit = _limits(info).max_documents
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} inputs, over the limit {limit} ({knob('limits.max_documents')})")
+        return value
+
+    @property
+    def units(self) -> int:
+        """What the model runs for this job: one pass row per input."""
+        return len(self.inputs)
+
+
+Job = RerankJob | EmbedJob
+TASKS = ("rerank", "embed")
+
+
 _SIDE_FIELDS = ", ".join(SideSpec.model_fields)
-_JOB_FIELDS = ", ".join(RerankJob.model_fields)
+_OWN_FIELDS = {"rerank": ["instruction", "query", "documents", "fps", "max_frames", "top_n", "max_tokens_per_doc",
+                           "recall", "task"],
+               "embed": ["task", "inputs", "instruction", "dimensions", "encoding_format", "fps", "max_frames"]}
+_JOB_FIELDS = {task: ", ".join(own + [f for f in QueueFields.model_fields if f not in own])
+               for task, own in _OWN_FIELDS.items()}
+_RECALL_FIELDS = ", ".join(Recall.model_fields)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -218,15 +285,16 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 def _is_side(path: str) -> bool:
-    """Whether ``path`` is the query or a document (``query``, ``documents[3]``)."""
-    return path == "query" or re.fullmatch(r"documents\[\d+\]", path) is not None
+    """Whether ``path`` is the query, a document or an input (``query``, ``documents[3]``, ``inputs[0]``)."""
+    return path == "query" or re.fullmatch(r"(documents|inputs)\[\d+\]", path) is not None
 
 
-def _message(error: Any, path: str) -> str:
+def _message(error: Any, path: str, task: str) -> str:
     """pydantic's message, in the job format's words: no class names, allowed fields listed."""
     if error["type"] == "extra_forbidden":
         parent = path.rpartition(".")[0]
-        return f"unknown field (allowed: {_SIDE_FIELDS if _is_side(parent) else _JOB_FIELDS})"
+        allowed = _SIDE_FIELDS if _is_side(parent) else _RECALL_FIELDS if parent == "recall" else _JOB_FIELDS[task]
+        return f"unknown field (allowed: {allowed})"
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
         if _is_side(path):
             return "expected a string, or an object with any of text, image, video"
@@ -236,15 +304,20 @@ def _message(error: Any, path: str) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def parse_job(data: Any, settings: Settings | None = None) -> RerankJob:
-    """Validate one request (a dict or a ``RerankJob``) against the schema and ``settings.limits``."""
+def parse_job(data: Any, settings: Settings | None = None) -> Job:
+    """Validate one request (a dict, a ``RerankJob`` or an ``EmbedJob``) against the schema and
+    ``settings.limits``. ``task`` picks the kind: ``rerank`` (the default) or ``embed``."""
     settings = settings or get_settings()
-    if isinstance(data, RerankJob):
+    if isinstance(data, QueueFields):
         data = data.model_dump(mode="json", exclude_none=True)
     if not isinstance(data, dict):
         raise InvalidRequest(f"a job is a JSON object, got {type(data).__name__}")
+    task = data.get("task")
+    if task is not None and task not in TASKS:
+        raise InvalidRequest(f"{task!r} is not one of {', '.join(TASKS)}", "task")
+    kind: type[RerankJob] | type[EmbedJob] = EmbedJob if task == "embed" else RerankJob
     try:
-        return RerankJob.model_validate(data, context={"limits": settings.limits, "callbacks": settings.callbacks})
+        return kind.model_validate(data, context={"limits": settings.limits, "callbacks": settings.callbacks})
     except ValidationError as exc:
         # One problem per field: a union (``image``: a string or a list) reports each of its branches.
         errors: dict[str, Any] = {}
@@ -253,4 +326,4 @@ def parse_job(data: Any, settings: Settings | None = None) -> RerankJob:
         path, first = next(iter(errors.items()))
         more = len(errors) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise InvalidRequest(_message(first, path) + tail, path) from None
+        raise InvalidRequest(_message(first, path, task or "rerank") + tail, path) from None

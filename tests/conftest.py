@@ -32,6 +32,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen3-VL-Embedding checkpoint, written once per test session."""
+    from rerankq.models.qwen3vl_embed.tiny import write_tiny_embedding_model
+
+    return write_tiny_embedding_model(tmp_path_factory.mktemp("tiny-embed"))
+
+
+@pytest.fixture(scope="session")
 def tiny_scorer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny checkpoint loaded through the same path as a real one (fp32, CPU)."""
     from rerankq.models.loading import load_model

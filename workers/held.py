@@ -15,7 +15,7 @@ from typing import Any
 from rerankq.jobs import JobState
 from rerankq.media.sides import Side, VisionBudget
 from rerankq.models.engine import JobInput
-from rerankq.schema import RerankJob, SideSpec
+from rerankq.schema import EmbedJob, Job, SideSpec
 from rerankq.settings import LimitSettings
 
 
@@ -24,7 +24,7 @@ class HeldJob:
     """``future`` resolves to the job's final ``JobState``, to ``None`` when another attempt holds the job (this
     one was presumed dead) or the record is gone, or to a ``TransientError`` (the message is requeued)."""
 
-    job: RerankJob
+    job: Job
     future: Future[JobState | None]
     solo: bool = False  # its previous holder died: it runs in a round of its own
     received_at: float = field(default_factory=time.time)
@@ -56,7 +56,7 @@ def side_of(spec: SideSpec) -> Side:
     return Side.from_dict(spec.model_dump(exclude_none=True))
 
 
-def budget_of(job: RerankJob, limits: LimitSettings) -> VisionBudget:
+def budget_of(job: Job, limits: LimitSettings) -> VisionBudget:
     return VisionBudget(image_min_tokens=limits.image_min_tokens, image_max_tokens=limits.image_max_tokens,
                         video_max_tokens=limits.video_max_tokens, fps=float(job.fps or 1.0),
                         max_frames=int(job.max_frames or limits.max_frames))
@@ -65,5 +65,9 @@ def budget_of(job: RerankJob, limits: LimitSettings) -> VisionBudget:
 def engine_input(held: HeldJob, limits: LimitSettings, instruction: str, retry_media: bool) -> JobInput:
     """The job as the round engine takes it (``instruction``: the deployment's default, when it gives none)."""
     job = held.job
+    if isinstance(job, EmbedJob):
+        return JobInput(job.id, None, [side_of(d) for d in job.inputs], job.instruction or instruction,
+                        budget_of(job, limits), use_cache=job.cache is not False, retry_media=retry_media,
+                        task="embed", dimensions=job.dimensions, encoding=job.encoding_format)
     return JobInput(job.id, side_of(job.query), [side_of(d) for d in job.documents], job.instruction or instruction,
                     budget_of(job, limits), job.top_n, job.max_tokens_per_doc, job.cache is not False, retry_media)

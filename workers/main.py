@@ -40,7 +40,8 @@ def load(settings: Settings, spec: str, device: str) -> RerankModel[Any]:
 def warm_up(model: RerankModel[Any], settings: Settings) -> None:
     """One forward pass before taking work, so the first job does not pay for lazy initialisation."""
     side = ResolvedSide(texts=["warm up"])
-    model.forward([model.prepare(instruction_for(model, settings.instruction), side, side)])
+    query = None if model.capabilities.task == "embed" else side  # an embedding model takes inputs alone
+    model.forward([model.prepare(instruction_for(model, settings.instruction), query, side)])  # type: ignore[arg-type]
 
 
 class RegistryBeat:

@@ -42,7 +42,7 @@ from rerankq.media.resolver import MediaResolver
 from rerankq.models.contract import RerankModel, instruction_for
 from rerankq.models.engine import JobInput, JobOutcome, Pass, Plan, RoundEngine, failed
 from rerankq.results import ResultStore
-from rerankq.schema import RerankJob
+from rerankq.schema import Job
 from rerankq.settings import Settings, knob
 from rerankq.worker.finishing import Finisher
 from rerankq.worker.held import HeldJob, engine_input
@@ -106,7 +106,7 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
 
-    def submit(self, job: RerankJob, redelivered: bool = False, task_id: str | None = None) -> HeldJob:
+    def submit(self, job: Job, redelivered: bool = False, task_id: str | None = None) -> HeldJob:
         """Queue a job; its ``future`` resolves once its record is final (see ``HeldJob``). A redelivered job
         whose record says it is still running lost its worker: it runs alone. ``task_id``: its message's."""
         solo = redelivered and self.store.peek(job.id) == JobState.RUNNING
@@ -210,7 +210,7 @@ class Runtime:
 
     def _mark_running(self, held: list[HeldJob]) -> list[HeldJob]:
         """Take the jobs for this attempt; settle (and drop) those that are not to run."""
-        found = self.store.start_many([(h.job_id, len(h.job.documents), h.solo) for h in held], self.worker)
+        found = self.store.start_many([(h.job_id, h.job.units, h.solo) for h in held], self.worker)
         kept = []
         for h, started in zip(held, found, strict=True):
             if started.state == JobState.RUNNING:

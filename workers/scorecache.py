@@ -9,7 +9,8 @@ broker with ``noeviction``, never can be. Each entry also expires after ``cache.
 A cache must never fail a job: every call here catches its own failures, logs them, counts them
 (``rerankq_cache_errors_total``) and answers "nothing"; after a failure the cache is left alone for
 ``cache.retry_s`` (a dead cache then costs nothing per round), with short socket timeouts and no retries.
-A value is the score's ``repr``: a hit returns exactly the float that was stored.
+A value is the score's ``repr``: a hit returns exactly the float that was stored. An embedding model's vectors
+are stored as the engine encodes them (``rerankq.keys.VECTOR_PREFIX`` and float32 bytes) and come back as bytes.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class ScoreCache:
         """Whether to use the cache now: not refused, and no failure within the last ``cache.retry_s``."""
         return not self.refused and time.monotonic() >= self._down_until
 
-    def get_many(self, digests: Sequence[str]) -> dict[str, float] | None:
-        """The stored score of each digest that has one; None when the cache could not be asked."""
+    def get_many(self, digests: Sequence[str]) -> dict[str, float | bytes] | None:
+        """The stored score (or vector) of each digest that has one; None when the cache could not be asked."""
         wanted = list(dict.fromkeys(digests))
         if not wanted:
             return {}
@@ -76,17 +77,21 @@ class ScoreCache:
         except Exception as exc:
             self._failed("look-up", exc)
             return None
-        found: dict[str, float] = {}
+        found: dict[str, float | bytes] = {}
         for digest, value in zip(wanted, values, strict=True):
-            if value is not None:
-                try:
-                    found[digest] = float(value)
-                except ValueError:  # not ours (a stray key): a miss, and the next write replaces it
-                    self.metrics.cache_errors.inc()
+            if value is None:
+                continue
+            if isinstance(value, bytes) and value.startswith(keys.VECTOR_PREFIX):
+                found[digest] = value
+                continue
+            try:
+                found[digest] = float(value)
+            except ValueError:  # not ours (a stray key): a miss, and the next write replaces it
+                self.metrics.cache_errors.inc()
         return found
 
-    def put_many(self, scores: Mapping[str, float]) -> None:
-        """Store fresh scores, with the TTL, in one pipelined round trip."""
+    def put_many(self, scores: Mapping[str, float | bytes]) -> None:
+        """Store fresh scores (or vectors), with the TTL, in one pipelined round trip."""
         if not scores or not self.available():
             return
         ttl = self.settings.ttl_s
@@ -94,7 +99,8 @@ class ScoreCache:
             self._verify()
             pipe = self.client.pipeline(transaction=False)
             for digest, score in scores.items():
-                pipe.set(keys.score_key(digest), repr(float(score)), ex=ttl)
+                value = score if isinstance(score, bytes) else repr(float(score))
+                pipe.set(keys.score_key(digest), value, ex=ttl)
             pipe.execute()
         except Exception as exc:
             self._failed("write", exc)

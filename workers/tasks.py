@@ -32,7 +32,7 @@ from celery.exceptions import Ignore, Reject
 from rerankq import keys
 from rerankq.errors import InvalidRequest, JobFailed, RetryLater, TransientError
 from rerankq.jobs import JobState
-from rerankq.schema import JOB_ID_PATTERN, RerankJob, parse_job
+from rerankq.schema import JOB_ID_PATTERN, Job, parse_job
 from rerankq.settings import Settings
 from rerankq.worker.invalid import fail_invalid
 from rerankq.worker.runtime import Runtime
@@ -66,7 +66,7 @@ def register(app: Celery, settings: Settings, runtime: Runtime | None) -> None:
 
 
 def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, ...],
-            kwargs: dict[str, Any]) -> RerankJob:
+            kwargs: dict[str, Any]) -> Job:
     """The message's job, validated, with a record; or the message goes to the dead-letter list / fails."""
     request = task.request
     queue = (request.delivery_info or {}).get("routing_key") or "?"
@@ -105,7 +105,7 @@ def _valid_id(job_id: str) -> bool:
     return re.match(JOB_ID_PATTERN, job_id) is not None
 
 
-def _report(task: Task, runtime: Runtime, job: RerankJob, state: JobState | None,
+def _report(task: Task, runtime: Runtime, job: Job, state: JobState | None,
             final: dict[str, Any] | None) -> dict[str, Any]:
     """The task's outcome for Celery: the result, a failure with its reason, or a revocation."""
     if state == JobState.SUCCEEDED:

@@ -32,6 +32,11 @@ class PreparedInput:
     def length(self) -> int:
         return len(self.input_ids)
 
+    @property
+    def prefix(self) -> None:
+        """Inputs share no prefix (the round engine's planner asks)."""
+        return None
+
 
 class InputPreparer:
     """Turns (instruction, resolved input) into ``PreparedInput``; the tokenizer is the model's."""

@@ -8,6 +8,7 @@ checkpoint's parts (``rerankq.models.qwen3vl.tiny``) around other weights. Vecto
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -28,4 +29,14 @@ def write_tiny_embedding_model(out_dir: str | Path, seed: int = 0) -> Path:
     for stale in out.glob("model*.safetensors*"):
         stale.unlink()
     lm.save_pretrained(out)  # tied: the LM head is the embedding matrix, so only ``model.*`` is stored
+    # What says "an embedding model" beside the shared architecture: sentence-transformers' modules, last-token
+    # pooling and normalisation (``rerankq.models.qwen3vl_embed.serving.is_embedding_checkpoint``).
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    hidden = config.text_config.hidden_size  # type: ignore[union-attr]
+    pooling = {"word_embedding_dimension": hidden, "pooling_mode_lasttoken": True}
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
     return out

@@ -126,6 +126,19 @@ def queue_worker(tiny_model_dir: Path, redis_server: RedisServer, s3_server: S3S
     stop_worker(worker)
 
 
+@pytest.fixture(scope="module")
+def embed_worker(tiny_embed_dir: Path, redis_server: RedisServer, s3_server: S3Server,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A worker of the tiny Qwen3-VL-Embedding checkpoint, the default model of its own queue prefix (jobs that
+    name no model go to it); results over 4 KiB go to S3."""
+    worker = start_worker(tiny_embed_dir, redis_server.url, s3_server.url, tmp_path_factory.mktemp("embed-worker"),
+                          RERANKQ_RESULTS__INLINE_MAX_BYTES="4096",
+                          RERANKQ_RESULTS__BUCKET_URI=f"s3://{RESULTS_BUCKET}/large/",
+                          RERANKQ_BATCH__FLUSH_INTERVAL_MS="50")
+    yield worker
+    stop_worker(worker)
+
+
 @pytest.fixture(scope="session")
 def media(s3: Any) -> dict[str, str]:
     """Sample media in S3: two images, an mp4, four frames. Returns name → s3:// reference."""

@@ -217,9 +217,13 @@ def test_cli_writes_the_tiny_embedding_checkpoint(tmp_path: Path, embedder: Embe
     out = subprocess.run([sys.executable, "-m", "rerankq.cli", "tiny-model", str(tmp_path), "--family", "embedding"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "Qwen3-VL-Embedding" in out.stdout
+    assert "embedding checkpoint" in out.stdout
     items = [resolved(i) for i in [*TEXTS[:2], *IMAGES[:1]]]
     assert np.array_equal(load_embedder(str(tmp_path)).embed(items), embedder.embed(items))  # same seed, same weights
+    from rerankq.models.loading import load_model
+
+    served = load_model(str(tmp_path))  # the worker's loader tells it from the reranker of the same architecture
+    assert served.capabilities.task == "embed" and served.capabilities.embedding_dim == embedder.hidden_size
 
 
 # Inputs given as references, as a job gives them: the media resolver, with the embedder's preprocessor.

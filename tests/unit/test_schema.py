@@ -35,7 +35,7 @@ def test_defaults_are_filled_and_nones_left_out() -> None:
 
 @pytest.mark.parametrize(("data", "field", "words"), [
     ({**OK, "colour": "red"}, "colour", "unknown field (allowed: instruction, query, documents, fps, max_frames, "
-                                        "top_n, job_id, priority, result_uri"),
+                                        "top_n, max_tokens_per_doc, recall, task, job_id, priority, result_uri"),
     ({"query": {"text": "q"}, "documents": [{"text": "d", "audio": "a"}]}, "documents[0].audio",
      "unknown field (allowed: text, image, video)"),
     ({"query": {"text": "q", "colour": 1}, "documents": ["d"]}, "query.colour", "(allowed: text, image, video)"),

@@ -5,9 +5,14 @@ gateway process (Redis and moto's S3 server behind it), and, with an embedding w
 from __future__ import annotations
 
 import base64
+import csv
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +20,8 @@ import numpy as np
 import pytest
 
 from rerankq.cli.cluster import RedisServer, S3Server, stop_process
-from tests.integration.conftest import GatewayProcess, start_gateway
+from rerankq.client import RerankClient
+from tests.integration.conftest import GatewayProcess, WorkerProcess, start_gateway
 
 KEY = "map-key"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -111,3 +117,52 @@ def test_an_upload_is_handed_back_and_nothing_else(http: httpx.Client, s3: Any) 
         refused = http.get("/v1/media", params={"uri": uri})
         assert refused.status_code == 400 and refused.json()["field"] == "uri", uri
 
+
+
+def test_rerankq_map_draws_and_exports_items_embedded_through_the_queue(
+        embed_worker: WorkerProcess, media: dict[str, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    lines: list[Any] = [
+        {"text": "a cat on a mat", "label": "cats"},
+        {"image": media["cat.png"], "label": "cats"},
+        {"text": "stock markets fell today", "label": "news"},
+        {"video": media["clip.mp4"], "label": "clips"},
+        {"text": "two frames", "video": [media["frame0.png"], media["frame1.png"]], "label": "clips"},
+        "a line without a label",
+        {"image": "s3://media/q/no-such-picture.png", "label": "cats"},
+        {"text": "a dog", "image": media["dog.jpg"], "label": "dogs"},
+    ]
+    source = tmp_path / "items.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    png, table = tmp_path / "out" / "map.png", tmp_path / "out" / "map.csv"
+    run = subprocess.run([sys.executable, "-m", "rerankq.cli", "map", str(source), "--plot", str(png), "--csv",
+                          str(table), "--query", "a cat", "--neighbours", "3", "--timeout", "180"],
+                         env=embed_worker.env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith("line 7: left off the map: s3://media/q/no-such-picture.png"), run.stderr
+    assert run.stdout.startswith("7 items, ") and "(t-SNE, perplexity 2.33); 1 left off; wrote" in run.stdout
+
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    assert [r["index"] for r in rows] == ["0", "1", "2", "3", "4", "5", "7", "6", "query"]  # laid out, failed, query
+    assert [r["label"] for r in rows[:7]] == ["cats", "cats", "news", "clips", "clips", "", "dogs"]
+    assert [r["modality"] for r in rows[:7]] == ["text", "image", "text", "video", "text+video", "text", "text+image"]
+    assert rows[7]["error"] and not rows[7]["x"] and rows[8]["ref"] == "a cat"
+    assert max(abs(float(r[c])) for r in rows if r["x"] for c in "xy") == pytest.approx(1.0)
+
+    # the highlighted neighbours are the items nearest the query by cosine, as the SDK's own vectors say
+    sides = [{"text": line} if isinstance(line, str) else {k: v for k, v in line.items() if k != "label"}
+             for k, line in enumerate(lines) if k != 6]
+    with RerankClient(embed_worker.settings) as client:
+        items = np.array(client.embed(sides, timeout=180)["embeddings"])
+        query = np.array(client.embed(["a cat"], timeout=180)["embeddings"][0])
+    kept = [0, 1, 2, 3, 4, 5, 7]
+    nearest = [kept[i] for i in np.argsort(-(items @ query))[:3]]
+    ranked = sorted((int(r["neighbour_rank"]), int(r["index"]), float(r["similarity"])) for r in rows
+                    if r["neighbour_rank"])
+    assert [index for _, index, _ in ranked] == nearest
+    assert [s for _, _, s in ranked] == pytest.approx(sorted(items @ query, reverse=True)[:3], abs=1e-4)
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (1000, 750)
+        assert len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 50

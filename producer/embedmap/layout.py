@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from rerankq.errors import InvalidRequest
 
@@ -66,7 +66,7 @@ def decode(vector: Any, field: str = "vectors") -> np.ndarray | None:
         raise InvalidRequest("expected a list of numbers, or a base64 string of float32 values", field) from None
 
 
-def as_matrix(vectors: Sequence[Sequence[float]] | np.ndarray, field: str = "vectors") -> np.ndarray:
+def as_matrix(vectors: Any, field: str = "vectors") -> np.ndarray:
     """``vectors`` as an (n, d) float64 matrix; ``InvalidRequest`` naming ``field`` when they are not one."""
     try:
         matrix = np.asarray(vectors, dtype=np.float64)
@@ -97,7 +97,7 @@ def tsne_perplexity(n: int, asked: float | None = None) -> float:
     return float(min(value, max((n - 1) / 3, 0.5)))
 
 
-def lay_out(vectors: Sequence[Sequence[float]] | np.ndarray, method: str = "tsne", *, seed: int = 0,
+def lay_out(vectors: ArrayLike, method: str = "tsne", *, seed: int = 0,
             perplexity: float | None = None) -> Layout:
     """Lay ``vectors`` out in 2-D with ``method`` (``tsne`` or ``pca``); rows are compared by cosine (each is
     scaled to unit length first). ``InvalidRequest`` names the field at fault."""
@@ -144,8 +144,7 @@ def _framed(points: np.ndarray) -> np.ndarray:
     return centred / scale if scale > 0 else centred
 
 
-def neighbours(vectors: Sequence[Sequence[float]] | np.ndarray, query: Sequence[float] | np.ndarray,
-               k: int) -> list[tuple[int, float]]:
+def neighbours(vectors: ArrayLike, query: ArrayLike, k: int) -> list[tuple[int, float]]:
     """The ``k`` vectors most like ``query`` by cosine similarity, best first: ``(index, similarity)``. Ties
     keep input order. ``InvalidRequest`` when ``query`` does not match the vectors' dimension or ``k < 1``."""
     matrix = as_matrix(vectors)

@@ -1,13 +1,14 @@
 """The console's embedding map in a real headless browser (Debian's chromium through its chromedriver) against a
 real gateway (Redis and moto's S3 server behind it): the layout route, drawing, colours, thumbnails on hover, the
-query's neighbours, PNG and CSV export. Vectors are handed to the page's ``showMap`` here; with an embedding
-worker, the end-to-end test goes through the text box, an upload and ``/v1/embeddings``."""
+query's neighbours, PNG and CSV export, with vectors handed to the page's ``showMap``; then end to end, with a
+worker of the tiny Qwen3-VL-Embedding checkpoint: the text box, a dropped file, ``/v1/embeddings``, a query."""
 
 from __future__ import annotations
 
 import csv
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import GatewayProcess
+from rerankq.cli.cluster import stop_process
+from rerankq.client import RerankClient
+from tests.integration.conftest import GatewayProcess, WorkerProcess, start_gateway
 from tests.integration.test_console import assert_fits, browser, cat_png, downloads, until  # noqa: F401
 from tests.integration.test_embedding_map import HEADERS, KEY, clustered, map_gateway  # noqa: F401
 
@@ -31,6 +34,16 @@ def enter_key(driver: Any) -> None:
     until(lambda: driver.find_element(By.ID, "key-dialog").get_attribute("open") is not None, 30, "the key prompt")
     driver.find_element(By.ID, "key-input").send_keys(KEY)
     driver.find_element(By.ID, "key-save").click()
+
+
+def settled(driver: Any, words: str) -> str | None:
+    """The map's status once it says ``words``; an error it shows instead fails the test at once."""
+    from selenium.webdriver.common.by import By
+
+    status = driver.find_element(By.ID, "map-status")
+    if "error" in (status.get_attribute("class") or ""):
+        pytest.fail(f"the map says: {status.text}")
+    return status.text if words in status.text else None
 
 
 def pixel(driver: Any, x: float, y: float) -> tuple[int, int, int]:
@@ -138,3 +151,63 @@ def test_a_bad_line_is_named_before_anything_is_sent(browser: Any, map_gateway: 
                    and browser.find_element(By.ID, "map-status").text, 10, "the status")
     assert status == "line 2, field colour: unknown field (allowed: text, image, video, label)"
     assert "error" in browser.find_element(By.ID, "map-status").get_attribute("class")
+
+
+@pytest.fixture(scope="module")
+def embed_gateway(embed_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[GatewayProcess]:
+    """A gateway in front of a worker of the tiny Qwen3-VL-Embedding checkpoint."""
+    gw = start_gateway(embed_worker.env, tmp_path_factory.mktemp("map-embed-gateway"), RERANKQ_API_KEYS=KEY)
+    yield gw
+    stop_process(gw.proc)
+
+
+def test_the_map_embeds_typed_items_and_a_dropped_image_through_the_queue(
+        browser: Any, embed_gateway: GatewayProcess, embed_worker: WorkerProcess, tmp_path: Path,  # noqa: F811
+        downloads: Path) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(embed_gateway.url + "/")
+    if browser.find_element(By.ID, "key-dialog").get_attribute("open") is not None:
+        enter_key(browser)
+    until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#map-model option")) > 1, 30, "the embedding model")
+    typed = ["a cat on a mat", '{"text": "a kitten asleep", "label": "cats"}',
+             '{"text": "stock markets fell today", "label": "news"}', '{"text": "bond yields rose", "label": "news"}']
+    box = browser.find_element(By.ID, "map-items")
+    box.clear()
+    box.send_keys("\n".join(typed))
+    image = cat_png(tmp_path)
+    browser.find_element(By.ID, "map-files").send_keys(str(image))
+    until(lambda: browser.find_elements(By.CSS_SELECTOR, "#map-preview img"), 10, "the dropped file's thumbnail")
+    browser.find_element(By.ID, "map-run").click()
+    status = until(lambda: settled(browser, "laid out"), 180, "the map")
+    assert status.startswith("5 items laid out (t-SNE"), status
+    assert [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#map-legend li")] == ["(no label)", "cats",
+                                                                                             "news"]
+    screen = browser.execute_script("return mapState.screen")
+    hover_at(browser, *screen[4])  # the dropped image: its own file as the thumbnail
+    until(lambda: browser.execute_script(
+        "const i = document.querySelector('#map-tip img'); return i && i.complete && i.naturalWidth"), 10,
+        "the thumbnail")
+
+    count = browser.find_element(By.ID, "map-k")
+    count.clear()
+    count.send_keys("3")
+    browser.find_element(By.ID, "map-query").send_keys("a sleeping cat", Keys.ENTER)
+    until(lambda: settled(browser, "ringed"), 120, "the neighbours")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#map-neighbours li")) == 3
+    near = [li.text.split(" · ", 1) for li in browser.find_elements(By.CSS_SELECTOR, "#map-neighbours li")]
+
+    # the neighbours are those the SDK's vectors rank first by cosine
+    uploaded = browser.execute_script("return mapState.items[4].side.image")
+    sides = [{"text": "a cat on a mat"}, {"text": "a kitten asleep"}, {"text": "stock markets fell today"},
+             {"text": "bond yields rose"}, {"image": uploaded}]
+    with RerankClient(embed_worker.settings) as client:
+        items = np.array(client.embed(sides, timeout=180)["embeddings"])
+        q = np.array(client.embed(["a sleeping cat"], timeout=180)["embeddings"][0])
+    order = np.argsort(-(items @ q))[:3]
+    names = ["a cat on a mat", "a kitten asleep", "stock markets fell today", "bond yields rose", uploaded]
+    assert [n[1] for n in near] == [names[i] for i in order]
+    assert [float(n[0]) for n in near] == pytest.approx(sorted(items @ q, reverse=True)[:3], abs=2e-3)
+    browser.save_screenshot(str(tmp_path / "map-embedded.png"))

@@ -49,7 +49,8 @@ def colour_keys(items: list[Item], label_by: str | None) -> tuple[list[str], str
     return [i.modality for i in items], "modality"
 
 
-def compose(items: list[Item], done: Embedded, args: argparse.Namespace, query: np.ndarray | None) -> Any:
+def compose(items: list[Item], done: Embedded, args: argparse.Namespace, query: np.ndarray | None
+            ) -> tuple[MapPicture, list[dict[str, Any]]]:
     """The picture and the CSV rows of the items that have a vector (and the query's, when given)."""
     kept = [i for i, v in enumerate(done.vectors) if v is not None]
     matrix = np.array([done.vectors[i] for i in kept])
@@ -62,7 +63,7 @@ def compose(items: list[Item], done: Embedded, args: argparse.Namespace, query: 
     picture = MapPicture(points, keys, f"{len(kept)} items, {done.model} ({how})", legend,
                          tuple(laid.points[-1]) if query is not None else None, args.query or "", near)
     rank = {index: (r, sim) for r, (index, sim) in enumerate(near, start=1)}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for at, i in enumerate(kept):
         r, sim = rank.get(at, (None, None))
         rows.append({"index": i, "line": items[i].line, "label": items[i].label, "modality": items[i].modality,

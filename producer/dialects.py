@@ -25,7 +25,7 @@ from rerankq.errors import InvalidRequest
 
 # Fields a client may send that rerankq passes to the job as they are.
 JOB_FIELDS = ("instruction", "fps", "max_frames", "top_n", "job_id", "priority", "result_uri", "model", "deadline_s",
-              "expires_at", "max_tokens_per_doc")
+              "expires_at", "max_tokens_per_doc", "recall")
 # Fields other APIs define that do not change rerankq's scores; accepted so their clients work unchanged.
 IGNORED_FIELDS = ("max_chunks_per_doc", "truncate_prompt_tokens", "user", "encoding_format", "mm_processor_kwargs")
 _SIDE_KEYS = {"text", "image", "video"}
@@ -156,7 +156,7 @@ def to_response(result: dict[str, Any], body: dict[str, Any], api_version: str, 
             item["document"] = echo(docs[row["index"]])
         results.append(item)
     tokens = int(result.get("usage", {}).get("tokens", 0))
-    return {
+    response = {
         "id": result["job_id"],
         "model": requested_model or result.get("model"),
         "results": results,
@@ -165,3 +165,6 @@ def to_response(result: dict[str, Any], body: dict[str, Any], api_version: str, 
                  "tokens": {"input_tokens": tokens, "output_tokens": 0}},
         "usage": {"total_tokens": tokens, "prompt_tokens": tokens, "pairs": result.get("usage", {}).get("pairs")},
     }
+    if "recall" in result:  # a two-stage job: which documents its recall kept
+        response["recall"] = result["recall"]
+    return response

@@ -65,6 +65,35 @@ class ScoreStore(Protocol):
 
 
 @dataclass(frozen=True)
+class Recalled:
+    """What a rerank job's recall stage kept (``rerankq.worker.recall``): the documents to rerank (their indices
+    in the job as submitted, in document order; the job the engine runs holds these alone), how many the job had,
+    the errors of documents that could not be embedded, each kept document's similarity to the query, and the
+    recall model and ``top_k``."""
+
+    indices: tuple[int, ...]
+    total: int
+    errors: dict[int, str]
+    similarities: tuple[float, ...]
+    model: str
+    top_k: int
+
+    def widen(self, scores: list[Any], errors: Mapping[int, str]) -> tuple[list[Any], dict[int, str]]:
+        """Scores and errors of the narrowed job, by the submitted job's document indices."""
+        wide: list[Any] = [None] * self.total
+        wide_errors = dict(self.errors)
+        for k, i in enumerate(self.indices):
+            wide[i] = scores[k]
+            if k in errors:
+                wide_errors[i] = errors[k].replace(f"documents[{k}]", f"documents[{i}]", 1)
+        return wide, wide_errors
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model, "top_k": self.top_k, "recalled": list(self.indices),
+                "similarities": [round(s, 6) for s in self.similarities]}
+
+
+@dataclass(frozen=True)
 class JobInput:
     """One job as the engine takes it. ``retry_media``: a medium that failed only transiently sends the job
     back (``PreparedJob.retry``) instead of becoming that document's error. An embedding job (``task``
@@ -82,6 +111,7 @@ class JobInput:
     task: str = "rerank"
     dimensions: int | None = None
     encoding: str = "float"
+    recalled: Recalled | None = None  # a rerank job narrowed by its recall stage
 
     @property
     def field(self) -> str:
@@ -171,7 +201,13 @@ class JobOutcome:
             return build_embed_result(self.job.id, model, vectors, dimensions, self.errors, usage, timings)
         usage = {"pairs": len(self.scores) - len(self.errors), "tokens": self.tokens,
                  "cached_pairs": len(self.cached), "cached_indices": list(self.cached)}
-        return build_result(self.job.id, self.job.top_n, model, self.scores, self.errors, usage, timings)
+        recalled = self.job.recalled
+        if recalled is None:
+            return build_result(self.job.id, self.job.top_n, model, self.scores, self.errors, usage, timings)
+        scores, errors = recalled.widen(self.scores, self.errors)
+        usage["cached_indices"] = [recalled.indices[k] for k in self.cached]
+        result = build_result(self.job.id, self.job.top_n, model, scores, errors, usage, timings)
+        return {**result, "recall": recalled.summary()}
 
 
 def matryoshka(vector: Any, dimensions: int | None) -> np.ndarray:

@@ -118,6 +118,11 @@ def notify_key(settings: Settings, client_id: str) -> str:
     return f"{settings.queue_prefix}:notify:{client_id}"
 
 
+def recall_notify_key(settings: Settings, job_id: str) -> str:
+    """Where a job's recall embeddings announce their ends to the reranker's worker waiting for them."""
+    return f"{settings.queue_prefix}:job:{job_id}:recall"
+
+
 def done_key(settings: Settings, job_id: str) -> str:
     return f"{settings.queue_prefix}:job:{job_id}:done"
 

@@ -89,7 +89,18 @@ def job_refusal(workers: list[dict[str, Any]], settings: Settings,
     """Why no live worker that would take ``job`` (a wire job: its ``model``, ``query``, ``documents``) can serve
     it: (field, reason), or None. None too when no such worker is live, or one does not say what it serves: the
     job may wait for, or go to, that one. Workers that disagree (a rolling upgrade): refused only if every one
-    refuses."""
+    refuses. A rerank job with ``recall`` is checked against its recall model too, as the embedding job its
+    query and documents become (field ``recall.model``, ``query`` or ``documents[i]``)."""
+    recall = job.get("recall")
+    if isinstance(recall, dict) and recall.get("model"):
+        stage = {"task": "embed", "model": recall["model"], "inputs": [job.get("query"), *(job.get("documents") or [])]}
+        why = job_refusal(workers, settings, stage)
+        if why is not None:
+            field = why[0]
+            if field.startswith("inputs["):
+                i = int(field[7:].split("]")[0])
+                field = "query" if i == 0 else f"documents[{i - 1}]"
+            return ("recall.model" if field == "task" else field), f"recall: {why[1]}"
     queues = keys.model_queue_names(settings, job.get("model"))
     reasons = []
     for worker in workers:

@@ -267,8 +267,8 @@ _SIDE_FIELDS = ", ".join(SideSpec.model_fields)
 _OWN_FIELDS = {"rerank": ["instruction", "query", "documents", "fps", "max_frames", "top_n", "max_tokens_per_doc",
                            "recall", "task"],
                "embed": ["task", "inputs", "instruction", "dimensions", "encoding_format", "fps", "max_frames"]}
-_JOB_FIELDS = {task: ", ".join(own + [f for f in QueueFields.model_fields if f not in own])
-               for task, own in _OWN_FIELDS.items()}
+_FIELD_ORDER = {task: own + [f for f in QueueFields.model_fields if f not in own] for task, own in _OWN_FIELDS.items()}
+_JOB_FIELDS = {task: ", ".join(order) for task, order in _FIELD_ORDER.items()}
 _RECALL_FIELDS = ", ".join(Recall.model_fields)
 
 
@@ -321,7 +321,11 @@ def parse_job(data: Any, settings: Settings | None = None) -> Job:
     except ValidationError as exc:
         # One problem per field: a union (``image``: a string or a list) reports each of its branches.
         errors: dict[str, Any] = {}
-        for error in exc.errors():
+        order = _FIELD_ORDER[task or "rerank"]
+        # the task's own fields first (a bad document before a bad callback URL), as the allowed list reads
+        ranked = sorted(exc.errors(), key=lambda e: order.index(e["loc"][0]) if e["loc"] and e["loc"][0] in order
+                        else len(order))
+        for error in ranked:
             errors.setdefault(_field_path(error["loc"]), error)
         path, first = next(iter(errors.items()))
         more = len(errors) - 1

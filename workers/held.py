@@ -14,7 +14,7 @@ from typing import Any
 
 from rerankq.jobs import JobState
 from rerankq.media.sides import Side, VisionBudget
-from rerankq.models.engine import JobInput
+from rerankq.models.engine import JobInput, Recalled
 from rerankq.schema import EmbedJob, Job, SideSpec
 from rerankq.settings import LimitSettings
 
@@ -37,6 +37,8 @@ class HeldJob:
     unreported: int = 0  # pairs done and not yet added to the record's pairs_done (``Runtime._report_progress``)
     reported_at: float = 0.0  # when progress was last written (monotonic; 0: never)
     started_mono: float = 0.0  # when this attempt started (monotonic)
+    recalled: Recalled | None = None  # what its recall stage kept (``job`` holds those documents alone)
+    failure: str | None = None  # why it fails before it runs (its recall stage failed)
 
     @property
     def job_id(self) -> str:
@@ -70,4 +72,5 @@ def engine_input(held: HeldJob, limits: LimitSettings, instruction: str, retry_m
                         budget_of(job, limits), use_cache=job.cache is not False, retry_media=retry_media,
                         task="embed", dimensions=job.dimensions, encoding=job.encoding_format)
     return JobInput(job.id, side_of(job.query), [side_of(d) for d in job.documents], job.instruction or instruction,
-                    budget_of(job, limits), job.top_n, job.max_tokens_per_doc, job.cache is not False, retry_media)
+                    budget_of(job, limits), job.top_n, job.max_tokens_per_doc, job.cache is not False, retry_media,
+                    recalled=held.recalled)

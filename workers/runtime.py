@@ -40,7 +40,7 @@ from rerankq.jobs import JobState
 from rerankq.jobstore import JobStore
 from rerankq.media.resolver import MediaResolver
 from rerankq.models.contract import RerankModel, instruction_for
-from rerankq.models.engine import JobInput, JobOutcome, Pass, Plan, RoundEngine, failed
+from rerankq.models.engine import JobInput, JobOutcome, Pass, Plan, Recalled, RoundEngine, failed
 from rerankq.results import ResultStore
 from rerankq.schema import Job
 from rerankq.settings import Settings, knob
@@ -106,11 +106,13 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
 
-    def submit(self, job: Job, redelivered: bool = False, task_id: str | None = None) -> HeldJob:
+    def submit(self, job: Job, redelivered: bool = False, task_id: str | None = None,
+               recalled: Recalled | None = None, failure: str | None = None) -> HeldJob:
         """Queue a job; its ``future`` resolves once its record is final (see ``HeldJob``). A redelivered job
-        whose record says it is still running lost its worker: it runs alone. ``task_id``: its message's."""
+        whose record says it is still running lost its worker: it runs alone. ``task_id``: its message's.
+        ``recalled``: what its recall stage kept; ``failure``: why it fails without running (recall failed)."""
         solo = redelivered and self.store.peek(job.id) == JobState.RUNNING
-        held = HeldJob(job=job, future=Future(), solo=solo)
+        held = HeldJob(job=job, future=Future(), solo=solo, recalled=recalled, failure=failure)
         self.intake.submit(held, task_id)
         return held
 
@@ -161,7 +163,7 @@ class Runtime:
     def _prepare(self, held: list[HeldJob]) -> Round:
         cancels = self._cancels()
         held = self._mark_running(held)
-        missing = self._missing_result_buckets(held)
+        missing = {**self._missing_result_buckets(held), **{h.job_id: h.failure for h in held if h.failure}}
         fail_fast = [(h, failed(self._input(h), missing[h.job_id])) for h in held if h.job_id in missing]
         live = [h for h in held if h.job_id not in missing]
         plan = self.engine.prepare([self._input(h) for h in live])

@@ -26,15 +26,18 @@ import re
 import time
 from typing import Any
 
+import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
 from rerankq import keys
 from rerankq.errors import InvalidRequest, JobFailed, RetryLater, TransientError
 from rerankq.jobs import JobState
-from rerankq.schema import JOB_ID_PATTERN, Job, parse_job
+from rerankq.models.engine import Recalled
+from rerankq.schema import JOB_ID_PATTERN, Job, RerankJob, parse_job
 from rerankq.settings import Settings
 from rerankq.worker.invalid import fail_invalid
+from rerankq.worker.recall import Recaller, RecallFailed
 from rerankq.worker.runtime import Runtime
 from rerankq.worker.transport import dead_letter
 
@@ -45,6 +48,8 @@ def register(app: Celery, settings: Settings, runtime: Runtime | None) -> None:
     """The ``rerankq.rerank`` task on ``app``, handing jobs to ``runtime`` (one per process; None on apps that
     only name the task, as Flower's)."""
 
+    recaller = Recaller(app, runtime.store, settings, runtime.finisher.results) if runtime is not None else None
+
     @app.task(name=keys.TASK_NAME, bind=True, acks_late=True, throws=(JobFailed,))
     def rerank(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if runtime is None:
@@ -54,8 +59,9 @@ def register(app: Celery, settings: Settings, runtime: Runtime | None) -> None:
         except BaseException:
             runtime.transit.arrived(str(self.request.id))  # it will not reach the runtime
             raise
+        job, recalled, failure = _recall(self, runtime, recaller, job)
         run = runtime.submit(job, redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
-                             task_id=str(self.request.id))
+                             task_id=str(self.request.id), recalled=recalled, failure=failure)
         try:
             state = run.future.result()
         except TransientError as exc:
@@ -99,6 +105,25 @@ def _accept(task: Task, runtime: Runtime, settings: Settings, args: tuple[Any, .
         logger.info("message %s: job %s exists already; not run again", request.id, job_id)
         raise Ignore()
     return job
+
+
+def _recall(task: Task, runtime: Runtime, recaller: Recaller | None, job: Job
+            ) -> tuple[Job, Recalled | None, str | None]:
+    """A rerank job's recall stage (``rerankq.worker.recall``), before the job reaches the runtime: the job
+    narrowed to the documents kept and what was kept, or the reason the job fails. Redis or S3 failing on the
+    way sends the message back to its queue (a later attempt finds the embedding jobs sent already)."""
+    if recaller is None or not isinstance(job, RerankJob) or job.recall is None:
+        return job, None, None
+    runtime.transit.arrived(str(task.request.id))  # waiting here must not hold a round of other jobs back
+    if runtime.store.peek(job.id) not in (JobState.QUEUED, JobState.RUNNING):
+        return job, None, None  # ended or cancelled meanwhile: the runtime settles it, nothing is embedded
+    try:
+        narrowed, recalled = recaller.narrow(job)
+    except RecallFailed as exc:
+        return job, None, str(exc)
+    except (redis.RedisError, TransientError) as exc:
+        raise Reject(f"job {job.id}: recall: {exc}", requeue=True) from exc
+    return narrowed, recalled, None
 
 
 def _valid_id(job_id: str) -> bool:

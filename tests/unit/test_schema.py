@@ -110,3 +110,25 @@ def test_shorthand_strings_are_text_sides() -> None:
 def test_shorthand_strings_obey_the_text_limit() -> None:
     err = rejected({"query": "q", "documents": ["d" * 11]}, Settings(limits=LimitSettings(max_text_chars=10)))
     assert err.field == "documents[0].text"
+
+
+def test_an_embedding_job_takes_inputs_in_shorthand_and_its_own_fields() -> None:
+    job = parse_job({"task": "embed", "inputs": ["a", {"image": "s3://b/x.png"}], "dimensions": 256,
+                     "encoding_format": "base64", "instruction": "Find it."})
+    assert job.wire() == {"task": "embed", "inputs": [{"text": "a"}, {"image": "s3://b/x.png"}], "dimensions": 256,
+                          "encoding_format": "base64", "instruction": "Find it.", "priority": "normal"}
+    assert job.units == 2
+
+
+@pytest.mark.parametrize(("data", "field", "words"), [
+    ({"task": "embed", "inputs": ["a"] * 3}, "inputs", "3 inputs, over the limit 2 (limits.max_documents"),
+    ({"task": "embed", "inputs": ["a"], "query": "q"}, "query", "allowed: task, inputs, instruction, dimensions"),
+    ({"task": "embed", "documents": ["a"]}, "inputs", "Field required (and 1 more problem)"),
+    ({"task": "rank", "inputs": ["a"]}, "task", "'rank' is not one of rerank, embed"),
+    ({**OK, "recall": {"model": "m"}}, "recall.top_k", "Field required"),
+    ({**OK, "recall": {"model": "m", "top_k": 2, "k": 1}}, "recall.k", "allowed: model, top_k"),
+])
+def test_bad_embedding_and_recall_fields_are_named(data: dict[str, Any], field: str, words: str) -> None:
+    err = rejected(data, Settings(limits=LimitSettings(max_documents=2)))
+    assert err.field == field
+    assert words in str(err), str(err)

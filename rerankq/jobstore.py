@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from rerankq.jobs import (
     Started,
     deadline_of,
     flatten_fields,
+    pack_job,
     public_state,
     text_of,
 )
@@ -102,9 +102,9 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
-                      "model": job.get("model"), "pairs_total": len(job["documents"]), "pairs_done": 0,
+                      "model": job.get("model"), "pairs_total": len(job["documents"]),
                       "deadline_at": deadline_of(job, now), "task_id": task_id,
-                      "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify,
+                      "wire": pack_job(job) if sent else None, "notify": notify,
                       "callback_url": job.get("callback_url")}
             ttl = self.settings.results.failure_ttl_s
             if sent:

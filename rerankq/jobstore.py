@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -258,7 +259,9 @@ class JobStore:
         args: list[Any] = []
         for o in outcomes:
             fields = flatten_fields({"finished_at": now, **o.fields})
-            args += [o.fence, o.state.value, self._ttl(o.state), len(fields), *fields]
+            read = {k: o.fields[k] for k in ("result", "result_uri", "error") if o.fields.get(k) is not None}
+            args += [o.fence, o.state.value, self._ttl(o.state), json.dumps(read, separators=(",", ":")), len(fields),
+                     *fields]
         pipe = self.redis.pipeline(transaction=False)
         self._finish(keys=[*self._outbox(), *(k for o in outcomes for k in self._keys(o.job_id))], args=args,
                      client=pipe)

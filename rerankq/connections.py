@@ -23,6 +23,34 @@ from redis.retry import Retry
 from rerankq.settings import Settings
 
 
+class OneWrite:
+    """A connection that sends each command, and each pipeline, in one write.
+
+    redis-py cuts what it sends into pieces of about 6 kB (and sends a large value on a piece of its own). Pieces
+    that reach Redis apart wake it apart: a wake-up per piece, which costs it more CPU than reading the bytes. A
+    submit chunk's records, a round's leases and outcomes are pipelines of tens or hundreds of kB; sent whole,
+    Redis reads them in a few reads of 16 kB without going back to sleep in between. The bytes are the same."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return [b"".join(super().pack_command(*args))]  # type: ignore[misc]
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        return [b"".join(super().pack_commands(commands))]  # type: ignore[misc]
+
+
+_ONE_WRITE: dict[type, type] = {}
+
+
+def one_write(connection_class: type) -> type:
+    """``connection_class`` with ``OneWrite``'s sending (for kombu's channels as well as our clients)."""
+    if connection_class not in _ONE_WRITE:
+        _ONE_WRITE[connection_class] = type(connection_class.__name__, (OneWrite, connection_class), {})
+    return _ONE_WRITE[connection_class]
+
+
+_SCHEMES = {"redis": redis.Connection, "rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}
+
+
 def _following_connection() -> type:
     """redis-py's Sentinel connection, made to look the primary up again on every reconnect.
 
@@ -32,7 +60,7 @@ def _following_connection() -> type:
     command, although the Sentinels named the new primary within seconds."""
     from redis.sentinel import SentinelManagedConnection
 
-    class FollowingConnection(SentinelManagedConnection):
+    class FollowingConnection(OneWrite, SentinelManagedConnection):
         def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
             if self._sock:
                 return
@@ -80,7 +108,8 @@ def redis_client(settings: Settings, **options: Any) -> redis.Redis:
         sentinel = Sentinel(hosts, socket_timeout=2.0, password=password)
         return sentinel.master_for(settings.redis_master_name, db=db, password=password,
                                    connection_class=_following_connection(), **common)
-    return redis.Redis.from_url(url, **common)
+    connection_class = one_write(_SCHEMES.get(urlsplit(url).scheme, redis.Connection))
+    return redis.Redis.from_url(url, connection_class=connection_class, **common)
 
 
 def async_redis_client(settings: Settings, max_connections: int = 32) -> Any:

@@ -12,7 +12,7 @@ backoff for about ``redis_retry_s`` seconds, so a blip is not an error for the c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -39,16 +39,18 @@ class OneWrite:
 
 
 _ONE_WRITE: dict[type, type] = {}
+C = TypeVar("C")
 
 
-def one_write(connection_class: type) -> type:
+def one_write(connection_class: type[C]) -> type[C]:
     """``connection_class`` with ``OneWrite``'s sending (for kombu's channels as well as our clients)."""
     if connection_class not in _ONE_WRITE:
         _ONE_WRITE[connection_class] = type(connection_class.__name__, (OneWrite, connection_class), {})
     return _ONE_WRITE[connection_class]
 
 
-_SCHEMES = {"redis": redis.Connection, "rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}
+_SCHEMES: dict[str, type[Any]] = {"redis": redis.Connection, "rediss": redis.SSLConnection,
+                                   "unix": redis.UnixDomainSocketConnection}
 
 
 def _following_connection() -> type:

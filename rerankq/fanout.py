@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from redis.sentinel import SentinelManagedConnection
 
 from rerankq.connections import one_write
 
@@ -41,8 +42,8 @@ class CountingChannel(kombu_redis.Channel):
 class CountingSentinelChannel(CountingChannel, kombu_redis.SentinelChannel):
     """The same, for ``sentinel://`` URLs."""
 
-    connection_class = one_write(kombu_redis.SentinelChannel.connection_class)
-    connection_class_ssl = one_write(kombu_redis.SentinelChannel.connection_class_ssl)
+    connection_class = one_write(SentinelManagedConnection)
+    connection_class_ssl = one_write(kombu_redis.SentinelManagedSSLConnection)
 
 
 class Transport(kombu_redis.Transport):

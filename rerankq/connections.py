@@ -29,13 +29,30 @@ class OneWrite:
     redis-py cuts what it sends into pieces of about 6 kB (and sends a large value on a piece of its own). Pieces
     that reach Redis apart wake it apart: a wake-up per piece, which costs it more CPU than reading the bytes. A
     submit chunk's records, a round's leases and outcomes are pipelines of tens or hundreds of kB; sent whole,
-    Redis reads them in a few reads of 16 kB without going back to sleep in between. The bytes are the same."""
+    Redis reads them in a few reads of 16 kB without going back to sleep in between. The bytes are the same; past
+    ``WRITE_MAX`` they go in writes of about that size (a copy that large at most, not of the whole pipeline)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        return [b"".join(super().pack_command(*args))]  # type: ignore[misc]
+        return _joined(super().pack_command(*args))  # type: ignore[misc]
 
     def pack_commands(self, commands: Any) -> list[bytes]:
-        return [b"".join(super().pack_commands(commands))]  # type: ignore[misc]
+        return _joined(super().pack_commands(commands))  # type: ignore[misc]
+
+
+WRITE_MAX = 1 << 20
+
+
+def _joined(pieces: list[Any]) -> list[bytes]:
+    out: list[bytes] = []
+    start, size = 0, 0
+    for i, piece in enumerate(pieces):
+        size += len(piece)
+        if size >= WRITE_MAX:
+            out.append(b"".join(pieces[start:i + 1]))
+            start, size = i + 1, 0
+    if start < len(pieces):
+        out.append(b"".join(pieces[start:]))
+    return out
 
 
 _ONE_WRITE: dict[type, type] = {}

@@ -9,7 +9,7 @@ import random
 import redis
 from kombu.transport import redis as kombu_redis
 
-from rerankq.connections import OneWrite, redis_client
+from rerankq.connections import WRITE_MAX, OneWrite, redis_client
 from rerankq.fanout import CountingChannel, CountingSentinelChannel
 from rerankq.jobs import PACKED, pack_job, unpack_job
 from rerankq.settings import Settings
@@ -49,6 +49,11 @@ def test_a_pipeline_with_large_values_goes_out_in_one_piece_with_the_same_bytes(
     assert len(pieces) > 40  # redis-py: a piece per large value, and the rest cut at about 6 kB
     assert one.pack_commands(commands) == [b"".join(pieces)]
     assert one.pack_command("LPUSH", "q", "y" * 20000) == [b"".join(plain.pack_command("LPUSH", "q", "y" * 20000))]
+    # a pipeline past WRITE_MAX goes in writes of about that size, not one copy of all of it
+    big = [("LPUSH", "q", "z" * 100_000) for _ in range(25)]
+    writes = one.pack_commands(big)
+    assert b"".join(writes) == b"".join(plain.pack_commands(big))
+    assert len(writes) == 3 and all(len(w) < WRITE_MAX + 110_000 for w in writes)
 
 
 def test_every_connection_kind_sends_in_one_write() -> None:

@@ -74,10 +74,15 @@ class Completions:
         """Block up to ``timeout`` s for ends; returns how many arrived (they go to ``take``)."""
         if self.key is None:
             return 0
-        popped = self.redis.blpop([self.key], timeout=max(timeout, 0.01))
+        # One round trip: Redis holds the LPOP behind the blocked BLPOP and runs it once that returns, so the ends
+        # that arrived together (a round's) come with the first.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.blpop([self.key], timeout=max(timeout, 0.01))
+        pipe.lpop(self.key, POP_MAX)
+        popped, rest = pipe.execute()
         if popped is None:
             return 0
-        return self.heard([popped[1], *(self.redis.lpop(self.key, POP_MAX) or [])])
+        return self.heard([popped[1], *(rest or [])])
 
     def heard(self, entries: list[Any]) -> int:
         """Take in entries popped off the list (``STATE RECORD-KEY``, then the outcome's JSON line); returns how

@@ -12,7 +12,7 @@ backoff for about ``redis_retry_s`` seconds, so a blip is not an error for the c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -21,6 +21,53 @@ from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 
 from rerankq.settings import Settings
+
+
+class OneWrite:
+    """A connection that sends each command, and each pipeline, in one write.
+
+    redis-py cuts what it sends into pieces of about 6 kB (and sends a large value on a piece of its own). Pieces
+    that reach Redis apart wake it apart: a wake-up per piece, which costs it more CPU than reading the bytes. A
+    submit chunk's records, a round's leases and outcomes are pipelines of tens or hundreds of kB; sent whole,
+    Redis reads them in a few reads of 16 kB without going back to sleep in between. The bytes are the same; past
+    ``WRITE_MAX`` they go in writes of about that size (a copy that large at most, not of the whole pipeline)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _joined(super().pack_command(*args))  # type: ignore[misc]
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        return _joined(super().pack_commands(commands))  # type: ignore[misc]
+
+
+WRITE_MAX = 1 << 20
+
+
+def _joined(pieces: list[Any]) -> list[bytes]:
+    out: list[bytes] = []
+    start, size = 0, 0
+    for i, piece in enumerate(pieces):
+        size += len(piece)
+        if size >= WRITE_MAX:
+            out.append(b"".join(pieces[start:i + 1]))
+            start, size = i + 1, 0
+    if start < len(pieces):
+        out.append(b"".join(pieces[start:]))
+    return out
+
+
+_ONE_WRITE: dict[type, type] = {}
+C = TypeVar("C")
+
+
+def one_write(connection_class: type[C]) -> type[C]:
+    """``connection_class`` with ``OneWrite``'s sending (for kombu's channels as well as our clients)."""
+    if connection_class not in _ONE_WRITE:
+        _ONE_WRITE[connection_class] = type(connection_class.__name__, (OneWrite, connection_class), {})
+    return _ONE_WRITE[connection_class]
+
+
+_SCHEMES: dict[str, type[Any]] = {"redis": redis.Connection, "rediss": redis.SSLConnection,
+                                   "unix": redis.UnixDomainSocketConnection}
 
 
 def _following_connection() -> type:
@@ -32,7 +79,7 @@ def _following_connection() -> type:
     command, although the Sentinels named the new primary within seconds."""
     from redis.sentinel import SentinelManagedConnection
 
-    class FollowingConnection(SentinelManagedConnection):
+    class FollowingConnection(OneWrite, SentinelManagedConnection):
         def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
             if self._sock:
                 return
@@ -80,7 +127,8 @@ def redis_client(settings: Settings, **options: Any) -> redis.Redis:
         sentinel = Sentinel(hosts, socket_timeout=2.0, password=password)
         return sentinel.master_for(settings.redis_master_name, db=db, password=password,
                                    connection_class=_following_connection(), **common)
-    return redis.Redis.from_url(url, **common)
+    connection_class = one_write(_SCHEMES.get(urlsplit(url).scheme, redis.Connection))
+    return redis.Redis.from_url(url, connection_class=connection_class, **common)
 
 
 def async_redis_client(settings: Settings, max_connections: int = 32) -> Any:

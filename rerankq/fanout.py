@@ -12,13 +12,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+from redis.sentinel import SentinelManagedConnection
+
+from rerankq.connections import one_write
 
 
 class CountingChannel(kombu_redis.Channel):
-    """kombu's Redis channel; ``fanout_receivers``: how many subscribers the last fanout publish reached."""
+    """kombu's Redis channel; ``fanout_receivers``: how many subscribers the last fanout publish reached. Its
+    connections send a pipeline in one write (``rerankq.connections.OneWrite``)."""
 
     fanout_receivers: int | None = None
+    connection_class = one_write(redis.Connection)
+    connection_class_ssl = one_write(redis.SSLConnection)
 
     def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
         if kwargs.get("_publish_batch") is not None:
@@ -34,6 +41,9 @@ class CountingChannel(kombu_redis.Channel):
 
 class CountingSentinelChannel(CountingChannel, kombu_redis.SentinelChannel):
     """The same, for ``sentinel://`` URLs."""
+
+    connection_class = one_write(SentinelManagedConnection)
+    connection_class_ssl = one_write(kombu_redis.SentinelManagedSSLConnection)
 
 
 class Transport(kombu_redis.Transport):

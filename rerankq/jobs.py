@@ -30,7 +30,9 @@ while the job is live (longer than any queue wait).
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -135,6 +137,24 @@ class Started:
 def text_of(value: Any) -> str:
     """A Redis reply (bytes) or a value as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def pack_job(job: dict[str, Any]) -> str:
+    """A job's JSON as the record keeps it (``wire``, until the job ends: what ``rerankq.worker.reaper`` sends again
+    when its message was lost), compressed: it is most of what creating a record costs Redis."""
+    return PACKED + base64.b64encode(zlib.compress(json.dumps(job, separators=(",", ":")).encode(), 6)).decode()
+
+
+def unpack_job(value: bytes | str) -> dict[str, Any]:
+    """The job a record's ``wire`` holds: packed (``pack_job``), or plain JSON (records of earlier versions)."""
+    text = text_of(value)
+    if text.startswith(PACKED):
+        text = zlib.decompress(base64.b64decode(text.removeprefix(PACKED))).decode()
+    job: dict[str, Any] = json.loads(text)
+    return job
+
+
+PACKED = "z:"  # the prefix of a packed ``wire``: zlib, then base64 (the record stays text: ``JobRecord.from_hash``)
 
 
 def flatten_fields(fields: dict[str, Any]) -> list[Any]:

@@ -19,6 +19,7 @@ from rerankq.jobs import (
     Started,
     deadline_of,
     flatten_fields,
+    pack_job,
     public_state,
     text_of,
 )
@@ -103,9 +104,9 @@ class JobStore:
         for job in jobs:
             units = len(job.get("documents") or job.get("inputs") or ())  # pairs to score, or inputs to embed
             fields = {"state": JobState.QUEUED.value, "created_at": now, "priority": job.get("priority", "normal"),
-                      "model": job.get("model"), "pairs_total": units, "pairs_done": 0,
+                      "model": job.get("model"), "pairs_total": units,
                       "deadline_at": deadline_of(job, now), "task_id": task_id,
-                      "wire": json.dumps(job, separators=(",", ":")) if sent else None, "notify": notify,
+                      "wire": pack_job(job) if sent else None, "notify": notify,
                       "callback_url": job.get("callback_url")}
             ttl = self.settings.results.failure_ttl_s
             if sent:
@@ -259,7 +260,9 @@ class JobStore:
         args: list[Any] = []
         for o in outcomes:
             fields = flatten_fields({"finished_at": now, **o.fields})
-            args += [o.fence, o.state.value, self._ttl(o.state), len(fields), *fields]
+            read = {k: o.fields[k] for k in ("result", "result_uri", "error") if o.fields.get(k) is not None}
+            args += [o.fence, o.state.value, self._ttl(o.state), json.dumps(read, separators=(",", ":")), len(fields),
+                     *fields]
         pipe = self.redis.pipeline(transaction=False)
         self._finish(keys=[*self._outbox(), *(k for o in outcomes for k in self._keys(o.job_id))], args=args,
                      client=pipe)

@@ -23,7 +23,10 @@ local function job_event(rec, due, events, state, url)
   redis.call('ZADD', due, tonumber(at), id)
 end
 -- ``f``: the record's callback_url, notify, ends and watched, when the caller read them already (else nil).
-local function end_job(rec, done, due, events, state, ttl, f, ...)
+-- ``outcome``: the JSON line a waiter reads of the end (result, result_uri or error), when the caller made it (else
+-- made here). ``notes``: when given, the pushes onto notify lists are collected there for ``push_notes`` (one
+-- ``RPUSH`` per list for all the jobs a call ends: a round's jobs share their creator's list).
+local function end_job(rec, done, due, events, state, ttl, f, outcome, notes, ...)
   f = f or redis.call('HMGET', rec, 'callback_url', 'notify', 'ends', 'watched')
   redis.call('HDEL', rec, 'result', 'result_uri', 'error', 'wire', 'watched')
   redis.call('HSET', rec, 'state', state, 'ends', (tonumber(f[3]) or 0) + 1, ...)
@@ -34,17 +37,33 @@ local function end_job(rec, done, due, events, state, ttl, f, ...)
     redis.call('EXPIRE', done, ttl)
   end
   if f[2] then  -- the creator's notify list: the end and what a waiter reads of it, so it need not read the record
-    local args, outcome = {...}, {}
-    for i = 1, #args - 1, 2 do
-      if args[i] == 'result' or args[i] == 'result_uri' or args[i] == 'error' then outcome[args[i]] = args[i + 1] end
+    if not outcome then
+      local args, read = {...}, {}
+      for i = 1, #args - 1, 2 do
+        if args[i] == 'result' or args[i] == 'result_uri' or args[i] == 'error' then read[args[i]] = args[i + 1] end
+      end
+      outcome = cjson.encode(read)
     end
-    if redis.call('RPUSH', f[2], state .. ' ' .. rec .. '\\n' .. cjson.encode(outcome)) == 1 then
+    local entry = state .. ' ' .. rec .. '\\n' .. outcome
+    if notes then
+      local note = notes[f[2]]
+      if note then note[#note + 1] = entry else notes[f[2]] = {entry, ttl = ttl} end
+    elseif redis.call('RPUSH', f[2], entry) == 1 then
       redis.call('EXPIRE', f[2], ttl)
     end
   end
 end
+-- A list new with these pushes gets the TTL of the first job that pushed onto it (as one push at a time would).
+local function push_notes(notes)
+  for key, note in pairs(notes) do
+    for i = 1, #note, 500 do
+      local last = math.min(i + 499, #note)
+      if redis.call('RPUSH', key, unpack(note, i, last)) == last then redis.call('EXPIRE', key, note.ttl) end
+    end
+  end
+end
 local function finish_with(state, ttl, ...)
-  end_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], state, ttl, nil, ...)
+  end_job(KEYS[1], KEYS[2], KEYS[3], KEYS[4], state, ttl, nil, nil, nil, ...)
 end
 local function expire_if_due(state, deadline, now, ttl)
   if state ~= 'queued' then return false end
@@ -108,11 +127,12 @@ for j = 1, (#KEYS - 2) / 2 do
   elseif state ~= 'queued' and died == 0 then
     out[j] = {state, created, 0, 0, 0}
   elseif deadline and now > deadline then
-    end_job(rec, done, KEYS[1], KEYS[2], 'expired', ttl, nil, 'finished_at', now, 'error',
+    end_job(rec, done, KEYS[1], KEYS[2], 'expired', ttl, nil, nil, nil, 'finished_at', now, 'error',
             'deadline passed before it started')
     out[j] = {'expired', created, 0, died, 1}
   elseif died == 1 and solo >= max_solo then
-    end_job(rec, done, KEYS[1], KEYS[2], 'failed', ttl, nil, 'deliveries', deliveries, 'finished_at', now, 'error',
+    end_job(rec, done, KEYS[1], KEYS[2], 'failed', ttl, nil, nil, nil, 'deliveries', deliveries, 'finished_at', now,
+            'error',
             'delivered ' .. (deliveries - 1) .. ' times; each time the worker died: last on ' .. (f[5] or '?'))
     out[j] = {'failed', created, 0, died, 1}
   else
@@ -146,15 +166,17 @@ return state
 """
 
 # One script for all the jobs a pass or a round ends. KEYS: the callback outbox's due zset and events hash, then
-# each job's record and done list. ARGV: per job, fence, state, ttl, the number of field/value items, the items.
-# Returns per job the state written, or 'stale' / the state that refused it, or 0 when the record is gone.
+# each job's record and done list. ARGV: per job, fence, state, ttl, the outcome's JSON line for the notify list
+# (``end_job``: made by the caller, where it costs no Redis CPU; cjson in the script would), the number of
+# field/value items, the items. Returns per job the state written, or 'stale' / the state that refused it, or 0
+# when the record is gone.
 FINISH_MANY = LIB + """
-local out, a = {}, 1
+local out, notes, a = {}, {}, 1
 for j = 1, (#KEYS - 2) / 2 do
   local rec, done = KEYS[2 * j + 1], KEYS[2 * j + 2]
-  local fence, state, ttl, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local fields = {unpack(ARGV, a + 4, a + 3 + n)}
-  a = a + 4 + n
+  local fence, state, ttl, outcome, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  local first = a + 5
+  a = first + n
   local f = redis.call('HMGET', rec, 'state', 'fence', 'callback_url', 'notify', 'ends', 'watched')
   if not f[1] then
     out[j] = 0
@@ -163,10 +185,12 @@ for j = 1, (#KEYS - 2) / 2 do
   elseif f[1] ~= 'running' and f[1] ~= 'finishing' then
     out[j] = f[1]
   else
-    end_job(rec, done, KEYS[1], KEYS[2], state, ttl, {f[3], f[4], f[5], f[6]}, unpack(fields))
+    end_job(rec, done, KEYS[1], KEYS[2], state, ttl, {f[3], f[4], f[5], f[6]}, outcome, notes,
+            unpack(ARGV, first, a - 1))
     out[j] = state
   end
 end
+push_notes(notes)
 return out
 """
 

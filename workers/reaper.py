@@ -27,7 +27,7 @@ from kombu.utils.uuid import uuid
 from redis.exceptions import NoScriptError
 
 from rerankq import keys
-from rerankq.jobs import TERMINAL, as_state, text_of
+from rerankq.jobs import TERMINAL, as_state, text_of, unpack_job
 from rerankq.settings import Settings
 from rerankq.worker.metrics import Metrics
 
@@ -121,7 +121,7 @@ class Reaper:
             if as_state(None if state is None else text_of(state)) in TERMINAL or not wire:  # ended, gone, not SDK's
                 self.redis.zrem(keys.pending_key(queue), task_id)  # nothing left to do for it
                 return False
-            self.send(json.loads(wire), task_id, queue)
+            self.send(unpack_job(wire), task_id, queue)
         self.metrics.messages_resent.inc()
         logger.warning("queue %s: message %s was lost on its way to a worker (a producer or worker died); sent "
                        "it again", queue, task_id)

@@ -43,3 +43,4 @@ def test_every_command_of_a_run_lands_in_a_phase() -> None:
     assert 0 < items["finish"]["EVALSHA finish"] <= 1  # one call per pass, for all the jobs it ends
     assert phases.get("client read", {}).get("sent", 0) == 0  # each result came with its end, on the notify list
     assert phases["finish"]["lua_inner"] > phases["finish"]["sent"]  # the FINISH script's writes run inside it
+    assert items["finish"]["RPUSH notify (Lua)"] < 1  # ... which pushes the ends of a call in one go

@@ -79,6 +79,8 @@ def test_recall_keeps_the_nearest_and_reranks_only_those(pair: Pair) -> None:
         assert [i for i, s in enumerate(result["scores"]) if s is not None] == kept
         assert len(result["results"]) == 2 and {r["index"] for r in result["results"]} <= set(kept)
         assert result["errors"] == [] and result["usage"]["pairs"] == 4
+        progress = client.status(result["job_id"])["progress"]
+        assert progress == {"pairs_done": 4, "pairs_total": 4}  # the pairs it reranked: the recalled documents
         direct = client.result(client.submit({"query": query, "documents": [DOCUMENTS[i] for i in kept]}),
                                timeout=240)
         assert [result["scores"][i] for i in kept] == pytest.approx(direct["scores"], abs=1e-6)

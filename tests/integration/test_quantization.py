@@ -209,3 +209,24 @@ def test_every_cpu_mode_agrees_on_random_small() -> None:
         assert a["spearman_min"] >= rho and a["top10_overlap"] >= top, (mode, a)
         assert 0 < a["max_abs_delta"] <= max_delta and a["mean_abs_delta"] <= mean_delta, (mode, a)
         del model
+
+
+def test_an_embedding_model_quantizes_through_the_same_call(tiny_embed_dir: Path) -> None:
+    """The embedding family's loader quantizes as the rerankers' do: named, in the cache identity, its vectors
+    near full precision's and still unit length."""
+    import numpy as np
+
+    from rerankq.media.sides import ResolvedSide
+    from rerankq.models.loading import LoadOptions, load_model
+
+    full_model = load_model(str(tiny_embed_dir))
+    quantized = load_model(str(tiny_embed_dir), LoadOptions(quantization="int8"))
+    assert quantized.name.endswith("[int8]") and not full_model.name.endswith("]")
+    assert '"quantization": "int8"' in quantized.cache_identity()
+    assert "quantization" not in full_model.cache_identity()
+    items = [ResolvedSide(texts=[t]) for t in ("a red chair", "a blue sky", "tax law in spain")]
+    a = np.stack(full_model.forward([full_model.prepare("", None, i) for i in items]))
+    b = np.stack(quantized.forward([quantized.prepare("", None, i) for i in items]))
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.9  # cosine to the full-precision vector
+    assert np.abs(a - b).max() > 0  # the weights did change

@@ -118,6 +118,11 @@ class JobInput:
         """What its documents are called in errors: ``documents`` or, for an embedding job, ``inputs``."""
         return "inputs" if self.task == "embed" else "documents"
 
+    @property
+    def item(self) -> str:
+        """One of them, in words: ``document`` or ``input``."""
+        return "input" if self.task == "embed" else "document"
+
 
 @dataclass(frozen=True)
 class Lookup:
@@ -187,8 +192,7 @@ class JobOutcome:
         """Why the job fails as a whole, if it does."""
         if self.error:
             return self.error
-        what = "input" if self.job.task == "embed" else "document"
-        return f"every {what} failed" if self.errors and len(self.errors) == len(self.scores) else None
+        return f"every {self.job.item} failed" if self.errors and len(self.errors) == len(self.scores) else None
 
     def result(self, model: str, queued_s: float = 0.0) -> dict[str, Any]:
         timings = {"queued_s": max(queued_s, 0.0), "media_s": self.media_s, "scoring_s": self.scoring_s}
@@ -264,12 +268,17 @@ class RoundEngine:
     # stages 1-4 ---------------------------------------------------------------------------------------------------
     def prepare(self, jobs: Sequence[JobInput]) -> Plan:
         t0 = time.perf_counter()
+        # A job this model cannot serve as a whole (another task, too many dimensions) fails before any fetch.
+        unservable = [PreparedJob(job, error=why) for job in jobs if (why := self.unservable(job)) is not None]
+        refused_ids = {u.job.id for u in unservable}
+        jobs = [job for job in jobs if job.id not in refused_ids]
         refused = [self.refused(job) for job in jobs]
         known, lookups = self.look_up(jobs, refused)
         sides = self.resolve(jobs, lookups, known, refused)
         lookups = [self.look_up_resolved(job, s, look) for job, s, look in zip(jobs, sides, lookups, strict=True)]
         media_s = time.perf_counter() - t0
-        prepared = [self.prepare_job(job, s, look, media_s) for job, s, look in zip(jobs, sides, lookups, strict=True)]
+        prepared = unservable + [self.prepare_job(job, s, look, media_s)
+                                 for job, s, look in zip(jobs, sides, lookups, strict=True)]
         misses = sum(1 for job, s, look in zip(jobs, sides, lookups, strict=True) if self._caches(job)
                      for i, d in enumerate(s[1:]) if isinstance(d, ResolvedSide) and i not in look.hits)
         return self.plan(prepared, media_s, sum(len(look.hits) for look in lookups), misses)
@@ -364,8 +373,6 @@ class RoundEngine:
         """Stage 3: the job's pairs. Any exception the model raises for one document is that document's error;
         one raised for the whole job is the job's: never the round's."""
         query, documents = sides[0], sides[1:]
-        if (why := self.unservable(job)) is not None:
-            return PreparedJob(job, {}, {}, look, why, media_s=media_s)
         if job.retry_media and (transient := transient_failure(sides)) is not None:
             return PreparedJob(job, lookup=look, retry=transient, media_s=media_s)
         errors = {i: str(d) for i, d in enumerate(documents) if isinstance(d, MediaError)}
@@ -375,7 +382,7 @@ class RoundEngine:
         if (query is None and job.query is not None) or not usable:
             # every document came from the cache or was refused unfetched: nothing to prepare
             return PreparedJob(job, {}, errors, look,
-                               _all_failed(errors, job.field) if errors and not look.hits else None, media_s=media_s)
+                               _all_failed(errors, job) if errors and not look.hits else None, media_s=media_s)
         if job.max_tokens_per_doc:  # Cohere's max_tokens_per_doc: each document's texts cut first
             usable = [(i, self.model.cap_texts(d, job.max_tokens_per_doc)) for i, d in usable]
         try:
@@ -392,7 +399,7 @@ class RoundEngine:
                 errors[i] = f"{job.field}[{i}]: {pair}"
             else:
                 pairs[i] = pair
-        error = _all_failed(errors, job.field) if not pairs and not look.hits else None
+        error = _all_failed(errors, job) if not pairs and not look.hits else None
         return PreparedJob(job, pairs, errors, look, error, media_s=media_s)
 
     def plan(self, jobs: list[PreparedJob], media_s: float = 0.0, hits: int = 0, misses: int = 0) -> Plan:
@@ -492,9 +499,9 @@ class _Tally:
 
     def settle(self, unit: Unit, score: float | BaseException, seconds: float) -> None:
         if isinstance(score, BaseException):
-            field = self.plan.jobs[unit.job].job.field
-            what = "embedding" if field == "inputs" else "scoring"
-            self.errors[unit.job][unit.index] = f"{field}[{unit.index}]: {what} failed: {score}"
+            job = self.plan.jobs[unit.job].job
+            what = "embedding" if job.task == "embed" else "scoring"
+            self.errors[unit.job][unit.index] = f"{job.field}[{unit.index}]: {what} failed: {score}"
         else:
             self.scores[unit.job][unit.index] = score
         self.seconds[unit.job] += seconds
@@ -525,9 +532,8 @@ def _side(job: JobInput, j: int) -> Side:
     return side
 
 
-def _all_failed(errors: Mapping[int, str], field: str = "documents") -> str:
-    what = "input" if field == "inputs" else "document"
-    return f"every {what} failed: " + "; ".join(errors[i] for i in sorted(errors)[:3])
+def _all_failed(errors: Mapping[int, str], job: JobInput) -> str:
+    return f"every {job.item} failed: " + "; ".join(errors[i] for i in sorted(errors)[:3])
 
 
 def transient_failure(sides: Sequence[ResolvedSide | MediaError | None]) -> MediaError | None:

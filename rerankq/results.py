@@ -7,7 +7,9 @@ and cut to ``top_n``; ``scores`` in input order with ``None`` for documents that
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from typing import Any
 
@@ -48,6 +50,14 @@ def build_embed_result(job_id: str, model: str, vectors: list[list[float] | str 
         "usage": usage,
         "timings": {k: round(v, 6) for k, v in timings.items()},
     }
+
+
+def vector_bytes(vector: list[float] | str) -> bytes:
+    """A vector as an embedding result holds it (a list of numbers, or base64 ``encoding_format``) as its
+    little-endian float32 bytes."""
+    if isinstance(vector, str):
+        return base64.b64decode(vector)
+    return struct.pack(f"<{len(vector)}f", *vector)
 
 
 def result_location(prefix: str, job_id: str) -> str:

@@ -18,7 +18,6 @@ query cannot be embedded, the embedding model refuses it) fails with the reason.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -34,7 +33,7 @@ from rerankq import keys
 from rerankq.jobs import TERMINAL, JobRecord, JobState
 from rerankq.jobstore import JobStore
 from rerankq.models.engine import Recalled
-from rerankq.results import ResultStore
+from rerankq.results import ResultStore, vector_bytes
 from rerankq.schema import RerankJob
 from rerankq.settings import Settings
 
@@ -67,14 +66,16 @@ class Recaller:
         recall = job.recall
         if recall is None or len(job.documents) <= recall.top_k:
             return job, None
+        own = self.store.records([job.id])[0]
+        if own is None or own.state not in (JobState.QUEUED, JobState.RUNNING):
+            return job, None  # ended or cancelled meanwhile: the runtime settles it, nothing is embedded
         qid, did = child_ids(job.id)
         notify = keys.recall_notify_key(self.settings, job.id)
         common: dict[str, Any] = {"task": "embed", "model": recall.model, "priority": job.priority,
                                   "encoding_format": "base64"}
         if job.cache is False:
             common["cache"] = False
-        own = self.store.records([job.id])[0]
-        deadline = own.deadline_at if own is not None else job.expires_at
+        deadline = own.deadline_at
         if deadline is not None:
             common["expires_at"] = deadline
         query = {**common, "job_id": qid, "inputs": [job.query.model_dump(exclude_none=True)],
@@ -130,6 +131,6 @@ class Recaller:
         if record.state != JobState.SUCCEEDED:
             raise RecallFailed(f"recall: embedding the {what} {record.state.value}: {record.error}")
         result = self.results.get(record.result_uri) if record.result_uri else json.loads(record.result or "{}")
-        vectors = [None if v is None else np.frombuffer(base64.b64decode(v), dtype="<f4")
+        vectors = [None if v is None else np.frombuffer(vector_bytes(v), dtype="<f4")
                    for v in result.get("embeddings", [])]
         return vectors, {int(e["index"]): str(e["error"]) for e in result.get("errors", [])}

@@ -115,8 +115,6 @@ def _recall(task: Task, runtime: Runtime, recaller: Recaller | None, job: Job
     if recaller is None or not isinstance(job, RerankJob) or job.recall is None:
         return job, None, None
     runtime.transit.arrived(str(task.request.id))  # waiting here must not hold a round of other jobs back
-    if runtime.store.peek(job.id) not in (JobState.QUEUED, JobState.RUNNING):
-        return job, None, None  # ended or cancelled meanwhile: the runtime settles it, nothing is embedded
     try:
         narrowed, recalled = recaller.narrow(job)
     except RecallFailed as exc:

@@ -10,36 +10,38 @@ one line per embedding line, ``{"custom_id", "line", "file", "row", "rows"}``: i
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import struct
 from typing import Any
+
+from rerankq.results import vector_bytes
 
 NAN = math.nan
 
 
 def npy_bytes(rows: list[list[float]], width: int) -> bytes:
     """``rows`` (each ``width`` long) as a version 1.0 ``.npy`` of little-endian float32."""
+    return _npy([struct.pack(f"<{width}f", *row) for row in rows], width)
+
+
+def _npy(rows: list[bytes], width: int) -> bytes:
+    """Rows already packed as ``width`` little-endian float32 each, behind a version 1.0 ``.npy`` header."""
     header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({len(rows)}, {width}), }}"
     pad = 64 - (10 + len(header) + 1) % 64
     head = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header) + pad + 1) + (header + " " * pad + "\n").encode()
-    return head + b"".join(struct.pack(f"<{width}f", *row) for row in rows)
+    return head + b"".join(rows)
 
 
-def _floats(vector: list[float] | str | None, width: int) -> list[float]:
-    if vector is None:
-        return [NAN] * width
-    if isinstance(vector, str):
-        raw = base64.b64decode(vector)
-        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
-    return [float(v) for v in vector]
+def _row(vector: list[float] | str | None, width: int) -> bytes:
+    """One row's bytes: the vector's own float32 bytes (base64 decoded, never unpacked), NaN for a failed input."""
+    return struct.pack(f"<{width}f", *([NAN] * width)) if vector is None else vector_bytes(vector)
 
 
 def part_files(lines: list[dict[str, Any]], name: str) -> tuple[dict[str, bytes], str]:
     """The ``.npy`` files (file name → bytes) and the index (JSONL text) of a results part's lines; nothing
     when no line is an embedding line."""
-    by_width: dict[int, list[list[float]]] = {}
+    by_width: dict[int, list[bytes]] = {}
     index = []
     for line in lines:
         if line.get("task") != "embed":
@@ -50,9 +52,9 @@ def part_files(lines: list[dict[str, Any]], name: str) -> tuple[dict[str, bytes]
         file = f"{name}.npy" if width == first else f"{name}-d{width}.npy"
         index.append({"custom_id": line.get("custom_id"), "line": line["line"], "file": file, "row": len(rows),
                       "rows": len(line["embeddings"])})
-        rows.extend(_floats(v, width) for v in line["embeddings"])
+        rows.extend(_row(v, width) for v in line["embeddings"])
     if not index:
         return {}, ""
     first = next(iter(by_width))
-    files = {(f"{name}.npy" if w == first else f"{name}-d{w}.npy"): npy_bytes(rows, w) for w, rows in by_width.items()}
+    files = {(f"{name}.npy" if w == first else f"{name}-d{w}.npy"): _npy(rows, w) for w, rows in by_width.items()}
     return files, "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in index)

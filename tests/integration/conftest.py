@@ -118,12 +118,7 @@ def stop_worker(worker: WorkerProcess) -> None:
 def queue_worker(tiny_model_dir: Path, redis_server: RedisServer, s3_server: S3Server,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """One worker subprocess per test module (its own queue prefix); results over 4 KiB go to S3."""
-    worker = start_worker(tiny_model_dir, redis_server.url, s3_server.url, tmp_path_factory.mktemp("worker"),
-                          RERANKQ_RESULTS__INLINE_MAX_BYTES="4096",
-                          RERANKQ_RESULTS__BUCKET_URI=f"s3://{RESULTS_BUCKET}/large/",
-                          RERANKQ_BATCH__FLUSH_INTERVAL_MS="50")
-    yield worker
-    stop_worker(worker)
+    yield from _module_worker(tiny_model_dir, redis_server, s3_server, tmp_path_factory.mktemp("worker"))
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +126,13 @@ def embed_worker(tiny_embed_dir: Path, redis_server: RedisServer, s3_server: S3S
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """A worker of the tiny Qwen3-VL-Embedding checkpoint, the default model of its own queue prefix (jobs that
     name no model go to it); results over 4 KiB go to S3."""
-    worker = start_worker(tiny_embed_dir, redis_server.url, s3_server.url, tmp_path_factory.mktemp("embed-worker"),
-                          RERANKQ_RESULTS__INLINE_MAX_BYTES="4096",
+    yield from _module_worker(tiny_embed_dir, redis_server, s3_server, tmp_path_factory.mktemp("embed-worker"))
+
+
+def _module_worker(model: Path, redis_server: RedisServer, s3_server: S3Server, log_dir: Path
+                   ) -> Iterator[WorkerProcess]:
+    """A module's worker of ``model``: results over 4 KiB go to S3, rounds flushed after 50 ms."""
+    worker = start_worker(model, redis_server.url, s3_server.url, log_dir, RERANKQ_RESULTS__INLINE_MAX_BYTES="4096",
                           RERANKQ_RESULTS__BUCKET_URI=f"s3://{RESULTS_BUCKET}/large/",
                           RERANKQ_BATCH__FLUSH_INTERVAL_MS="50")
     yield worker
